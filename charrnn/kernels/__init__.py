@@ -1,0 +1,1 @@
+"""Compute kernels: cpu.py (@njit). Import the module you need; this package imports nothing."""

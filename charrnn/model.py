@@ -1,0 +1,211 @@
+"""The model: its configuration, the flat parameter buffer with named views, initialisation, and
+forward/backward over a (T, B) window, dispatched to the @njit kernels.
+
+Every array's name, shape and meaning is documented in docs/model.md (the checkpoint contract).
+Importing this module imports numba; ``import charrnn`` does not import this module.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .kernels import cpu
+
+CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# H-wide activations kept per step for backward (see the memory note in kernels/cpu.py)
+STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 128
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.cell not in CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(CELLS)}")
+        if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1:
+            raise ValueError("vocab_size, layers and hidden must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ParamLayout:
+    """Names, shapes and offsets of the parameter arrays inside the one flat buffer.
+
+    The order is the kernels' slot order: per layer W_x, W_h, b, b_hn, then W_y, b_y.
+    """
+
+    def __init__(self, config: ModelConfig):
+        V, H, GH = config.vocab_size, config.hidden, config.gates * config.hidden
+        shapes = []
+        for layer in range(config.layers):
+            n_in = V if layer == 0 else H
+            shapes += [
+                (f"l{layer}.W_x", (n_in, GH)),
+                (f"l{layer}.W_h", (H, GH)),
+                (f"l{layer}.b", (GH,)),
+                (f"l{layer}.b_hn", (H,) if config.cell == "gru" else (0,)),
+            ]
+        shapes += [("out.W", (H, V)), ("out.b", (V,))]
+        sizes = [int(np.prod(shape)) for _, shape in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.shapes = dict(shapes)
+        self.size = int(self.offsets[-1])
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the non-empty arrays, in buffer order."""
+        return [name for name, shape in self.shapes.items() if np.prod(shape) > 0]
+
+    def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Named views (no copies) into ``flat``."""
+        out = {}
+        for k, (name, shape) in enumerate(self.shapes.items()):
+            if np.prod(shape) > 0:
+                out[name] = flat[self.offsets[k]:self.offsets[k + 1]].reshape(shape)
+        return out
+
+
+def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+    """PyTorch's default initialisation: every recurrent weight and bias ~ U(-1/sqrt(H), 1/sqrt(H));
+    the output layer (an nn.Linear from H) ~ U(-1/sqrt(H), 1/sqrt(H)) as well."""
+    layout = ParamLayout(config)
+    bound = 1.0 / np.sqrt(config.hidden)
+    return rng.uniform(-bound, bound, layout.size).astype(dtype)
+
+
+class Workspace:
+    """Arrays for one (T, B) window: what forward keeps for backward, and scratch."""
+
+    def __init__(self, config: ModelConfig, T: int, B: int, dtype):
+        L, H, V = config.layers, config.hidden, config.vocab_size
+        GH = config.gates * H
+        T_c = T + 1 if config.cell == "lstm" else 1  # cs is unused beyond c0 for other cells
+        new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
+        self.hs = new(L, T + 1, B, H)
+        self.cs = new(L, T_c, B, H)
+        self.acts = new(L, T, B, STORED_ACTS[config.cell] * H)
+        self.xg = new(T, B, GH)
+        self.gates = new(B, GH)
+        self.xin = new(T, B, H)
+        self.logits = new(T * B, V)
+        self.probs = new(T * B, V)
+        self.dlogits = new(T * B, V)
+        self.dX = new(T, B, GH)
+        self.dHG = new(T, B, GH) if config.cell == "gru" else new(1, 1, GH)
+        self.dH = new(T, B, H)
+        self.tmp = new(B, H)
+
+
+class Model:
+    """A character-level RNN language model over one flat parameter buffer.
+
+    ``forward(ids, targets, h0, c0)`` runs a (T, B) window and returns the mean loss in nats per
+    character; ``backward(dhT, dcT)`` then adds the gradients into ``grads`` and returns the
+    gradients w.r.t. h0 and c0. ``params`` and ``grads`` share the layout of ``layout``.
+    """
+
+    def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
+                 dtype=np.float32, seed: int = 0):
+        self.config = config
+        self.layout = ParamLayout(config)
+        if params is None:
+            params = init_params(config, np.random.default_rng(seed), dtype)
+        if params.shape != (self.layout.size,):
+            raise ValueError(f"parameter buffer has shape {params.shape}, "
+                             f"expected ({self.layout.size},)")
+        self.params = np.ascontiguousarray(params)
+        self.dtype = self.params.dtype
+        self.grads = np.zeros_like(self.params)
+        self.weights = self.layout.views(self.params)
+        self.grad_views = self.layout.views(self.grads)
+        self._ws: Workspace | None = None
+        self._window = None  # what the last forward saw, for backward
+
+    def zero_state(self, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """Initial (h, c), each (L, B, H); c is unused (stays zero) for GRU and RNN."""
+        shape = (self.config.layers, B, self.config.hidden)
+        return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+
+    def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> np.ndarray:
+        """Inverted-dropout masks (L, T, B, H) with entries 0 or 1 / (1 - p)."""
+        p = self.config.dropout
+        keep = rng.random((self.config.layers, T, B, self.config.hidden)) >= p
+        return (keep / (1.0 - p)).astype(self.dtype)
+
+    def _workspace(self, T: int, B: int) -> Workspace:
+        ws = self._ws
+        if ws is None or ws.xg.shape[:2] != (T, B):
+            ws = self._ws = Workspace(self.config, T, B, self.dtype)
+        return ws
+
+    def forward(self, ids, targets, h0=None, c0=None, masks=None) -> float:
+        """Mean cross-entropy (nats/char) of predicting targets (T, B) from ids (T, B).
+
+        masks: (L, T, B, H) dropout masks, or None for no dropout (evaluation).
+        After the call, ``final_state()`` gives (hT, cT) and ``logits()`` the (T, B, V) logits.
+        """
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        if ids.ndim != 2 or ids.shape != targets.shape:
+            raise ValueError(f"ids {ids.shape} and targets {targets.shape} must be equal (T, B)")
+        T, B = ids.shape
+        V = self.config.vocab_size
+        if min(ids.min(), targets.min()) < 0 or max(ids.max(), targets.max()) >= V:
+            raise ValueError(f"character ids must lie in [0, {V})")
+        zh, zc = self.zero_state(B)
+        h0 = zh if h0 is None else np.ascontiguousarray(h0, dtype=self.dtype)
+        c0 = zc if c0 is None else np.ascontiguousarray(c0, dtype=self.dtype)
+        use_dropout = masks is not None
+        if masks is None:
+            masks = np.ones((1, 1, 1, 1), self.dtype)  # never read
+        masks = np.ascontiguousarray(masks, dtype=self.dtype)
+        ws = self._workspace(T, B)
+        loss = cpu.model_forward(CELLS[self.config.cell], self.params, self.layout.offsets,
+                                 ids, targets, h0, c0, masks, use_dropout,
+                                 ws.hs, ws.cs, ws.acts, ws.xg, ws.gates, ws.xin,
+                                 ws.logits, ws.probs)
+        self._window = (ids, targets, masks, use_dropout)
+        return float(loss)
+
+    def final_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hT, cT) of the last forward, each (L, B, H), as copies."""
+        ws = self._ws
+        return ws.hs[:, -1].copy(), ws.cs[:, -1].copy()
+
+    def logits(self) -> np.ndarray:
+        """Logits of the last forward, (T, B, V), as a copy."""
+        T, B = self._window[0].shape
+        return self._ws.logits.reshape(T, B, -1).copy()
+
+    def backward(self, dhT=None, dcT=None) -> tuple[np.ndarray, np.ndarray]:
+        """Add dLoss/dparams into ``grads`` for the last forward; return (dh0, dc0).
+
+        dhT, dcT (L, B, H): gradients flowing into the final states from a later part of the
+        window (None: zero, the end of a truncated-BPTT window)."""
+        if self._window is None:
+            raise RuntimeError("backward() needs a forward() first")
+        ids, targets, masks, use_dropout = self._window
+        B = ids.shape[1]
+        zh, zc = self.zero_state(B)
+        dhT = zh if dhT is None else np.ascontiguousarray(dhT, dtype=self.dtype)
+        dcT = zc if dcT is None else np.ascontiguousarray(dcT, dtype=self.dtype)
+        dh0, dc0 = self.zero_state(B)
+        ws = self._ws
+        cpu.model_backward(CELLS[self.config.cell], self.params, self.grads, self.layout.offsets,
+                           ids, targets, masks, use_dropout,
+                           ws.hs, ws.cs, ws.acts, ws.xin, ws.probs, dhT, dcT, dh0, dc0,
+                           ws.dlogits, ws.dX, ws.dHG, ws.dH, ws.tmp)
+        return dh0, dc0

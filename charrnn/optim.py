@@ -1,0 +1,60 @@
+"""Optimizers over the flat parameter buffer: thin stateful wrappers of the @njit kernels.
+
+Their state is a dict of plain arrays and numbers, so a checkpoint can store it without pickle.
+"""
+
+import numpy as np
+
+from .kernels import cpu
+
+
+class Adam:
+    """torch.optim.Adam (no weight decay) over one flat buffer."""
+
+    def __init__(self, size: int, dtype=np.float32, lr: float = 2e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.m = np.zeros(size, dtype)  # first moment
+        self.v = np.zeros(size, dtype)  # second moment
+        self.steps = 0
+
+    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
+        self.steps += 1
+        cpu.adam_step(params, grads, self.m, self.v, self.steps, self.lr,
+                      self.betas[0], self.betas[1], self.eps)
+
+    def state(self) -> dict:
+        return {"m": self.m, "v": self.v, "steps": self.steps}
+
+    def load_state(self, state: dict) -> None:
+        self.m[:] = state["m"]
+        self.v[:] = state["v"]
+        self.steps = int(state["steps"])
+
+
+class SGD:
+    """torch.optim.SGD with momentum (dampening 0, no Nesterov) over one flat buffer."""
+
+    def __init__(self, size: int, dtype=np.float32, lr: float = 0.1, momentum: float = 0.9):
+        self.lr, self.momentum = lr, momentum
+        self.velocity = np.zeros(size, dtype)
+        self.steps = 0
+
+    def step(self, params: np.ndarray, grads: np.ndarray) -> None:
+        self.steps += 1
+        cpu.sgd_step(params, grads, self.velocity, self.lr, self.momentum)
+
+    def state(self) -> dict:
+        return {"velocity": self.velocity, "steps": self.steps}
+
+    def load_state(self, state: dict) -> None:
+        self.velocity[:] = state["velocity"]
+        self.steps = int(state["steps"])
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def clip_grad_norm(grads: np.ndarray, max_norm: float) -> float:
+    """Scale grads in place to global norm <= max_norm; return the norm before clipping."""
+    return float(cpu.clip_grad_norm(grads, max_norm))

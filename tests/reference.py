@@ -1,0 +1,78 @@
+"""Slow, obvious reference implementations written straight from the equations (numpy, one time
+step and one gate at a time, one-hot inputs as a real matmul). Tests compare the kernels to these.
+"""
+
+import numpy as np
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def lstm_cell(x, h, c, W_x, W_h, b):
+    H = h.shape[1]
+    a = x @ W_x + h @ W_h + b
+    i = sigmoid(a[:, :H])
+    f = sigmoid(a[:, H:2 * H])
+    g = np.tanh(a[:, 2 * H:3 * H])
+    o = sigmoid(a[:, 3 * H:])
+    c = f * c + i * g
+    return o * np.tanh(c), c
+
+
+def gru_cell(x, h, W_x, W_h, b, b_hn):
+    H = h.shape[1]
+    ax = x @ W_x + b
+    ah = h @ W_h
+    r = sigmoid(ax[:, :H] + ah[:, :H])
+    z = sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+    n = np.tanh(ax[:, 2 * H:] + r * (ah[:, 2 * H:] + b_hn))
+    return (1.0 - z) * n + z * h
+
+
+def rnn_cell(x, h, W_x, W_h, b):
+    return np.tanh(x @ W_x + h @ W_h + b)
+
+
+def forward(weights, cell, ids, targets, h0, c0, masks=None):
+    """Returns (loss, logits (T, B, V), hT, cT) for the named weights of charrnn.model."""
+    T, B = ids.shape
+    L = h0.shape[0]
+    V = weights["out.W"].shape[1]
+    x = np.eye(V)[ids]  # (T, B, V) one-hot
+    hT, cT = h0.copy(), c0.copy()
+    for layer in range(L):
+        W_x, W_h, b = (weights[f"l{layer}.{k}"] for k in ("W_x", "W_h", "b"))
+        h, c = h0[layer], c0[layer]
+        outs = []
+        for t in range(T):
+            if cell == "lstm":
+                h, c = lstm_cell(x[t], h, c, W_x, W_h, b)
+            elif cell == "gru":
+                h = gru_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.b_hn"])
+            else:
+                h = rnn_cell(x[t], h, W_x, W_h, b)
+            outs.append(h)
+        hT[layer], cT[layer] = h, c
+        x = np.stack(outs)
+        if masks is not None:
+            x = x * masks[layer]
+    logits = x @ weights["out.W"] + weights["out.b"]
+    z = logits - logits.max(axis=-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    loss = -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+    return loss, logits, hT, cT
+
+
+def adam(params, grads_seq, lr, beta1, beta2, eps):
+    """Adam from Kingma & Ba (2015), Algorithm 1, over a sequence of gradients."""
+    p = params.astype(np.float64).copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads_seq, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        m_hat = m / (1 - beta1 ** t)
+        v_hat = v / (1 - beta2 ** t)
+        p = p - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return p
