@@ -1,0 +1,25 @@
+"""Truncated-BPTT batching: B contiguous streams over the id array, cut into windows of T.
+
+Stream b reads ids[b * S : (b + 1) * S] with S = len(ids) // B, so the hidden state at the end of
+one window is the right initial state for the next window of the same stream.
+"""
+
+import numpy as np
+
+
+def stream_matrix(ids: np.ndarray, B: int) -> np.ndarray:
+    """The ids as B contiguous streams, (S, B) with S = len(ids) // B (the tail is dropped)."""
+    S = len(ids) // B
+    if S < 2:
+        raise ValueError(f"{len(ids)} characters are too few for {B} streams")
+    return np.ascontiguousarray(ids[:S * B].reshape(B, S).T)
+
+
+def windows(streams: np.ndarray, T: int, start: int = 0):
+    """Yield (inputs, targets), each (t, B) with t <= T, over (S, B) streams from row ``start``.
+
+    Targets are the inputs shifted by one; the last window may be shorter than T."""
+    S = streams.shape[0]
+    for s in range(start, S - 1, T):
+        t = min(T, S - 1 - s)
+        yield streams[s:s + t], streams[s + 1:s + 1 + t]

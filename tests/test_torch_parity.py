@@ -1,0 +1,111 @@
+"""Parity with PyTorch: torch.nn.LSTM/GRU/RNN + nn.Linear with our weights copied in must give the
+same logits, loss, final states and gradients (float64: 1e-9, float32: 1e-4, relative to the
+largest magnitude of each array)."""
+
+import numpy as np
+import pytest
+
+from .conftest import Problem, scaled_error
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
+
+TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+TOLERANCE = {np.float64: 1e-9, np.float32: 1e-4}
+
+
+def torch_rnn(problem, first_layer, num_layers):
+    """A torch recurrent module holding layers first_layer .. first_layer + num_layers - 1."""
+    config, w = problem.config, problem.model.weights
+    H, V = config.hidden, config.vocab_size
+    n_in = V if first_layer == 0 else H
+    kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
+    module = TORCH_CELLS[config.cell](n_in, H, num_layers, **kwargs)
+    module = module.to(torch.from_numpy(w["out.W"]).dtype)
+    with torch.no_grad():
+        for k in range(num_layers):
+            layer = first_layer + k
+            getattr(module, f"weight_ih_l{k}").copy_(torch.from_numpy(w[f"l{layer}.W_x"].T))
+            getattr(module, f"weight_hh_l{k}").copy_(torch.from_numpy(w[f"l{layer}.W_h"].T))
+            getattr(module, f"bias_ih_l{k}").copy_(torch.from_numpy(w[f"l{layer}.b"]))
+            b_hh = getattr(module, f"bias_hh_l{k}")
+            b_hh.zero_()
+            if config.cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn)
+                b_hh[2 * H:] = torch.from_numpy(w[f"l{layer}.b_hn"])
+    return module
+
+
+def torch_objective(problem):
+    """The Problem's objective in torch; returns (objective, loss, logits, hT, cT, modules, h0, c0).
+
+    Without dropout, one multi-layer module; with dropout, one single-layer module per layer
+    with our fixed masks applied between them (torch cannot take a given mask)."""
+    cfg, p = problem.config, problem
+    L, V = cfg.layers, cfg.vocab_size
+    h0 = torch.from_numpy(p.h0.copy()).requires_grad_()
+    c0 = torch.from_numpy(p.c0.copy()).requires_grad_()
+    x = torch.nn.functional.one_hot(torch.from_numpy(p.ids), V).to(h0.dtype)
+    stacks = [(0, L)] if p.masks is None else [(layer, 1) for layer in range(L)]
+    modules, h_fin, c_fin = [], [], []
+    for first, n in stacks:
+        module = torch_rnn(p, first, n)
+        modules.append(module)
+        state = (h0[first:first + n], c0[first:first + n])
+        x, out_state = module(x, state if cfg.cell == "lstm" else state[0])
+        h_fin.append(out_state[0] if cfg.cell == "lstm" else out_state)
+        c_fin.append(out_state[1] if cfg.cell == "lstm" else state[1])
+        if p.masks is not None:
+            x = x * torch.from_numpy(p.masks[first])
+    linear = torch.nn.Linear(cfg.hidden, V).to(h0.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(p.model.weights["out.W"].T))
+        linear.bias.copy_(torch.from_numpy(p.model.weights["out.b"]))
+    modules.append(linear)
+    logits = linear(x)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V),
+                                             torch.from_numpy(p.targets).reshape(-1))
+    hT, cT = torch.cat(h_fin), torch.cat(c_fin)
+    objective = loss + (hT * torch.from_numpy(p.dhT)).sum() + (cT * torch.from_numpy(p.dcT)).sum()
+    objective.backward()
+    return objective, loss, logits, hT, cT, modules, h0, c0
+
+
+def torch_grads(problem, modules):
+    """The torch gradients in our names and layouts."""
+    cfg = problem.config
+    H = cfg.hidden
+    rnn_modules, linear = modules[:-1], modules[-1]
+    per_layer = [(m, k) for m in rnn_modules for k in range(m.num_layers)]
+    out = {}
+    for layer, (m, k) in enumerate(per_layer):
+        out[f"l{layer}.W_x"] = getattr(m, f"weight_ih_l{k}").grad.numpy().T
+        out[f"l{layer}.W_h"] = getattr(m, f"weight_hh_l{k}").grad.numpy().T
+        out[f"l{layer}.b"] = getattr(m, f"bias_ih_l{k}").grad.numpy()
+        if cfg.cell == "gru":
+            out[f"l{layer}.b_hn"] = getattr(m, f"bias_hh_l{k}").grad.numpy()[2 * H:]
+    out["out.W"] = linear.weight.grad.numpy().T
+    out["out.b"] = linear.bias.grad.numpy()
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_matches_torch(cell, layers, dropout, dtype):
+    p = Problem(cell, layers, dropout, T=7, B=3, H=8, V=10, dtype=dtype, seed=3)
+    p.model.params[:] *= 0.5
+    grads, dh0, dc0 = p.analytic()
+    loss = p.model.forward(p.ids, p.targets, p.h0, p.c0, p.masks)
+    hT, cT = p.model.final_state()
+
+    _, t_loss, t_logits, t_hT, t_cT, modules, t_h0, t_c0 = torch_objective(p)
+    tol = TOLERANCE[dtype]
+    assert abs(loss - t_loss.item()) <= tol * abs(t_loss.item())
+    assert scaled_error(p.model.logits(), t_logits.detach().numpy()) <= tol
+    assert scaled_error(hT, t_hT.detach().numpy()) <= tol
+    if cell == "lstm":
+        assert scaled_error(cT, t_cT.detach().numpy()) <= tol
+    for name, g in torch_grads(p, modules).items():
+        assert scaled_error(grads[name], g) <= tol, name
+    assert scaled_error(dh0, t_h0.grad.numpy()) <= tol
+    if cell == "lstm":
+        assert scaled_error(dc0, t_c0.grad.numpy()) <= tol
