@@ -126,3 +126,23 @@ def test_forward_rejects_ids_outside_vocab():
     m = Model(ModelConfig(vocab_size=4, hidden=3, layers=1))
     with pytest.raises(ValueError, match="ids"):
         m.forward(np.array([[4]]), np.array([[0]]))
+
+
+def test_float32_nonlinearities_are_accurate():
+    from numba import njit
+
+    from charrnn.kernels import cpu
+
+    @njit
+    def apply(x, tanh_out, sigmoid_out):
+        for i in range(x.size):
+            tanh_out[i] = cpu._tanh(x[i])
+            sigmoid_out[i] = cpu._sigmoid(x[i])
+
+    x = np.linspace(-30, 30, 200_001).astype(np.float32)
+    t, s = np.empty_like(x), np.empty_like(x)
+    apply(x, t, s)
+    exact = x.astype(np.float64)
+    assert np.abs(t - np.tanh(exact)).max() < 5e-7
+    assert np.abs(s - 1 / (1 + np.exp(-exact))).max() < 5e-7
+    assert np.abs(t).max() <= 1 and s.min() >= 0 and s.max() <= 1
