@@ -465,6 +465,109 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
 
 
 # ---------------------------------------------------------------------------------------------
+# generation: one step at a time, nothing stored for backward
+
+
+@kernel
+def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
+    """Advance the state (L, B, H) h and c in place on input ids x (B,); write logits (B, V).
+
+    xg, gates: (B, GH), act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into
+    h_new/c_new and they are copied back: in-place updates would alias and not vectorise."""
+    L, B, H = h.shape
+    V = logits.shape[1]
+    for layer in range(L):
+        s = SLOTS_PER_LAYER * layer
+        W_h = _mat(params, offs, s + 1, H)
+        bias = _vec(params, offs, s + 2)
+        if layer == 0:
+            W_x = _mat(params, offs, s, V)
+            for b in range(B):
+                row, out = W_x[x[b]], xg[b]
+                for k in range(row.size):
+                    out[k] = row[k] + bias[k]
+        else:
+            np.dot(h[layer - 1], _mat(params, offs, s, H), xg)
+            _add_bias_rows(xg, bias)
+        np.dot(h[layer], W_h, gates)
+        if cell == LSTM:
+            _lstm_step(xg, gates, c[layer], h_new, c_new, act)
+            c[layer] = c_new
+        elif cell == GRU:
+            _gru_step(xg, gates, _vec(params, offs, s + 3), h[layer], h_new, act)
+        else:
+            _rnn_step(xg, gates, h_new)
+        h[layer] = h_new
+    np.dot(h[L - 1], _mat(params, offs, SLOTS_PER_LAYER * L, H), logits)
+    _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
+
+
+@kernel
+def _draw(logits, temperature, top_k, top_p, u, probs):
+    """One character id from logits (V,): greedy when temperature == 0, else from
+    softmax(logits / temperature) restricted to the top_k most likely (top_k 0: all) and then to
+    the smallest set whose probability reaches top_p; u in [0, 1) is the uniform draw."""
+    V = logits.size
+    best = 0
+    for k in range(1, V):
+        if logits[k] > logits[best]:
+            best = k
+    if temperature == 0.0:
+        return best
+    m = logits[best]
+    total = 0.0
+    for k in range(V):
+        probs[k] = math.exp((logits[k] - m) / temperature)
+        total += probs[k]
+    if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
+        target = u * total
+        acc = 0.0
+        for k in range(V):
+            acc += probs[k]
+            if acc > target:
+                return k
+        return best  # rounding left target beyond the sum
+    order = np.argsort(-probs)  # most likely first
+    keep = V if top_k <= 0 else min(top_k, V)
+    kept = 0.0
+    n = 0
+    while n < keep:
+        kept += probs[order[n]]
+        n += 1
+        if kept >= top_p * total:
+            break
+    target = u * kept
+    acc = 0.0
+    for i in range(n):
+        acc += probs[order[i]]
+        if acc > target:
+            return order[i]
+    return order[0]
+
+
+@kernel
+def feed(cell, params, offs, ids, h, c, xg, gates, act, h_new, c_new, logits):
+    """Advance the state through ids (n, B) (a prime text); logits then hold the prediction
+    that follows the last of them."""
+    for t in range(ids.shape[0]):
+        _step(cell, params, offs, ids[t], h, c, xg, gates, act, h_new, c_new, logits)
+
+
+@kernel
+def generate(cell, params, offs, x, h, c, temperature, top_k, top_p, uniforms, out,
+             xg, gates, act, h_new, c_new, logits, probs):
+    """Generate out.shape[0] characters per stream into out (n, B), each drawn from the
+    prediction after the previous one. x (B,): the last character so far, updated in place;
+    h, c (L, B, H): the state after the characters before x, updated. uniforms: (n, B) in [0, 1)."""
+    n, B = out.shape
+    for t in range(n):
+        _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
+        for b in range(B):
+            x[b] = _draw(logits[b], temperature, top_k, top_p, uniforms[t, b], probs)
+            out[t, b] = x[b]
+
+
+# ---------------------------------------------------------------------------------------------
 # optimizers over the flat buffer
 
 

@@ -1,0 +1,5 @@
+"""`python -m charrnn` is the `charrnn` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,152 @@
+"""Checkpoints: one self-contained .npz (model config, vocabulary, weights, optimizer state,
+training progress, RNG state) with its JSON metadata stored inside as a uint8 array.
+
+Saved atomically (temporary file, fsync, os.replace), so a crash never leaves a half-written
+checkpoint under the real name. Loaded with allow_pickle=False and validated: every problem is
+a CheckpointError with one clear line. The format is described in docs/checkpoint.md.
+"""
+
+import json
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = "charrnn-checkpoint"
+VERSION = 1
+LATEST = "latest.npz"
+BEST = "best.npz"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used, as one line for the user."""
+
+
+@dataclass
+class Checkpoint:
+    """config: ModelConfig fields; vocab: (V,) uint32 code points; params: the flat buffer;
+    arrays: further named arrays (optimizer moments, carried state); train: JSON-able progress."""
+
+    config: dict
+    vocab: np.ndarray
+    params: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+
+def _crc(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+
+
+def save(path: Path, ckpt: Checkpoint) -> None:
+    """Write ckpt to path atomically: a reader sees the old file or the new one, never a mix."""
+    path = Path(path)
+    arrays = {"vocab": ckpt.vocab.astype(np.uint32), "params": ckpt.params, **ckpt.arrays}
+    meta = {
+        "format": FORMAT, "version": VERSION, "config": ckpt.config, "train": ckpt.train,
+        "arrays": {k: {"shape": list(a.shape), "dtype": a.dtype.str, "crc32": _crc(a)}
+                   for k, a in arrays.items()},
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint; raises CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "meta" not in npz.files:
+                raise CheckpointError(f"{path} is not a charrnn checkpoint (no metadata)")
+            meta = json.loads(npz["meta"].tobytes().decode())
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a charrnn checkpoint")
+            version = meta.get("version")
+            if not isinstance(version, int) or version > VERSION:
+                raise CheckpointError(f"{path} was written by a newer charrnn (format version "
+                                      f"{version}; this one reads up to {VERSION}): upgrade charrnn")
+            arrays = {name: npz[name] for name in meta["arrays"]}
+    except CheckpointError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError,
+            zipfile.BadZipFile, zlib.error, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not a readable charrnn checkpoint "
+                              f"(truncated or corrupt?): {_short(e)}") from None
+    for name, a in arrays.items():
+        spec = meta["arrays"][name]
+        if list(a.shape) != spec.get("shape") or a.dtype.str != spec.get("dtype"):
+            raise CheckpointError(f"{path}: array {name!r} does not match its metadata")
+        if _crc(a) != spec.get("crc32"):
+            raise CheckpointError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
+    ckpt = Checkpoint(config=meta.get("config"), vocab=arrays.pop("vocab", None),
+                      params=arrays.pop("params", None), arrays=arrays,
+                      train=meta.get("train") or {})
+    _validate(path, ckpt)
+    return ckpt
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _validate(path: Path, ckpt: Checkpoint) -> None:
+    """Shapes and dtypes against the config: the arrays must make the model the config says."""
+    from .model import ModelConfig, ParamLayout  # numba is needed only once a file is valid
+
+    if ckpt.vocab is None or ckpt.params is None or not isinstance(ckpt.config, dict):
+        raise CheckpointError(f"{path}: checkpoint lacks its config, vocabulary or weights")
+    try:
+        config = ModelConfig(**ckpt.config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: {_short(e)}") from None
+    v = ckpt.vocab
+    if v.dtype != np.uint32 or v.ndim != 1 or len(v) != config.vocab_size:
+        raise CheckpointError(f"{path}: vocabulary does not match the model config")
+    if len(v) and (np.any(np.diff(v.astype(np.int64)) <= 0) or v[-1] > 0x10FFFF):
+        raise CheckpointError(f"{path}: vocabulary is not a sorted set of Unicode code points")
+    size = ParamLayout(config).size
+    if ckpt.params.dtype not in (np.float32, np.float64) or ckpt.params.shape != (size,):
+        raise CheckpointError(f"{path}: weights have shape {ckpt.params.shape} and dtype "
+                              f"{ckpt.params.dtype}; the config needs ({size},) floats")
+    if not np.all(np.isfinite(ckpt.params)):
+        raise CheckpointError(f"{path}: weights contain NaN or infinity")
+
+
+def resolve(model: Path) -> Path:
+    """A checkpoint file as given, or the best (else latest) checkpoint of a run directory."""
+    model = Path(model)
+    if model.is_dir():
+        for name in (BEST, LATEST):
+            if (model / name).exists():
+                return model / name
+        raise CheckpointError(f"{model} holds no checkpoint ({BEST} or {LATEST})")
+    return model

@@ -1,0 +1,383 @@
+"""The `charrnn` command line: parse, call, print. No math here.
+
+Data (samples, eval results, info) goes to stdout; progress, warnings and errors to stderr.
+Errors are one line and exit 1; usage errors exit 2. The numerical modules (and so numba) are
+imported inside the commands, so `charrnn --help` starts fast.
+"""
+
+import codecs
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="charrnn", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Character-level RNN text generator: `charrnn train corpus.txt`, then "
+         "`charrnn sample`.")
+corpus_app = typer.Typer(help="Classic corpora: list them, download one.", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+stderr = Console(stderr=True)
+
+
+class UsageProblem(Exception):
+    """A bad option value: exit 2."""
+
+
+class Failure(Exception):
+    """Anything else the user must hear about: exit 1."""
+
+
+def _user_errors():
+    """The exception types that become one-line errors (imported lazily: they live beside numba)."""
+    from .checkpoint import CheckpointError
+    from .corpora import DownloadError
+    from .tokenizer import CorpusError
+    from .train import TrainingError
+    return (CheckpointError, CorpusError, TrainingError, DownloadError, Failure)
+
+
+def unescape(text: str) -> str:
+    r"""Backslash escapes as a shell user means them: '\n' is a newline (non-ASCII kept)."""
+    return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+
+
+def check_device(device: str) -> None:
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageProblem(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device == "cuda":
+        raise Failure("--device cuda: no usable CUDA backend (this version of charrnn runs on "
+                      "the CPU; use --device cpu)")
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@app.command()
+def train(
+    corpus: Annotated[Path, typer.Argument(help="UTF-8 text file to learn from.")],
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru or rnn. [default: lstm]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams. [default: 64]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate. [default: 0.002]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output. [default: 0]")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip. [default: 5]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text. [default: 10]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones).")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation).")] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation. [default: 0.1]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200]")] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps. [default: 200]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews. [default: 0]")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<corpus name>, numbered if taken]")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+):
+    """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
+    check_device(device)
+    if errors not in ("strict", "replace", "ignore"):
+        raise UsageProblem("--errors must be strict, replace or ignore")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UsageProblem(f"--encoding: unknown encoding {encoding!r}") from None
+    given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
+                 lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
+                 minutes=minutes, val_frac=val_frac, eval_every=eval_every,
+                 save_every=save_every, seed=seed)
+    if cell is not None and cell not in ("lstm", "gru", "rnn"):
+        raise UsageProblem(f"--cell must be lstm, gru or rnn, not {cell!r}")
+
+    from . import checkpoint as ckpt_io
+    from .runs import last_run, new_run_dir
+    from .train import Run, TrainOptions, options_from_checkpoint
+    from .train import train as train_loop
+
+    resumed = None
+    if resume:
+        run_dir = out or last_run()
+        if run_dir is None:
+            raise Failure("--resume: no run to resume; pass --out RUN_DIR")
+        resumed = ckpt_io.load(Path(run_dir) / ckpt_io.LATEST)
+        try:
+            opts = options_from_checkpoint(resumed, given)
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
+    else:
+        run_dir = out or new_run_dir(corpus)
+        if (Path(run_dir) / ckpt_io.LATEST).exists():
+            raise Failure(f"{run_dir} already holds a run; pass --resume to continue it or "
+                          f"another --out")
+        try:
+            opts = TrainOptions(**{k: v for k, v in given.items() if v is not None})
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
+    if not quiet:
+        stderr.print(f"preparing {corpus} (the first run compiles the model: about a minute)",
+                     markup=False, highlight=False)
+    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors)
+    reporter = _reporter(quiet)
+    stop = _StopOnSignal()
+    try:
+        summary = train_loop(run, reporter, should_stop=stop.requested)
+    finally:
+        reporter.close()
+        stop.restore()
+    if summary["stopped_by"] == "interrupted":
+        stderr.print(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
+                     f"{corpus} --out {run_dir} --resume", markup=False, highlight=False)
+        raise typer.Exit(128 + stop.signum)
+
+
+def _reporter(quiet: bool):
+    from .report import PlainReporter, QuietReporter, RichReporter
+    if quiet:
+        return QuietReporter()
+    return RichReporter(stderr) if stderr.is_terminal else PlainReporter(stderr)
+
+
+class _StopOnSignal:
+    """First SIGINT/SIGTERM: finish the current step, save, exit 130/143. Second: exit at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            os._exit(128 + signum)  # the last complete checkpoint is untouched: saves are atomic
+        self.signum = signum
+
+    def requested(self) -> bool:
+        return bool(self.signum)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+
+
+def _load_model(model: Optional[Path]):
+    """(Model, Vocab, Checkpoint) from a checkpoint file, a run directory or the last run."""
+    from . import checkpoint as ckpt_io
+    from .model import Model, ModelConfig
+    from .runs import last_run
+    from .tokenizer import Vocab
+
+    if model is None:
+        model = last_run()
+        if model is None:
+            raise Failure("no MODEL given and no recent run recorded: train one first "
+                          "(charrnn train corpus.txt) or name a checkpoint or run directory")
+    ck = ckpt_io.load(ckpt_io.resolve(model))
+    return Model(ModelConfig(**ck.config), params=ck.params.astype("float32")), Vocab(ck.vocab), ck
+
+
+@app.command()
+def sample(
+    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory. [default: the most recent run]")] = None,
+    length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = 500,
+    temperature: Annotated[float, typer.Option(help="Randomness; 0 is greedy.")] = 1.0,
+    top_k: Annotated[int, typer.Option(help="Draw only from the k most likely characters (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(help="Draw only from the most likely characters whose probability adds up to p.")] = 1.0,
+    argmax: Annotated[bool, typer.Option("--argmax", help="Greedy: always the most likely character (same as --temperature 0).")] = False,
+    prime: Annotated[Optional[str], typer.Option(help="Text to start from (it is printed first). Text piped on stdin works too.")] = None,
+    prime_file: Annotated[Optional[Path], typer.Option(help="File whose text to start from ('-': stdin).")] = None,
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prime characters the model does not know instead of failing.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples to generate, as one batch.")] = 1,
+    stop: Annotated[Optional[str], typer.Option(help=r"End a sample just before this string (escapes like \n work).")] = None,
+    separator: Annotated[str, typer.Option(help=r"Written after each sample when there are several.")] = r"\n",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+):
+    """Generate text from a trained model, streaming to stdout."""
+    check_device(device)
+    prime_text = _prime_text(prime, prime_file)
+    from .sample import SampleOptions, generate
+    try:
+        opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
+                             top_k=top_k, top_p=top_p, prime=prime_text, seed=seed,
+                             num_samples=num_samples,
+                             stop=None if stop is None else unescape(stop),
+                             skip_unknown=skip_unknown)
+    except ValueError as e:
+        raise UsageProblem(f"--{e}") from None
+    net, vocab, _ = _load_model(model)
+    try:
+        _write_samples(generate(net, vocab, opts), num_samples, unescape(separator))
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
+def _write_samples(pieces, num_samples: int, separator: str) -> None:
+    out = sys.stdout
+    if num_samples == 1:
+        for _, piece in pieces:
+            out.write(piece)
+            out.flush()
+    else:  # a batch: samples finish together, so print them whole, in order
+        texts = [""] * num_samples
+        for b, piece in pieces:
+            texts[b] += piece
+        out.write("".join(t + separator for t in texts))
+    if out.isatty():
+        out.write("\n")
+    out.flush()
+
+
+def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
+    if prime is not None and prime_file is not None:
+        raise UsageProblem("give --prime or --prime-file, not both")
+    if prime is not None:
+        return prime
+    if prime_file is not None:
+        if str(prime_file) == "-":
+            return sys.stdin.read()
+        try:
+            return prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise Failure(f"--prime-file {prime_file}: {getattr(e, 'strerror', None) or e}") from None
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------
+# eval, info
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[Path, typer.Argument(help="Checkpoint file or run directory.")],
+    file: Annotated[Path, typer.Argument(help="Text to score.")],
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters the model does not know instead of failing.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Loss of MODEL on FILE, in nats and bits per character."""
+    from .report import LN2
+    from .tokenizer import read_corpus
+    from .train import evaluate
+
+    net, vocab, _ = _load_model(model)
+    _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown)
+    if len(ids) < 2:
+        raise Failure(f"{file} is too short to score: it needs at least 2 characters")
+    nats = evaluate(net, ids, batch_size=32, seq_len=100)
+    result = {"file": str(file), "chars": int(len(ids)), "loss_nats": nats,
+              "loss_bits": nats / LN2}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"{file}: {nats:.4f} nats/char ({nats / LN2:.4f} bits/char) over {len(ids):,} "
+              f"characters")
+
+
+@app.command()
+def info(
+    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory. [default: the most recent run]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Model configuration, size, vocabulary and training history."""
+    from .report import loss_text
+
+    net, vocab, ck = _load_model(model)
+    t = ck.train
+    result = {"config": ck.config, "parameters": int(net.params.size),
+              "vocabulary": vocab.chars, "step": t.get("step"), "epoch": t.get("epoch"),
+              "best_val_loss": t.get("best_val_loss"), "options": t.get("options"),
+              "history": t.get("history", [])}
+    if as_json:
+        print(json.dumps(result, ensure_ascii=False))
+        return
+    c = ck.config
+    lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
+             f"{net.params.size:,} parameters",
+             f"vocabulary  {len(vocab)} characters: {vocab.chars!r}",
+             f"trained     {t.get('step', 0)} steps, {t.get('epoch', 0)} epochs",
+             f"best val    {loss_text(t.get('best_val_loss'))}"]
+    for h in result["history"][-10:]:
+        lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
+                     f"val {loss_text(h.get('val_loss'))}")
+    print("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus
+
+
+@corpus_app.command("list")
+def corpus_list():
+    """The classic corpora `charrnn corpus get` can fetch."""
+    from .corpora import CATALOGUE
+    for name, entry in CATALOGUE.items():
+        print(f"{name}\t{entry['chars']:,} chars\t{entry['description']}")
+
+
+@corpus_app.command("get")
+def corpus_get(
+    name: Annotated[str, typer.Argument(help="Name from `charrnn corpus list`.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write it. [default: NAME.txt]")] = None,
+    url: Annotated[Optional[str], typer.Option(help="Fetch from this mirror instead (the sha256 is still checked).")] = None,
+):
+    """Download a classic corpus and check its sha256."""
+    from .corpora import download
+    dest = out or Path(f"{name}.txt")
+    path = download(name, dest, url=url)
+    stderr.print(f"wrote {path} (sha256 verified)", markup=False, highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    """Entry point: every failure becomes one line on stderr and an exit status."""
+    try:
+        rv = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
+    except UsageProblem as e:
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # the parser's usage errors
+            _fail(e.format_message(), e.exit_code)
+        if isinstance(e, _user_errors()):
+            _fail(str(e), 1)
+        if isinstance(e, OSError):
+            _fail(f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", 1)
+        if type(e).__name__ == "Abort":
+            sys.exit(130)
+        raise
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"charrnn: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader went away (`charrnn sample | head`): that is a normal end, exit 0."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    sys.exit(0)

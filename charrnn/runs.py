@@ -1,0 +1,44 @@
+"""Run directories: where a training run writes, and the record of the most recent run, which
+`charrnn sample` uses when no model is named."""
+
+import os
+from pathlib import Path
+
+RUNS_DIR = Path("runs")
+
+
+def state_dir() -> Path:
+    """Per-user state: $CHARRNN_STATE_DIR, else $XDG_STATE_HOME/charrnn, else ~/.local/state/charrnn."""
+    if os.environ.get("CHARRNN_STATE_DIR"):
+        return Path(os.environ["CHARRNN_STATE_DIR"])
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "charrnn"
+
+
+def record_last_run(run_dir: Path) -> None:
+    d = state_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".last_run.{os.getpid()}"
+        tmp.write_text(str(Path(run_dir).resolve()) + "\n")
+        os.replace(tmp, d / "last_run")
+    except OSError:
+        pass  # a read-only home must not stop training; `sample RUN` still works
+
+
+def last_run() -> Path | None:
+    try:
+        text = (state_dir() / "last_run").read_text().strip()
+    except OSError:
+        return None
+    return Path(text) if text else None
+
+
+def new_run_dir(corpus: Path) -> Path:
+    """runs/<corpus name>, or runs/<corpus name>-2, -3, ... if taken."""
+    stem = Path(corpus).stem or "run"
+    candidate, n = RUNS_DIR / stem, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = RUNS_DIR / f"{stem}-{n}"
+    return candidate

@@ -1,0 +1,125 @@
+"""Text generation: temperature, top-k, top-p or greedy draws, a prime text, stop strings and
+batched samples. The per-character loop runs inside @njit (kernels.cpu.generate), a chunk of
+characters per call, so text streams out with no Python per character.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .kernels import cpu
+from .model import CELLS, STORED_ACTS, Model
+from .tokenizer import Vocab
+
+FIRST_CHUNK = 16  # small first chunk: the first characters appear at once
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    length: int = 500
+    temperature: float = 1.0  # 0: greedy (argmax)
+    top_k: int = 0  # 0: no limit
+    top_p: float = 1.0
+    prime: str = ""
+    seed: int | None = None
+    num_samples: int = 1
+    stop: str | None = None
+    skip_unknown: bool = False
+
+    def __post_init__(self):
+        if self.length < 1:
+            raise ValueError("length must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0 (0 means greedy)")
+        if self.top_k < 0:
+            raise ValueError("top-k must be >= 1 (or 0 for no limit)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top-p must be in (0, 1]")
+        if self.num_samples < 1:
+            raise ValueError("num-samples must be at least 1")
+        if self.stop == "":
+            raise ValueError("stop string must not be empty")
+
+
+class _Stepper:
+    """State and scratch arrays for B streams advancing one character at a time."""
+
+    def __init__(self, model: Model, B: int):
+        cfg = model.config
+        self.model = model
+        self.cell = CELLS[cfg.cell]
+        self.h, self.c = model.zero_state(B)
+        GH, H, dtype = cfg.gates * cfg.hidden, cfg.hidden, model.dtype
+        self.scratch = (np.zeros((B, GH), dtype), np.zeros((B, GH), dtype),
+                        np.zeros((B, STORED_ACTS[cfg.cell] * H), dtype),
+                        np.zeros((B, H), dtype), np.zeros((B, H), dtype),
+                        np.zeros((B, cfg.vocab_size), dtype))
+        self.probs = np.zeros(cfg.vocab_size, np.float64)
+
+    def feed(self, ids: np.ndarray) -> None:
+        """ids: (n, B)."""
+        m = self.model
+        cpu.feed(self.cell, m.params, m.layout.offsets, np.ascontiguousarray(ids, np.int32),
+                 self.h, self.c, *self.scratch)
+
+    def generate(self, x, opts: SampleOptions, uniforms: np.ndarray) -> np.ndarray:
+        """(n, B) new ids; x (B,) int32 is updated to the last of them."""
+        m = self.model
+        out = np.zeros(uniforms.shape, np.int32)
+        cpu.generate(self.cell, m.params, m.layout.offsets, x, self.h, self.c,
+                     float(opts.temperature), int(opts.top_k), float(opts.top_p), uniforms, out,
+                     *self.scratch, self.probs)
+        return out
+
+
+def start_ids(vocab: Vocab, prime: str, skip_unknown: bool) -> np.ndarray:
+    """The ids the sample starts from: the prime text, else a newline (or id 0 if the
+    vocabulary has none), which is not part of the output."""
+    if prime:
+        ids = vocab.encode(prime, skip_unknown=skip_unknown)
+        if len(ids):
+            return ids.astype(np.int32)
+    nl = np.searchsorted(vocab.codepoints, ord("\n"))
+    has_nl = nl < len(vocab) and vocab.codepoints[nl] == ord("\n")
+    return np.array([nl if has_nl else 0], np.int32)
+
+
+def generate(model: Model, vocab: Vocab, opts: SampleOptions) -> Iterator[tuple[int, str]]:
+    """Yield (sample index, text) pieces as they are generated; a sample ends after
+    opts.length new characters or just before its stop string. The prime text comes first."""
+    B = opts.num_samples
+    ids = start_ids(vocab, opts.prime, opts.skip_unknown)
+    stepper = _Stepper(model, B)
+    stepper.feed(np.repeat(ids[:-1, None], B, axis=1))
+    x = np.full(B, ids[-1], np.int32)
+    rng = np.random.default_rng(opts.seed)
+    if opts.prime:
+        for b in range(B):
+            yield b, opts.prime
+    pending = [""] * B  # text held back because it may be the start of the stop string
+    done = [False] * B
+    remaining, chunk = opts.length, FIRST_CHUNK
+    while remaining > 0 and not all(done):
+        n = min(chunk, remaining)
+        out = stepper.generate(x, opts, rng.random((n, B)))
+        for b in range(B):
+            if done[b]:
+                continue
+            text = pending[b] + vocab.decode(out[:, b])
+            emit = text
+            if opts.stop is not None:
+                cut = text.find(opts.stop)
+                if cut >= 0:
+                    emit, done[b] = text[:cut], True
+                else:
+                    emit = text[:max(0, len(text) - len(opts.stop) + 1)]
+                pending[b] = text[len(emit):] if not done[b] else ""
+            if emit:
+                yield b, emit
+        remaining -= n
+        chunk = CHUNK
+    for b in range(B):
+        if pending[b]:
+            yield b, pending[b]

@@ -1,0 +1,377 @@
+"""The training loop: B contiguous streams, windows of T characters, hidden state carried between
+windows (truncated BPTT), Adam with global-norm clipping, periodic validation, checkpoints and
+metrics.jsonl. It never prints: it reports through a Reporter, so the CLI decides what is shown.
+
+Everything that decides the next step lives in the checkpoint (weights, optimizer moments, RNG
+state, data position, carried state, the running loss sum), so a resumed run continues exactly.
+"""
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from . import checkpoint as ckpt_io
+from .batches import stream_matrix
+from .model import Model, ModelConfig
+from .optim import Adam, clip_grad_norm
+from .runs import record_last_run
+from .sample import SampleOptions, generate
+from .tokenizer import CorpusError, Vocab, read_corpus, split
+
+METRICS = "metrics.jsonl"
+MAX_EVAL_CHARS = 500_000  # validation reads at most this much of the held-out text
+
+
+class TrainingError(Exception):
+    """Training cannot go on; one line for the user. What was saved stays as it was."""
+
+
+@dataclass
+class TrainOptions:
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 256
+    dropout: float = 0.0
+    seq_len: int = 100
+    batch_size: int = 64
+    lr: float = 2e-3
+    grad_clip: float = 5.0
+    epochs: int | None = 10
+    max_steps: int | None = None
+    minutes: float | None = None
+    val_frac: float = 0.1
+    eval_every: int = 200
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    preview_chars: int = 200
+
+    def __post_init__(self):
+        positive = ["layers", "hidden", "seq_len", "batch_size", "eval_every", "save_every",
+                    "log_every"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ["epochs", "max_steps"]:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ValueError("--minutes must be positive")
+        if not 0 <= self.dropout < 1:
+            raise ValueError("--dropout must be in [0, 1)")
+        if not 0 <= self.val_frac < 1:
+            raise ValueError("--val-frac must be in [0, 1)")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ValueError("--lr must be positive")
+        if not self.grad_clip > 0:
+            raise ValueError("--grad-clip must be positive")
+        if self.preview_chars < 0:
+            raise ValueError("preview length must be >= 0")
+
+
+# options that shape the model or the data stream: a resumed run must keep them
+FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "seq_len", "batch_size", "val_frac",
+                   "seed")
+
+
+class Reporter(Protocol):
+    def start(self, info: dict) -> None: ...
+    def step(self, metrics: dict) -> None: ...
+    def evaluated(self, metrics: dict, preview: str) -> None: ...
+    def message(self, text: str) -> None: ...
+    def finish(self, summary: dict) -> None: ...
+
+
+def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, list[str]]:
+    """Batch size and window length that the training text can fill, shrunk if needed, with
+    the warnings to show. Needs at least 2 characters (one input, one target)."""
+    warnings = []
+    B, T = batch_size, seq_len
+    if n_train < B * (T + 1):
+        B = max(1, n_train // (T + 1))
+        if B == 1 and n_train < T + 1:
+            T = n_train - 1
+        warnings.append(f"the training text ({n_train} characters) is too small for "
+                        f"--batch-size {batch_size} --seq-len {seq_len}; using --batch-size {B} "
+                        f"--seq-len {T}")
+    return B, T, warnings
+
+
+def evaluate(model: Model, ids: np.ndarray, batch_size: int, seq_len: int) -> float:
+    """Mean loss (nats/char) over ids, read as up to batch_size streams with state carried."""
+    ids = ids[:MAX_EVAL_CHARS]
+    B = max(1, min(batch_size, len(ids) // (seq_len + 1)))
+    streams = stream_matrix(ids, B)
+    h, c = model.zero_state(B)
+    total = count = 0.0
+    for s in range(0, streams.shape[0] - 1, seq_len):
+        t = min(seq_len, streams.shape[0] - 1 - s)
+        total += model.forward(streams[s:s + t], streams[s + 1:s + 1 + t], h, c) * t * B
+        count += t * B
+        h, c = model.final_state()
+    return total / count
+
+
+class Run:
+    """One training run: the corpus, model, optimizer and where the stream stands."""
+
+    def __init__(self, corpus: Path, run_dir: Path, opts: TrainOptions,
+                 resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict"):
+        self.corpus, self.run_dir = Path(corpus), Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        vocab = Vocab(resume.vocab) if resume is not None else None
+        self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors, vocab=vocab,
+                                      workdir=self.run_dir)
+        self.n_chars = len(ids)
+        train_ids, self.val_ids = split(ids, opts.val_frac)
+        if len(train_ids) < 2:
+            raise CorpusError(f"{self.corpus} is too small to train on: {len(ids)} characters, "
+                              f"of which {len(train_ids)} remain for training after "
+                              f"--val-frac {opts.val_frac}; at least 2 are needed")
+        B, T, self.warnings = fit_sizes(len(train_ids), opts.batch_size, opts.seq_len)
+        if resume is None:
+            opts.batch_size, opts.seq_len = B, T
+        self.opts = opts
+        self.streams = stream_matrix(train_ids, opts.batch_size)  # (S, B)
+        config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
+                             hidden=opts.hidden, dropout=opts.dropout)
+        self.model = Model(config, seed=opts.seed)
+        self.optimizer = Adam(self.model.params.size, lr=opts.lr)
+        self.rng = np.random.default_rng(opts.seed)
+        self.h, self.c = self.model.zero_state(opts.batch_size)
+        self.step = self.epoch = self.position = 0
+        self.elapsed = 0.0
+        self.best_val = math.inf
+        self.loss_sum, self.loss_count = 0.0, 0
+        self.history: list[dict] = []
+        if resume is not None:
+            self._restore(resume)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil((self.streams.shape[0] - 1) / self.opts.seq_len)
+
+    def checkpoint(self) -> ckpt_io.Checkpoint:
+        return ckpt_io.Checkpoint(
+            config=self.model.config.to_dict(), vocab=self.vocab.codepoints,
+            params=self.model.params,
+            arrays={"adam.m": self.optimizer.m, "adam.v": self.optimizer.v,
+                    "state.h": self.h, "state.c": self.c},
+            train={"options": asdict(self.opts), "step": self.step, "epoch": self.epoch,
+                   "position": self.position, "elapsed_s": self.elapsed,
+                   "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                   "adam_steps": self.optimizer.steps, "rng": self.rng.bit_generator.state,
+                   "loss_sum": self.loss_sum, "loss_count": self.loss_count,
+                   "history": self.history,
+                   "corpus": {"path": str(self.corpus), "chars": self.n_chars}})
+
+    def _restore(self, ck: ckpt_io.Checkpoint) -> None:
+        t = ck.train
+        try:
+            if ck.params.shape != self.model.params.shape:
+                raise KeyError("params")
+            self.model.params[:] = ck.params
+            self.optimizer.load_state({"m": ck.arrays["adam.m"], "v": ck.arrays["adam.v"],
+                                       "steps": t["adam_steps"]})
+            self.h[:] = ck.arrays["state.h"]
+            self.c[:] = ck.arrays["state.c"]
+            self.step, self.epoch, self.position = t["step"], t["epoch"], t["position"]
+            self.elapsed, self.history = float(t["elapsed_s"]), list(t["history"])
+            self.best_val = math.inf if t["best_val_loss"] is None else float(t["best_val_loss"])
+            self.loss_sum, self.loss_count = float(t["loss_sum"]), int(t["loss_count"])
+            self.rng.bit_generator.state = t["rng"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ckpt_io.CheckpointError(f"the checkpoint cannot resume training: missing or "
+                                          f"bad {e}") from None
+        if self.position >= self.streams.shape[0] - 1:
+            raise ckpt_io.CheckpointError("the checkpoint's data position lies beyond this "
+                                          "corpus: was it trained on another text?")
+
+    # -----------------------------------------------------------------------------------------
+
+    def _budget_left(self, started: float, step0: int) -> str | None:
+        """Why training should stop now, or None."""
+        o = self.opts
+        if o.max_steps is not None and self.step >= o.max_steps:
+            return f"reached --max-steps {o.max_steps}"
+        if o.epochs is not None and self.epoch >= o.epochs:
+            return f"finished {o.epochs} epochs"
+        if o.minutes is not None and time.perf_counter() - started >= o.minutes * 60:
+            return f"used the --minutes {o.minutes:g} budget"
+        return None
+
+    def total_steps(self) -> int | None:
+        o = self.opts
+        limits = []
+        if o.max_steps is not None:
+            limits.append(o.max_steps)
+        if o.epochs is not None:
+            limits.append(o.epochs * self.steps_per_epoch)
+        return min(limits) if limits else None
+
+    def train_step(self) -> float:
+        """One window: forward, backward, clip, Adam; advances the stream."""
+        T, model = self.opts.seq_len, self.model
+        S = self.streams.shape[0]
+        s = self.position
+        t = min(T, S - 1 - s)
+        x, y = self.streams[s:s + t], self.streams[s + 1:s + 1 + t]
+        masks = model.dropout_masks(self.rng, t, x.shape[1]) if self.opts.dropout > 0 else None
+        loss = model.forward(x, y, self.h, self.c, masks)
+        if not math.isfinite(loss):
+            raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopped "
+                                f"without saving it (try a lower --lr)")
+        model.grads[:] = 0
+        model.backward()
+        clip_grad_norm(model.grads, self.opts.grad_clip)
+        self.optimizer.step(model.params, model.grads)
+        self.step += 1
+        self.position = s + t
+        if self.position >= S - 1:  # epoch done: start the streams again from a clean state
+            self.epoch += 1
+            self.position = 0
+            self.h, self.c = model.zero_state(x.shape[1])
+        else:
+            self.h, self.c = model.final_state()
+        return loss
+
+    def warm_up(self) -> None:
+        """Compile (or load from numba's disk cache) every kernel the loop uses, on a throwaway
+        copy of the model, so that no step's timing includes compilation."""
+        model = Model(self.model.config, params=self.model.params.copy())
+        x = self.streams[:2, :1]
+        model.forward(x[:1], x[1:])
+        model.backward()
+        clip_grad_norm(model.grads, 1.0)
+        Adam(model.params.size).step(model.params, model.grads)
+        for _ in generate(model, self.vocab, SampleOptions(length=1, seed=0)):
+            pass
+
+    def preview(self) -> str:
+        if not self.opts.preview_chars:
+            return ""
+        opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8, seed=self.step)
+        return "".join(piece for _, piece in generate(self.model, self.vocab, opts))
+
+    def save(self, name: str) -> None:
+        try:
+            ckpt_io.save(self.run_dir / name, self.checkpoint())
+        except OSError as e:
+            raise TrainingError(f"could not save {self.run_dir / name}: {e.strerror or e}; "
+                                f"the previous checkpoint is intact") from None
+        record_last_run(self.run_dir)
+
+
+def _write_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Train until a budget (--max-steps, --epochs, --minutes) is used up or should_stop();
+    returns a summary. Saves latest.npz at --save-every and at the end, best.npz whenever the
+    validation loss improves."""
+    o = run.opts
+    metrics_path = run.run_dir / METRICS
+    _truncate_metrics(metrics_path, run.step)
+    for w in run.warnings:
+        reporter.message(f"warning: {w}")
+    reporter.start({"run_dir": str(run.run_dir), "params": run.model.params.size,
+                    "vocab": len(run.vocab), "train_chars": run.streams.size,
+                    "val_chars": len(run.val_ids), "step": run.step,
+                    "total_steps": run.total_steps(), "minutes": o.minutes,
+                    "batch_size": o.batch_size, "seq_len": o.seq_len})
+    run.warm_up()
+    started = time.perf_counter()
+    step0 = run.step
+    chars_since, seconds_since = 0, 0.0  # training work since the last log: chars/s
+    stopped_by = None
+    evaluated_at = saved_at = None
+    while True:
+        stopped_by = run._budget_left(started, step0)
+        if stopped_by:
+            break
+        if should_stop():
+            stopped_by = "interrupted"
+            break
+        t0 = time.perf_counter()
+        loss = run.train_step()
+        now = time.perf_counter()
+        run.elapsed += now - t0
+        seconds_since += now - t0
+        run.loss_sum += loss
+        run.loss_count += 1
+        chars_since += o.seq_len * o.batch_size
+        log_now, eval_now = run.step % o.log_every == 0, run.step % o.eval_every == 0
+        if log_now or eval_now:
+            record = {"step": run.step, "epoch": run.epoch,
+                      "train_loss": run.loss_sum / run.loss_count, "lr": o.lr,
+                      "chars_per_sec": chars_since / max(seconds_since, 1e-9),
+                      "elapsed_s": run.elapsed}
+            run.loss_sum, run.loss_count = 0.0, 0
+            chars_since, seconds_since = 0, 0.0
+            if eval_now:
+                record["val_loss"] = _evaluate(run, record)
+                evaluated_at = run.step
+            _write_metrics(metrics_path, record)
+            reporter.step(record)
+            if record.get("val_loss") is not None:
+                reporter.evaluated(record, run.preview())
+        if run.step % o.save_every == 0:
+            run.save(ckpt_io.LATEST)
+            saved_at = run.step
+    if evaluated_at != run.step and len(run.val_ids) >= 2 and run.step > step0:
+        record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed}
+        record["val_loss"] = _evaluate(run, record)
+        _write_metrics(metrics_path, record)
+        reporter.evaluated(record, run.preview())
+    if saved_at != run.step:
+        run.save(ckpt_io.LATEST)
+    summary = {"step": run.step, "epoch": run.epoch, "stopped_by": stopped_by,
+               "best_val_loss": None if math.isinf(run.best_val) else run.best_val,
+               "run_dir": str(run.run_dir)}
+    reporter.finish(summary)
+    return summary
+
+
+def _evaluate(run: Run, record: dict) -> float | None:
+    """Validation loss; saves best.npz when it improves. None without a validation set."""
+    if len(run.val_ids) < 2:
+        return None
+    val = evaluate(run.model, run.val_ids, run.opts.batch_size, run.opts.seq_len)
+    run.history.append({"step": run.step, "train_loss": record.get("train_loss"),
+                        "val_loss": val})
+    if val < run.best_val:
+        run.best_val = val
+        run.save(ckpt_io.BEST)
+    return val
+
+
+def options_from_checkpoint(ck: ckpt_io.Checkpoint, given: dict) -> TrainOptions:
+    """The saved options of a run being resumed, with the budget and cadence options the user
+    gave now; refuses changes to what shapes the model or the data stream."""
+    saved = dict(ck.train.get("options") or {})
+    known = {f.name for f in fields(TrainOptions)}
+    saved = {k: v for k, v in saved.items() if k in known}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in FIXED_ON_RESUME and saved.get(name) != value:
+            raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming "
+                             f"(the run uses {saved.get(name)})")
+        saved[name] = value
+    return TrainOptions(**saved)
