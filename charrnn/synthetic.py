@@ -7,6 +7,7 @@ distribution over contexts.
 """
 
 import itertools
+import random
 
 import numpy as np
 
@@ -14,12 +15,16 @@ import numpy as np
 class MarkovSource:
     def __init__(self, alphabet: str = "abcd", order: int = 2, concentration: float = 0.3,
                  seed: int = 0):
-        rng = np.random.default_rng(seed)
         self.alphabet = alphabet
         self.order = order
         k = len(alphabet)
-        # transitions[c] = distribution of the next symbol after context number c, (k**order, k)
-        self.transitions = rng.dirichlet(np.full(k, concentration), size=k ** order)
+        # transitions[c] = distribution of the next symbol after context number c, (k**order, k):
+        # Dirichlet draws as normalised gammas from Python's random, whose streams stay the same
+        # across versions (numpy's dirichlet has changed), so shipped corpora can be regenerated
+        r = random.Random(seed)
+        g = np.array([[r.gammavariate(concentration, 1.0) for _ in range(k)]
+                      for _ in range(k ** order)])
+        self.transitions = g / g.sum(axis=1, keepdims=True)
 
     def _next_context(self, context: int, symbol: int) -> int:
         k = len(self.alphabet)

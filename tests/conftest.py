@@ -6,6 +6,12 @@ from charrnn.model import Model, ModelConfig
 CELLS = ["lstm", "gru", "rnn"]
 
 
+@pytest.fixture(autouse=True)
+def private_state_dir(tmp_path, monkeypatch):
+    """Tests never touch the user's record of the most recent run."""
+    monkeypatch.setenv("CHARRNN_STATE_DIR", str(tmp_path / "charrnn-state"))
+
+
 def rel_error(actual, expected, floor=1e-8):
     """Largest elementwise relative error |a - e| / max(|a| + |e|, floor) (torch-rnn's measure)."""
     actual = np.asarray(actual, np.float64)

@@ -1,0 +1,120 @@
+"""The training loop: deterministic, resumable to the bit, honest about small corpora, and it
+writes the run directory it promises."""
+
+import json
+
+import numpy as np
+import pytest
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.synthetic import MarkovSource
+from charrnn.tokenizer import CorpusError
+from charrnn.train import Run, TrainOptions, fit_sizes, options_from_checkpoint, train
+
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+SMALL = dict(hidden=16, layers=2, seq_len=16, batch_size=4, eval_every=10, save_every=10,
+             log_every=5, preview_chars=20, dropout=0.2)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "markov.txt"
+    path.write_text(MarkovSource(alphabet="abcé\n", order=2, seed=0).sample_text(6000))
+    return path
+
+
+def run_steps(corpus, run_dir, steps, resume=None, **opts):
+    options = TrainOptions(**{**SMALL, "max_steps": steps, **opts})
+    if resume is not None:
+        options = options_from_checkpoint(resume, {"max_steps": steps})
+    run = Run(corpus, run_dir, options, resume=resume)
+    rec = Recorder()
+    summary = train(run, rec)
+    return run, summary, rec
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_same_losses(corpus, tmp_path):
+    a, _, _ = run_steps(corpus, tmp_path / "a", 20)
+    b, _, _ = run_steps(corpus, tmp_path / "b", 20)
+    c, _, _ = run_steps(corpus, tmp_path / "c", 20, seed=1)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("chars_per_sec", "elapsed_s")}
+                          for r in rows]
+    assert strip(metrics(tmp_path / "a")) == strip(metrics(tmp_path / "b"))
+    assert np.array_equal(a.model.params, b.model.params)
+    assert not np.array_equal(a.model.params, c.model.params)
+
+
+def test_resume_continues_exactly(corpus, tmp_path):
+    straight, _, _ = run_steps(corpus, tmp_path / "straight", 30)
+    run_steps(corpus, tmp_path / "split", 15)  # stops between saves: latest is written at 15
+    resumed_from = ckpt_io.load(tmp_path / "split" / "latest.npz")
+    assert resumed_from.train["step"] == 15
+    resumed, summary, _ = run_steps(corpus, tmp_path / "split", 30, resume=resumed_from)
+    assert summary["step"] == 30
+    assert np.array_equal(straight.model.params, resumed.model.params)
+    assert np.array_equal(straight.optimizer.m, resumed.optimizer.m)
+    train_losses = lambda d: [(r["step"], r["train_loss"]) for r in metrics(d) if "train_loss" in r]
+    assert train_losses(tmp_path / "straight") == train_losses(tmp_path / "split")
+
+
+def test_run_directory_contents(corpus, tmp_path):
+    run, summary, rec = run_steps(corpus, tmp_path / "run", 20)
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= {"latest.npz", "best.npz",
+                                                              "metrics.jsonl"}
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if "train_loss" in r] == [5, 10, 15, 20]
+    assert all({"step", "epoch", "train_loss", "lr", "chars_per_sec", "elapsed_s"} <= r.keys()
+               for r in rows if "train_loss" in r)
+    vals = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert len(vals) == 2 and summary["best_val_loss"] == min(vals)
+    best = ckpt_io.load(tmp_path / "run" / "best.npz")
+    assert best.train["best_val_loss"] == min(vals)
+    previews = [args[1] for name, args in rec.calls if name == "evaluated"]
+    assert len(previews) == 2 and all(len(p) == 20 for p in previews)
+
+
+def test_epochs_budget_and_state_reset(corpus, tmp_path):
+    run, summary, _ = run_steps(corpus, tmp_path / "e", None, epochs=1)
+    assert summary["stopped_by"] == "finished 1 epochs" and run.epoch == 1
+    assert run.step == run.steps_per_epoch and run.position == 0
+    assert not run.h.any()  # a new epoch starts from a clean state
+
+
+def test_fit_sizes_shrinks_with_a_warning():
+    assert fit_sizes(10_000, 8, 50) == (8, 50, [])
+    B, T, warnings = fit_sizes(300, 8, 50)
+    assert (B, T) == (5, 50) and "--batch-size 5" in warnings[0]
+    B, T, warnings = fit_sizes(20, 8, 50)
+    assert (B, T) == (1, 19) and warnings
+
+
+def test_tiny_corpus_trains_or_says_why(tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("abcabcabca")
+    run, summary, rec = run_steps(tiny, tmp_path / "t", 3, batch_size=64, seq_len=100)
+    assert summary["step"] == 3
+    assert any("too small" in args[0] for name, args in rec.calls if name == "message")
+    one = tmp_path / "one.txt"
+    one.write_text("a")
+    with pytest.raises(CorpusError, match="at least 2"):
+        run_steps(one, tmp_path / "o", 3)
+
+
+def test_resume_refuses_shape_changes(corpus, tmp_path):
+    run_steps(corpus, tmp_path / "r", 10)
+    ck = ckpt_io.load(tmp_path / "r" / "latest.npz")
+    with pytest.raises(ValueError, match="--hidden cannot change"):
+        options_from_checkpoint(ck, {"hidden": 99})
+    assert options_from_checkpoint(ck, {"max_steps": 50, "lr": 1e-3}).lr == 1e-3
