@@ -8,11 +8,14 @@ import numpy as np
 
 
 def stream_matrix(ids: np.ndarray, B: int) -> np.ndarray:
-    """The ids as B contiguous streams, (S, B) with S = len(ids) // B (the tail is dropped)."""
+    """The ids as B contiguous streams, (S, B) with S = len(ids) // B (the tail is dropped).
+
+    A view, not a copy: a memory-mapped corpus stays on disk, and only the windows that are
+    read (copied to contiguous arrays by the model) come into memory."""
     S = len(ids) // B
     if S < 2:
         raise ValueError(f"{len(ids)} characters are too few for {B} streams")
-    return np.ascontiguousarray(ids[:S * B].reshape(B, S).T)
+    return ids[:S * B].reshape(B, S).T
 
 
 def windows(streams: np.ndarray, T: int, start: int = 0):

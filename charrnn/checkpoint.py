@@ -8,6 +8,7 @@ a CheckpointError with one clear line. The format is described in docs/checkpoin
 
 import json
 import os
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,12 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e.strerror or e}") from None
+    if not is_zip:  # np.load would try it as a pickle and advise unpickling: never
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz file)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "meta" not in npz.files:

@@ -6,6 +6,7 @@ imported inside the commands, so `charrnn --help` starts fast.
 """
 
 import codecs
+import dataclasses
 import json
 import os
 import signal
@@ -27,6 +28,20 @@ app.add_typer(corpus_app, name="corpus")
 stderr = Console(stderr=True)
 
 
+def say(text: str) -> None:
+    """A message line on stderr, never wrapped or styled (logs get it whole)."""
+    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def emit(text: str) -> None:
+    """Data on stdout; a reader that went away (`| head`) ends the command quietly."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+
+
 class UsageProblem(Exception):
     """A bad option value: exit 2."""
 
@@ -44,9 +59,13 @@ def _user_errors():
     return (CheckpointError, CorpusError, TrainingError, DownloadError, Failure)
 
 
-def unescape(text: str) -> str:
+def unescape(text: str, option: str) -> str:
     r"""Backslash escapes as a shell user means them: '\n' is a newline (non-ASCII kept)."""
-    return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    try:
+        return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError:
+        raise UsageProblem(f"{option}: bad backslash escape in {text!r} (write a backslash "
+                           f"as \\\\)") from None
 
 
 def check_device(device: str) -> None:
@@ -125,9 +144,6 @@ def train(
             opts = TrainOptions(**{k: v for k, v in given.items() if v is not None})
         except ValueError as e:
             raise UsageProblem(str(e)) from None
-    if not quiet:
-        stderr.print(f"preparing {corpus} (the first run compiles the model: about a minute)",
-                     markup=False, highlight=False)
     run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors)
     reporter = _reporter(quiet)
     stop = _StopOnSignal()
@@ -137,8 +153,8 @@ def train(
         reporter.close()
         stop.restore()
     if summary["stopped_by"] == "interrupted":
-        stderr.print(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
-                     f"{corpus} --out {run_dir} --resume", markup=False, highlight=False)
+        say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train {corpus} "
+            f"--out {run_dir} --resume")
         raise typer.Exit(128 + stop.signum)
 
 
@@ -210,19 +226,21 @@ def sample(
 ):
     """Generate text from a trained model, streaming to stdout."""
     check_device(device)
-    prime_text = _prime_text(prime, prime_file)
+    if prime is not None and prime_file is not None:
+        raise UsageProblem("give --prime or --prime-file, not both")
     from .sample import SampleOptions, generate
     try:
         opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
-                             top_k=top_k, top_p=top_p, prime=prime_text, seed=seed,
-                             num_samples=num_samples,
-                             stop=None if stop is None else unescape(stop),
+                             top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
+                             stop=None if stop is None else unescape(stop, "--stop"),
                              skip_unknown=skip_unknown)
     except ValueError as e:
         raise UsageProblem(f"--{e}") from None
+    sep = unescape(separator, "--separator")
     net, vocab, _ = _load_model(model)
+    opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     try:
-        _write_samples(generate(net, vocab, opts), num_samples, unescape(separator))
+        _write_samples(generate(net, vocab, opts), num_samples, sep)
     except BrokenPipeError:
         _quiet_broken_pipe()
 
@@ -244,20 +262,22 @@ def _write_samples(pieces, num_samples: int, separator: str) -> None:
 
 
 def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
-    if prime is not None and prime_file is not None:
-        raise UsageProblem("give --prime or --prime-file, not both")
+    """--prime, else --prime-file ('-': stdin), else text piped on stdin, else nothing."""
     if prime is not None:
         return prime
-    if prime_file is not None:
-        if str(prime_file) == "-":
-            return sys.stdin.read()
+    if prime_file is not None and str(prime_file) != "-":
         try:
-            return prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise Failure(f"--prime-file {prime_file}: {getattr(e, 'strerror', None) or e}") from None
-    if not sys.stdin.isatty():
-        return sys.stdin.read()
-    return ""
+            data, source = prime_file.read_bytes(), f"--prime-file {prime_file}"
+        except OSError as e:
+            raise Failure(f"--prime-file {prime_file}: {e.strerror or e}") from None
+    elif prime_file is not None or not sys.stdin.isatty():
+        data, source = sys.stdin.buffer.read(), "the text on stdin"
+    else:
+        return ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Failure(f"{source} is not valid UTF-8 (byte {e.start})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +304,9 @@ def eval_(
     result = {"file": str(file), "chars": int(len(ids)), "loss_nats": nats,
               "loss_bits": nats / LN2}
     if as_json:
-        print(json.dumps(result))
+        emit(json.dumps(result))
     else:
-        print(f"{file}: {nats:.4f} nats/char ({nats / LN2:.4f} bits/char) over {len(ids):,} "
+        emit(f"{file}: {nats:.4f} nats/char ({nats / LN2:.4f} bits/char) over {len(ids):,} "
               f"characters")
 
 
@@ -305,7 +325,7 @@ def info(
               "best_val_loss": t.get("best_val_loss"), "options": t.get("options"),
               "history": t.get("history", [])}
     if as_json:
-        print(json.dumps(result, ensure_ascii=False))
+        emit(json.dumps(result, ensure_ascii=False))
         return
     c = ck.config
     lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
@@ -316,7 +336,7 @@ def info(
     for h in result["history"][-10:]:
         lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
                      f"val {loss_text(h.get('val_loss'))}")
-    print("\n".join(lines))
+    emit("\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +348,7 @@ def corpus_list():
     """The classic corpora `charrnn corpus get` can fetch."""
     from .corpora import CATALOGUE
     for name, entry in CATALOGUE.items():
-        print(f"{name}\t{entry['chars']:,} chars\t{entry['description']}")
+        emit(f"{name}\t{entry['chars']:,} chars\t{entry['description']}")
 
 
 @corpus_app.command("get")
@@ -341,7 +361,7 @@ def corpus_get(
     from .corpora import download
     dest = out or Path(f"{name}.txt")
     path = download(name, dest, url=url)
-    stderr.print(f"wrote {path} (sha256 verified)", markup=False, highlight=False)
+    say(f"wrote {path} (sha256 verified)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,6 +377,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as e:
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # the parser's usage errors
+            if not e.format_message():  # no arguments at all: the help is the answer
+                sys.exit(e.exit_code)
             _fail(e.format_message(), e.exit_code)
         if isinstance(e, _user_errors()):
             _fail(str(e), 1)

@@ -31,7 +31,7 @@ class SampleOptions:
     def __post_init__(self):
         if self.length < 1:
             raise ValueError("length must be at least 1")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # NaN too
             raise ValueError("temperature must be >= 0 (0 means greedy)")
         if self.top_k < 0:
             raise ValueError("top-k must be >= 1 (or 0 for no limit)")

@@ -123,10 +123,16 @@ class Run:
     def __init__(self, corpus: Path, run_dir: Path, opts: TrainOptions,
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict"):
         self.corpus, self.run_dir = Path(corpus), Path(run_dir)
+        created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         vocab = Vocab(resume.vocab) if resume is not None else None
-        self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors, vocab=vocab,
-                                      workdir=self.run_dir)
+        try:
+            self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
+                                          vocab=vocab, workdir=self.run_dir)
+        except CorpusError:
+            if created and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # a failed start leaves nothing behind
+            raise
         self.n_chars = len(ids)
         train_ids, self.val_ids = split(ids, opts.val_frac)
         if len(train_ids) < 2:
@@ -295,6 +301,7 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
                     "val_chars": len(run.val_ids), "step": run.step,
                     "total_steps": run.total_steps(), "minutes": o.minutes,
                     "batch_size": o.batch_size, "seq_len": o.seq_len})
+    reporter.message("loading the compiled kernels (the first run compiles them: about a minute)")
     run.warm_up()
     started = time.perf_counter()
     step0 = run.step

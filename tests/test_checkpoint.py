@@ -130,7 +130,7 @@ def test_truncated_and_flipped_files(saved):
 
 def test_not_a_zip_and_missing_and_directory(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
-    for path, message in [(tmp_path / "text.npz", "not a readable"),
+    for path, message in [(tmp_path / "text.npz", "not an .npz file"),
                           (tmp_path / "missing.npz", "no such checkpoint"),
                           (tmp_path, "is a directory")]:
         with pytest.raises(CheckpointError, match=message):
