@@ -145,6 +145,8 @@ def train(
         except ValueError as e:
             raise UsageProblem(str(e)) from None
     run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors)
+    with _compile_notice(quiet):
+        run.warm_up()
     reporter = _reporter(quiet)
     stop = _StopOnSignal()
     try:
@@ -156,6 +158,16 @@ def train(
         say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train {corpus} "
             f"--out {run_dir} --resume")
         raise typer.Exit(128 + stop.signum)
+
+
+def _compile_notice(quiet: bool = False):
+    from contextlib import nullcontext
+
+    from .report import SlowNotice
+    if quiet:
+        return nullcontext()
+    return SlowNotice(stderr, "compiling the model's kernels (first run only: about a minute; "
+                              "later runs load them from the cache)")
 
 
 def _reporter(quiet: bool):
@@ -240,9 +252,17 @@ def sample(
     net, vocab, _ = _load_model(model)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     try:
-        _write_samples(generate(net, vocab, opts), num_samples, sep)
+        _write_samples(_first_piece_cancels(generate(net, vocab, opts)), num_samples, sep)
     except BrokenPipeError:
         _quiet_broken_pipe()
+
+
+def _first_piece_cancels(pieces):
+    """The compile notice shows only while nothing has come out yet."""
+    with _compile_notice() as notice:
+        for piece in pieces:
+            notice.cancel()
+            yield piece
 
 
 def _write_samples(pieces, num_samples: int, separator: str) -> None:
@@ -300,7 +320,8 @@ def eval_(
     _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown)
     if len(ids) < 2:
         raise Failure(f"{file} is too short to score: it needs at least 2 characters")
-    nats = evaluate(net, ids, batch_size=32, seq_len=100)
+    with _compile_notice():
+        nats = evaluate(net, ids, batch_size=32, seq_len=100)
     result = {"file": str(file), "chars": int(len(ids)), "loss_nats": nats,
               "loss_bits": nats / LN2}
     if as_json:
@@ -337,6 +358,54 @@ def info(
         lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
                      f"val {loss_text(h.get('val_loss'))}")
     emit("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+@app.command()
+def bench(
+    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "lstm",
+    layers: Annotated[int, typer.Option(help="Stacked layers.")] = 2,
+    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = 50,
+    seq_len: Annotated[int, typer.Option(help="Characters per window.")] = 50,
+    iters: Annotated[int, typer.Option(help="Training steps per timing.")] = 20,
+    sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = 2000,
+    torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+):
+    """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
+    if cell not in ("lstm", "gru", "rnn"):
+        raise UsageProblem(f"--cell must be lstm, gru or rnn, not {cell!r}")
+    if min(layers, hidden, batch_size, seq_len, iters) < 1 or sample_chars < 16:
+        raise UsageProblem("--layers, --hidden, --batch-size, --seq-len and --iters must be >= 1, "
+                           "--sample-chars >= 16")
+    from .bench import (BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
+                        torch_available)
+    config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
+                         seq_len=seq_len, iters=iters, sample_chars=sample_chars)
+    result = bench_charrnn(config)
+    if torch and torch_available():
+        theirs = run_torch_subprocess(config)
+        result = {**result, **ratios(result, theirs), "pytorch": theirs}
+    if as_json:
+        emit(json.dumps(result))
+        return
+    rows = [("train chars/s", "train_chars_per_s"), ("sample chars/s (batch 1)", "sample_chars_per_s"),
+            (f"sample chars/s (batch {config.batched_samples})", "batched_sample_chars_per_s"),
+            ("ms per training step", "ms_per_iter"), ("peak RSS MB", "peak_rss_mb")]
+    theirs = result.get("pytorch")
+    emit(f"{layers} x {hidden} {cell}, batch {batch_size} x {seq_len}"
+         + (f"          charrnn      {theirs['impl']}" if theirs else ""))
+    for label, key in rows:
+        line = f"{label:<28}{result[key]:>12,.1f}"
+        if theirs:
+            line += f"{theirs[key]:>12,.1f}   x{result[key] / theirs[key]:.2f}"
+        emit(line)
+    emit(f"training at {result['train_gflops']:.0f} GFLOP/s = {result['fraction_of_peak']:.0%} "
+         f"of this machine's GEMM peak ({result['gemm_peak_gflops']:.0f} GFLOP/s)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,11 +2,31 @@
 otherwise (pipes, files, CI), nothing with --quiet. All implement train.Reporter."""
 
 import math
+import threading
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 LN2 = math.log(2)
+
+
+class SlowNotice:
+    """Says `text` on stderr if the work takes longer than `after` seconds: the first run
+    compiles the kernels, and a silent minute would look hung."""
+
+    def __init__(self, console: Console, text: str, after: float = 1.5):
+        self._timer = threading.Timer(after, console.print, (text,),
+                                      {"markup": False, "highlight": False, "soft_wrap": True})
+        self._timer.daemon = True
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._timer.cancel()
+
+    cancel = __exit__
 
 
 def loss_text(nats: float | None) -> str:

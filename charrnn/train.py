@@ -248,7 +248,8 @@ class Run:
 
     def warm_up(self) -> None:
         """Compile (or load from numba's disk cache) every kernel the loop uses, on a throwaway
-        copy of the model, so that no step's timing includes compilation."""
+        copy of the model, so that no step's timing includes compilation. Once compiled, this
+        costs milliseconds."""
         model = Model(self.model.config, params=self.model.params.copy())
         x = self.streams[:2, :1]
         model.forward(x[:1], x[1:])
@@ -301,7 +302,6 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
                     "val_chars": len(run.val_ids), "step": run.step,
                     "total_steps": run.total_steps(), "minutes": o.minutes,
                     "batch_size": o.batch_size, "seq_len": o.seq_len})
-    reporter.message("loading the compiled kernels (the first run compiles them: about a minute)")
     run.warm_up()
     started = time.perf_counter()
     step0 = run.step

@@ -1,0 +1,204 @@
+"""`charrnn bench`: training-step and sampling throughput on synthetic data, and the same work in
+PyTorch (when it is importable) measured in the same run, so the ratios mean something on a
+shared, noisy machine.
+
+Each measurement is the best of several repeats (the least disturbed one), after warm-up, so
+compilation is excluded. PyTorch runs in a subprocess (`python -m charrnn.bench --torch ...`)
+so that each side's peak RSS is its own.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class BenchConfig:
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 128
+    batch_size: int = 50
+    seq_len: int = 50
+    vocab: int = 65
+    iters: int = 20
+    repeats: int = 3
+    sample_chars: int = 2000
+    batched_samples: int = 64
+    temperature: float = 0.8
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image. VmHWM starts afresh at exec, unlike
+    ru_maxrss, which a subprocess inherits from the process that forked it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def flops_per_char(c: BenchConfig) -> float:
+    """Training FLOPs per character: the forward's multiply-adds x 2, and backward twice that.
+    The first layer's input is a row gather (no FLOPs)."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[c.cell]
+    GH = G * c.hidden
+    macs = c.hidden * GH * c.layers + c.hidden * GH * (c.layers - 1) + c.hidden * c.vocab
+    return 3 * 2 * macs
+
+
+def gemm_peak_gflops(n: int = 2048) -> float:
+    """float32 GEMM throughput of the BLAS numba calls, on an (n, n) x (n, n) product."""
+    from .kernels import cpu
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    out = np.empty_like(a)
+    cpu.matmul(a, a, out)
+    return 2 * n ** 3 / best_time(lambda: cpu.matmul(a, a, out), 3) / 1e9
+
+
+def bench_charrnn(c: BenchConfig) -> dict:
+    from .model import Model, ModelConfig
+    from .optim import Adam, clip_grad_norm
+    from .sample import SampleOptions, generate
+    from .tokenizer import Vocab
+
+    model = Model(ModelConfig(vocab_size=c.vocab, cell=c.cell, layers=c.layers, hidden=c.hidden))
+    opt = Adam(model.params.size, lr=2e-3)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
+    y = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
+
+    def train_iters(n):
+        for _ in range(n):
+            model.forward(x, y)
+            model.grads[:] = 0
+            model.backward()
+            clip_grad_norm(model.grads, 5.0)
+            opt.step(model.params, model.grads)
+
+    train_iters(3)
+    dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters
+
+    vocab = Vocab(np.arange(32, 32 + c.vocab, dtype=np.uint32))
+
+    def sample(n, batch):
+        opts = SampleOptions(length=n, temperature=c.temperature, seed=0, num_samples=batch)
+        for _ in generate(model, vocab, opts):
+            pass
+
+    sample(10, 1)
+    st = best_time(lambda: sample(c.sample_chars, 1), c.repeats) / c.sample_chars
+    sample(10, c.batched_samples)
+    bt = best_time(lambda: sample(c.sample_chars // 4, c.batched_samples), c.repeats)
+    train_cps = c.batch_size * c.seq_len / dt
+    peak = gemm_peak_gflops()
+    return {
+        "impl": "charrnn", **asdict(c),
+        "ms_per_iter": round(dt * 1e3, 3),
+        "train_chars_per_s": round(train_cps, 1),
+        "sample_chars_per_s": round(1 / st, 1),
+        "batched_sample_chars_per_s": round(c.sample_chars // 4 * c.batched_samples / bt, 1),
+        "train_gflops": round(train_cps * flops_per_char(c) / 1e9, 1),
+        "gemm_peak_gflops": round(peak, 1),
+        "fraction_of_peak": round(train_cps * flops_per_char(c) / 1e9 / peak, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def bench_torch(c: BenchConfig) -> dict:
+    """The same work as a PyTorch user writes it: embedding -> nn.LSTM/GRU/RNN -> linear,
+    cross-entropy, clip_grad_norm_, Adam; sampling one character at a time with temperature."""
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    rnn_cls = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[c.cell]
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(c.vocab, c.hidden)
+            self.rnn = rnn_cls(c.hidden, c.hidden, c.layers)
+            self.out = nn.Linear(c.hidden, c.vocab)
+
+        def forward(self, ids, state=None):
+            y, state = self.rnn(self.emb(ids), state)
+            return self.out(y), state
+
+    model = LM()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    x = torch.randint(0, c.vocab, (c.seq_len, c.batch_size))
+    y = torch.randint(0, c.vocab, (c.seq_len, c.batch_size))
+
+    def train_iters(n):
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            logits, _ = model(x)
+            loss = nn.functional.cross_entropy(logits.reshape(-1, c.vocab), y.reshape(-1))
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+
+    train_iters(3)
+    dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters
+
+    def sample(n, batch):
+        with torch.no_grad():
+            state, ch = None, torch.zeros(1, batch, dtype=torch.long)
+            for _ in range(n):
+                logits, state = model(ch, state)
+                p = torch.softmax(logits[0] / c.temperature, -1)
+                ch = torch.multinomial(p, 1).view(1, batch)
+
+    sample(10, 1)
+    st = best_time(lambda: sample(c.sample_chars // 4, 1), c.repeats) / (c.sample_chars // 4)
+    bt = best_time(lambda: sample(c.sample_chars // 16, c.batched_samples), c.repeats)
+    return {
+        "impl": f"pytorch-{torch.__version__}", **asdict(c), "threads": torch.get_num_threads(),
+        "ms_per_iter": round(dt * 1e3, 3),
+        "train_chars_per_s": round(c.batch_size * c.seq_len / dt, 1),
+        "sample_chars_per_s": round(1 / st, 1),
+        "batched_sample_chars_per_s": round(c.sample_chars // 16 * c.batched_samples / bt, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def torch_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+def run_torch_subprocess(c: BenchConfig) -> dict:
+    cmd = [sys.executable, "-m", "charrnn.bench", "--torch", json.dumps(asdict(c))]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def ratios(ours: dict, theirs: dict) -> dict:
+    keys = ["train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s"]
+    out = {f"ratio_{k}": round(ours[k] / theirs[k], 3) for k in keys}
+    out["ratio_peak_rss"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
+    return out
+
+
+if __name__ == "__main__":  # the PyTorch side, in its own process
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--torch", required=True, help="BenchConfig as JSON")
+    print(json.dumps(bench_torch(BenchConfig(**json.loads(ap.parse_args().torch)))))

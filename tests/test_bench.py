@@ -1,0 +1,42 @@
+"""`charrnn bench` measures what it says, on tiny shapes (speed itself is never asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from charrnn.bench import BenchConfig, flops_per_char
+
+TINY = ["--hidden", "8", "--layers", "2", "--batch-size", "3", "--seq-len", "5", "--iters", "2",
+        "--sample-chars", "32"]
+
+
+def bench(*args):
+    out = subprocess.run([sys.executable, "-m", "charrnn", "bench", "--json", *TINY, *args],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_json_has_the_figures_and_they_are_consistent():
+    r = bench("--no-torch", "--cell", "gru")
+    for key in ["train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s",
+                "ms_per_iter", "peak_rss_mb", "gemm_peak_gflops", "fraction_of_peak"]:
+        assert r[key] > 0, key
+    assert r["cell"] == "gru" and r["hidden"] == 8
+    assert r["train_chars_per_s"] == pytest.approx(3 * 5 / (r["ms_per_iter"] / 1e3), rel=2e-2)
+    assert "pytorch" not in r
+
+
+def test_with_torch_reports_ratios():
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
+    r = bench()
+    assert r["pytorch"]["impl"].startswith("pytorch-")
+    assert r["ratio_train_chars_per_s"] == pytest.approx(
+        r["train_chars_per_s"] / r["pytorch"]["train_chars_per_s"], rel=1e-2)
+
+
+def test_flop_count_by_hand():
+    # LSTM 2 x 4, V = 3: layer 0 recurrent 4*16, layer 1 input + recurrent 2*4*16, output 4*3
+    c = BenchConfig(cell="lstm", layers=2, hidden=4, vocab=3)
+    assert flops_per_char(c) == 6 * (64 + 128 + 12)
