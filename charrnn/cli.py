@@ -54,9 +54,10 @@ def _user_errors():
     """The exception types that become one-line errors (imported lazily: they live beside numba)."""
     from .checkpoint import CheckpointError
     from .corpora import DownloadError
+    from .runs import RunLocked
     from .tokenizer import CorpusError
     from .train import TrainingError
-    return (CheckpointError, CorpusError, TrainingError, DownloadError, Failure)
+    return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked, Failure)
 
 
 def unescape(text: str, option: str) -> str:
@@ -224,7 +225,7 @@ def sample(
     model: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory. [default: the most recent run]")] = None,
     length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = 500,
     temperature: Annotated[float, typer.Option(help="Randomness; 0 is greedy.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Draw only from the k most likely characters (0: all).")] = 0,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k most likely characters. [default: all]")] = None,
     top_p: Annotated[float, typer.Option(help="Draw only from the most likely characters whose probability adds up to p.")] = 1.0,
     argmax: Annotated[bool, typer.Option("--argmax", help="Greedy: always the most likely character (same as --temperature 0).")] = False,
     prime: Annotated[Optional[str], typer.Option(help="Text to start from (it is printed first). Text piped on stdin works too.")] = None,
@@ -240,10 +241,12 @@ def sample(
     check_device(device)
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
+    if top_k is not None and top_k < 1:
+        raise UsageProblem("--top-k must be at least 1")
     from .sample import SampleOptions, generate
     try:
         opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
-                             top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
+                             top_k=top_k or 0, top_p=top_p, seed=seed, num_samples=num_samples,
                              stop=None if stop is None else unescape(stop, "--stop"),
                              skip_unknown=skip_unknown)
     except ValueError as e:

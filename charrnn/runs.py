@@ -1,10 +1,43 @@
 """Run directories: where a training run writes, and the record of the most recent run, which
 `charrnn sample` uses when no model is named."""
 
+import fcntl
 import os
 from pathlib import Path
 
 RUNS_DIR = Path("runs")
+LOCK = "train.lock"
+
+
+class RunLocked(Exception):
+    """Another process is training into the run directory."""
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an exclusive lock on run_dir/train.lock for as long as the returned file is open.
+
+    flock locks die with their process, so a lock file left by a crashed or killed run is
+    simply taken over; the PID written into it only makes the refusal message useful."""
+    f = open(Path(run_dir) / LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "unknown"
+        f.close()
+        raise RunLocked(f"{run_dir} is being trained by another charrnn process (pid {pid}); "
+                        f"wait for it to finish or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Checkpoint temporaries left by a process killed while saving (never the real files)."""
+    for tmp in Path(run_dir).glob(".*.npz.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def state_dir() -> Path:

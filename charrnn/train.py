@@ -19,7 +19,7 @@ from . import checkpoint as ckpt_io
 from .batches import stream_matrix
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
-from .runs import record_last_run
+from .runs import LOCK, lock_run_dir, record_last_run, remove_stale_temporaries
 from .sample import SampleOptions, generate
 from .tokenizer import CorpusError, Vocab, read_corpus, split
 
@@ -125,13 +125,18 @@ class Run:
         self.corpus, self.run_dir = Path(corpus), Path(run_dir)
         created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_run_dir(self.run_dir)
+        remove_stale_temporaries(self.run_dir)
         vocab = Vocab(resume.vocab) if resume is not None else None
         try:
             self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
                                           vocab=vocab, workdir=self.run_dir)
         except CorpusError:
-            if created and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()  # a failed start leaves nothing behind
+            self.release()
+            if created:  # a failed start leaves nothing behind
+                (self.run_dir / LOCK).unlink(missing_ok=True)
+                if not any(self.run_dir.iterdir()):
+                    self.run_dir.rmdir()
             raise
         self.n_chars = len(ids)
         train_ids, self.val_ids = split(ids, opts.val_frac)
@@ -157,6 +162,12 @@ class Run:
         self.history: list[dict] = []
         if resume is not None:
             self._restore(resume)
+
+    def release(self) -> None:
+        """Let another `charrnn train` use the run directory."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -234,7 +245,10 @@ class Run:
                                 f"without saving it (try a lower --lr)")
         model.grads[:] = 0
         model.backward()
-        clip_grad_norm(model.grads, self.opts.grad_clip)
+        norm = clip_grad_norm(model.grads, self.opts.grad_clip)
+        if not math.isfinite(norm):
+            raise TrainingError(f"the gradients became {norm} at step {self.step + 1}; stopped "
+                                f"without saving them (try a lower --lr)")
         self.optimizer.step(model.params, model.grads)
         self.step += 1
         self.position = s + t
@@ -266,6 +280,9 @@ class Run:
         return "".join(piece for _, piece in generate(self.model, self.vocab, opts))
 
     def save(self, name: str) -> None:
+        if not np.all(np.isfinite(self.model.params)):
+            raise TrainingError(f"the weights are not finite at step {self.step}; not saving "
+                                f"them (the last good checkpoint stays the latest)")
         try:
             ckpt_io.save(self.run_dir / name, self.checkpoint())
         except OSError as e:
@@ -280,11 +297,19 @@ def _write_metrics(path: Path, record: dict) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint being resumed: they will be logged again."""
+    """Drop what a run that never stopped would not have logged: records after the checkpoint
+    being resumed (they will be logged again) and the final report of the stop itself."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if record.get("step", 0) < step or (record.get("step") == step and
+                                            not record.get("final")):
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
 
@@ -292,17 +317,25 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
     """Train until a budget (--max-steps, --epochs, --minutes) is used up or should_stop();
     returns a summary. Saves latest.npz at --save-every and at the end, best.npz whenever the
     validation loss improves."""
+    try:
+        metrics_path = run.run_dir / METRICS
+        _truncate_metrics(metrics_path, run.step)
+        for w in run.warnings:
+            reporter.message(f"warning: {w}")
+        o = run.opts
+        reporter.start({"run_dir": str(run.run_dir), "params": run.model.params.size,
+                        "vocab": len(run.vocab), "train_chars": run.streams.size,
+                        "val_chars": len(run.val_ids), "step": run.step,
+                        "total_steps": run.total_steps(), "minutes": o.minutes,
+                        "batch_size": o.batch_size, "seq_len": o.seq_len})
+        run.warm_up()
+        return _train_loop(run, reporter, should_stop, metrics_path)
+    finally:
+        run.release()
+
+
+def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -> dict:
     o = run.opts
-    metrics_path = run.run_dir / METRICS
-    _truncate_metrics(metrics_path, run.step)
-    for w in run.warnings:
-        reporter.message(f"warning: {w}")
-    reporter.start({"run_dir": str(run.run_dir), "params": run.model.params.size,
-                    "vocab": len(run.vocab), "train_chars": run.streams.size,
-                    "val_chars": len(run.val_ids), "step": run.step,
-                    "total_steps": run.total_steps(), "minutes": o.minutes,
-                    "batch_size": o.batch_size, "seq_len": o.seq_len})
-    run.warm_up()
     started = time.perf_counter()
     step0 = run.step
     chars_since, seconds_since = 0, 0.0  # training work since the last log: chars/s
@@ -342,8 +375,11 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
             run.save(ckpt_io.LATEST)
             saved_at = run.step
     if evaluated_at != run.step and len(run.val_ids) >= 2 and run.step > step0:
-        record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed}
-        record["val_loss"] = _evaluate(run, record)
+        # a report only: off the --eval-every cadence it must not change the history or
+        # best.npz, or a run stopped here and resumed would differ from one never stopped
+        val = evaluate(run.model, run.val_ids, o.batch_size, o.seq_len)
+        record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed,
+                  "val_loss": val, "final": True}
         _write_metrics(metrics_path, record)
         reporter.evaluated(record, run.preview())
     if saved_at != run.step:
