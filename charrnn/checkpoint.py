@@ -84,39 +84,54 @@ def load(path: Path) -> Checkpoint:
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
-        is_zip = zipfile.is_zipfile(path)
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04" and zipfile.is_zipfile(f)
     except OSError as e:
         raise CheckpointError(f"{path}: {e.strerror or e}") from None
     if not is_zip:  # np.load would try it as a pickle and advise unpickling: never
         raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz file)")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "meta" not in npz.files:
-                raise CheckpointError(f"{path} is not a charrnn checkpoint (no metadata)")
-            meta = json.loads(npz["meta"].tobytes().decode())
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise CheckpointError(f"{path} is not a charrnn checkpoint")
-            version = meta.get("version")
-            if not isinstance(version, int) or version > VERSION:
-                raise CheckpointError(f"{path} was written by a newer charrnn (format version "
-                                      f"{version}; this one reads up to {VERSION}): upgrade charrnn")
-            arrays = {name: npz[name] for name in meta["arrays"]}
+        meta, arrays = _read(path)
     except CheckpointError:
         raise
-    except Exception as e:  # noqa: BLE001 - a damaged zip can raise almost anything
+    except Exception as e:  # noqa: BLE001 - a damaged file can raise almost anything
         raise CheckpointError(f"{path} is not a readable charrnn checkpoint "
                               f"(truncated or corrupt?): {_short(e)}") from None
-    for name, a in arrays.items():
-        spec = meta["arrays"][name]
-        if list(a.shape) != spec.get("shape") or a.dtype.str != spec.get("dtype"):
-            raise CheckpointError(f"{path}: array {name!r} does not match its metadata")
-        if _crc(a) != spec.get("crc32"):
-            raise CheckpointError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
     ckpt = Checkpoint(config=meta.get("config"), vocab=arrays.pop("vocab", None),
                       params=arrays.pop("params", None), arrays=arrays,
                       train=meta.get("train") or {})
     _validate(path, ckpt)
     return ckpt
+
+
+def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The metadata and arrays, each checked against the metadata's shape, dtype and CRC."""
+    with np.load(path, allow_pickle=False) as npz:
+        if "meta" not in npz.files:
+            raise CheckpointError(f"{path} is not a charrnn checkpoint (no metadata)")
+        meta = json.loads(npz["meta"].tobytes().decode())
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not a charrnn checkpoint")
+        version = meta.get("version")
+        if not isinstance(version, int) or version > VERSION:
+            raise CheckpointError(f"{path} was written by a newer charrnn (format version "
+                                  f"{version}; this one reads up to {VERSION}): upgrade charrnn")
+        specs = meta.get("arrays")
+        if not isinstance(specs, dict) or not all(isinstance(v, dict) for v in specs.values()):
+            raise CheckpointError(f"{path}: malformed array list in the metadata")
+        train = meta.get("train", {})
+        history = train.get("history", []) if isinstance(train, dict) else None
+        if not isinstance(history, list) or not all(isinstance(h, dict) and "step" in h
+                                                    for h in history):
+            raise CheckpointError(f"{path}: malformed training state in the metadata")
+        arrays = {name: npz[name] for name in specs}
+    for name, a in arrays.items():
+        spec = specs[name]
+        if list(a.shape) != spec.get("shape") or a.dtype.str != spec.get("dtype"):
+            raise CheckpointError(f"{path}: array {name!r} does not match its metadata")
+        if _crc(a) != spec.get("crc32"):
+            raise CheckpointError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
+    return meta, arrays
 
 
 def _short(e: Exception) -> str:

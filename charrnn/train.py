@@ -8,6 +8,7 @@ state, data position, carried state, the running loss sum), so a resumed run con
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -131,6 +132,12 @@ class Run:
         try:
             self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
                                           vocab=vocab, workdir=self.run_dir)
+            self.n_chars = len(ids)
+            train_ids, self.val_ids = split(ids, opts.val_frac)
+            if len(train_ids) < 2:
+                raise CorpusError(f"{self.corpus} is too small to train on: {len(ids)} "
+                                  f"characters, of which {len(train_ids)} remain for training "
+                                  f"after --val-frac {opts.val_frac}; at least 2 are needed")
         except CorpusError:
             self.release()
             if created:  # a failed start leaves nothing behind
@@ -138,12 +145,6 @@ class Run:
                 if not any(self.run_dir.iterdir()):
                     self.run_dir.rmdir()
             raise
-        self.n_chars = len(ids)
-        train_ids, self.val_ids = split(ids, opts.val_frac)
-        if len(train_ids) < 2:
-            raise CorpusError(f"{self.corpus} is too small to train on: {len(ids)} characters, "
-                              f"of which {len(train_ids)} remain for training after "
-                              f"--val-frac {opts.val_frac}; at least 2 are needed")
         B, T, self.warnings = fit_sizes(len(train_ids), opts.batch_size, opts.seq_len)
         if resume is None:
             opts.batch_size, opts.seq_len = B, T
@@ -279,10 +280,25 @@ class Run:
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8, seed=self.step)
         return "".join(piece for _, piece in generate(self.model, self.vocab, opts))
 
+    def _check_savable(self) -> None:
+        """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,
+        or weights that give a non-finite loss on the next window (finite but huge weights
+        overflow in the forward pass)."""
+        arrays = (self.model.params, self.optimizer.m, self.optimizer.v)
+        finite = all(np.all(np.isfinite(a)) for a in arrays)
+        if finite:
+            S, s = self.streams.shape[0], self.position
+            t = min(self.opts.seq_len, S - 1 - s)
+            loss = self.model.forward(self.streams[s:s + t], self.streams[s + 1:s + 1 + t],
+                                      self.h, self.c)
+            finite = math.isfinite(loss)
+        if not finite:
+            raise TrainingError(f"the model became non-finite at step {self.step}; stopped "
+                                f"without saving it (the last good checkpoint stays the "
+                                f"latest; try a lower --lr)")
+
     def save(self, name: str) -> None:
-        if not np.all(np.isfinite(self.model.params)):
-            raise TrainingError(f"the weights are not finite at step {self.step}; not saving "
-                                f"them (the last good checkpoint stays the latest)")
+        self._check_savable()
         try:
             ckpt_io.save(self.run_dir / name, self.checkpoint())
         except OSError as e:
@@ -310,7 +326,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
         if record.get("step", 0) < step or (record.get("step") == step and
                                             not record.get("final")):
             keep.append(line)
-    path.write_text("".join(line + "\n" for line in keep))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)  # a crash now leaves the old history or the new, never none
 
 
 def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda: False) -> dict:
@@ -378,6 +396,9 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
         # a report only: off the --eval-every cadence it must not change the history or
         # best.npz, or a run stopped here and resumed would differ from one never stopped
         val = evaluate(run.model, run.val_ids, o.batch_size, o.seq_len)
+        if not math.isfinite(val):
+            raise TrainingError(f"the validation loss became {val} at step {run.step}; "
+                                f"stopped without saving (try a lower --lr)")
         record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed,
                   "val_loss": val, "final": True}
         _write_metrics(metrics_path, record)
@@ -396,6 +417,9 @@ def _evaluate(run: Run, record: dict) -> float | None:
     if len(run.val_ids) < 2:
         return None
     val = evaluate(run.model, run.val_ids, run.opts.batch_size, run.opts.seq_len)
+    if not math.isfinite(val):
+        raise TrainingError(f"the validation loss became {val} at step {run.step}; stopped "
+                            f"without saving (try a lower --lr)")
     run.history.append({"step": run.step, "train_loss": record.get("train_loss"),
                         "val_loss": val})
     if val < run.best_val:
