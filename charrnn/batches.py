@@ -18,11 +18,15 @@ def stream_matrix(ids: np.ndarray, B: int) -> np.ndarray:
     return ids[:S * B].reshape(B, S).T
 
 
-def windows(streams: np.ndarray, T: int, start: int = 0):
-    """Yield (inputs, targets), each (t, B) with t <= T, over (S, B) streams from row ``start``.
+def window(streams: np.ndarray, s: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) of the window starting at row s of (S, B) streams, each (t, B) with
+    t = min(T, S - 1 - s): targets are the inputs shifted by one, so the last window of the
+    streams may be shorter than T."""
+    t = min(T, streams.shape[0] - 1 - s)
+    return streams[s:s + t], streams[s + 1:s + 1 + t]
 
-    Targets are the inputs shifted by one; the last window may be shorter than T."""
-    S = streams.shape[0]
-    for s in range(start, S - 1, T):
-        t = min(T, S - 1 - s)
-        yield streams[s:s + t], streams[s + 1:s + 1 + t]
+
+def windows(streams: np.ndarray, T: int, start: int = 0):
+    """Yield every window of the streams from row ``start`` on (see window)."""
+    for s in range(start, streams.shape[0] - 1, T):
+        yield window(streams, s, T)

@@ -113,16 +113,15 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{path} is not a charrnn checkpoint")
         version = meta.get("version")
-        if not isinstance(version, int) or version > VERSION:
+        if type(version) is not int or version < 1:
+            raise CheckpointError(f"{path} is not a charrnn checkpoint (no format version)")
+        if version > VERSION:
             raise CheckpointError(f"{path} was written by a newer charrnn (format version "
                                   f"{version}; this one reads up to {VERSION}): upgrade charrnn")
         specs = meta.get("arrays")
         if not isinstance(specs, dict) or not all(isinstance(v, dict) for v in specs.values()):
             raise CheckpointError(f"{path}: malformed array list in the metadata")
-        train = meta.get("train", {})
-        history = train.get("history", []) if isinstance(train, dict) else None
-        if not isinstance(history, list) or not all(isinstance(h, dict) and "step" in h
-                                                    for h in history):
+        if not _valid_train_meta(meta.get("train", {})):
             raise CheckpointError(f"{path}: malformed training state in the metadata")
         arrays = {name: npz[name] for name in specs}
     for name, a in arrays.items():
@@ -132,6 +131,24 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         if _crc(a) != spec.get("crc32"):
             raise CheckpointError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
     return meta, arrays
+
+
+def _is_number(x, optional=False) -> bool:
+    return (x is None and optional) or (type(x) in (int, float))
+
+
+def _valid_train_meta(train) -> bool:
+    """The parts of the training state that `info` and `sample` read: a dict, a history of
+    {step, train_loss, val_loss} numbers, a best loss that is a number or None."""
+    if not isinstance(train, dict):
+        return False
+    history = train.get("history", [])
+    return (isinstance(history, list)
+            and all(isinstance(h, dict) and type(h.get("step")) is int
+                    and _is_number(h.get("train_loss"), True)
+                    and _is_number(h.get("val_loss"), True) for h in history)
+            and _is_number(train.get("best_val_loss"), True)
+            and all(type(train.get(k, 0)) is int for k in ("step", "epoch")))
 
 
 def _short(e: Exception) -> str:
@@ -151,8 +168,10 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
     v = ckpt.vocab
     if v.dtype != np.uint32 or v.ndim != 1 or len(v) != config.vocab_size:
         raise CheckpointError(f"{path}: vocabulary does not match the model config")
-    if len(v) and (np.any(np.diff(v.astype(np.int64)) <= 0) or v[-1] > 0x10FFFF):
-        raise CheckpointError(f"{path}: vocabulary is not a sorted set of Unicode code points")
+    surrogates = (v >= 0xD800) & (v <= 0xDFFF)
+    if len(v) and (np.any(np.diff(v.astype(np.int64)) <= 0) or v[-1] > 0x10FFFF
+                   or surrogates.any()):
+        raise CheckpointError(f"{path}: vocabulary is not a sorted set of Unicode characters")
     size = ParamLayout(config).size
     if ckpt.params.dtype not in (np.float32, np.float64) or ckpt.params.shape != (size,):
         raise CheckpointError(f"{path}: weights have shape {ckpt.params.shape} and dtype "

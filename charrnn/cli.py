@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -69,6 +70,15 @@ def unescape(text: str, option: str) -> str:
                            f"as \\\\)") from None
 
 
+def check_text_options(encoding: str, errors: str) -> None:
+    if errors not in ("strict", "replace", "ignore"):
+        raise UsageProblem("--errors must be strict, replace or ignore")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UsageProblem(f"--encoding: unknown encoding {encoding!r}") from None
+
+
 def check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise UsageProblem(f"--device must be auto, cpu or cuda, not {device!r}")
@@ -108,12 +118,7 @@ def train(
 ):
     """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
     check_device(device)
-    if errors not in ("strict", "replace", "ignore"):
-        raise UsageProblem("--errors must be strict, replace or ignore")
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UsageProblem(f"--encoding: unknown encoding {encoding!r}") from None
+    check_text_options(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
@@ -136,6 +141,13 @@ def train(
             opts = options_from_checkpoint(resumed, given)
         except ValueError as e:
             raise UsageProblem(str(e)) from None
+        step, epoch = resumed.train.get("step", 0), resumed.train.get("epoch", 0)
+        if opts.max_steps is not None and step >= opts.max_steps:
+            raise UsageProblem(f"the run already did {step} steps (--max-steps "
+                               f"{opts.max_steps}); pass a larger --max-steps to go on")
+        if opts.epochs is not None and epoch >= opts.epochs:
+            raise UsageProblem(f"the run already did {epoch} epochs; pass a larger --epochs "
+                               f"to go on")
     else:
         run_dir = out or new_run_dir(corpus)
         if (Path(run_dir) / ckpt_io.LATEST).exists():
@@ -284,6 +296,15 @@ def _write_samples(pieces, num_samples: int, separator: str) -> None:
     out.flush()
 
 
+def _stdin_has_text() -> bool:
+    """stdin is a pipe or a redirected file (not a terminal, not /dev/null as cron gives)."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by a test harness
+        return not sys.stdin.isatty() if sys.stdin else False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
 def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
     """--prime, else --prime-file ('-': stdin), else text piped on stdin, else nothing."""
     if prime is not None:
@@ -293,7 +314,7 @@ def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
             data, source = prime_file.read_bytes(), f"--prime-file {prime_file}"
         except OSError as e:
             raise Failure(f"--prime-file {prime_file}: {e.strerror or e}") from None
-    elif prime_file is not None or not sys.stdin.isatty():
+    elif prime_file is not None or _stdin_has_text():
         data, source = sys.stdin.buffer.read(), "the text on stdin"
     else:
         return ""
@@ -312,15 +333,19 @@ def eval_(
     model: Annotated[Path, typer.Argument(help="Checkpoint file or run directory.")],
     file: Annotated[Path, typer.Argument(help="Text to score.")],
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters the model does not know instead of failing.")] = False,
+    encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
+    errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Loss of MODEL on FILE, in nats and bits per character."""
+    check_text_options(encoding, errors)
     from .report import LN2
     from .tokenizer import read_corpus
     from .train import evaluate
 
     net, vocab, _ = _load_model(model)
-    _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown)
+    _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown, encoding=encoding,
+                         errors=errors)
     if len(ids) < 2:
         raise Failure(f"{file} is too short to score: it needs at least 2 characters")
     with _compile_notice():

@@ -26,6 +26,11 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
+        for name in ("vocab_size", "layers", "hidden"):
+            if type(getattr(self, name)) is not int:
+                raise ValueError(f"{name} must be an integer")
+        if type(self.dropout) not in (int, float):
+            raise ValueError("dropout must be a number")
         if self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(CELLS)}")
         if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1:

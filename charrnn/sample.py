@@ -74,30 +74,32 @@ class _Stepper:
         return out
 
 
-def start_ids(vocab: Vocab, prime: str, skip_unknown: bool) -> np.ndarray:
-    """The ids the sample starts from: the prime text, else a newline (or id 0 if the
-    vocabulary has none), which is not part of the output."""
+def start_ids(vocab: Vocab, prime: str, skip_unknown: bool) -> tuple[np.ndarray, str]:
+    """The ids the sample starts from and the text to print first: the prime as the model sees
+    it (unknown characters dropped with skip_unknown), else a newline (or id 0 if the
+    vocabulary has none), which is not printed."""
     if prime:
         ids = vocab.encode(prime, skip_unknown=skip_unknown)
         if len(ids):
-            return ids.astype(np.int32)
+            return ids.astype(np.int32), vocab.decode(ids)
     nl = np.searchsorted(vocab.codepoints, ord("\n"))
     has_nl = nl < len(vocab) and vocab.codepoints[nl] == ord("\n")
-    return np.array([nl if has_nl else 0], np.int32)
+    return np.array([nl if has_nl else 0], np.int32), ""
 
 
 def generate(model: Model, vocab: Vocab, opts: SampleOptions) -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; a sample ends after
-    opts.length new characters or just before its stop string. The prime text comes first."""
+    opts.length new characters or just before its stop string. The prime comes first, as the
+    model saw it."""
     B = opts.num_samples
-    ids = start_ids(vocab, opts.prime, opts.skip_unknown)
+    ids, printed_prime = start_ids(vocab, opts.prime, opts.skip_unknown)
     stepper = _Stepper(model, B)
     stepper.feed(np.repeat(ids[:-1, None], B, axis=1))
     x = np.full(B, ids[-1], np.int32)
     rng = np.random.default_rng(opts.seed)
-    if opts.prime:
+    if printed_prime:
         for b in range(B):
-            yield b, opts.prime
+            yield b, printed_prime
     pending = [""] * B  # text held back because it may be the start of the stop string
     done = [False] * B
     remaining, chunk = opts.length, FIRST_CHUNK

@@ -51,7 +51,7 @@ BLOCK = 1 << 20
 def _codepoints(text: str) -> np.ndarray:
     """The text's code points, (len(text),) uint32, read-only view of its UTF-32 encoding.
 
-    surrogatepass keeps lone surrogates (e.g. from --errors surrogateescape) as code points."""
+    surrogatepass keeps lone surrogates (from a surrogateescape decode) as code points."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), "<u4")
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from .batches import stream_matrix
+from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
 from .runs import LOCK, lock_run_dir, record_last_run, remove_stale_temporaries
@@ -103,17 +103,17 @@ def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, li
     return B, T, warnings
 
 
-def evaluate(model: Model, ids: np.ndarray, batch_size: int, seq_len: int) -> float:
-    """Mean loss (nats/char) over ids, read as up to batch_size streams with state carried."""
-    ids = ids[:MAX_EVAL_CHARS]
+def evaluate(model: Model, ids: np.ndarray, batch_size: int, seq_len: int,
+             max_chars: int | None = None) -> float:
+    """Mean loss (nats/char) over ids (the first max_chars of them, if given), read as up to
+    batch_size streams with state carried."""
+    ids = ids[:max_chars]
     B = max(1, min(batch_size, len(ids) // (seq_len + 1)))
-    streams = stream_matrix(ids, B)
     h, c = model.zero_state(B)
     total = count = 0.0
-    for s in range(0, streams.shape[0] - 1, seq_len):
-        t = min(seq_len, streams.shape[0] - 1 - s)
-        total += model.forward(streams[s:s + t], streams[s + 1:s + 1 + t], h, c) * t * B
-        count += t * B
+    for x, y in windows(stream_matrix(ids, B), seq_len):
+        total += model.forward(x, y, h, c) * x.size
+        count += x.size
         h, c = model.final_state()
     return total / count
 
@@ -127,7 +127,17 @@ class Run:
         created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run_dir(self.run_dir)
-        remove_stale_temporaries(self.run_dir)
+        try:
+            remove_stale_temporaries(self.run_dir)
+            train_ids = self._load_corpus(opts, resume, encoding, errors, created)
+            self._build(train_ids, opts, resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _load_corpus(self, opts, resume, encoding, errors, created) -> np.ndarray:
+        """Read and split the corpus (with the resumed run's vocabulary); returns the training
+        ids. A corpus that cannot be used leaves no new run directory behind."""
         vocab = Vocab(resume.vocab) if resume is not None else None
         try:
             self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
@@ -139,12 +149,22 @@ class Run:
                                   f"characters, of which {len(train_ids)} remain for training "
                                   f"after --val-frac {opts.val_frac}; at least 2 are needed")
         except CorpusError:
-            self.release()
-            if created:  # a failed start leaves nothing behind
+            if created:
+                self.release()
                 (self.run_dir / LOCK).unlink(missing_ok=True)
                 if not any(self.run_dir.iterdir()):
                     self.run_dir.rmdir()
             raise
+        if resume is not None:
+            saved = (resume.train.get("corpus") or {}).get("chars")
+            if saved != self.n_chars:
+                raise ckpt_io.CheckpointError(
+                    f"the run was trained on a text of {saved} characters; {self.corpus} has "
+                    f"{self.n_chars}: resume with the same corpus")
+        return train_ids
+
+    def _build(self, train_ids: np.ndarray, opts: TrainOptions, resume) -> None:
+        """Streams, model, optimizer and RNG: fresh, or as the resumed checkpoint left them."""
         B, T, self.warnings = fit_sizes(len(train_ids), opts.batch_size, opts.seq_len)
         if resume is None:
             opts.batch_size, opts.seq_len = B, T
@@ -161,6 +181,7 @@ class Run:
         self.best_val = math.inf
         self.loss_sum, self.loss_count = 0.0, 0
         self.history: list[dict] = []
+        self._warm = False
         if resume is not None:
             self._restore(resume)
 
@@ -189,31 +210,47 @@ class Run:
                    "corpus": {"path": str(self.corpus), "chars": self.n_chars}})
 
     def _restore(self, ck: ckpt_io.Checkpoint) -> None:
+        """Put the saved training state back; anything missing or malformed is refused."""
         t = ck.train
+
+        def bad(what):
+            return ckpt_io.CheckpointError(f"the checkpoint cannot resume training: {what}")
+
+        shapes = {"adam.m": self.model.params.shape, "adam.v": self.model.params.shape,
+                  "state.h": self.h.shape, "state.c": self.c.shape}
+        for name, shape in shapes.items():
+            if name not in ck.arrays or ck.arrays[name].shape != shape:
+                raise bad(f"{name} is missing or not of shape {shape}")
+        counters = ("step", "epoch", "position", "adam_steps", "loss_count")
+        for name in counters:
+            if type(t.get(name)) is not int or t[name] < 0:
+                raise bad(f"{name} is missing or not a non-negative integer")
+        numbers = ("elapsed_s", "loss_sum")
+        if not all(isinstance(t.get(k), (int, float)) for k in numbers):
+            raise bad("elapsed_s or loss_sum is missing or not a number")
+        if t.get("best_val_loss") is not None and not isinstance(t["best_val_loss"], (int, float)):
+            raise bad("best_val_loss is not a number")
+        if t["position"] >= self.streams.shape[0] - 1:
+            raise bad("its data position lies beyond this corpus (was it trained on another "
+                      "text?)")
         try:
-            if ck.params.shape != self.model.params.shape:
-                raise KeyError("params")
-            self.model.params[:] = ck.params
-            self.optimizer.load_state({"m": ck.arrays["adam.m"], "v": ck.arrays["adam.v"],
-                                       "steps": t["adam_steps"]})
-            self.h[:] = ck.arrays["state.h"]
-            self.c[:] = ck.arrays["state.c"]
-            self.step, self.epoch, self.position = t["step"], t["epoch"], t["position"]
-            self.elapsed, self.history = float(t["elapsed_s"]), list(t["history"])
-            self.best_val = math.inf if t["best_val_loss"] is None else float(t["best_val_loss"])
-            self.loss_sum, self.loss_count = float(t["loss_sum"]), int(t["loss_count"])
             self.rng.bit_generator.state = t["rng"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ckpt_io.CheckpointError(f"the checkpoint cannot resume training: missing or "
-                                          f"bad {e}") from None
-        if self.position >= self.streams.shape[0] - 1:
-            raise ckpt_io.CheckpointError("the checkpoint's data position lies beyond this "
-                                          "corpus: was it trained on another text?")
+        except (KeyError, TypeError, ValueError):
+            raise bad("the random generator state is missing or malformed") from None
+        self.model.params[:] = ck.params
+        self.optimizer.load_state({"m": ck.arrays["adam.m"], "v": ck.arrays["adam.v"],
+                                   "steps": t["adam_steps"]})
+        self.h[:] = ck.arrays["state.h"]
+        self.c[:] = ck.arrays["state.c"]
+        self.step, self.epoch, self.position = t["step"], t["epoch"], t["position"]
+        self.elapsed, self.history = float(t["elapsed_s"]), list(t.get("history", []))
+        self.best_val = math.inf if t.get("best_val_loss") is None else float(t["best_val_loss"])
+        self.loss_sum, self.loss_count = float(t["loss_sum"]), t["loss_count"]
 
     # -----------------------------------------------------------------------------------------
 
-    def _budget_left(self, started: float, step0: int) -> str | None:
-        """Why training should stop now, or None."""
+    def stop_reason(self, started: float) -> str | None:
+        """Which budget is used up (--max-steps, --epochs, --minutes since `started`), or None."""
         o = self.opts
         if o.max_steps is not None and self.step >= o.max_steps:
             return f"reached --max-steps {o.max_steps}"
@@ -232,13 +269,12 @@ class Run:
             limits.append(o.epochs * self.steps_per_epoch)
         return min(limits) if limits else None
 
-    def train_step(self) -> float:
-        """One window: forward, backward, clip, Adam; advances the stream."""
-        T, model = self.opts.seq_len, self.model
-        S = self.streams.shape[0]
-        s = self.position
-        t = min(T, S - 1 - s)
-        x, y = self.streams[s:s + t], self.streams[s + 1:s + 1 + t]
+    def train_step(self) -> tuple[float, int]:
+        """One window: forward, backward, clip, Adam; advances the stream. Returns the loss and
+        the number of characters it trained on."""
+        model = self.model
+        x, y = window(self.streams, self.position, self.opts.seq_len)
+        t = x.shape[0]
         masks = model.dropout_masks(self.rng, t, x.shape[1]) if self.opts.dropout > 0 else None
         loss = model.forward(x, y, self.h, self.c, masks)
         if not math.isfinite(loss):
@@ -252,19 +288,22 @@ class Run:
                                 f"without saving them (try a lower --lr)")
         self.optimizer.step(model.params, model.grads)
         self.step += 1
-        self.position = s + t
-        if self.position >= S - 1:  # epoch done: start the streams again from a clean state
+        self.position += t
+        if self.position >= self.streams.shape[0] - 1:  # epoch done: start the streams again from a clean state
             self.epoch += 1
             self.position = 0
             self.h, self.c = model.zero_state(x.shape[1])
         else:
             self.h, self.c = model.final_state()
-        return loss
+        return loss, x.size
 
     def warm_up(self) -> None:
         """Compile (or load from numba's disk cache) every kernel the loop uses, on a throwaway
         copy of the model, so that no step's timing includes compilation. Once compiled, this
         costs milliseconds."""
+        if self._warm:
+            return
+        self._warm = True
         model = Model(self.model.config, params=self.model.params.copy())
         x = self.streams[:2, :1]
         model.forward(x[:1], x[1:])
@@ -287,10 +326,8 @@ class Run:
         arrays = (self.model.params, self.optimizer.m, self.optimizer.v)
         finite = all(np.all(np.isfinite(a)) for a in arrays)
         if finite:
-            S, s = self.streams.shape[0], self.position
-            t = min(self.opts.seq_len, S - 1 - s)
-            loss = self.model.forward(self.streams[s:s + t], self.streams[s + 1:s + 1 + t],
-                                      self.h, self.c)
+            x, y = window(self.streams, self.position, self.opts.seq_len)
+            loss = self.model.forward(x, y, self.h, self.c)
             finite = math.isfinite(loss)
         if not finite:
             raise TrainingError(f"the model became non-finite at step {self.step}; stopped "
@@ -360,20 +397,20 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
     stopped_by = None
     evaluated_at = saved_at = None
     while True:
-        stopped_by = run._budget_left(started, step0)
+        stopped_by = run.stop_reason(started)
         if stopped_by:
             break
         if should_stop():
             stopped_by = "interrupted"
             break
         t0 = time.perf_counter()
-        loss = run.train_step()
+        loss, chars = run.train_step()
         now = time.perf_counter()
         run.elapsed += now - t0
         seconds_since += now - t0
         run.loss_sum += loss
         run.loss_count += 1
-        chars_since += o.seq_len * o.batch_size
+        chars_since += chars
         log_now, eval_now = run.step % o.log_every == 0, run.step % o.eval_every == 0
         if log_now or eval_now:
             record = {"step": run.step, "epoch": run.epoch,
@@ -395,7 +432,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
     if evaluated_at != run.step and len(run.val_ids) >= 2 and run.step > step0:
         # a report only: off the --eval-every cadence it must not change the history or
         # best.npz, or a run stopped here and resumed would differ from one never stopped
-        val = evaluate(run.model, run.val_ids, o.batch_size, o.seq_len)
+        val = evaluate(run.model, run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step {run.step}; "
                                 f"stopped without saving (try a lower --lr)")
@@ -416,7 +453,8 @@ def _evaluate(run: Run, record: dict) -> float | None:
     """Validation loss; saves best.npz when it improves. None without a validation set."""
     if len(run.val_ids) < 2:
         return None
-    val = evaluate(run.model, run.val_ids, run.opts.batch_size, run.opts.seq_len)
+    val = evaluate(run.model, run.val_ids, run.opts.batch_size, run.opts.seq_len,
+                   MAX_EVAL_CHARS)
     if not math.isfinite(val):
         raise TrainingError(f"the validation loss became {val} at step {run.step}; stopped "
                             f"without saving (try a lower --lr)")
@@ -431,7 +469,10 @@ def _evaluate(run: Run, record: dict) -> float | None:
 def options_from_checkpoint(ck: ckpt_io.Checkpoint, given: dict) -> TrainOptions:
     """The saved options of a run being resumed, with the budget and cadence options the user
     gave now; refuses changes to what shapes the model or the data stream."""
-    saved = dict(ck.train.get("options") or {})
+    saved = ck.train.get("options")
+    if not isinstance(saved, dict):
+        raise ckpt_io.CheckpointError("the checkpoint has no training options to resume with")
+    saved = dict(saved)
     known = {f.name for f in fields(TrainOptions)}
     saved = {k: v for k, v in saved.items() if k in known}
     for name, value in given.items():
@@ -441,4 +482,8 @@ def options_from_checkpoint(ck: ckpt_io.Checkpoint, given: dict) -> TrainOptions
             raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming "
                              f"(the run uses {saved.get(name)})")
         saved[name] = value
-    return TrainOptions(**saved)
+    try:
+        return TrainOptions(**saved)
+    except (TypeError, ValueError) as e:
+        raise ckpt_io.CheckpointError(f"the checkpoint's training options are malformed: "
+                                      f"{e}") from None

@@ -83,11 +83,27 @@ def saved(tmp_path):
     (lambda m: m.update(params=m["params"][:-1]), "does not match its metadata"),
     (lambda m: m.update(params=m["params"] + 1), "checksum"),
     (lambda m: m.pop("meta"), "no metadata"),
+    (lambda m: set_meta(m, lambda d: d.pop("version")), "no format version"),
+    (lambda m: set_meta(m, lambda d: d["config"].update(hidden=3.0)), "bad model config"),
+    (lambda m: set_meta(m, lambda d: d.update(train=[1])), "malformed training state"),
+    (lambda m: set_meta(m, lambda d: d["train"].update(history=[{"step": [1]}])),
+     "malformed training state"),
+    (lambda m: set_meta(m, lambda d: d["train"].update(best_val_loss="low")),
+     "malformed training state"),
+    (lambda m: set_meta(m, lambda d: d.update(arrays=[])), "malformed array list"),
 ])
 def test_damaged_checkpoints_are_refused(saved, damage, message):
     rewrite(saved, damage)
     with pytest.raises(CheckpointError, match=message):
         ckpt_io.load(saved)
+
+
+def test_surrogate_code_points_are_refused(tmp_path):
+    ck = make()
+    ck.vocab = np.array([10, 32, 97, 0xD800, 0xDC00], np.uint32)  # lone surrogates: not text
+    ckpt_io.save(tmp_path / "s.npz", ck)
+    with pytest.raises(CheckpointError, match="Unicode characters"):
+        ckpt_io.load(tmp_path / "s.npz")
 
 
 def test_object_arrays_are_never_unpickled(saved):

@@ -207,11 +207,10 @@ def test_unknown_prime_character_fails_and_skip_unknown_drops_it(trained):
     code, out, err = run_cli("sample", trained.run, "--length", 30, "--seed", 2,
                              "--prime", "Zé", "--skip-unknown")
     assert code == 0 and err == "", err
-    assert out.startswith("Zé") and len(out) == 2 + 30
-    # the model saw only 'é': the continuation is the one primed with 'é' alone
+    # the prime is printed as the model saw it: 'é' alone, exactly as if primed with 'é'
     only_known = invoke("sample", trained.run, "--length", 30, "--seed", 2, "--prime", "é")
-    assert only_known.stdout.startswith("é")
-    assert out[2:] == only_known.stdout[1:]
+    assert out.startswith("é") and len(out) == 1 + 30
+    assert out == only_known.stdout
 
 
 def test_stdin_is_the_prime_when_no_prime_option(trained):
@@ -484,3 +483,12 @@ def test_resume_through_the_cli(trained, tmp_path):
     # 10 + 10 steps are the 20 straight steps of the module's run, to the bit
     straight = ckpt_io.load(trained.run / "latest.npz")
     assert np.array_equal(latest.params, straight.params)
+
+
+def test_resume_with_the_budget_used_up_says_so(trained, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained.run, run)
+    code, out, err = call_main(monkeypatch, capsys, "train", trained.corpus, "--out", run,
+                               "--resume")
+    line = assert_one_line_error(code, out, err, 2, mentions=["--max-steps"])
+    assert "already" in line

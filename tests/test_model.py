@@ -116,7 +116,8 @@ def test_float32_forward_matches_float64():
     assert abs(loss32 - loss64) < 1e-5 * abs(loss64)
 
 
-@pytest.mark.parametrize("bad", [{"cell": "transformer"}, {"hidden": 0}, {"dropout": 1.0}])
+@pytest.mark.parametrize("bad", [{"cell": "transformer"}, {"hidden": 0}, {"dropout": 1.0},
+                                 {"hidden": 16.0}, {"layers": True}, {"dropout": "0.1"}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         ModelConfig(vocab_size=5, **bad)

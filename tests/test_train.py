@@ -9,7 +9,8 @@ import pytest
 from charrnn import checkpoint as ckpt_io
 from charrnn.synthetic import MarkovSource
 from charrnn.tokenizer import CorpusError
-from charrnn.train import Run, TrainOptions, fit_sizes, options_from_checkpoint, train
+from charrnn.train import (Run, TrainOptions, evaluate, fit_sizes, options_from_checkpoint,
+                           train)
 
 
 class Recorder:
@@ -118,3 +119,28 @@ def test_resume_refuses_shape_changes(corpus, tmp_path):
     with pytest.raises(ValueError, match="--hidden cannot change"):
         options_from_checkpoint(ck, {"hidden": 99})
     assert options_from_checkpoint(ck, {"max_steps": 50, "lr": 1e-3}).lr == 1e-3
+
+
+def test_evaluate_reads_everything_unless_capped(corpus, tmp_path):
+    run, _, _ = run_steps(corpus, tmp_path / "v", 5)
+    ids = run.val_ids
+    whole = evaluate(run.model, ids, 4, 16)
+    assert whole == evaluate(run.model, ids, 4, 16, max_chars=len(ids))
+    assert whole != evaluate(run.model, ids, 4, 16, max_chars=len(ids) // 3)
+
+
+def test_resume_refuses_another_corpus_and_malformed_state(corpus, tmp_path):
+    run_steps(corpus, tmp_path / "r", 10)
+    ck = ckpt_io.load(tmp_path / "r" / "latest.npz")
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text()[:-100])
+    opts = options_from_checkpoint(ck, {"max_steps": 20})
+    with pytest.raises(ckpt_io.CheckpointError, match="same corpus"):
+        Run(other, tmp_path / "r", opts, resume=ck)
+    ck.train["step"] = "ten"
+    with pytest.raises(ckpt_io.CheckpointError, match="step"):
+        Run(corpus, tmp_path / "r", opts, resume=ck)
+    ck.train["step"] = 10
+    ck.arrays["adam.m"] = ck.arrays["adam.m"][:1]
+    with pytest.raises(ckpt_io.CheckpointError, match="adam.m"):
+        Run(corpus, tmp_path / "r", opts, resume=ck)

@@ -514,8 +514,9 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
 @kernel
 def _draw(logits, temperature, top_k, top_p, u, probs):
     """One character id from logits (V,): greedy when temperature == 0, else from
-    softmax(logits / temperature) restricted to the top_k most likely (top_k 0: all) and then to
-    the smallest set whose probability reaches top_p; u in [0, 1) is the uniform draw."""
+    softmax(logits / temperature) restricted to the top_k most likely (top_k 0: all), then,
+    renormalised, to the smallest set whose probability reaches top_p; u in [0, 1) is the
+    uniform draw."""
     V = logits.size
     best = 0
     for k in range(1, V):
@@ -538,12 +539,15 @@ def _draw(logits, temperature, top_k, top_p, u, probs):
         return best  # rounding left target beyond the sum
     order = np.argsort(-probs)  # most likely first
     keep = V if top_k <= 0 else min(top_k, V)
+    top_k_mass = 0.0  # top-p applies to the top-k distribution, renormalised
+    for i in range(keep):
+        top_k_mass += probs[order[i]]
     kept = 0.0
     n = 0
     while n < keep:
         kept += probs[order[n]]
         n += 1
-        if kept >= top_p * total:
+        if kept >= top_p * top_k_mass:
             break
     target = u * kept
     acc = 0.0
