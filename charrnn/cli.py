@@ -18,6 +18,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from . import CELL_NAMES
+
 app = typer.Typer(
     name="charrnn", no_args_is_help=True, add_completion=False,
     pretty_exceptions_enable=False,
@@ -94,7 +96,7 @@ def check_device(device: str) -> None:
 @app.command()
 def train(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text file to learn from.")],
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru or rnn. [default: lstm]")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled or lstm-peephole. [default: lstm]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
@@ -123,8 +125,8 @@ def train(
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed)
-    if cell is not None and cell not in ("lstm", "gru", "rnn"):
-        raise UsageProblem(f"--cell must be lstm, gru or rnn, not {cell!r}")
+    if cell is not None and cell not in CELL_NAMES:
+        raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
@@ -394,7 +396,7 @@ def info(
 
 @app.command()
 def bench(
-    cell: Annotated[str, typer.Option(help="lstm, gru or rnn.")] = "lstm",
+    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled or lstm-peephole.")] = "lstm",
     layers: Annotated[int, typer.Option(help="Stacked layers.")] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = 50,
@@ -405,17 +407,17 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
-    if cell not in ("lstm", "gru", "rnn"):
-        raise UsageProblem(f"--cell must be lstm, gru or rnn, not {cell!r}")
+    if cell not in CELL_NAMES:
+        raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
     if min(layers, hidden, batch_size, seq_len, iters) < 1 or sample_chars < 16:
         raise UsageProblem("--layers, --hidden, --batch-size, --seq-len and --iters must be >= 1, "
                            "--sample-chars >= 16")
-    from .bench import (BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
+    from .bench import (TORCH_CELLS, BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
                         torch_available)
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, iters=iters, sample_chars=sample_chars)
     result = bench_charrnn(config)
-    if torch and torch_available():
+    if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)
         result = {**result, **ratios(result, theirs), "pytorch": theirs}
     if as_json:

@@ -9,12 +9,17 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import CELL_NAMES
 from .kernels import cpu
 
-CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN}
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN, "irnn": cpu.IRNN,
+         "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE}
+assert tuple(CELLS) == CELL_NAMES
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4}
 # H-wide activations kept per step for backward (see the memory note in kernels/cpu.py)
-STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0}
+STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0, "irnn": 0, "lstm-coupled": 4, "lstm-peephole": 5}
+# the layer's cell-specific vector (slot 3): name and width in units of H
+EXTRA = {"gru": ("b_hn", 1), "lstm-peephole": ("peep", 3)}
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,10 @@ class ModelConfig:
     def gates(self) -> int:
         return GATES[self.cell]
 
+    @property
+    def has_cell_state(self) -> bool:
+        return self.cell.startswith("lstm")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -49,19 +58,21 @@ class ModelConfig:
 class ParamLayout:
     """Names, shapes and offsets of the parameter arrays inside the one flat buffer.
 
-    The order is the kernels' slot order: per layer W_x, W_h, b, b_hn, then W_y, b_y.
+    The order is the kernels' slot order: per layer W_x, W_h, b and the cell's extra vector
+    (GRU b_hn, peephole LSTM peep; absent for the other cells), then W_y, b_y.
     """
 
     def __init__(self, config: ModelConfig):
         V, H, GH = config.vocab_size, config.hidden, config.gates * config.hidden
         shapes = []
+        extra, width = EXTRA.get(config.cell, ("extra", 0))
         for layer in range(config.layers):
             n_in = V if layer == 0 else H
             shapes += [
                 (f"l{layer}.W_x", (n_in, GH)),
                 (f"l{layer}.W_h", (H, GH)),
                 (f"l{layer}.b", (GH,)),
-                (f"l{layer}.b_hn", (H,) if config.cell == "gru" else (0,)),
+                (f"l{layer}.{extra}", (width * H,)),
             ]
         shapes += [("out.W", (H, V)), ("out.b", (V,))]
         sizes = [int(np.prod(shape)) for _, shape in shapes]
@@ -85,10 +96,17 @@ class ParamLayout:
 
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
     """PyTorch's default initialisation: every recurrent weight and bias ~ U(-1/sqrt(H), 1/sqrt(H));
-    the output layer (an nn.Linear from H) ~ U(-1/sqrt(H), 1/sqrt(H)) as well."""
+    the output layer (an nn.Linear from H) ~ U(-1/sqrt(H), 1/sqrt(H)) as well. IRNN: recurrent
+    matrices the identity and biases zero (Le, Jaitly & Hinton, 2015)."""
     layout = ParamLayout(config)
     bound = 1.0 / np.sqrt(config.hidden)
-    return rng.uniform(-bound, bound, layout.size).astype(dtype)
+    flat = rng.uniform(-bound, bound, layout.size).astype(dtype)
+    if config.cell == "irnn":
+        views = layout.views(flat)
+        for layer in range(config.layers):
+            views[f"l{layer}.W_h"][:] = np.eye(config.hidden)
+            views[f"l{layer}.b"][:] = 0
+    return flat
 
 
 class Workspace:
@@ -97,7 +115,7 @@ class Workspace:
     def __init__(self, config: ModelConfig, T: int, B: int, dtype):
         L, H, V = config.layers, config.hidden, config.vocab_size
         GH = config.gates * H
-        T_c = T + 1 if config.cell == "lstm" else 1  # cs is unused beyond c0 for other cells
+        T_c = T + 1 if config.has_cell_state else 1  # the other cells never write cs
         new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
         self.hs = new(L, T + 1, B, H)
         self.cs = new(L, T_c, B, H)
@@ -140,7 +158,7 @@ class Model:
         self._window = None  # what the last forward saw, for backward
 
     def zero_state(self, B: int) -> tuple[np.ndarray, np.ndarray]:
-        """Initial (h, c), each (L, B, H); c is unused (stays zero) for GRU and RNN."""
+        """Initial (h, c), each (L, B, H); c is unused (stays zero) outside the LSTM family."""
         shape = (self.config.layers, B, self.config.hidden)
         return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
 

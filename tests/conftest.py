@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from charrnn import CELL_NAMES
 from charrnn.model import Model, ModelConfig
 
-CELLS = ["lstm", "gru", "rnn"]
+CELLS = list(CELL_NAMES)
 
 
 @pytest.fixture(autouse=True)
@@ -46,10 +47,11 @@ class Problem:
         self.targets = rng.integers(0, V, (T, B))
         shape = (layers, B, H)
         self.h0 = rng.uniform(-0.9, 0.9, shape).astype(dtype)
-        self.c0 = (rng.uniform(-0.9, 0.9, shape) if cell == "lstm" else np.zeros(shape)).astype(dtype)
+        with_c = self.config.has_cell_state
+        self.c0 = (rng.uniform(-0.9, 0.9, shape) if with_c else np.zeros(shape)).astype(dtype)
         self.masks = self.model.dropout_masks(rng, T, B) if dropout else None
         self.dhT = rng.normal(size=shape).astype(dtype)
-        self.dcT = (rng.normal(size=shape) if cell == "lstm" else np.zeros(shape)).astype(dtype)
+        self.dcT = (rng.normal(size=shape) if with_c else np.zeros(shape)).astype(dtype)
 
     def objective(self):
         """Mean loss plus <hT, dhT> + <cT, dcT>, so the final-state gradient paths are checked."""

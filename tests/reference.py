@@ -34,6 +34,31 @@ def rnn_cell(x, h, W_x, W_h, b):
     return np.tanh(x @ W_x + h @ W_h + b)
 
 
+def irnn_cell(x, h, W_x, W_h, b):
+    return np.maximum(x @ W_x + h @ W_h + b, 0.0)
+
+
+def coupled_lstm_cell(x, h, c, W_x, W_h, b):
+    H = h.shape[1]
+    a = x @ W_x + h @ W_h + b
+    f = sigmoid(a[:, :H])
+    g = np.tanh(a[:, H:2 * H])
+    o = sigmoid(a[:, 2 * H:])
+    c = f * c + (1.0 - f) * g  # the input gate is 1 - f
+    return o * np.tanh(c), c
+
+
+def peephole_lstm_cell(x, h, c, W_x, W_h, b, p):
+    H = h.shape[1]
+    a = x @ W_x + h @ W_h + b
+    i = sigmoid(a[:, :H] + p[:H] * c)
+    f = sigmoid(a[:, H:2 * H] + p[H:2 * H] * c)
+    g = np.tanh(a[:, 2 * H:3 * H])
+    c = f * c + i * g
+    o = sigmoid(a[:, 3 * H:] + p[2 * H:] * c)  # the output gate sees the new cell
+    return o * np.tanh(c), c
+
+
 def forward(weights, cell, ids, targets, h0, c0, masks=None):
     """Returns (loss, logits (T, B, V), hT, cT) for the named weights of charrnn.model."""
     T, B = ids.shape
@@ -48,8 +73,14 @@ def forward(weights, cell, ids, targets, h0, c0, masks=None):
         for t in range(T):
             if cell == "lstm":
                 h, c = lstm_cell(x[t], h, c, W_x, W_h, b)
+            elif cell == "lstm-coupled":
+                h, c = coupled_lstm_cell(x[t], h, c, W_x, W_h, b)
+            elif cell == "lstm-peephole":
+                h, c = peephole_lstm_cell(x[t], h, c, W_x, W_h, b, weights[f"l{layer}.peep"])
             elif cell == "gru":
                 h = gru_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.b_hn"])
+            elif cell == "irnn":
+                h = irnn_cell(x[t], h, W_x, W_h, b)
             else:
                 h = rnn_cell(x[t], h, W_x, W_h, b)
             outs.append(h)

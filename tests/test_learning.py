@@ -4,6 +4,7 @@ hundred steps gets within 5% of the source's exact entropy rate on held-out text
 import numpy as np
 import pytest
 
+from charrnn import CELL_NAMES
 from charrnn.batches import stream_matrix, windows
 from charrnn.model import Model, ModelConfig
 from charrnn.optim import Adam, clip_grad_norm
@@ -29,13 +30,19 @@ def evaluate(model, streams, T):
     return total / count
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+# the ReLU IRNN's gradients grow fast along its identity recurrence: it needs tighter clipping
+# and more steps (measured: 300 steps at clip 5 stay 37% above the floor, 600 at clip 1 are 1.5%)
+RECIPES = {"irnn": {"clip": 1.0, "steps": 600}}
+
+
+@pytest.mark.parametrize("cell", list(CELL_NAMES))
 def test_reaches_the_entropy_floor(cell):
     source = MarkovSource(alphabet="abcd", order=2, seed=0)
     floor = source.entropy_rate()
     train = source.sample_ids(60_000, seed=1)
     held_out = source.sample_ids(10_000, seed=2)
-    B, T, steps = 32, 32, 300
+    recipe = {"clip": 5.0, "steps": 300, **RECIPES.get(cell, {})}
+    B, T, steps = 32, 32, recipe["steps"]
     model = Model(ModelConfig(vocab_size=4, cell=cell, layers=1, hidden=32), seed=0)
     opt = Adam(model.params.size, lr=1e-2)
     streams = stream_matrix(train, B)
@@ -48,7 +55,7 @@ def test_reaches_the_entropy_floor(cell):
             h, c = model.final_state()
             model.grads[:] = 0
             model.backward()
-            clip_grad_norm(model.grads, 5.0)
+            clip_grad_norm(model.grads, recipe["clip"])
             opt.step(model.params, model.grads)
             step += 1
             if step == steps:

@@ -48,7 +48,7 @@ def test_gradients_match_central_differences(cell, layers, dropout):
         assert rel_error(grads[name], numeric) < 1e-6, name
         assert np.abs(numeric).max() > 0, f"{name} does not affect the loss"
     assert rel_error(dh0, central_differences(p.objective, p.h0)) < 1e-6
-    if cell == "lstm":
+    if p.config.has_cell_state:
         assert rel_error(dc0, central_differences(p.objective, p.c0)) < 1e-6
     else:
         assert not dc0.any()

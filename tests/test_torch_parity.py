@@ -9,7 +9,8 @@ from .conftest import Problem, scaled_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
 
-TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN,
+               "irnn": torch.nn.RNN}
 TOLERANCE = {np.float64: 1e-9, np.float32: 1e-4}
 
 
@@ -18,7 +19,7 @@ def torch_rnn(problem, first_layer, num_layers):
     config, w = problem.config, problem.model.weights
     H, V = config.hidden, config.vocab_size
     n_in = V if first_layer == 0 else H
-    kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
+    kwargs = {"rnn": {"nonlinearity": "tanh"}, "irnn": {"nonlinearity": "relu"}}.get(config.cell, {})
     module = TORCH_CELLS[config.cell](n_in, H, num_layers, **kwargs)
     module = module.to(torch.from_numpy(w["out.W"]).dtype)
     with torch.no_grad():
@@ -87,6 +88,7 @@ def torch_grads(problem, modules):
     return out
 
 
+@pytest.mark.parametrize("cell", list(TORCH_CELLS))
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])

@@ -5,21 +5,23 @@ step, backward *adds* into the gradient buffer. Every kernel compiles for float3
 float64 (gradient checks); numba specialises on the dtype of the arrays passed in.
 
 Shapes: T time steps, B streams, H hidden units, V vocabulary, L layers, G gates per cell
-(LSTM 4, GRU 3, RNN 1). All parameters live in one flat buffer; ``offs`` holds the slot
+(LSTM and peephole LSTM 4, coupled LSTM and GRU 3, RNN and IRNN 1). All parameters live in
+one flat buffer; ``offs`` holds the slot
 boundaries of its named views (see charrnn/model.py and docs/model.md):
 
     slot 4*l + 0   W_x   (In_l, G*H)   In_0 = V (row gather), In_l = H above
     slot 4*l + 1   W_h   (H, G*H)
     slot 4*l + 2   b     (G*H,)
-    slot 4*l + 3   b_hn  (H,) for GRU, empty otherwise
+    slot 4*l + 3   extra: GRU b_hn (H,), peephole LSTM p (3H,: i, f, o), empty otherwise
     slot 4*L + 0   W_y   (H, V)
     slot 4*L + 1   b_y   (V,)
 
 Memory kept from forward for backward (torch-rnn style accounting), per layer and per step:
     hs     B*H           hidden states (plus h0)
-    cs     B*H           LSTM cell states (plus c0); one slot only for the other cells
-    acts   B*S*H         LSTM: i, f, g, o, tanh(c) (S=5); GRU: r, z, n, W_hn h + b_hn (S=4);
-                         RNN: nothing (S=0; the derivative comes from hs)
+    cs     B*H           LSTM-family cell states (plus c0); one slot only for the others
+    acts   B*S*H         LSTM, peephole: i, f, g, o, tanh(c) (S=5); coupled: f, g, o, tanh(c)
+                         (S=4); GRU: r, z, n, W_hn h + b_hn (S=4); RNN, IRNN: nothing (S=0;
+                         the derivative comes from hs)
 plus, once for the whole model, logits and probabilities (T*B*V each). Scratch reused across
 layers: xg, dX, dHG (T*B*G*H each), xin and dH (T*B*H each), gates (B*G*H), tmp (B*H).
 """
@@ -46,6 +48,9 @@ kernel = functools.partial(njit, cache=True, error_model="numpy")
 LSTM = 0
 GRU = 1
 RNN = 2
+IRNN = 3
+LSTM_COUPLED = 4
+LSTM_PEEPHOLE = 5
 
 SLOTS_PER_LAYER = 4
 
@@ -188,6 +193,93 @@ def _rnn_step(xg, gates, h_out):
             ho[j] = _tanh(x[j] + a[j])
 
 
+@kernel
+def _irnn_step(xg, gates, h_out):
+    """ReLU RNN (Le et al. 2015): h = max(0, xg + h_prev @ W_h). All (B, H)."""
+    B, H = h_out.shape
+    zero = _one(h_out[0, 0]) - _one(h_out[0, 0])
+    for b in range(B):
+        x, a, ho = xg[b], gates[b], h_out[b]
+        for j in range(H):
+            ho[j] = max(x[j] + a[j], zero)
+
+
+@kernel
+def _coupled_step(xg, gates, c_prev, h_out, c_out, act):
+    """LSTM with coupled gates, i = 1 - f. xg, gates: (B, 3H) blocks f, g, o;
+    act: (B, 4H) out: f, g, o, tanh(c)."""
+    B, H = c_prev.shape
+    for b in range(B):
+        x, a, cp, ho, co, s = xg[b], gates[b], c_prev[b], h_out[b], c_out[b], act[b]
+        for k in range(3 * H):
+            a[k] += x[k]
+        for k in range(H):
+            s[k] = _sigmoid(a[k])  # f
+        for k in range(H, 2 * H):
+            s[k] = _tanh(a[k])  # g
+        for k in range(2 * H, 3 * H):
+            s[k] = _sigmoid(a[k])  # o
+        for j in range(H):
+            g = s[H + j]
+            co[j] = g + s[j] * (cp[j] - g)  # f * c_prev + (1 - f) * g
+        for j in range(H):
+            s[3 * H + j] = _tanh(co[j])
+        for j in range(H):
+            ho[j] = s[2 * H + j] * s[3 * H + j]
+
+
+@kernel
+def _peephole_step(xg, gates, p, c_prev, h_out, c_out, act):
+    """LSTM with peepholes (Gers & Schmidhuber 2000): i and f also see p_i * c_prev and
+    p_f * c_prev, o sees p_o * c_t. p: (3H,) blocks i, f, o; otherwise as _lstm_step."""
+    B, H = c_prev.shape
+    for b in range(B):
+        x, a, cp, ho, co, s = xg[b], gates[b], c_prev[b], h_out[b], c_out[b], act[b]
+        for k in range(4 * H):
+            a[k] += x[k]
+        for j in range(H):
+            a[j] += p[j] * cp[j]
+        for j in range(H):
+            a[H + j] += p[H + j] * cp[j]
+        for k in range(2 * H):
+            s[k] = _sigmoid(a[k])  # i, f
+        for k in range(2 * H, 3 * H):
+            s[k] = _tanh(a[k])  # g
+        for j in range(H):
+            co[j] = s[H + j] * cp[j] + s[j] * s[2 * H + j]
+        for j in range(H):
+            a[3 * H + j] += p[2 * H + j] * co[j]
+        for k in range(3 * H, 4 * H):
+            s[k] = _sigmoid(a[k])  # o
+        for j in range(H):
+            s[4 * H + j] = _tanh(co[j])
+        for j in range(H):
+            ho[j] = s[3 * H + j] * s[4 * H + j]
+
+
+@kernel
+def has_cell_state(cell):
+    return cell == LSTM or cell == LSTM_COUPLED or cell == LSTM_PEEPHOLE
+
+
+@kernel
+def _cell_step(cell, xg, gates, extra, h_prev, c_prev, h_out, c_out, act):
+    """One step of any cell: gates holds h_prev @ W_h on entry; extra is the layer's
+    cell-specific vector (GRU b_hn, peephole weights)."""
+    if cell == LSTM:
+        _lstm_step(xg, gates, c_prev, h_out, c_out, act)
+    elif cell == LSTM_PEEPHOLE:
+        _peephole_step(xg, gates, extra, c_prev, h_out, c_out, act)
+    elif cell == LSTM_COUPLED:
+        _coupled_step(xg, gates, c_prev, h_out, c_out, act)
+    elif cell == GRU:
+        _gru_step(xg, gates, extra, h_prev, h_out, act)
+    elif cell == IRNN:
+        _irnn_step(xg, gates, h_out)
+    else:
+        _rnn_step(xg, gates, h_out)
+
+
 # Backward: dh (B, H) is the gradient w.r.t. h_t (from above plus from step t+1). Each writes
 # the gradient w.r.t. the pre-activations into dx (input side) and, for GRU, where the recurrent
 # side differs, into dhg.
@@ -252,27 +344,84 @@ def _rnn_step_back(dh, h, dx):
             g[j] = d[j] * (one - hh[j] * hh[j])
 
 
+@kernel
+def _irnn_step_back(dh, h, dx):
+    B, H = dh.shape
+    zero = _one(dh[0, 0]) - _one(dh[0, 0])
+    for b in range(B):
+        d, hh, g = dh[b], h[b], dx[b]
+        for j in range(H):
+            g[j] = d[j] if hh[j] > zero else zero
+
+
+@kernel
+def _coupled_step_back(dh, dc_next, c_prev, act, dx):
+    """As _lstm_step_back for i = 1 - f; dx: (B, 3H) blocks f, g, o."""
+    B, H = dh.shape
+    one = _one(dh[0, 0])
+    for b in range(B):
+        d, dc, cp, s, g = dh[b], dc_next[b], c_prev[b], act[b], dx[b]
+        for j in range(H):
+            dc[j] += d[j] * s[2 * H + j] * (one - s[3 * H + j] * s[3 * H + j])
+        for j in range(H):
+            f = s[j]
+            g[j] = dc[j] * (cp[j] - s[H + j]) * (f - f * f)
+        for j in range(H):
+            gg = s[H + j]
+            g[H + j] = dc[j] * (one - s[j]) * (one - gg * gg)
+        for j in range(H):
+            o = s[2 * H + j]
+            g[2 * H + j] = d[j] * s[3 * H + j] * (o - o * o)
+        for j in range(H):
+            dc[j] *= s[j]
+
+
+@kernel
+def _peephole_step_back(dh, dc_next, c_prev, act, p, dx):
+    """As _lstm_step_back, plus the peephole paths: o's pre-activation feeds dc_t through p_o,
+    i's and f's feed dc_{t-1} through p_i and p_f."""
+    B, H = dh.shape
+    one = _one(dh[0, 0])
+    for b in range(B):
+        d, dc, cp, s, g = dh[b], dc_next[b], c_prev[b], act[b], dx[b]
+        for j in range(H):
+            o = s[3 * H + j]
+            g[3 * H + j] = d[j] * s[4 * H + j] * (o - o * o)
+        for j in range(H):
+            tc = s[4 * H + j]
+            dc[j] += d[j] * s[3 * H + j] * (one - tc * tc) + g[3 * H + j] * p[2 * H + j]
+        for j in range(H):
+            i = s[j]
+            g[j] = dc[j] * s[2 * H + j] * (i - i * i)
+        for j in range(H):
+            f = s[H + j]
+            g[H + j] = dc[j] * cp[j] * (f - f * f)
+        for j in range(H):
+            gg = s[2 * H + j]
+            g[2 * H + j] = dc[j] * s[j] * (one - gg * gg)
+        for j in range(H):
+            dc[j] = dc[j] * s[H + j] + g[j] * p[j] + g[H + j] * p[H + j]
+
+
 # ---------------------------------------------------------------------------------------------
 # one layer over the whole window
 
 
 @kernel
-def _layer_forward(cell, xg, W_h, b_hn, hs, cs, acts, gates):
+def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
     """xg: (T, B, GH) input projection with bias; hs: (T+1, B, H) with hs[0] = h0 on entry;
-    cs: (T+1, B, H) likewise for LSTM; acts: (T, B, S*H); gates: (B, GH) scratch."""
+    cs: (T+1, B, H) likewise for the LSTM family (else (1, B, H), never written);
+    acts: (T, B, S*H); gates: (B, GH) scratch."""
     T = xg.shape[0]
+    with_c = has_cell_state(cell)
     for t in range(T):
         np.dot(hs[t], W_h, gates)  # (B, H) @ (H, GH): the only per-step GEMM
-        if cell == LSTM:
-            _lstm_step(xg[t], gates, cs[t], hs[t + 1], cs[t + 1], acts[t])
-        elif cell == GRU:
-            _gru_step(xg[t], gates, b_hn, hs[t], hs[t + 1], acts[t])
-        else:
-            _rnn_step(xg[t], gates, hs[t + 1])
+        c_prev, c_out = (cs[t], cs[t + 1]) if with_c else (cs[0], cs[0])
+        _cell_step(cell, xg[t], gates, extra, hs[t], c_prev, hs[t + 1], c_out, acts[t])
 
 
 @kernel
-def _layer_backward(cell, dH, W_h, hs, cs, acts, dh_next, dc_next, dX, dHG, tmp):
+def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dHG, tmp):
     """dH: (T, B, H) gradient w.r.t. this layer's outputs hs[1:] from above (overwritten: it
     becomes the running dL/dh_t). dh_next, dc_next: (B, H), in: gradient w.r.t. the final
     states, out: gradient w.r.t. the initial states. dX, dHG: (T, B, GH) out: gradient w.r.t.
@@ -287,6 +436,15 @@ def _layer_backward(cell, dH, W_h, hs, cs, acts, dh_next, dc_next, dX, dHG, tmp)
                 dh[b, j] += dh_next[b, j]
         if cell == LSTM:
             _lstm_step_back(dh, dc_next, cs[t], acts[t], dX[t])
+            np.dot(dX[t], WhT, dh_next)
+        elif cell == LSTM_PEEPHOLE:
+            _peephole_step_back(dh, dc_next, cs[t], acts[t], extra, dX[t])
+            np.dot(dX[t], WhT, dh_next)
+        elif cell == LSTM_COUPLED:
+            _coupled_step_back(dh, dc_next, cs[t], acts[t], dX[t])
+            np.dot(dX[t], WhT, dh_next)
+        elif cell == IRNN:
+            _irnn_step_back(dh, hs[t + 1], dX[t])
             np.dot(dX[t], WhT, dh_next)
         elif cell == GRU:
             _gru_step_back(dh, hs[t], acts[t], dX[t], dHG[t], tmp)
@@ -355,7 +513,7 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
         s = SLOTS_PER_LAYER * layer
         W_h = _mat(params, offs, s + 1, H)
         bias = _vec(params, offs, s + 2)
-        b_hn = _vec(params, offs, s + 3)
+        extra = _vec(params, offs, s + 3)
         if layer == 0:
             W_x = _mat(params, offs, s, V)
             for t in range(T):  # one-hot input: the projection is a row gather
@@ -371,7 +529,7 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
             _add_bias_rows(xg2, bias)
         hs[layer, 0] = h0[layer]
         cs[layer, 0] = c0[layer]
-        _layer_forward(cell, xg, W_h, b_hn, hs[layer], cs[layer], acts[layer], gates)
+        _layer_forward(cell, xg, W_h, extra, hs[layer], cs[layer], acts[layer], gates)
 
     W_y = _mat(params, offs, SLOTS_PER_LAYER * L, H)
     b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
@@ -443,8 +601,8 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
         dc_next = dc0[layer]
         dh_next[:] = dhT[layer]
         dc_next[:] = dcT[layer]
-        _layer_backward(cell, dH, W_h, hs[layer], cs[layer], acts[layer],
-                        dh_next, dc_next, dX, dHG, tmp)
+        _layer_backward(cell, dH, W_h, _vec(params, offs, s + 3), hs[layer], cs[layer],
+                        acts[layer], dh_next, dc_next, dX, dHG, tmp)
 
         # weight gradients for all T steps at once
         dX2 = dX.reshape((N, GH))
@@ -457,6 +615,15 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
             for n in range(N):
                 for j in range(H):
                     db_hn[j] += dR2[n, 2 * H + j]
+        elif cell == LSTM_PEEPHOLE:  # p_i, p_f multiply c_{t-1}; p_o multiplies c_t
+            dp = _vec(grads, offs, s + 3)
+            c = cs[layer]
+            for t in range(T):
+                for b in range(B):
+                    for j in range(H):
+                        dp[j] += dX[t, b, j] * c[t, b, j]
+                        dp[H + j] += dX[t, b, H + j] * c[t, b, j]
+                        dp[2 * H + j] += dX[t, b, 3 * H + j] * c[t + 1, b, j]
         if layer == 0:
             dW_x = _mat(grads, offs, s, V)
             for t in range(T):  # scatter-add: the transpose of the row gather
@@ -499,14 +666,11 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
             np.dot(h[layer - 1], _mat(params, offs, s, H), xg)
             _add_bias_rows(xg, bias)
         np.dot(h[layer], W_h, gates)
-        if cell == LSTM:
-            _lstm_step(xg, gates, c[layer], h_new, c_new, act)
-            c[layer] = c_new
-        elif cell == GRU:
-            _gru_step(xg, gates, _vec(params, offs, s + 3), h[layer], h_new, act)
-        else:
-            _rnn_step(xg, gates, h_new)
+        _cell_step(cell, xg, gates, _vec(params, offs, s + 3), h[layer], c[layer], h_new,
+                   c_new, act)
         h[layer] = h_new
+        if has_cell_state(cell):
+            c[layer] = c_new
     np.dot(h[L - 1], _mat(params, offs, SLOTS_PER_LAYER * L, H), logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
 
