@@ -285,6 +285,21 @@ def _cell_step(cell, xg, gates, extra, h_prev, c_prev, h_out, c_out, act):
 # side differs, into dhg.
 
 
+@kernel(inline="always")
+def _lstm_ifg_grads(dc, cp, s, g, H, one):
+    """One stream's gradients w.r.t. the i, f, g pre-activations, given dc = dL/dc_t.
+    s: the stored i, f, g, o, tanh(c) row; g: the (4H,) gradient row."""
+    for j in range(H):
+        i = s[j]
+        g[j] = dc[j] * s[2 * H + j] * (i - i * i)
+    for j in range(H):
+        f = s[H + j]
+        g[H + j] = dc[j] * cp[j] * (f - f * f)
+    for j in range(H):
+        gg = s[2 * H + j]
+        g[2 * H + j] = dc[j] * s[j] * (one - gg * gg)
+
+
 @kernel
 def _lstm_step_back(dh, dc_next, c_prev, act, dx):
     """dc_next: (B, H) in: dL/dc_t from step t+1, out: dL/dc_{t-1}. dx: (B, 4H)."""
@@ -294,15 +309,7 @@ def _lstm_step_back(dh, dc_next, c_prev, act, dx):
         d, dc, cp, s, g = dh[b], dc_next[b], c_prev[b], act[b], dx[b]
         for j in range(H):  # dc += dh * o * (1 - tanh(c)^2)
             dc[j] += d[j] * s[3 * H + j] * (one - s[4 * H + j] * s[4 * H + j])
-        for j in range(H):
-            i = s[j]
-            g[j] = dc[j] * s[2 * H + j] * (i - i * i)
-        for j in range(H):
-            f = s[H + j]
-            g[H + j] = dc[j] * cp[j] * (f - f * f)
-        for j in range(H):
-            gg = s[2 * H + j]
-            g[2 * H + j] = dc[j] * s[j] * (one - gg * gg)
+        _lstm_ifg_grads(dc, cp, s, g, H, one)
         for j in range(H):
             o = s[3 * H + j]
             g[3 * H + j] = d[j] * s[4 * H + j] * (o - o * o)
@@ -390,15 +397,7 @@ def _peephole_step_back(dh, dc_next, c_prev, act, p, dx):
         for j in range(H):
             tc = s[4 * H + j]
             dc[j] += d[j] * s[3 * H + j] * (one - tc * tc) + g[3 * H + j] * p[2 * H + j]
-        for j in range(H):
-            i = s[j]
-            g[j] = dc[j] * s[2 * H + j] * (i - i * i)
-        for j in range(H):
-            f = s[H + j]
-            g[H + j] = dc[j] * cp[j] * (f - f * f)
-        for j in range(H):
-            gg = s[2 * H + j]
-            g[2 * H + j] = dc[j] * s[j] * (one - gg * gg)
+        _lstm_ifg_grads(dc, cp, s, g, H, one)
         for j in range(H):
             dc[j] = dc[j] * s[H + j] + g[j] * p[j] + g[H + j] * p[H + j]
 
