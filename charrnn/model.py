@@ -13,13 +13,17 @@ from . import CELL_NAMES
 from .kernels import cpu
 
 CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN, "irnn": cpu.IRNN,
-         "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE}
+         "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE,
+         "gru-classic": cpu.GRU_CLASSIC}
 assert tuple(CELLS) == CELL_NAMES
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4,
+         "gru-classic": 3}
 # H-wide activations kept per step for backward (see the memory note in kernels/cpu.py)
-STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0, "irnn": 0, "lstm-coupled": 4, "lstm-peephole": 5}
-# the layer's cell-specific vector (slot 3): name and width in units of H
-EXTRA = {"gru": ("b_hn", 1), "lstm-peephole": ("peep", 3)}
+STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0, "irnn": 0, "lstm-coupled": 4, "lstm-peephole": 5,
+               "gru-classic": 3}
+# the layer's cell-specific array (slot 3): its name and shape for hidden size H
+EXTRA = {"gru": ("b_hn", lambda H: (H,)), "lstm-peephole": ("peep", lambda H: (3 * H,)),
+         "gru-classic": ("W_hn", lambda H: (H, H))}
 
 
 @dataclass(frozen=True)
@@ -65,14 +69,15 @@ class ParamLayout:
     def __init__(self, config: ModelConfig):
         V, H, GH = config.vocab_size, config.hidden, config.gates * config.hidden
         shapes = []
-        extra, width = EXTRA.get(config.cell, ("extra", 0))
+        extra, extra_shape = EXTRA.get(config.cell, ("extra", lambda H: (0,)))
+        GH_h = 2 * H if config.cell == "gru-classic" else GH  # its n block has its own W_hn
         for layer in range(config.layers):
             n_in = V if layer == 0 else H
             shapes += [
                 (f"l{layer}.W_x", (n_in, GH)),
-                (f"l{layer}.W_h", (H, GH)),
+                (f"l{layer}.W_h", (H, GH_h)),
                 (f"l{layer}.b", (GH,)),
-                (f"l{layer}.{extra}", (width * H,)),
+                (f"l{layer}.{extra}", extra_shape(H)),
             ]
         shapes += [("out.W", (H, V)), ("out.b", (V,))]
         sizes = [int(np.prod(shape)) for _, shape in shapes]
@@ -115,7 +120,8 @@ class Workspace:
     def __init__(self, config: ModelConfig, T: int, B: int, dtype):
         L, H, V = config.layers, config.hidden, config.vocab_size
         GH = config.gates * H
-        T_c = T + 1 if config.has_cell_state else 1  # the other cells never write cs
+        # cs holds the LSTMs' cell states and the classic GRU's r * h; the others never write it
+        T_c = T + 1 if config.has_cell_state or config.cell == "gru-classic" else 1
         new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
         self.hs = new(L, T + 1, B, H)
         self.cs = new(L, T_c, B, H)
@@ -127,7 +133,7 @@ class Workspace:
         self.probs = new(T * B, V)
         self.dlogits = new(T * B, V)
         self.dX = new(T, B, GH)
-        self.dHG = new(T, B, GH) if config.cell == "gru" else new(1, 1, GH)
+        self.dHG = new(T, B, GH) if config.cell.startswith("gru") else new(1, 1, GH)
         self.dH = new(T, B, H)
         self.tmp = new(B, H)
 
@@ -206,7 +212,8 @@ class Model:
     def final_state(self) -> tuple[np.ndarray, np.ndarray]:
         """(hT, cT) of the last forward, each (L, B, H), as copies."""
         ws = self._ws
-        return ws.hs[:, -1].copy(), ws.cs[:, -1].copy()
+        c = ws.cs[:, -1].copy() if self.config.has_cell_state else np.zeros_like(ws.hs[:, -1])
+        return ws.hs[:, -1].copy(), c
 
     def logits(self) -> np.ndarray:
         """Logits of the last forward, (T, B, V), as a copy."""

@@ -34,6 +34,16 @@ def rnn_cell(x, h, W_x, W_h, b):
     return np.tanh(x @ W_x + h @ W_h + b)
 
 
+def gru_classic_cell(x, h, W_x, W_h, b, W_hn):
+    """Cho et al. (2014): the reset gate acts before W_hn, and z weighs the new state."""
+    H = h.shape[1]
+    ax = x @ W_x + b
+    rz = sigmoid(ax[:, :2 * H] + h @ W_h)
+    r, z = rz[:, :H], rz[:, H:]
+    n = np.tanh(ax[:, 2 * H:] + (r * h) @ W_hn)
+    return (1.0 - z) * h + z * n
+
+
 def irnn_cell(x, h, W_x, W_h, b):
     return np.maximum(x @ W_x + h @ W_h + b, 0.0)
 
@@ -79,6 +89,8 @@ def forward(weights, cell, ids, targets, h0, c0, masks=None):
                 h, c = peephole_lstm_cell(x[t], h, c, W_x, W_h, b, weights[f"l{layer}.peep"])
             elif cell == "gru":
                 h = gru_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.b_hn"])
+            elif cell == "gru-classic":
+                h = gru_classic_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.W_hn"])
             elif cell == "irnn":
                 h = irnn_cell(x[t], h, W_x, W_h, b)
             else:

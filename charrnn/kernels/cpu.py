@@ -12,7 +12,8 @@ boundaries of its named views (see charrnn/model.py and docs/model.md):
     slot 4*l + 0   W_x   (In_l, G*H)   In_0 = V (row gather), In_l = H above
     slot 4*l + 1   W_h   (H, G*H)
     slot 4*l + 2   b     (G*H,)
-    slot 4*l + 3   extra: GRU b_hn (H,), peephole LSTM p (3H,: i, f, o), empty otherwise
+    slot 4*l + 3   extra: GRU b_hn (H,), peephole LSTM p (3H,: i, f, o), classic GRU W_hn
+                   (H, H) (its W_h is (H, 2H): r, z), empty otherwise
     slot 4*L + 0   W_y   (H, V)
     slot 4*L + 1   b_y   (V,)
 
@@ -20,8 +21,9 @@ Memory kept from forward for backward (torch-rnn style accounting), per layer an
     hs     B*H           hidden states (plus h0)
     cs     B*H           LSTM-family cell states (plus c0); one slot only for the others
     acts   B*S*H         LSTM, peephole: i, f, g, o, tanh(c) (S=5); coupled: f, g, o, tanh(c)
-                         (S=4); GRU: r, z, n, W_hn h + b_hn (S=4); RNN, IRNN: nothing (S=0;
-                         the derivative comes from hs)
+                         (S=4); GRU: r, z, n, W_hn h + b_hn (S=4); classic GRU: r, z, n (S=3),
+                         with r * h_prev kept in its cs; RNN, IRNN: nothing (S=0; the
+                         derivative comes from hs)
 plus, once for the whole model, logits and probabilities (T*B*V each). Scratch reused across
 layers: xg, dX, dHG (T*B*G*H each), xin and dH (T*B*H each), gates (B*G*H), tmp (B*H).
 """
@@ -51,6 +53,7 @@ RNN = 2
 IRNN = 3
 LSTM_COUPLED = 4
 LSTM_PEEPHOLE = 5
+GRU_CLASSIC = 6
 
 SLOTS_PER_LAYER = 4
 
@@ -258,6 +261,32 @@ def _peephole_step(xg, gates, p, c_prev, h_out, c_out, act):
 
 
 @kernel
+def _gru_classic_step(xg, W_h, W_hn_flat, h_prev, h_out, rh, act, gates):
+    """Cho et al. (2014): r, z = sigmoid(x W_x + h_prev W_h + b), n = tanh(x W_xn + (r * h_prev)
+    W_hn + b_n), h = (1 - z) * h_prev + z * n. xg: (B, 3H) blocks r, z, n; W_h: (H, 2H);
+    W_hn_flat: (H*H,); rh: (B, H) out: r * h_prev; act: (B, 3H) out: r, z, n;
+    gates: (B, 3H) scratch, used as the (B, 2H) and (B, H) products."""
+    B, H = h_prev.shape
+    flat = gates.reshape(B * 3 * H)
+    grz = flat[:B * 2 * H].reshape((B, 2 * H))
+    gn = flat[B * 2 * H:].reshape((B, H))
+    np.dot(h_prev, W_h, grz)
+    for b in range(B):
+        x, a, hp, q, s = xg[b], grz[b], h_prev[b], rh[b], act[b]
+        for k in range(2 * H):
+            s[k] = _sigmoid(x[k] + a[k])  # r, z
+        for j in range(H):
+            q[j] = s[j] * hp[j]
+    np.dot(rh, W_hn_flat.reshape((H, H)), gn)  # the second GEMM: the reset state through W_hn
+    for b in range(B):
+        x, a, hp, ho, s = xg[b], gn[b], h_prev[b], h_out[b], act[b]
+        for j in range(H):
+            s[2 * H + j] = _tanh(x[2 * H + j] + a[j])
+        for j in range(H):
+            ho[j] = hp[j] + s[H + j] * (s[2 * H + j] - hp[j])
+
+
+@kernel
 def has_cell_state(cell):
     return cell == LSTM or cell == LSTM_COUPLED or cell == LSTM_PEEPHOLE
 
@@ -402,6 +431,47 @@ def _peephole_step_back(dh, dc_next, c_prev, act, p, dx):
             dc[j] = dc[j] * s[H + j] + g[j] * p[j] + g[H + j] * p[H + j]
 
 
+@kernel
+def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, tmp):
+    """The classic GRU's time loop backward (two recurrent GEMMs per step). dX (T, B, 3H) gets
+    the pre-activation gradients r, z, n; dHG, as one flat buffer, gets the (T*B, 2H) r, z
+    block followed by the (T*B, H) n block: the operands of the weight-gradient GEMMs."""
+    T, B, H = dH.shape
+    one = _one(dH[0, 0, 0])
+    WhT = np.ascontiguousarray(W_h.T)  # (2H, H)
+    WhnT = np.ascontiguousarray(W_hn_flat.reshape((H, H)).T)
+    flat = dHG.reshape(dHG.size)
+    for t in range(T - 1, -1, -1):
+        dh = dH[t]
+        for b in range(B):
+            for j in range(H):
+                dh[b, j] += dh_next[b, j]
+        drz = flat[t * B * 2 * H:(t + 1) * B * 2 * H].reshape((B, 2 * H))
+        dn = flat[(T * 2 + t) * B * H:(T * 2 + t + 1) * B * H].reshape((B, H))
+        for b in range(B):
+            d, hp, s, g, q, e = dh[b], hs[t, b], acts[t, b], dX[t, b], drz[b], dn[b]
+            for j in range(H):  # n's pre-activation: h = h_prev + z * (n - h_prev)
+                n = s[2 * H + j]
+                e[j] = d[j] * s[H + j] * (one - n * n)
+                g[2 * H + j] = e[j]
+            for j in range(H):
+                z = s[H + j]
+                g[H + j] = d[j] * (s[2 * H + j] - hp[j]) * (z - z * z)
+                q[H + j] = g[H + j]
+        np.dot(dn, WhnT, tmp)  # dL/d(r * h_prev)
+        for b in range(B):
+            hp, s, g, q, dq = hs[t, b], acts[t, b], dX[t, b], drz[b], tmp[b]
+            for j in range(H):
+                r = s[j]
+                g[j] = dq[j] * hp[j] * (r - r * r)
+                q[j] = g[j]
+        np.dot(drz, WhT, dh_next)
+        for b in range(B):
+            d, s, dn_, dq = dh[b], acts[t, b], dh_next[b], tmp[b]
+            for j in range(H):
+                dn_[j] += d[j] * (one - s[H + j]) + dq[j] * s[j]
+
+
 # ---------------------------------------------------------------------------------------------
 # one layer over the whole window
 
@@ -414,6 +484,9 @@ def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
     T = xg.shape[0]
     with_c = has_cell_state(cell)
     for t in range(T):
+        if cell == GRU_CLASSIC:
+            _gru_classic_step(xg[t], W_h, extra, hs[t], hs[t + 1], cs[t + 1], acts[t], gates)
+            continue
         np.dot(hs[t], W_h, gates)  # (B, H) @ (H, GH): the only per-step GEMM
         c_prev, c_out = (cs[t], cs[t + 1]) if with_c else (cs[0], cs[0])
         _cell_step(cell, xg[t], gates, extra, hs[t], c_prev, hs[t + 1], c_out, acts[t])
@@ -425,6 +498,9 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
     becomes the running dL/dh_t). dh_next, dc_next: (B, H), in: gradient w.r.t. the final
     states, out: gradient w.r.t. the initial states. dX, dHG: (T, B, GH) out: gradient w.r.t.
     the input-side and recurrent-side pre-activations (dHG is filled for GRU only)."""
+    if cell == GRU_CLASSIC:
+        _gru_classic_layer_backward(dH, W_h, extra, hs, acts, dh_next, dX, dHG, tmp)
+        return
     T = dH.shape[0]
     B, H = dh_next.shape
     WhT = np.ascontiguousarray(W_h.T)  # (GH, H): BLAS runs this shape ~30% faster than W_h.T
@@ -605,7 +681,15 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
 
         # weight gradients for all T steps at once
         dX2 = dX.reshape((N, GH))
-        dR2 = dHG.reshape((N, GH)) if cell == GRU else dX2
+        if cell == GRU:
+            dR2 = dHG.reshape((N, GH))
+        elif cell == GRU_CLASSIC:
+            dR2 = dHG.reshape(dHG.size)[:N * 2 * H].reshape((N, 2 * H))
+            dn = dHG.reshape(dHG.size)[N * 2 * H:].reshape((N, H))
+            dW_hn = _vec(grads, offs, s + 3).reshape((H, H))
+            dW_hn += np.dot(cs[layer, 1:].reshape((N, H)).T, dn)  # (r * h_prev)^T dn
+        else:
+            dR2 = dX2
         dW_h = _mat(grads, offs, s + 1, H)
         dW_h += np.dot(hs[layer, :T].reshape((N, H)).T, dR2)
         _add_col_sums(dX2, _vec(grads, offs, s + 2))
@@ -664,9 +748,12 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
         else:
             np.dot(h[layer - 1], _mat(params, offs, s, H), xg)
             _add_bias_rows(xg, bias)
-        np.dot(h[layer], W_h, gates)
-        _cell_step(cell, xg, gates, _vec(params, offs, s + 3), h[layer], c[layer], h_new,
-                   c_new, act)
+        extra = _vec(params, offs, s + 3)
+        if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
+            _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
+        else:
+            np.dot(h[layer], W_h, gates)
+            _cell_step(cell, xg, gates, extra, h[layer], c[layer], h_new, c_new, act)
         h[layer] = h_new
         if has_cell_state(cell):
             c[layer] = c_new
