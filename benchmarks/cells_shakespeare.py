@@ -22,14 +22,17 @@ from charrnn import CELL_NAMES
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 OPTIONS = ["--layers", "2", "--hidden", "128", "--batch-size", "32", "--seq-len", "64",
-           "--lr", "0.005", "--grad-clip", "1", "--eval-every", "100000", "--quiet"]
+           "--lr", "0.005", "--grad-clip", "1", "--eval-every", "100000", "--epochs", "1000",
+           "--quiet"]
 
 
 def run(cell: str, minutes: float, work: Path) -> dict:
     out = work / cell
     env = {**os.environ, "CHARRNN_STATE_DIR": str(work / "state")}
+    layers = ["--layers", "1"] if cell == "jordan" else []  # it does not stack
     subprocess.run([sys.executable, "-m", "charrnn", "train", str(CORPUS), "--cell", cell,
-                    "--minutes", str(minutes), "--out", str(out), *OPTIONS], check=True, env=env)
+                    "--minutes", str(minutes), "--out", str(out), *OPTIONS, *layers],
+                   check=True, env=env)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in rows if r.get("val_loss") is not None][-1]
     return {"cell": cell, "minutes": minutes, "steps": final["step"],

@@ -7,4 +7,5 @@ The numerical core lives in charrnn.model and charrnn.kernels.
 __version__ = "0.1.0"
 
 # the recurrent cells (`--cell`); charrnn.model implements them, the CLI validates against this
-CELL_NAMES = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic")
+CELL_NAMES = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic",
+              "jordan")

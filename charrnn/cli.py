@@ -96,7 +96,7 @@ def check_device(device: str) -> None:
 @app.command()
 def train(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text file to learn from.")],
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled or lstm-peephole. [default: lstm]")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan. [default: lstm]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
@@ -127,6 +127,8 @@ def train(
                  save_every=save_every, seed=seed)
     if cell is not None and cell not in CELL_NAMES:
         raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
+    if cell == "jordan" and layers is None:
+        given["layers"] = 1  # a Jordan network does not stack
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
@@ -396,7 +398,7 @@ def info(
 
 @app.command()
 def bench(
-    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled or lstm-peephole.")] = "lstm",
+    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan.")] = "lstm",
     layers: Annotated[int, typer.Option(help="Stacked layers.")] = 2,
     hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 128,
     batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = 50,
@@ -409,6 +411,8 @@ def bench(
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
     if cell not in CELL_NAMES:
         raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
+    if cell == "jordan" and layers != 1:
+        raise UsageProblem("--cell jordan has one layer: use --layers 1")
     if min(layers, hidden, batch_size, seq_len, iters) < 1 or sample_chars < 16:
         raise UsageProblem("--layers, --hidden, --batch-size, --seq-len and --iters must be >= 1, "
                            "--sample-chars >= 16")

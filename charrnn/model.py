@@ -14,13 +14,13 @@ from .kernels import cpu
 
 CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN, "irnn": cpu.IRNN,
          "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE,
-         "gru-classic": cpu.GRU_CLASSIC}
+         "gru-classic": cpu.GRU_CLASSIC, "jordan": cpu.JORDAN}
 assert tuple(CELLS) == CELL_NAMES
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4,
-         "gru-classic": 3}
+         "gru-classic": 3, "jordan": 1}
 # H-wide activations kept per step for backward (see the memory note in kernels/cpu.py)
 STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0, "irnn": 0, "lstm-coupled": 4, "lstm-peephole": 5,
-               "gru-classic": 3}
+               "gru-classic": 3, "jordan": 1}  # jordan keeps h_t here; its state is y
 # the layer's cell-specific array (slot 3): its name and shape for hidden size H
 EXTRA = {"gru": ("b_hn", lambda H: (H,)), "lstm-peephole": ("peep", lambda H: (3 * H,)),
          "gru-classic": ("W_hn", lambda H: (H, H))}
@@ -46,6 +46,9 @@ class ModelConfig:
             raise ValueError("vocab_size, layers and hidden must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.cell == "jordan" and self.layers != 1:
+            raise ValueError("a jordan network has one layer (its recurrence runs through the "
+                             "output): use --layers 1")
 
     @property
     def gates(self) -> int:
@@ -54,6 +57,11 @@ class ModelConfig:
     @property
     def has_cell_state(self) -> bool:
         return self.cell.startswith("lstm")
+
+    @property
+    def state_width(self) -> int:
+        """Width of the carried state: H, or V for jordan, whose state is the last output."""
+        return self.vocab_size if self.cell == "jordan" else self.hidden
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,11 +79,12 @@ class ParamLayout:
         shapes = []
         extra, extra_shape = EXTRA.get(config.cell, ("extra", lambda H: (0,)))
         GH_h = 2 * H if config.cell == "gru-classic" else GH  # its n block has its own W_hn
+        rec_in = V if config.cell == "jordan" else H  # jordan's recurrent input is y_{t-1}
         for layer in range(config.layers):
             n_in = V if layer == 0 else H
             shapes += [
                 (f"l{layer}.W_x", (n_in, GH)),
-                (f"l{layer}.W_h", (H, GH_h)),
+                (f"l{layer}.W_h", (rec_in, GH_h)),
                 (f"l{layer}.b", (GH,)),
                 (f"l{layer}.{extra}", extra_shape(H)),
             ]
@@ -123,8 +132,9 @@ class Workspace:
         # cs holds the LSTMs' cell states and the classic GRU's r * h; the others never write it
         T_c = T + 1 if config.has_cell_state or config.cell == "gru-classic" else 1
         new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
-        self.hs = new(L, T + 1, B, H)
-        self.cs = new(L, T_c, B, H)
+        W = config.state_width
+        self.hs = new(L, T + 1, B, W)
+        self.cs = new(L, T_c, B, W)
         self.acts = new(L, T, B, STORED_ACTS[config.cell] * H)
         self.xg = new(T, B, GH)
         self.gates = new(B, GH)
@@ -165,7 +175,7 @@ class Model:
 
     def zero_state(self, B: int) -> tuple[np.ndarray, np.ndarray]:
         """Initial (h, c), each (L, B, H); c is unused (stays zero) outside the LSTM family."""
-        shape = (self.config.layers, B, self.config.hidden)
+        shape = (self.config.layers, B, self.config.state_width)
         return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
 
     def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> np.ndarray:

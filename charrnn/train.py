@@ -73,6 +73,9 @@ class TrainOptions:
             raise ValueError("--grad-clip must be positive")
         if self.preview_chars < 0:
             raise ValueError("preview length must be >= 0")
+        if self.cell == "jordan" and self.layers != 1:
+            raise ValueError("--cell jordan has one layer (its recurrence runs through the "
+                             "output): use --layers 1")
 
 
 # options that shape the model or the data stream: a resumed run must keep them

@@ -69,8 +69,31 @@ def peephole_lstm_cell(x, h, c, W_x, W_h, b, p):
     return o * np.tanh(c), c
 
 
+def jordan_forward(weights, ids, targets, y0, masks=None):
+    """Jordan (1986): h_t = tanh(W_x x_t + W_h y_{t-1} + b), y_t = softmax(W_y h_t + b_y)."""
+    V = weights["out.W"].shape[1]
+    x = np.eye(V)[ids]
+    y = y0[0]
+    all_logits = []
+    for t in range(len(ids)):
+        h = np.tanh(x[t] @ weights["l0.W_x"] + y @ weights["l0.W_h"] + weights["l0.b"])
+        if masks is not None:
+            h = h * masks[0, t]
+        logits = h @ weights["out.W"] + weights["out.b"]
+        y = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        y /= y.sum(axis=-1, keepdims=True)
+        all_logits.append(logits)
+    logits = np.stack(all_logits)
+    logp = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    logp = logits - logits.max(-1, keepdims=True) - logp
+    loss = -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+    return loss, logits, y[None], np.zeros_like(y[None])
+
+
 def forward(weights, cell, ids, targets, h0, c0, masks=None):
     """Returns (loss, logits (T, B, V), hT, cT) for the named weights of charrnn.model."""
+    if cell == "jordan":
+        return jordan_forward(weights, ids, targets, h0, masks)
     T, B = ids.shape
     L = h0.shape[0]
     V = weights["out.W"].shape[1]

@@ -6,12 +6,13 @@ import pytest
 from charrnn.model import Model, ModelConfig, ParamLayout
 
 from . import reference
-from .conftest import Problem, rel_error
+from .conftest import Problem, rel_error, stacks
 
 
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_forward_matches_reference(cell, layers, dropout):
+    stacks(cell, layers)
     p = Problem(cell, layers, dropout)
     loss = p.model.forward(p.ids, p.targets, p.h0, p.c0, p.masks)
     hT, cT = p.model.final_state()
@@ -41,6 +42,7 @@ def central_differences(f, x, eps=1e-5):
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_gradients_match_central_differences(cell, layers, dropout):
+    stacks(cell, layers)
     p = Problem(cell, layers, dropout, T=6, B=2)
     grads, dh0, dc0 = p.analytic()
     for name, view in p.model.weights.items():
@@ -60,7 +62,7 @@ def test_split_window_gives_the_same_gradient(cell, split):
     the initial-state gradient of the second piece fed back into the first, gives the gradient
     of the whole window."""
     T = 6
-    p = Problem(cell, layers=2, T=T, B=3)
+    p = Problem(cell, layers=1 if cell == "jordan" else 2, T=T, B=3)
     m = p.model
     whole = m.forward(p.ids, p.targets, p.h0, p.c0)
     m.grads[:] = 0
@@ -86,7 +88,7 @@ def test_split_window_gives_the_same_gradient(cell, split):
 
 
 def test_backward_adds_into_grads(cell):
-    p = Problem(cell, layers=2)
+    p = Problem(cell, layers=1 if cell == "jordan" else 2)
     grads, _, _ = p.analytic()
     p.model.backward(p.dhT, p.dcT)  # a second backward of the same window adds again
     for name, g in p.model.grad_views.items():

@@ -54,6 +54,7 @@ IRNN = 3
 LSTM_COUPLED = 4
 LSTM_PEEPHOLE = 5
 GRU_CLASSIC = 6
+JORDAN = 7
 
 SLOTS_PER_LAYER = 4
 
@@ -567,6 +568,126 @@ def _add_col_sums(y, out):
 
 
 # ---------------------------------------------------------------------------------------------
+# the Jordan network: one layer whose recurrent input is the previous step's output
+# distribution, so the output layer runs inside the time loop and the state is y (B, V)
+
+
+@kernel
+def _softmax_rows(logits, out):
+    """out = softmax of each row of logits (B, V)."""
+    B, V = logits.shape
+    for b in range(B):
+        m = logits[b, 0]
+        for k in range(1, V):
+            m = max(m, logits[b, k])
+        total = 0.0
+        for k in range(V):
+            out[b, k] = math.exp(logits[b, k] - m)
+            total += out[b, k]
+        inv = 1.0 / total
+        for k in range(V):
+            out[b, k] *= inv
+
+
+@kernel
+def _jordan_hidden(params, offs, x, y_prev, h, gates):
+    """h (B, H) = tanh(W_x[x] + y_prev @ W_h + b); y_prev: (B, V)."""
+    B, H = h.shape
+    V = y_prev.shape[1]
+    W_x = _mat(params, offs, 0, V)
+    bias = _vec(params, offs, 2)
+    np.dot(y_prev, _mat(params, offs, 1, V), gates)
+    for b in range(B):
+        row, a, hh = W_x[x[b]], gates[b], h[b]
+        for j in range(H):
+            hh[j] = _tanh(a[j] + row[j] + bias[j])
+
+
+@kernel
+def _jordan_forward(params, offs, ids, targets, y0, masks, use_dropout, ys, acts, gates, xin,
+                    logits, probs):
+    """ys (1, T+1, B, V): y_0 and every step's output distribution; acts (1, T, B, H): h_t."""
+    T, B = ids.shape
+    V = logits.shape[1]
+    H = acts.shape[3]
+    W_y = _mat(params, offs, SLOTS_PER_LAYER, H)
+    b_y = _vec(params, offs, SLOTS_PER_LAYER + 1)
+    lg = logits.reshape((T, B, V))
+    pr = probs.reshape((T, B, V))
+    ys[0, 0] = y0[0]
+    total = 0.0
+    for t in range(T):
+        h = acts[0, t]
+        _jordan_hidden(params, offs, ids[t], ys[0, t], h, gates)
+        hd = h
+        if use_dropout:
+            hd = xin[t]
+            for b in range(B):
+                for j in range(H):
+                    hd[b, j] = h[b, j] * masks[0, t, b, j]
+        np.dot(hd, W_y, lg[t])
+        _add_bias_rows(lg[t], b_y)
+        _softmax_rows(lg[t], pr[t])
+        ys[0, t + 1] = pr[t]
+        for b in range(B):
+            total -= math.log(pr[t, b, targets[t, b]])
+    return total / (T * B)
+
+
+@kernel
+def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, acts, xin,
+                     probs, dyT, dy0, dlogits, dA, tmp):
+    """The gradient flows back through every y_{t-1}: the softmax's Jacobian carries dL/dy_t
+    into the logits of step t. dA (T, B, H): pre-activation gradients; tmp (B, H) scratch."""
+    T, B = ids.shape
+    N, V = dlogits.shape
+    H = acts.shape[3]
+    W_y = _mat(params, offs, SLOTS_PER_LAYER, H)
+    WyT = np.ascontiguousarray(W_y.T)
+    WhT = np.ascontiguousarray(_mat(params, offs, 1, V).T)  # (H, V)
+    pr = probs.reshape((T, B, V))
+    dl = dlogits.reshape((T, B, V))
+    dy = dy0[0]
+    dy[:] = dyT[0]
+    inv_n = 1.0 / N
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            p, d, g = pr[t, b], dy[b], dl[t, b]
+            s = 0.0
+            for k in range(V):
+                s += d[k] * p[k]
+            for k in range(V):
+                g[k] = p[k] * (d[k] - s) + p[k] * inv_n
+            g[targets[t, b]] -= inv_n
+        np.dot(dl[t], WyT, tmp)  # dL/dh_t (after dropout)
+        h = acts[0, t]
+        for b in range(B):
+            for j in range(H):
+                m = masks[0, t, b, j] if use_dropout else 1.0
+                dA[t, b, j] = tmp[b, j] * m * (1.0 - h[b, j] * h[b, j])
+        np.dot(dA[t], WhT, dy)  # dL/dy_{t-1}
+    hd = acts[0] if not use_dropout else xin
+    if use_dropout:
+        for t in range(T):
+            for b in range(B):
+                for j in range(H):
+                    hd[t, b, j] = acts[0, t, b, j] * masks[0, t, b, j]
+    dW_y = _mat(grads, offs, SLOTS_PER_LAYER, H)
+    dW_y += np.dot(hd.reshape((N, H)).T, dlogits)
+    _add_col_sums(dlogits, _vec(grads, offs, SLOTS_PER_LAYER + 1))
+    dA2 = dA.reshape((N, H))
+    dW_h = _mat(grads, offs, 1, V)
+    dW_h += np.dot(ys[0, :T].reshape((N, V)).T, dA2)
+    _add_col_sums(dA2, _vec(grads, offs, 2))
+    dW_x = _mat(grads, offs, 0, V)
+    for t in range(T):
+        for b in range(B):
+            row = dW_x[ids[t, b]]
+            for j in range(H):
+                row[j] += dA[t, b, j]
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole model over one (T, B) window
 
 
@@ -580,6 +701,9 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
     and cs (L, T+1 or 1, B, H) whose last step is the final state; acts (L, T, B, S*H);
     logits and probs (T*B, V). xg (T, B, GH), gates (B, GH), xin (T, B, H) are scratch.
     """
+    if cell == JORDAN:
+        return _jordan_forward(params, offs, ids, targets, h0, masks, use_dropout, hs, acts,
+                               gates, xin, logits, probs)
     T, B = ids.shape
     L, _, H = h0.shape
     V = logits.shape[1]
@@ -647,6 +771,10 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
     dc0 (L, B, H): the gradients w.r.t. the initial states. dlogits (T*B, V), dX, dHG
     (T, B, GH), dH (T, B, H), tmp (B, H) and xin (T, B, H) are scratch.
     """
+    if cell == JORDAN:
+        _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, hs, acts, xin,
+                         probs, dhT, dh0, dlogits, dX, tmp)
+        return
     T, B = ids.shape
     L = hs.shape[0]
     H = hs.shape[3]
@@ -733,6 +861,12 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
 
     xg, gates: (B, GH), act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into
     h_new/c_new and they are copied back: in-place updates would alias and not vectorise."""
+    if cell == JORDAN:  # h holds y_{t-1} (1, B, V); h_new serves as the hidden layer
+        _jordan_hidden(params, offs, x, h[0], h_new, gates)
+        np.dot(h_new, _mat(params, offs, SLOTS_PER_LAYER, h_new.shape[1]), logits)
+        _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER + 1))
+        _softmax_rows(logits, h[0])
+        return
     L, B, H = h.shape
     V = logits.shape[1]
     for layer in range(L):
