@@ -57,10 +57,12 @@ def _user_errors():
     """The exception types that become one-line errors (imported lazily: they live beside numba)."""
     from .checkpoint import CheckpointError
     from .corpora import DownloadError
+    from .parallel import ThreadsSettingError
     from .runs import RunLocked
     from .tokenizer import CorpusError
     from .train import TrainingError
-    return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked, Failure)
+    return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked,
+            ThreadsSettingError, Failure)
 
 
 def unescape(text: str, option: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 
 from . import CELL_NAMES
 from .kernels import cpu
+from .parallel import StreamSplitter, row_ranges
 
 CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN, "irnn": cpu.IRNN,
          "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE,
@@ -148,17 +149,39 @@ class Workspace:
         self.tmp = new(B, H)
 
 
+class Shard:
+    """A share of the window's streams (rows b0:b1) with its own workspace; shards after the
+    first also have their own gradient buffer, summed into the model's after backward."""
+
+    def __init__(self, config: ModelConfig, T: int, rows: tuple[int, int], grads, dtype):
+        self.rows = slice(*rows)
+        self.ws = Workspace(config, T, rows[1] - rows[0], dtype)
+        self.grads = grads
+        self.loss = 0.0
+        self.inputs = None  # (ids, targets, masks) of the last forward, contiguous
+
+    def take(self, a: np.ndarray, axis: int) -> np.ndarray:
+        """This shard's streams of ``a`` along ``axis``, contiguous (no copy for one shard)."""
+        index = (slice(None),) * axis + (self.rows,)
+        return np.ascontiguousarray(a[index])
+
+
 class Model:
     """A character-level RNN language model over one flat parameter buffer.
 
     ``forward(ids, targets, h0, c0)`` runs a (T, B) window and returns the mean loss in nats per
     character; ``backward(dhT, dcT)`` then adds the gradients into ``grads`` and returns the
     gradients w.r.t. h0 and c0. ``params`` and ``grads`` share the layout of ``layout``.
+
+    The B streams are split into shards run on the threads of ``splitter`` (see
+    charrnn/parallel.py); each shard's loss and gradients are its share of the whole window's
+    mean (the kernels divide by the whole T*B), so the sums are the whole window's.
     """
 
     def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
-                 dtype=np.float32, seed: int = 0):
+                 dtype=np.float32, seed: int = 0, splitter: StreamSplitter | None = None):
         self.config = config
+        self.splitter = splitter or _default_splitter()
         self.layout = ParamLayout(config)
         if params is None:
             params = init_params(config, np.random.default_rng(seed), dtype)
@@ -170,8 +193,8 @@ class Model:
         self.grads = np.zeros_like(self.params)
         self.weights = self.layout.views(self.params)
         self.grad_views = self.layout.views(self.grads)
-        self._ws: Workspace | None = None
-        self._window = None  # what the last forward saw, for backward
+        self._shards: list[Shard] = []
+        self._window = None  # (T, B, use_dropout) of the last forward, for backward
 
     def zero_state(self, B: int) -> tuple[np.ndarray, np.ndarray]:
         """Initial (h, c), each (L, B, H); c is unused (stays zero) outside the LSTM family."""
@@ -184,11 +207,17 @@ class Model:
         keep = rng.random((self.config.layers, T, B, self.config.hidden)) >= p
         return (keep / (1.0 - p)).astype(self.dtype)
 
-    def _workspace(self, T: int, B: int) -> Workspace:
-        ws = self._ws
-        if ws is None or ws.xg.shape[:2] != (T, B):
-            ws = self._ws = Workspace(self.config, T, B, self.dtype)
-        return ws
+    def _shards_for(self, T: int, B: int) -> list[Shard]:
+        W_h = self.weights["l0.W_h"]
+        ranges = row_ranges(B, self.splitter.parts(B, W_h.nbytes))
+        shards = self._shards
+        if [(sh.rows.start, sh.rows.stop) for sh in shards] != ranges or \
+                shards[0].ws.xg.shape[0] != T:
+            shards = self._shards = [
+                Shard(self.config, T, rows, self.grads if k == 0 else np.zeros_like(self.grads),
+                      self.dtype)
+                for k, rows in enumerate(ranges)]
+        return shards
 
     def forward(self, ids, targets, h0=None, c0=None, masks=None) -> float:
         """Mean cross-entropy (nats/char) of predicting targets (T, B) from ids (T, B).
@@ -205,30 +234,41 @@ class Model:
         if min(ids.min(), targets.min()) < 0 or max(ids.max(), targets.max()) >= V:
             raise ValueError(f"character ids must lie in [0, {V})")
         zh, zc = self.zero_state(B)
-        h0 = zh if h0 is None else np.ascontiguousarray(h0, dtype=self.dtype)
-        c0 = zc if c0 is None else np.ascontiguousarray(c0, dtype=self.dtype)
+        h0 = zh if h0 is None else np.asarray(h0, dtype=self.dtype)
+        c0 = zc if c0 is None else np.asarray(c0, dtype=self.dtype)
         use_dropout = masks is not None
         if masks is None:
             masks = np.ones((1, 1, 1, 1), self.dtype)  # never read
-        masks = np.ascontiguousarray(masks, dtype=self.dtype)
-        ws = self._workspace(T, B)
-        loss = cpu.model_forward(CELLS[self.config.cell], self.params, self.layout.offsets,
-                                 ids, targets, h0, c0, masks, use_dropout,
-                                 ws.hs, ws.cs, ws.acts, ws.xg, ws.gates, ws.xin,
-                                 ws.logits, ws.probs)
-        self._window = (ids, targets, masks, use_dropout)
-        return float(loss)
+        masks = np.asarray(masks, dtype=self.dtype)
+        cell = CELLS[self.config.cell]
+        shards = self._shards_for(T, B)
+
+        def run(shard: Shard) -> None:
+            ws = shard.ws
+            shard.inputs = (shard.take(ids, 1), shard.take(targets, 1),
+                            shard.take(masks, 2) if use_dropout else masks)
+            shard.loss = cpu.model_forward(cell, self.params, self.layout.offsets,
+                                           *shard.inputs[:2], shard.take(h0, 1),
+                                           shard.take(c0, 1), shard.inputs[2], use_dropout,
+                                           ws.hs, ws.cs, ws.acts, ws.xg, ws.gates, ws.xin,
+                                           ws.logits, ws.probs, T * B)
+
+        self.splitter.map(run, shards)
+        self._window = (T, B, use_dropout)
+        return float(sum(shard.loss for shard in shards))
 
     def final_state(self) -> tuple[np.ndarray, np.ndarray]:
         """(hT, cT) of the last forward, each (L, B, H), as copies."""
-        ws = self._ws
-        c = ws.cs[:, -1].copy() if self.config.has_cell_state else np.zeros_like(ws.hs[:, -1])
-        return ws.hs[:, -1].copy(), c
+        h = np.concatenate([sh.ws.hs[:, -1] for sh in self._shards], axis=1)
+        if not self.config.has_cell_state:
+            return h, np.zeros_like(h)
+        return h, np.concatenate([sh.ws.cs[:, -1] for sh in self._shards], axis=1)
 
     def logits(self) -> np.ndarray:
         """Logits of the last forward, (T, B, V), as a copy."""
-        T, B = self._window[0].shape
-        return self._ws.logits.reshape(T, B, -1).copy()
+        T, B, _ = self._window
+        return np.concatenate([sh.ws.logits.reshape(T, sh.rows.stop - sh.rows.start, -1)
+                               for sh in self._shards], axis=1)
 
     def backward(self, dhT=None, dcT=None) -> tuple[np.ndarray, np.ndarray]:
         """Add dLoss/dparams into ``grads`` for the last forward; return (dh0, dc0).
@@ -237,15 +277,39 @@ class Model:
         window (None: zero, the end of a truncated-BPTT window)."""
         if self._window is None:
             raise RuntimeError("backward() needs a forward() first")
-        ids, targets, masks, use_dropout = self._window
-        B = ids.shape[1]
+        T, B, use_dropout = self._window
         zh, zc = self.zero_state(B)
-        dhT = zh if dhT is None else np.ascontiguousarray(dhT, dtype=self.dtype)
-        dcT = zc if dcT is None else np.ascontiguousarray(dcT, dtype=self.dtype)
+        dhT = zh if dhT is None else np.asarray(dhT, dtype=self.dtype)
+        dcT = zc if dcT is None else np.asarray(dcT, dtype=self.dtype)
         dh0, dc0 = self.zero_state(B)
-        ws = self._ws
-        cpu.model_backward(CELLS[self.config.cell], self.params, self.grads, self.layout.offsets,
-                           ids, targets, masks, use_dropout,
-                           ws.hs, ws.cs, ws.acts, ws.xin, ws.probs, dhT, dcT, dh0, dc0,
-                           ws.dlogits, ws.dX, ws.dHG, ws.dH, ws.tmp)
+        cell = CELLS[self.config.cell]
+
+        def run(shard: Shard) -> None:
+            ws = shard.ws
+            if shard.grads is not self.grads:
+                shard.grads[:] = 0
+            ids, targets, masks = shard.inputs
+            dh, dc = self.zero_state(targets.shape[1])
+            cpu.model_backward(cell, self.params, shard.grads, self.layout.offsets,
+                               ids, targets, masks, use_dropout,
+                               ws.hs, ws.cs, ws.acts, ws.xin, ws.probs,
+                               shard.take(dhT, 1), shard.take(dcT, 1), dh, dc,
+                               ws.dlogits, ws.dX, ws.dHG, ws.dH, ws.tmp, T * B)
+            dh0[:, shard.rows] = dh
+            dc0[:, shard.rows] = dc
+
+        self.splitter.map(run, self._shards)
+        for shard in self._shards[1:]:
+            self.grads += shard.grads
         return dh0, dc0
+
+
+_SPLITTER = None
+
+
+def _default_splitter() -> StreamSplitter:
+    """One pool of worker threads shared by every model in the process."""
+    global _SPLITTER
+    if _SPLITTER is None:
+        _SPLITTER = StreamSplitter()
+    return _SPLITTER

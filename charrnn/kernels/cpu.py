@@ -45,7 +45,7 @@ from numba.extending import overload  # noqa: E402
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising, which removes
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
-kernel = functools.partial(njit, cache=True, error_model="numpy")
+kernel = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
 
 LSTM = 0
 GRU = 1
@@ -605,7 +605,7 @@ def _jordan_hidden(params, offs, x, y_prev, h, gates):
 
 @kernel
 def _jordan_forward(params, offs, ids, targets, y0, masks, use_dropout, ys, acts, gates, xin,
-                    logits, probs):
+                    logits, probs, n_total):
     """ys (1, T+1, B, V): y_0 and every step's output distribution; acts (1, T, B, H): h_t."""
     T, B = ids.shape
     V = logits.shape[1]
@@ -631,12 +631,12 @@ def _jordan_forward(params, offs, ids, targets, y0, masks, use_dropout, ys, acts
         ys[0, t + 1] = pr[t]
         for b in range(B):
             total -= math.log(pr[t, b, targets[t, b]])
-    return total / (T * B)
+    return total / n_total
 
 
 @kernel
 def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, acts, xin,
-                     probs, dyT, dy0, dlogits, dA, tmp):
+                     probs, dyT, dy0, dlogits, dA, tmp, n_total):
     """The gradient flows back through every y_{t-1}: the softmax's Jacobian carries dL/dy_t
     into the logits of step t. dA (T, B, H): pre-activation gradients; tmp (B, H) scratch."""
     T, B = ids.shape
@@ -649,7 +649,7 @@ def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, 
     dl = dlogits.reshape((T, B, V))
     dy = dy0[0]
     dy[:] = dyT[0]
-    inv_n = 1.0 / N
+    inv_n = 1.0 / n_total
     for t in range(T - 1, -1, -1):
         for b in range(B):
             p, d, g = pr[t, b], dy[b], dl[t, b]
@@ -693,8 +693,9 @@ def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, 
 
 @kernel
 def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
-                  hs, cs, acts, xg, gates, xin, logits, probs):
-    """Forward pass of the window; returns the mean cross-entropy in nats per character.
+                  hs, cs, acts, xg, gates, xin, logits, probs, n_total):
+    """Forward pass of the window; returns its summed cross-entropy in nats over n_total (T*B
+    for the mean per character; the whole batch's T*B when this window is a shard of its streams).
 
     ids, targets: (T, B) ints. h0, c0: (L, B, H) initial states. masks: (L, T, B, H) inverted
     dropout masks applied to each layer's output (used when use_dropout). Writes hs (L, T+1, B, H)
@@ -703,7 +704,7 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
     """
     if cell == JORDAN:
         return _jordan_forward(params, offs, ids, targets, h0, masks, use_dropout, hs, acts,
-                               gates, xin, logits, probs)
+                               gates, xin, logits, probs, n_total)
     T, B = ids.shape
     L, _, H = h0.shape
     V = logits.shape[1]
@@ -735,12 +736,12 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
     y = _layer_input(hs, masks, L - 1, use_dropout, xin)
     np.dot(y.reshape((T * B, H)), W_y, logits)
     _add_bias_rows(logits, b_y)
-    return _softmax_xent(logits, targets.reshape(T * B), probs)
+    return _softmax_xent(logits, targets.reshape(T * B), probs) / n_total
 
 
 @kernel
 def _softmax_xent(logits, targets, probs):
-    """Mean of -log softmax(logits)[target] over rows; probs gets the softmax. (N, V)."""
+    """Sum of -log softmax(logits)[target] over rows; probs gets the softmax. (N, V)."""
     N, V = logits.shape
     total = 0.0
     for n in range(N):
@@ -756,24 +757,24 @@ def _softmax_xent(logits, targets, probs):
         for k in range(V):
             probs[n, k] *= inv
         total += math.log(s) + m - logits[n, targets[n]]
-    return total / N
+    return total
 
 
 @kernel
 def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
                    hs, cs, acts, xin, probs, dhT, dcT, dh0, dc0,
-                   dlogits, dX, dHG, dH, tmp):
+                   dlogits, dX, dHG, dH, tmp, n_total):
     """Backward pass of the window last run through model_forward (same hs, cs, acts, probs).
 
-    Adds dL/dparams into grads (same layout as params), where L is the mean loss plus
-    <hT, dhT> + <cT, dcT>: dhT, dcT (L, B, H) are the gradients flowing into the final states
+    Adds dL/dparams into grads (same layout as params), where L is the summed loss over n_total
+    (as model_forward) plus <hT, dhT> + <cT, dcT>: dhT, dcT (L, B, H) are the gradients flowing into the final states
     (zero for a window's last use; the next window's dh0 when a window is split). Writes dh0,
     dc0 (L, B, H): the gradients w.r.t. the initial states. dlogits (T*B, V), dX, dHG
     (T, B, GH), dH (T, B, H), tmp (B, H) and xin (T, B, H) are scratch.
     """
     if cell == JORDAN:
         _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, hs, acts, xin,
-                         probs, dhT, dh0, dlogits, dX, tmp)
+                         probs, dhT, dh0, dlogits, dX, tmp, n_total)
         return
     T, B = ids.shape
     L = hs.shape[0]
@@ -781,8 +782,8 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
     N, V = dlogits.shape
     GH = dX.shape[2]
 
-    # output layer and loss: dlogits = (softmax - onehot) / N
-    inv_n = 1.0 / N
+    # output layer and loss: dlogits = (softmax - onehot) / n_total
+    inv_n = 1.0 / n_total
     tflat = targets.reshape(N)
     for n in range(N):
         for k in range(V):

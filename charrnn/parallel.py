@@ -1,0 +1,90 @@
+"""Data parallelism over the streams of a window: each thread runs the whole forward and
+backward for its own share of the B streams, then the shards' gradients are summed.
+
+The streams of a window are independent until the gradients are summed, so the sequential part
+of the work (a small (B, H) x (H, GH) GEMM and the gate arithmetic per time step) splits across
+cores with no synchronisation inside the window. Each worker's BLAS calls are single-threaded
+(OpenBLAS's ``openblas_set_num_threads_local``): BLAS's own threads, fighting the workers for
+the cores and synchronising on every small per-step product, are what this replaces. Where that
+switch is not found (another BLAS), everything runs on the calling thread.
+
+CHARRNN_THREADS sets the number of workers (default: the cores this process may use).
+"""
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
+# Each worker's BLAS repacks the recurrent matrix on every step. Past the size of a core's L2
+# that costs more than the second core gains: LSTM 2 x 512 (4 MiB W_h) trained at 0.74x the
+# speed of one thread with two-threaded BLAS, 2 x 128 at 1.2-1.5x (benchmarks/, 2026-11-23).
+MAX_RECURRENT_BYTES = 1 << 20
+
+
+def _openblas_thread_switches() -> list:
+    """``openblas_set_num_threads_local`` of every OpenBLAS loaded in this process (numpy's
+    and scipy's each bundle one; numba's np.dot calls scipy's, loaded here if it is not yet)."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
+    except OSError:
+        return []
+    switches = []
+    for path in sorted(paths):
+        try:
+            switches.append(ctypes.CDLL(path).openblas_set_num_threads_local)
+        except (OSError, AttributeError):
+            pass
+    return switches
+
+
+class ThreadsSettingError(Exception):
+    """CHARRNN_THREADS is not a positive whole number."""
+
+
+def default_threads() -> int:
+    env = os.environ.get("CHARRNN_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ThreadsSettingError(f"CHARRNN_THREADS must be a whole number >= 1, not {env!r}")
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def row_ranges(B: int, parts: int) -> list[tuple[int, int]]:
+    """Split rows 0..B into ``parts`` contiguous ranges whose sizes differ by at most one."""
+    bounds = [B * k // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class StreamSplitter:
+    """Runs ``fn(b0, b1)`` over row ranges of B streams, on worker threads when it pays off."""
+
+    def __init__(self, threads: int | None = None, min_rows: int = MIN_ROWS):
+        self.threads = default_threads() if threads is None else max(1, threads)
+        self.min_rows = min_rows
+        self._pool = None
+        if self.threads > 1:
+            switches = _openblas_thread_switches()
+            if switches:
+                self._pool = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="charrnn",
+                    initializer=lambda: [switch(1) for switch in switches])
+
+    def parts(self, B: int, recurrent_bytes: int = 0) -> int:
+        """How many shards to split B streams into, for a model whose largest recurrent matrix
+        has ``recurrent_bytes``."""
+        if self._pool is None or recurrent_bytes > MAX_RECURRENT_BYTES:
+            return 1
+        return max(1, min(self.threads, B // self.min_rows))
+
+    def map(self, fn, items: list) -> None:
+        """fn(item) for every item, on the workers when there are several."""
+        if len(items) == 1:
+            fn(items[0])
+            return
+        futures = [self._pool.submit(fn, item) for item in items]
+        for future in futures:
+            future.result()  # re-raises a worker's exception here

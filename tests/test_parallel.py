@@ -1,0 +1,93 @@
+"""Splitting a window's streams across threads gives the same numbers as one thread."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from charrnn.parallel import StreamSplitter, ThreadsSettingError, default_threads, row_ranges
+
+from .conftest import Problem
+
+
+@pytest.mark.parametrize("B, parts", [(7, 3), (50, 2), (64, 16), (5, 1)])
+def test_row_ranges_cover_every_stream_once(B, parts):
+    ranges = row_ranges(B, parts)
+    assert len(ranges) == parts
+    assert ranges[0][0] == 0 and ranges[-1][1] == B
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [b1 - b0 for b0, b1 in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_sharded_window_equals_the_whole(cell, dropout):
+    layers = 1 if cell == "jordan" else 2
+    whole = Problem(cell, layers, dropout, T=5, B=7)
+    whole.model.splitter = StreamSplitter(1)
+    sharded = Problem(cell, layers, dropout, T=5, B=7)  # same seed: same weights and window
+    sharded.model.splitter = StreamSplitter(3, min_rows=1)
+    if sharded.model.splitter.parts(7) == 1:
+        pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
+    g_whole, dh_whole, dc_whole = whole.analytic()
+    g_shard, dh_shard, dc_shard = sharded.analytic()
+    assert len(sharded.model._shards) == 3
+    assert len(whole.model._shards) == 1
+    for name in g_whole:
+        np.testing.assert_allclose(g_shard[name], g_whole[name], rtol=0, atol=1e-13,
+                                   err_msg=name)
+    np.testing.assert_allclose(dh_shard, dh_whole, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(dc_shard, dc_whole, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(sharded.model.logits(), whole.model.logits(), rtol=0,
+                               atol=1e-13)
+    for a, b in zip(sharded.model.final_state(), whole.model.final_state()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
+    assert abs(sharded.objective() - whole.objective()) < 1e-13
+
+
+def test_a_worker_failure_reaches_the_caller():
+    splitter = StreamSplitter(2, min_rows=1)
+
+    def fail(item):
+        if item == 1:
+            raise RuntimeError("worker 1 failed")
+
+    if splitter.parts(4) == 1:
+        pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
+    with pytest.raises(RuntimeError, match="worker 1 failed"):
+        splitter.map(fail, [0, 1])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_threads_setting_is_refused(monkeypatch, value):
+    monkeypatch.setenv("CHARRNN_THREADS", value)
+    with pytest.raises(ThreadsSettingError, match="CHARRNN_THREADS"):
+        default_threads()
+
+
+def test_threads_setting_is_obeyed(monkeypatch):
+    monkeypatch.setenv("CHARRNN_THREADS", "3")
+    assert default_threads() == 3
+    assert StreamSplitter(1).parts(64) == 1
+
+
+def test_cli_reports_a_bad_threads_setting_in_one_line(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcabcabd" * 200)
+    run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--max-steps",
+                          "1", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True,
+                         env={**os.environ, "CHARRNN_THREADS": "lots"})
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1].startswith("charrnn: error: CHARRNN_THREADS")
+    assert "Traceback" not in run.stderr
+
+
+def test_large_recurrent_matrices_are_not_sharded():
+    splitter = StreamSplitter(2)
+    if splitter.parts(64) == 1:
+        pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
+    assert splitter.parts(64, recurrent_bytes=256 * 1024 * 4) == 2  # LSTM 2 x 128
+    assert splitter.parts(64, recurrent_bytes=512 * 2048 * 4) == 1  # LSTM 2 x 512
