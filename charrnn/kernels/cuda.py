@@ -1,0 +1,368 @@
+"""CUDA kernels (numba-cuda): the same model as kernels/cpu.py, on an NVIDIA GPU.
+
+Imported only for ``--device cuda`` and by the tests (which run it under numba's CUDA simulator,
+NUMBA_ENABLE_CUDASIM=1, and compile every kernel to PTX for sm_90 without a GPU).
+
+Shapes and slot layout are those of kernels/cpu.py and docs/model.md. Every kernel takes device
+arrays and works for float32 (training) and float64 (the tests); only the GEMM has a typed
+shared-memory tile, so it is built once per dtype. One thread per output element unless said
+otherwise. ``SIGNATURES`` lists each kernel's float32 argument types, for the PTX check.
+"""
+
+import math
+
+from numba import config, cuda, float32, float64
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+# Small blocks under the simulator, so that even tiny test shapes run several blocks.
+TILE = 4 if SIMULATED else 16  # GEMM tile edge: TILE x TILE threads, two TILE x TILE tiles
+BLOCK = 8 if SIMULATED else 256  # threads per block of the elementwise kernels
+
+LSTM, GRU, RNN, IRNN, LSTM_COUPLED, LSTM_PEEPHOLE, GRU_CLASSIC, JORDAN = range(8)
+
+SIGNATURES: dict = {}  # kernel name -> (kernel, float32 argument types as a numba signature)
+
+F2 = "float32[:, :]"
+F1 = "float32[:]"
+
+
+def _kernel(signature: str):
+    """cuda.jit the function and record its float32 signature for the PTX check."""
+    def wrap(fn):
+        k = cuda.jit(fn)
+        SIGNATURES[fn.__name__] = (fn, signature)
+        return k
+    return wrap
+
+
+def grid(n: int) -> tuple[int, int]:
+    """(blocks, threads) for n elementwise threads."""
+    return max(1, (n + BLOCK - 1) // BLOCK), BLOCK
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM: C = op(A) @ op(B) (+ C when accumulate), op = transpose when ta / tb is 1.
+# Classic shared-memory tiling: each block computes a TILE x TILE tile of C, staging TILE x TILE
+# tiles of op(A) and op(B) through shared memory.
+
+
+def _make_gemm(dtype):
+    def gemm(A, B, C, ta, tb, accumulate):
+        sA = cuda.shared.array((TILE, TILE), dtype)
+        sB = cuda.shared.array((TILE, TILE), dtype)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        row = cuda.blockIdx.y * TILE + ty
+        col = cuda.blockIdx.x * TILE + tx
+        M, N = C.shape
+        K = A.shape[0] if ta else A.shape[1]
+        acc = dtype(0.0)
+        for k0 in range(0, K, TILE):
+            ka = k0 + tx
+            if row < M and ka < K:
+                sA[ty, tx] = A[ka, row] if ta else A[row, ka]
+            else:
+                sA[ty, tx] = 0.0
+            kb = k0 + ty
+            if col < N and kb < K:
+                sB[ty, tx] = B[col, kb] if tb else B[kb, col]
+            else:
+                sB[ty, tx] = 0.0
+            cuda.syncthreads()
+            for k in range(TILE):
+                acc += sA[ty, k] * sB[k, tx]
+            cuda.syncthreads()
+        if row < M and col < N:
+            if accumulate:
+                C[row, col] += acc
+            else:
+                C[row, col] = acc
+    gemm.__name__ = f"gemm_{dtype}"
+    return gemm
+
+
+_GEMM = {}
+for _dtype in (float32, float64):
+    _fn = _make_gemm(_dtype)
+    _GEMM[str(_dtype)] = cuda.jit(_fn)
+SIGNATURES["gemm"] = (_make_gemm(float32), f"void({F2}, {F2}, {F2}, int64, int64, int64)")
+
+
+def gemm(A, B, C, ta=0, tb=0, accumulate=0):
+    """C (M, N) = op(A) @ op(B), or += with accumulate; all device arrays of one dtype."""
+    M, N = C.shape
+    blocks = ((N + TILE - 1) // TILE, (M + TILE - 1) // TILE)
+    _GEMM[str(C.dtype)][blocks, (TILE, TILE)](A, B, C, ta, tb, accumulate)
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise helpers
+
+
+@cuda.jit(device=True, inline=True)
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@_kernel(f"void({F2}, {F1}, int32[:], {F2})")
+def gather_bias(W, b, ids, out):
+    """out (N, K) = W[ids[n]] + b: layer 0's input projection of one-hot characters."""
+    i = cuda.grid(1)
+    N, K = out.shape
+    if i < N * K:
+        n, k = i // K, i % K
+        out[n, k] = W[ids[n], k] + b[k]
+
+
+@_kernel(f"void({F2}, {F1})")
+def add_bias(Y, b):
+    """Y (N, K) += b on every row."""
+    i = cuda.grid(1)
+    N, K = Y.shape
+    if i < N * K:
+        Y[i // K, i % K] += b[i % K]
+
+
+@_kernel(f"void({F2}, {F1})")
+def add_col_sums(Y, out):
+    """out (K,) += column sums of Y (N, K); one thread per column."""
+    k = cuda.grid(1)
+    N, K = Y.shape
+    if k < K:
+        s = out[k] - out[k]
+        for n in range(N):
+            s += Y[n, k]
+        out[k] += s
+
+
+@_kernel(f"void({F2}, int32[:], {F2})")
+def scatter_add_rows(dX, ids, dW):
+    """dW[ids[n]] += dX[n] (the transpose of gather_bias); rows repeat, so atomically."""
+    i = cuda.grid(1)
+    N, K = dX.shape
+    if i < N * K:
+        n, k = i // K, i % K
+        cuda.atomic.add(dW, (ids[n], k), dX[n, k])
+
+
+@_kernel(f"void({F2}, {F2}, {F2})")
+def mul(x, m, out):
+    """out = x * m elementwise (dropout masks); out may be x."""
+    i = cuda.grid(1)
+    N, K = out.shape
+    if i < N * K:
+        n, k = i // K, i % K
+        out[n, k] = x[n, k] * m[n, k]
+
+
+# ---------------------------------------------------------------------------------------------
+# one time step of a cell: hw (B, G*H) = h_prev @ W_h from the GEMM; xg (B, G*H) the input
+# projection with bias; one thread per (stream, hidden unit). act as kernels/cpu.py stores it.
+
+
+@_kernel(f"void(int64, {F2}, {F2}, {F1}, {F2}, {F2}, {F2}, {F2}, {F2})")
+def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
+    i = cuda.grid(1)
+    B, H = h_out.shape
+    if i >= B * H:
+        return
+    b, j = i // H, i % H
+    if cell == LSTM or cell == LSTM_PEEPHOLE:
+        cp = c_prev[b, j]
+        a_i = xg[b, j] + hw[b, j]
+        a_f = xg[b, H + j] + hw[b, H + j]
+        if cell == LSTM_PEEPHOLE:
+            a_i += extra[j] * cp
+            a_f += extra[H + j] * cp
+        ig = _sigmoid(a_i)
+        fg = _sigmoid(a_f)
+        gg = math.tanh(xg[b, 2 * H + j] + hw[b, 2 * H + j])
+        c = fg * cp + ig * gg
+        a_o = xg[b, 3 * H + j] + hw[b, 3 * H + j]
+        if cell == LSTM_PEEPHOLE:
+            a_o += extra[2 * H + j] * c
+        og = _sigmoid(a_o)
+        tc = math.tanh(c)
+        c_out[b, j] = c
+        h_out[b, j] = og * tc
+        act[b, j] = ig
+        act[b, H + j] = fg
+        act[b, 2 * H + j] = gg
+        act[b, 3 * H + j] = og
+        act[b, 4 * H + j] = tc
+    elif cell == LSTM_COUPLED:
+        fg = _sigmoid(xg[b, j] + hw[b, j])
+        gg = math.tanh(xg[b, H + j] + hw[b, H + j])
+        og = _sigmoid(xg[b, 2 * H + j] + hw[b, 2 * H + j])
+        c = gg + fg * (c_prev[b, j] - gg)
+        tc = math.tanh(c)
+        c_out[b, j] = c
+        h_out[b, j] = og * tc
+        act[b, j] = fg
+        act[b, H + j] = gg
+        act[b, 2 * H + j] = og
+        act[b, 3 * H + j] = tc
+    elif cell == GRU:
+        r = _sigmoid(xg[b, j] + hw[b, j])
+        z = _sigmoid(xg[b, H + j] + hw[b, H + j])
+        hn = hw[b, 2 * H + j] + extra[j]
+        n = math.tanh(xg[b, 2 * H + j] + r * hn)
+        h_out[b, j] = n + z * (h_prev[b, j] - n)
+        act[b, j] = r
+        act[b, H + j] = z
+        act[b, 2 * H + j] = n
+        act[b, 3 * H + j] = hn
+    elif cell == IRNN:
+        h_out[b, j] = max(xg[b, j] + hw[b, j], 0.0)
+    else:
+        h_out[b, j] = math.tanh(xg[b, j] + hw[b, j])
+
+
+@_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2})")
+def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx, dhg):
+    """One step backward. dh (B, H): gradient from above, in; becomes dL/dh_t. dh_next (B, H):
+    in, dL/dh_t through the recurrence (the previous call's GEMM); out, for the GRU, the part
+    of dL/dh_{t-1} that skips W_h (the GEMM then adds the rest). dc_next (B, H): dL/dc_t in,
+    dL/dc_{t-1} out. dx, dhg (B, G*H): gradients w.r.t. the input- and recurrent-side
+    pre-activations (dhg for the GRU only)."""
+    i = cuda.grid(1)
+    B, H = dh.shape
+    if i >= B * H:
+        return
+    b, j = i // H, i % H
+    d = dh[b, j] + dh_next[b, j]
+    dh[b, j] = d
+    if cell == LSTM or cell == LSTM_PEEPHOLE:
+        ig, fg, gg = act[b, j], act[b, H + j], act[b, 2 * H + j]
+        og, tc = act[b, 3 * H + j], act[b, 4 * H + j]
+        d_o = d * tc * (og - og * og)
+        dc = dc_next[b, j] + d * og * (1.0 - tc * tc)
+        if cell == LSTM_PEEPHOLE:
+            dc += d_o * extra[2 * H + j]
+        cp = c_prev[b, j]
+        d_i = dc * gg * (ig - ig * ig)
+        d_f = dc * cp * (fg - fg * fg)
+        dx[b, j] = d_i
+        dx[b, H + j] = d_f
+        dx[b, 2 * H + j] = dc * ig * (1.0 - gg * gg)
+        dx[b, 3 * H + j] = d_o
+        dc = dc * fg
+        if cell == LSTM_PEEPHOLE:
+            dc += d_i * extra[j] + d_f * extra[H + j]
+        dc_next[b, j] = dc
+    elif cell == LSTM_COUPLED:
+        fg, gg, og, tc = act[b, j], act[b, H + j], act[b, 2 * H + j], act[b, 3 * H + j]
+        dc = dc_next[b, j] + d * og * (1.0 - tc * tc)
+        dx[b, j] = dc * (c_prev[b, j] - gg) * (fg - fg * fg)
+        dx[b, H + j] = dc * (1.0 - fg) * (1.0 - gg * gg)
+        dx[b, 2 * H + j] = d * tc * (og - og * og)
+        dc_next[b, j] = dc * fg
+    elif cell == GRU:
+        r, z, n, hn = act[b, j], act[b, H + j], act[b, 2 * H + j], act[b, 3 * H + j]
+        dn = d * (1.0 - z) * (1.0 - n * n)
+        dr = dn * hn * (r - r * r)
+        dz = d * (h_prev[b, j] - n) * (z - z * z)
+        dx[b, j] = dr
+        dx[b, H + j] = dz
+        dx[b, 2 * H + j] = dn
+        dhg[b, j] = dr
+        dhg[b, H + j] = dz
+        dhg[b, 2 * H + j] = dn * r
+        dh_next[b, j] = d * z
+    elif cell == IRNN:
+        dx[b, j] = d if h_new[b, j] > 0.0 else 0.0
+    else:
+        h = h_new[b, j]
+        dx[b, j] = d * (1.0 - h * h)
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F1})")
+def peephole_grads(dX, c_prev, c_new, dp):
+    """dp (3H,) += the peephole weights' gradients over all rows: p_i and p_f multiply c_{t-1}
+    (c_prev, (N, H)), p_o multiplies c_t (c_new). dX: (N, 4H). One thread per hidden unit."""
+    j = cuda.grid(1)
+    N, H = c_prev.shape
+    if j < H:
+        si = dp[j] - dp[j]
+        sf = si
+        so = si
+        for n in range(N):
+            si += dX[n, j] * c_prev[n, j]
+            sf += dX[n, H + j] * c_prev[n, j]
+            so += dX[n, 3 * H + j] * c_new[n, j]
+        dp[j] += si
+        dp[H + j] += sf
+        dp[2 * H + j] += so
+
+
+# ---------------------------------------------------------------------------------------------
+# loss
+
+
+@_kernel(f"void({F2}, int32[:], {F2}, float64[:])")
+def softmax_xent(logits, targets, probs, loss):
+    """probs = softmax of each row of logits (N, V); loss[0] += the rows' summed
+    cross-entropy (one thread per row, atomically, in float64)."""
+    n = cuda.grid(1)
+    N, V = logits.shape
+    if n < N:
+        m = logits[n, 0]
+        for k in range(1, V):
+            m = max(m, logits[n, k])
+        s = 0.0
+        for k in range(V):
+            e = math.exp(logits[n, k] - m)
+            probs[n, k] = e
+            s += e
+        inv = 1.0 / s
+        for k in range(V):
+            probs[n, k] *= inv
+        cuda.atomic.add(loss, 0, math.log(s) + m - logits[n, targets[n]])
+
+
+@_kernel(f"void({F2}, int32[:], float64, {F2})")
+def xent_grad(probs, targets, inv_n, dlogits):
+    """dlogits = (softmax - onehot(target)) * inv_n."""
+    i = cuda.grid(1)
+    N, V = probs.shape
+    if i < N * V:
+        n, k = i // V, i % V
+        g = probs[n, k]
+        if k == targets[n]:
+            g -= 1.0
+        dlogits[n, k] = g * inv_n
+
+
+# ---------------------------------------------------------------------------------------------
+# optimizer over the flat buffer
+
+
+@_kernel(f"void({F1}, float64[:])")
+def sum_squares(x, out):
+    """out[0] += sum of x**2, in float64 (a grid-stride loop per thread, then one atomic)."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    s = 0.0
+    for i in range(start, x.size, stride):
+        g = float64(x[i])
+        s += g * g
+    cuda.atomic.add(out, 0, s)
+
+
+@_kernel(f"void({F1}, float64)")
+def scale(x, coef):
+    i = cuda.grid(1)
+    if i < x.size:
+        x[i] *= coef
+
+
+@_kernel(f"void({F1}, {F1}, {F1}, {F1}, float64, float64, float64, float64, float64)")
+def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps):
+    """One Adam update with the arithmetic of torch.optim.Adam (as kernels/cpu.adam_step);
+    step_size = lr / (1 - beta1**step)."""
+    i = cuda.grid(1)
+    if i < params.size:
+        g = grads[i]
+        m[i] += (1.0 - beta1) * (g - m[i])
+        v[i] = v[i] * beta2 + (1.0 - beta2) * g * g
+        params[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps)

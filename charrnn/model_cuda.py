@@ -1,0 +1,176 @@
+"""The model on an NVIDIA GPU: the same parameters, layout and arithmetic as charrnn/model.py,
+with weights, gradients and activations resident on the device.
+
+``CudaModel`` has Model's interface: ``forward`` returns the mean loss of a (T, B) window,
+``backward`` adds the gradients into the device buffer ``grads`` and returns (dh0, dc0).
+The time loop launches, per step and layer, one tiled GEMM (h_{t-1} @ W_h) and one fused cell
+kernel; the input projections and weight gradients are GEMMs over all T*B rows.
+"""
+
+import numpy as np
+from numba import cuda
+
+from .kernels import cuda as K
+from .model import CELLS, STORED_ACTS, ModelConfig, ParamLayout, init_params
+
+SUPPORTED = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole")
+
+
+class DeviceWorkspace:
+    """Device arrays for one (T, B) window (as model.Workspace)."""
+
+    def __init__(self, config: ModelConfig, T: int, B: int, dtype):
+        L, H, V = config.layers, config.hidden, config.vocab_size
+        GH = config.gates * H
+        new = lambda *shape: cuda.to_device(np.zeros(shape, dtype))  # noqa: E731
+        self.hs = new(L, T + 1, B, H)
+        self.cs = new(L, T + 1, B, H)
+        self.acts = new(L, T, B, max(STORED_ACTS[config.cell], 1) * H)
+        self.hw = new(B, GH)
+        self.xg = new(T * B, GH)
+        self.xin = new(L, T * B, H)  # each layer's output after dropout (the next one's input)
+        self.logits = new(T * B, V)
+        self.probs = new(T * B, V)
+        self.dX = new(T * B, GH)
+        self.dHG = new(T * B, GH)
+        self.dH = new(T * B, H)
+        self.loss = cuda.to_device(np.zeros(1, np.float64))
+
+
+class CudaModel:
+    def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
+                 dtype=np.float32, seed: int = 0):
+        if config.cell not in SUPPORTED:
+            raise ValueError(f"cell {config.cell!r} has no CUDA kernels yet; "
+                             f"CUDA supports {', '.join(SUPPORTED)}")
+        self.config = config
+        self.layout = ParamLayout(config)
+        if params is None:
+            params = init_params(config, np.random.default_rng(seed), dtype)
+        self.dtype = np.dtype(params.dtype)
+        self.params = cuda.to_device(np.ascontiguousarray(params))
+        self.grads = cuda.to_device(np.zeros_like(params))
+        self.weights = self.layout.views(self.params)  # device views, no copies
+        self.grad_views = self.layout.views(self.grads)
+        self.cell = CELLS[config.cell]
+        self._ws = None
+        self._window = None
+
+    def zero_state(self, B: int):
+        shape = (self.config.layers, B, self.config.state_width)
+        return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+
+    def _extra(self, layer: int, grads: bool = False):
+        views = self.grad_views if grads else self.weights
+        name = [n for n in self.layout.shapes if n.startswith(f"l{layer}.")][3]
+        return views.get(name, self._empty)
+
+    @property
+    def _empty(self):
+        if not hasattr(self, "_empty_array"):
+            self._empty_array = cuda.to_device(np.zeros(1, self.dtype))
+        return self._empty_array
+
+    def forward(self, ids, targets, h0=None, c0=None, masks=None) -> float:
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        T, B = ids.shape
+        L, H = self.config.layers, self.config.hidden
+        N = T * B
+        ws = self._ws
+        if ws is None or ws.xg.shape[0] != N or ws.hw.shape[0] != B:
+            ws = self._ws = DeviceWorkspace(self.config, T, B, self.dtype)
+        zh, zc = self.zero_state(B)
+        h0 = zh if h0 is None else np.asarray(h0, self.dtype)
+        c0 = zc if c0 is None else np.asarray(c0, self.dtype)
+        d_ids = cuda.to_device(ids.reshape(N))
+        d_targets = cuda.to_device(targets.reshape(N))
+        d_masks = None if masks is None else cuda.to_device(
+            np.ascontiguousarray(masks, self.dtype).reshape(L, N, H))
+        w = self.weights
+        for layer in range(L):
+            W_x, W_h, b = w[f"l{layer}.W_x"], w[f"l{layer}.W_h"], w[f"l{layer}.b"]
+            if layer == 0:
+                K.gather_bias[K.grid(ws.xg.size)](W_x, b, d_ids, ws.xg)
+            else:
+                K.gemm(ws.xin[layer - 1], W_x, ws.xg)
+                K.add_bias[K.grid(ws.xg.size)](ws.xg, b)
+            hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
+            hs[0].copy_to_device(np.ascontiguousarray(h0[layer]))
+            cs[0].copy_to_device(np.ascontiguousarray(c0[layer]))
+            extra = self._extra(layer)
+            for t in range(T):
+                K.gemm(hs[t], W_h, ws.hw)
+                K.cell_forward[K.grid(B * H)](self.cell, ws.xg[t * B:(t + 1) * B], ws.hw, extra,
+                                              hs[t], cs[t], hs[t + 1], cs[t + 1], acts[t])
+            out = hs[1:].reshape(N, H)
+            if d_masks is None:
+                ws.xin[layer].copy_to_device(out)
+            else:
+                K.mul[K.grid(N * H)](out, d_masks[layer], ws.xin[layer])
+        K.gemm(ws.xin[L - 1], w["out.W"], ws.logits)
+        K.add_bias[K.grid(ws.logits.size)](ws.logits, w["out.b"])
+        ws.loss.copy_to_device(np.zeros(1))
+        K.softmax_xent[K.grid(N)](ws.logits, d_targets, ws.probs, ws.loss)
+        self._window = (T, B, d_ids, d_targets, d_masks)
+        return float(ws.loss.copy_to_host()[0]) / N
+
+    def final_state(self):
+        ws = self._ws
+        h = ws.hs[:, -1].copy_to_host()
+        c = ws.cs[:, -1].copy_to_host() if self.config.has_cell_state else np.zeros_like(h)
+        return h, c
+
+    def logits(self):
+        T, B = self._window[:2]
+        return self._ws.logits.copy_to_host().reshape(T, B, -1)
+
+    def backward(self, dhT=None, dcT=None):
+        T, B, d_ids, d_targets, d_masks = self._window
+        L, H = self.config.layers, self.config.hidden
+        N = T * B
+        ws, w, g = self._ws, self.weights, self.grad_views
+        zh, zc = self.zero_state(B)
+        dhT = zh if dhT is None else np.asarray(dhT, self.dtype)
+        dcT = zc if dcT is None else np.asarray(dcT, self.dtype)
+        dlogits = ws.probs  # probs are not needed after this: reuse them for the gradient
+        K.xent_grad[K.grid(dlogits.size)](ws.probs, d_targets, 1.0 / N, dlogits)
+        K.gemm(ws.xin[L - 1], dlogits, g["out.W"], ta=1, accumulate=1)
+        K.add_col_sums[K.grid(dlogits.shape[1])](dlogits, g["out.b"])
+        K.gemm(dlogits, w["out.W"], ws.dH, tb=1)
+        dh0, dc0 = self.zero_state(B)
+        d_dh = cuda.device_array((B, H), self.dtype)
+        d_dc = cuda.device_array((B, H), self.dtype)
+        for layer in range(L - 1, -1, -1):
+            if d_masks is not None:
+                K.mul[K.grid(N * H)](ws.dH, d_masks[layer], ws.dH)
+            W_h = w[f"l{layer}.W_h"]
+            hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
+            extra = self._extra(layer)
+            d_dh.copy_to_device(np.ascontiguousarray(dhT[layer]))
+            d_dc.copy_to_device(np.ascontiguousarray(dcT[layer]))
+            gru = self.cell == K.GRU
+            for t in range(T - 1, -1, -1):
+                rows = slice(t * B, (t + 1) * B)
+                K.cell_backward[K.grid(B * H)](self.cell, ws.dH[rows], d_dh, d_dc, cs[t], hs[t],
+                                               hs[t + 1], extra, acts[t], ws.dX[rows],
+                                               ws.dHG[rows])
+                K.gemm(ws.dHG[rows] if gru else ws.dX[rows], W_h, d_dh, tb=1, accumulate=gru)
+            dh0[layer] = d_dh.copy_to_host()
+            dc0[layer] = d_dc.copy_to_host()
+            dR = ws.dHG if gru else ws.dX
+            K.gemm(hs[:T].reshape(N, H), dR, g[f"l{layer}.W_h"], ta=1, accumulate=1)
+            K.add_col_sums[K.grid(ws.dX.shape[1])](ws.dX, g[f"l{layer}.b"])
+            if gru:
+                K.add_col_sums[K.grid(H)](ws.dHG[:, 2 * H:], self._extra(layer, grads=True))
+            elif self.cell == K.LSTM_PEEPHOLE:
+                K.peephole_grads[K.grid(H)](ws.dX, cs[:T].reshape(N, H),
+                                            cs[1:].reshape(N, H), self._extra(layer, grads=True))
+            if layer == 0:
+                K.scatter_add_rows[K.grid(ws.dX.size)](ws.dX, d_ids, g["l0.W_x"])
+            else:
+                K.gemm(ws.xin[layer - 1], ws.dX, g[f"l{layer}.W_x"], ta=1, accumulate=1)
+                K.gemm(ws.dX, w[f"l{layer}.W_x"], ws.dH, tb=1)
+        if not self.config.has_cell_state:
+            dc0[:] = 0
+        return dh0, dc0

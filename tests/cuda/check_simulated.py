@@ -1,0 +1,101 @@
+"""The CUDA kernels against the CPU kernels, under numba's CUDA simulator.
+
+Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simulator must be
+chosen before numba is imported), as ``python -m pytest tests/cuda/check_simulated.py``.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+    pytest.skip("runs under the CUDA simulator only (tests/test_cuda.py starts it)",
+                allow_module_level=True)
+
+from charrnn.kernels import cuda as K  # noqa: E402
+from charrnn.model import Model, ModelConfig  # noqa: E402
+from charrnn.model_cuda import SUPPORTED, CudaModel  # noqa: E402
+from numba import cuda  # noqa: E402
+
+
+def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0):
+    rng = np.random.default_rng(seed)
+    config = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=H, dropout=dropout)
+    cpu = Model(config, dtype=dtype)
+    cpu.params[:] = rng.uniform(-0.8, 0.8, cpu.params.size)
+    gpu = CudaModel(config, params=cpu.params.copy())
+    ids = rng.integers(0, V, (T, B))
+    targets = rng.integers(0, V, (T, B))
+    shape = (layers, B, H)
+    h0 = rng.uniform(-0.9, 0.9, shape).astype(dtype)
+    c0 = rng.uniform(-0.9, 0.9, shape).astype(dtype)
+    if not config.has_cell_state:
+        c0[:] = 0
+    masks = cpu.dropout_masks(rng, T, B) if dropout else None
+    dhT = rng.normal(size=shape).astype(dtype)
+    dcT = rng.normal(size=shape).astype(dtype) if config.has_cell_state else np.zeros(shape, dtype)
+    return cpu, gpu, (ids, targets, h0, c0, masks), (dhT, dcT)
+
+
+@pytest.mark.parametrize("cell", SUPPORTED)
+@pytest.mark.parametrize("layers, dropout", [(1, 0.0), (2, 0.5)])
+def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout):
+    cpu, gpu, window, upstream = problem(cell, layers, dropout, np.float64)
+    loss_cpu = cpu.forward(*window)
+    loss_gpu = gpu.forward(*window)
+    assert abs(loss_cpu - loss_gpu) < 1e-12
+    np.testing.assert_allclose(gpu.logits(), cpu.logits(), rtol=0, atol=1e-12)
+    for a, b in zip(gpu.final_state(), cpu.final_state()):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    dh_cpu, dc_cpu = cpu.backward(*upstream)
+    dh_gpu, dc_gpu = gpu.backward(*upstream)
+    grads = gpu.grads.copy_to_host()
+    for name, view in cpu.layout.views(grads).items():
+        np.testing.assert_allclose(view, cpu.grad_views[name], rtol=0, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dh_gpu, dh_cpu, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dc_gpu, dc_cpu, rtol=0, atol=1e-12)
+    assert np.abs(grads).max() > 0
+
+
+def test_float32_matches_the_cpu_within_float32_rounding():
+    cpu, gpu, window, upstream = problem("lstm", 2, 0.0, np.float32)
+    assert abs(cpu.forward(*window) - gpu.forward(*window)) < 1e-5
+    cpu.backward(*upstream)
+    gpu.backward(*upstream)
+    grads = gpu.grads.copy_to_host()
+    assert np.max(np.abs(grads - cpu.grads)) < 1e-5 * max(1.0, np.abs(cpu.grads).max())
+
+
+@pytest.mark.parametrize("ta, tb, accumulate", [(0, 0, 0), (1, 0, 1), (0, 1, 0), (1, 1, 1)])
+def test_gemm_over_several_tiles(ta, tb, accumulate):
+    rng = np.random.default_rng(1)
+    M, N, Kd = 2 * K.TILE + 1, K.TILE + 3, 3 * K.TILE - 1  # ragged edges, several blocks
+    A = rng.normal(size=(Kd, M) if ta else (M, Kd))
+    B = rng.normal(size=(N, Kd) if tb else (Kd, N))
+    C = rng.normal(size=(M, N))
+    expected = (A.T if ta else A) @ (B.T if tb else B) + (C if accumulate else 0)
+    d_C = cuda.to_device(C)
+    K.gemm(cuda.to_device(A), cuda.to_device(B), d_C, ta, tb, accumulate)
+    np.testing.assert_allclose(d_C.copy_to_host(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_adam_and_clipping_match_the_cpu():
+    from charrnn.kernels import cpu as C
+    rng = np.random.default_rng(2)
+    n = 3 * K.BLOCK + 5
+    params, grads = rng.normal(size=n), rng.normal(size=n)
+    m, v = rng.normal(size=n) * 0.1, rng.random(n) * 0.1
+    d = [cuda.to_device(a) for a in (params, grads, m, v)]
+    norm = C.clip_grad_norm(grads, 1.5)  # scales the host copy in place
+    total = cuda.to_device(np.zeros(1))
+    K.sum_squares[4, K.BLOCK](d[1], total)
+    gpu_norm = float(np.sqrt(total.copy_to_host()[0]))
+    assert abs(gpu_norm - norm) < 1e-12 * norm
+    K.scale[K.grid(n)](d[1], 1.5 / (gpu_norm + 1e-6))
+    step, lr, b1, b2, eps = 3, 2e-3, 0.9, 0.999, 1e-8
+    C.adam_step(params, grads, m, v, step, lr, b1, b2, eps)
+    K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], lr / (1 - b1 ** step),
+                           np.sqrt(1 - b2 ** step), b1, b2, eps)
+    for host, dev in zip((params, grads, m, v), d):
+        np.testing.assert_allclose(dev.copy_to_host(), host, rtol=1e-12, atol=1e-15)
