@@ -218,7 +218,7 @@ def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
         h_out[b, j] = math.tanh(xg[b, j] + hw[b, j])
 
 
-@_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2})")
+@_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2}, {F2})")
 def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx, dhg):
     """One step backward. dh (B, H): gradient from above, in; becomes dL/dh_t. dh_next (B, H):
     in, dL/dh_t through the recurrence (the previous call's GEMM); out, for the GRU, the part
