@@ -57,12 +57,13 @@ def _user_errors():
     """The exception types that become one-line errors (imported lazily: they live beside numba)."""
     from .checkpoint import CheckpointError
     from .corpora import DownloadError
+    from .device import DeviceError
     from .parallel import ThreadsSettingError
     from .runs import RunLocked
     from .tokenizer import CorpusError
     from .train import TrainingError
     return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked,
-            ThreadsSettingError, Failure)
+            ThreadsSettingError, DeviceError, Failure)
 
 
 def unescape(text: str, option: str) -> str:
@@ -86,9 +87,6 @@ def check_text_options(encoding: str, errors: str) -> None:
 def check_device(device: str) -> None:
     if device not in ("auto", "cpu", "cuda"):
         raise UsageProblem(f"--device must be auto, cpu or cuda, not {device!r}")
-    if device == "cuda":
-        raise Failure("--device cuda: no usable CUDA backend (this version of charrnn runs on "
-                      "the CPU; use --device cpu)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,7 +161,12 @@ def train(
             opts = TrainOptions(**{k: v for k, v in given.items() if v is not None})
         except ValueError as e:
             raise UsageProblem(str(e)) from None
-    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors)
+    from . import device as devices
+    chosen = devices.resolve(device, opts.cell)
+    if chosen == "cuda" and not quiet:
+        say(f"training on CUDA: {devices.gpu_name()}")
+    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
+              device=chosen)
     with _compile_notice(quiet):
         run.warm_up()
     reporter = _reporter(quiet)
@@ -257,6 +260,9 @@ def sample(
 ):
     """Generate text from a trained model, streaming to stdout."""
     check_device(device)
+    if device == "cuda":
+        raise Failure("--device cuda: the CUDA sampler is not built yet; sampling runs on the "
+                      "CPU (--device cpu or auto)")
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
     if top_k is not None and top_k < 1:

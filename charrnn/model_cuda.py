@@ -10,10 +10,9 @@ kernel; the input projections and weight gradients are GEMMs over all T*B rows.
 import numpy as np
 from numba import cuda
 
+from .device import CUDA_CELLS as SUPPORTED
 from .kernels import cuda as K
 from .model import CELLS, STORED_ACTS, ModelConfig, ParamLayout, init_params
-
-SUPPORTED = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole")
 
 
 class DeviceWorkspace:

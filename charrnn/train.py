@@ -125,8 +125,11 @@ class Run:
     """One training run: the corpus, model, optimizer and where the stream stands."""
 
     def __init__(self, corpus: Path, run_dir: Path, opts: TrainOptions,
-                 resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict"):
+                 resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
+                 device: str = "cpu"):
         self.corpus, self.run_dir = Path(corpus), Path(run_dir)
+        self.device = device
+        self.gpu = None  # a DeviceTrainer when training on CUDA
         created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run_dir(self.run_dir)
@@ -134,6 +137,9 @@ class Run:
             remove_stale_temporaries(self.run_dir)
             train_ids = self._load_corpus(opts, resume, encoding, errors, created)
             self._build(train_ids, opts, resume)
+            if device == "cuda":
+                from .train_cuda import DeviceTrainer
+                self.gpu = DeviceTrainer(self.model, self.optimizer)
         except BaseException:
             self.release()
             raise
@@ -279,17 +285,22 @@ class Run:
         x, y = window(self.streams, self.position, self.opts.seq_len)
         t = x.shape[0]
         masks = model.dropout_masks(self.rng, t, x.shape[1]) if self.opts.dropout > 0 else None
-        loss = model.forward(x, y, self.h, self.c, masks)
+        if self.gpu is not None:
+            loss, norm = self.gpu.step(x, y, self.h, self.c, masks, self.opts.grad_clip)
+        else:
+            loss = model.forward(x, y, self.h, self.c, masks)
+            if math.isfinite(loss):
+                model.grads[:] = 0
+                model.backward()
+                norm = clip_grad_norm(model.grads, self.opts.grad_clip)
+                if math.isfinite(norm):
+                    self.optimizer.step(model.params, model.grads)
         if not math.isfinite(loss):
             raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopped "
                                 f"without saving it (try a lower --lr)")
-        model.grads[:] = 0
-        model.backward()
-        norm = clip_grad_norm(model.grads, self.opts.grad_clip)
         if not math.isfinite(norm):
             raise TrainingError(f"the gradients became {norm} at step {self.step + 1}; stopped "
                                 f"without saving them (try a lower --lr)")
-        self.optimizer.step(model.params, model.grads)
         self.step += 1
         self.position += t
         if self.position >= self.streams.shape[0] - 1:  # epoch done: start the streams again from a clean state
@@ -297,8 +308,14 @@ class Run:
             self.position = 0
             self.h, self.c = model.zero_state(x.shape[1])
         else:
-            self.h, self.c = model.final_state()
+            self.h, self.c = (self.gpu or model).final_state()
         return loss, x.size
+
+    def host_model(self) -> Model:
+        """The model with the current weights on the host (copied back from the GPU)."""
+        if self.gpu is not None:
+            self.gpu.pull()
+        return self.model
 
     def warm_up(self) -> None:
         """Compile (or load from numba's disk cache) every kernel the loop uses, on a throwaway
@@ -320,7 +337,7 @@ class Run:
         if not self.opts.preview_chars:
             return ""
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8, seed=self.step)
-        return "".join(piece for _, piece in generate(self.model, self.vocab, opts))
+        return "".join(piece for _, piece in generate(self.host_model(), self.vocab, opts))
 
     def _check_savable(self) -> None:
         """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,
@@ -338,6 +355,7 @@ class Run:
                                 f"latest; try a lower --lr)")
 
     def save(self, name: str) -> None:
+        self.host_model()
         self._check_savable()
         try:
             ckpt_io.save(self.run_dir / name, self.checkpoint())
@@ -435,7 +453,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
     if evaluated_at != run.step and len(run.val_ids) >= 2 and run.step > step0:
         # a report only: off the --eval-every cadence it must not change the history or
         # best.npz, or a run stopped here and resumed would differ from one never stopped
-        val = evaluate(run.model, run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
+        val = evaluate(run.host_model(), run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step {run.step}; "
                                 f"stopped without saving (try a lower --lr)")
@@ -456,7 +474,7 @@ def _evaluate(run: Run, record: dict) -> float | None:
     """Validation loss; saves best.npz when it improves. None without a validation set."""
     if len(run.val_ids) < 2:
         return None
-    val = evaluate(run.model, run.val_ids, run.opts.batch_size, run.opts.seq_len,
+    val = evaluate(run.host_model(), run.val_ids, run.opts.batch_size, run.opts.seq_len,
                    MAX_EVAL_CHARS)
     if not math.isfinite(val):
         raise TrainingError(f"the validation loss became {val} at step {run.step}; stopped "

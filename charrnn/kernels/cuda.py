@@ -350,6 +350,13 @@ def sum_squares(x, out):
 
 
 @_kernel(f"void({F1}, float64)")
+def fill(x, value):
+    i = cuda.grid(1)
+    if i < x.size:
+        x[i] = value
+
+
+@_kernel(f"void({F1}, float64)")
 def scale(x, coef):
     i = cuda.grid(1)
     if i < x.size:

@@ -4,6 +4,7 @@ Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simul
 chosen before numba is imported), as ``python -m pytest tests/cuda/check_simulated.py``.
 """
 
+import json
 import os
 
 import numpy as np
@@ -99,3 +100,33 @@ def test_adam_and_clipping_match_the_cpu():
                            np.sqrt(1 - b2 ** step), b1, b2, eps)
     for host, dev in zip((params, grads, m, v), d):
         np.testing.assert_allclose(dev.copy_to_host(), host, rtol=1e-12, atol=1e-15)
+
+
+def train_cli(tmp_path, device, corpus):
+    import subprocess
+    import sys
+    out = tmp_path / device
+    run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--device",
+                          device, "--out", str(out), "--hidden", "6", "--layers", "2",
+                          "--batch-size", "3", "--seq-len", "3", "--max-steps", "2",
+                          "--eval-every", "1", "--dropout", "0.25"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return out, run.stderr
+
+
+def test_train_on_cuda_gives_the_cpu_run_and_the_same_checkpoint_format(tmp_path):
+    from charrnn import checkpoint
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    gpu_dir, gpu_err = train_cli(tmp_path, "cuda", corpus)
+    cpu_dir, _ = train_cli(tmp_path, "cpu", corpus)
+    assert "training on CUDA" in gpu_err
+    for name in ("latest.npz", "best.npz"):
+        g, c = checkpoint.load(gpu_dir / name), checkpoint.load(cpu_dir / name)
+        assert g.train["step"] == c.train["step"]
+        np.testing.assert_allclose(g.params, c.params, rtol=0, atol=2e-5)
+        for key in ("adam.m", "adam.v", "state.h", "state.c"):
+            np.testing.assert_allclose(g.arrays[key], c.arrays[key], rtol=0, atol=2e-5)
+    history = [json.loads(line) for line in (gpu_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in history if "train_loss" in r] == [1, 2]

@@ -1,0 +1,50 @@
+"""Which device runs the model: --device auto, cpu or cuda.
+
+Asking for CUDA imports numba-cuda (the `cuda` extra), which nothing else does, so a CPU run
+never pays for it; `auto` looks for a usable GPU only when numba-cuda is installed.
+"""
+
+import importlib.util
+
+
+# the cells with CUDA kernels so far; the others train on the CPU
+CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole")
+
+
+class DeviceError(Exception):
+    """--device cuda was asked for and cannot be had; one line for the user."""
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot be used here, or None when it can."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        return "numba-cuda is not installed (pip install 'charrnn[cuda]')"
+    from numba import cuda
+    try:
+        if not cuda.is_available():
+            return "no usable NVIDIA GPU or driver was found"
+    except Exception as e:  # a broken driver install raises instead of answering
+        return f"the CUDA driver failed: {str(e).strip().splitlines()[0] if str(e) else e}"
+    return None
+
+
+def gpu_name() -> str:
+    from numba import cuda
+    name = getattr(cuda.get_current_device(), "name", "the CUDA simulator")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def resolve(requested: str, cell: str) -> str:
+    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell; raises DeviceError for
+    cuda where it cannot run."""
+    if requested == "cpu":
+        return "cpu"
+    if cell not in CUDA_CELLS:
+        if requested == "cuda":
+            raise DeviceError(f"--device cuda: the {cell} cell has no CUDA kernels yet (CUDA "
+                              f"runs {', '.join(CUDA_CELLS)}); use --device cpu")
+        return "cpu"
+    problem = cuda_problem()
+    if requested == "cuda" and problem:
+        raise DeviceError(f"--device cuda: {problem}; use --device cpu")
+    return "cpu" if problem else "cuda"
