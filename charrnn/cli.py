@@ -260,9 +260,6 @@ def sample(
 ):
     """Generate text from a trained model, streaming to stdout."""
     check_device(device)
-    if device == "cuda":
-        raise Failure("--device cuda: the CUDA sampler is not built yet; sampling runs on the "
-                      "CPU (--device cpu or auto)")
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
     if top_k is not None and top_k < 1:
@@ -277,9 +274,14 @@ def sample(
         raise UsageProblem(f"--{e}") from None
     sep = unescape(separator, "--separator")
     net, vocab, _ = _load_model(model)
+    from . import device as devices
+    chosen = devices.resolve(device, net.config.cell)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
+    if chosen == "cuda":
+        say(f"sampling on CUDA: {devices.gpu_name()}")
     try:
-        _write_samples(_first_piece_cancels(generate(net, vocab, opts)), num_samples, sep)
+        _write_samples(_first_piece_cancels(generate(net, vocab, opts, device=chosen)),
+                       num_samples, sep)
     except BrokenPipeError:
         _quiet_broken_pipe()
 

@@ -5,10 +5,15 @@ never pays for it; `auto` looks for a usable GPU only when numba-cuda is install
 """
 
 import importlib.util
+import os
+from pathlib import Path
 
 
 # the cells with CUDA kernels so far; the others train on the CPU
 CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole")
+
+
+DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # /dev/dxg: WSL
 
 
 class DeviceError(Exception):
@@ -19,6 +24,9 @@ def cuda_problem() -> str | None:
     """Why CUDA cannot be used here, or None when it can."""
     if importlib.util.find_spec("numba_cuda") is None:
         return "numba-cuda is not installed (pip install 'charrnn[cuda]')"
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if not simulated and not any(Path(p).exists() for p in DRIVER_FILES):
+        return "no NVIDIA driver was found"  # known without loading CUDA: auto stays quick
     from numba import cuda
     try:
         if not cuda.is_available():

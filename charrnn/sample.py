@@ -87,13 +87,18 @@ def start_ids(vocab: Vocab, prime: str, skip_unknown: bool) -> tuple[np.ndarray,
     return np.array([nl if has_nl else 0], np.int32), ""
 
 
-def generate(model: Model, vocab: Vocab, opts: SampleOptions) -> Iterator[tuple[int, str]]:
+def generate(model: Model, vocab: Vocab, opts: SampleOptions,
+             device: str = "cpu") -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; a sample ends after
     opts.length new characters or just before its stop string. The prime comes first, as the
-    model saw it."""
+    model saw it. device "cuda": the state lives on the GPU and each chunk is one launch."""
     B = opts.num_samples
     ids, printed_prime = start_ids(vocab, opts.prime, opts.skip_unknown)
-    stepper = _Stepper(model, B)
+    if device == "cuda":
+        from .sample_cuda import CudaStepper
+        stepper = CudaStepper(model, B)
+    else:
+        stepper = _Stepper(model, B)
     stepper.feed(np.repeat(ids[:-1, None], B, axis=1))
     x = np.full(B, ids[-1], np.int32)
     rng = np.random.default_rng(opts.seed)

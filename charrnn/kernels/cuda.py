@@ -160,6 +160,47 @@ def mul(x, m, out):
 # projection with bias; one thread per (stream, hidden unit). act as kernels/cpu.py stores it.
 
 
+@cuda.jit(device=True, inline=True)
+def _cell_unit(cell, xg, hw, extra, hp, cp, j, H):
+    """Hidden unit j of one stream: xg, hw (G*H,) rows of the input projection and of
+    h_prev @ W_h; hp, cp its previous h and c. Returns (h, c, a0, a1, a2, a3, a4): the new
+    state and the activations kernels/cpu.py stores for backward (unused ones are 0)."""
+    if cell == LSTM or cell == LSTM_PEEPHOLE:
+        a_i = xg[j] + hw[j]
+        a_f = xg[H + j] + hw[H + j]
+        if cell == LSTM_PEEPHOLE:
+            a_i += extra[j] * cp
+            a_f += extra[H + j] * cp
+        ig = _sigmoid(a_i)
+        fg = _sigmoid(a_f)
+        gg = math.tanh(xg[2 * H + j] + hw[2 * H + j])
+        c = fg * cp + ig * gg
+        a_o = xg[3 * H + j] + hw[3 * H + j]
+        if cell == LSTM_PEEPHOLE:
+            a_o += extra[2 * H + j] * c
+        og = _sigmoid(a_o)
+        tc = math.tanh(c)
+        return og * tc, c, ig, fg, gg, og, tc
+    if cell == LSTM_COUPLED:
+        fg = _sigmoid(xg[j] + hw[j])
+        gg = math.tanh(xg[H + j] + hw[H + j])
+        og = _sigmoid(xg[2 * H + j] + hw[2 * H + j])
+        c = gg + fg * (cp - gg)
+        tc = math.tanh(c)
+        return og * tc, c, fg, gg, og, tc, 0.0 * tc
+    if cell == GRU:
+        r = _sigmoid(xg[j] + hw[j])
+        z = _sigmoid(xg[H + j] + hw[H + j])
+        hn = hw[2 * H + j] + extra[j]
+        n = math.tanh(xg[2 * H + j] + r * hn)
+        return n + z * (hp - n), 0.0 * n, r, z, n, hn, 0.0 * n
+    if cell == IRNN:
+        h = max(xg[j] + hw[j], 0.0 * hp)
+    else:
+        h = math.tanh(xg[j] + hw[j])
+    return h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h
+
+
 @_kernel(f"void(int64, {F2}, {F2}, {F1}, {F2}, {F2}, {F2}, {F2}, {F2})")
 def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
     i = cuda.grid(1)
@@ -167,55 +208,18 @@ def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
     if i >= B * H:
         return
     b, j = i // H, i % H
-    if cell == LSTM or cell == LSTM_PEEPHOLE:
-        cp = c_prev[b, j]
-        a_i = xg[b, j] + hw[b, j]
-        a_f = xg[b, H + j] + hw[b, H + j]
-        if cell == LSTM_PEEPHOLE:
-            a_i += extra[j] * cp
-            a_f += extra[H + j] * cp
-        ig = _sigmoid(a_i)
-        fg = _sigmoid(a_f)
-        gg = math.tanh(xg[b, 2 * H + j] + hw[b, 2 * H + j])
-        c = fg * cp + ig * gg
-        a_o = xg[b, 3 * H + j] + hw[b, 3 * H + j]
-        if cell == LSTM_PEEPHOLE:
-            a_o += extra[2 * H + j] * c
-        og = _sigmoid(a_o)
-        tc = math.tanh(c)
-        c_out[b, j] = c
-        h_out[b, j] = og * tc
-        act[b, j] = ig
-        act[b, H + j] = fg
-        act[b, 2 * H + j] = gg
-        act[b, 3 * H + j] = og
-        act[b, 4 * H + j] = tc
-    elif cell == LSTM_COUPLED:
-        fg = _sigmoid(xg[b, j] + hw[b, j])
-        gg = math.tanh(xg[b, H + j] + hw[b, H + j])
-        og = _sigmoid(xg[b, 2 * H + j] + hw[b, 2 * H + j])
-        c = gg + fg * (c_prev[b, j] - gg)
-        tc = math.tanh(c)
-        c_out[b, j] = c
-        h_out[b, j] = og * tc
-        act[b, j] = fg
-        act[b, H + j] = gg
-        act[b, 2 * H + j] = og
-        act[b, 3 * H + j] = tc
-    elif cell == GRU:
-        r = _sigmoid(xg[b, j] + hw[b, j])
-        z = _sigmoid(xg[b, H + j] + hw[b, H + j])
-        hn = hw[b, 2 * H + j] + extra[j]
-        n = math.tanh(xg[b, 2 * H + j] + r * hn)
-        h_out[b, j] = n + z * (h_prev[b, j] - n)
-        act[b, j] = r
-        act[b, H + j] = z
-        act[b, 2 * H + j] = n
-        act[b, 3 * H + j] = hn
-    elif cell == IRNN:
-        h_out[b, j] = max(xg[b, j] + hw[b, j], 0.0)
-    else:
-        h_out[b, j] = math.tanh(xg[b, j] + hw[b, j])
+    h, c, a0, a1, a2, a3, a4 = _cell_unit(cell, xg[b], hw[b], extra, h_prev[b, j],
+                                          c_prev[b, j], j, H)
+    h_out[b, j] = h
+    c_out[b, j] = c
+    S = act.shape[1] // H  # activations stored per unit: 5, 4 or (RNN, IRNN: a dummy) 1
+    if S >= 4:
+        act[b, j] = a0
+        act[b, H + j] = a1
+        act[b, 2 * H + j] = a2
+        act[b, 3 * H + j] = a3
+    if S == 5:
+        act[b, 4 * H + j] = a4
 
 
 @_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2}, {F2})")
@@ -373,3 +377,124 @@ def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta
         m[i] += (1.0 - beta1) * (g - m[i])
         v[i] = v[i] * beta2 + (1.0 - beta2) * g * g
         params[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling: one launch advances every stream through a whole chunk of characters. Block b owns
+# stream b for the chunk: its threads share the gate products of each layer, meet at a barrier,
+# update their hidden units, and thread 0 draws the next character. Nothing returns to the host
+# until the chunk is done.
+
+
+@cuda.jit(device=True, inline=True)
+def _draw(logits, temperature, top_k, top_p, u, probs, taken):
+    """kernels/cpu._draw on one thread: the id drawn from logits (V,) with uniform u; probs
+    (V,) float64 and taken (V,) int32 scratch. Top-k/top-p take the most likely ids in order,
+    by repeated selection (V is a vocabulary: small)."""
+    V = logits.size
+    best = 0
+    for k in range(1, V):
+        if logits[k] > logits[best]:
+            best = k
+    if temperature == 0.0:
+        return best
+    m = logits[best]
+    total = 0.0
+    for k in range(V):
+        probs[k] = math.exp((logits[k] - m) / temperature)
+        total += probs[k]
+        taken[k] = 0
+    if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
+        target = u * total
+        acc = 0.0
+        for k in range(V):
+            acc += probs[k]
+            if acc > target:
+                return k
+        return best
+    keep = V if top_k <= 0 else min(top_k, V)
+    top_k_mass = 0.0
+    for i in range(keep):  # mark the top `keep` ids; their order is recovered below
+        pick = -1
+        for k in range(V):
+            if taken[k] == 0 and (pick < 0 or probs[k] > probs[pick]):
+                pick = k
+        taken[pick] = i + 1  # rank, from 1
+        top_k_mass += probs[pick]
+    kept = 0.0
+    n = 0
+    while n < keep:
+        for k in range(V):
+            if taken[k] == n + 1:
+                kept += probs[k]
+        n += 1
+        if kept >= top_p * top_k_mass:
+            break
+    target = u * kept
+    acc = 0.0
+    for rank in range(1, n + 1):
+        for k in range(V):
+            if taken[k] == rank:
+                acc += probs[k]
+                if acc > target:
+                    return k
+    return best
+
+
+@_kernel(f"void(int64, {F1}, int64[:], int32[:], float32[:, :, :], float32[:, :, :], "
+         f"int32[:, :], int64, float64, int64, float64, float64[:, :], int32[:, :], {F2}, "
+         f"{F2}, {F2}, float64[:, :], int32[:, :])")
+def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, top_k, top_p,
+                 uniforms, out, xg, hw, logits, probs, taken):
+    """n steps for every stream; grid: one block per stream. feeding=1: step through feed_ids
+    (n, B) (a prime text) and draw nothing; feeding=0: step on x (B,), draw the next id from
+    the prediction with uniforms (n, B), write it to out (n, B) and x. h, c (L, B, H): the
+    state, advanced in place. xg, hw (B, G*H), logits (B, V), probs (B, V), taken (B, V):
+    scratch."""
+    b = cuda.blockIdx.x
+    tid = cuda.threadIdx.x
+    nthreads = cuda.blockDim.x
+    L, B, H = h.shape
+    V = logits.shape[1]
+    GH = xg.shape[1]
+    n = feed_ids.shape[0] if feeding else out.shape[0]
+    for t in range(n):
+        xt = feed_ids[t, b] if feeding else x[b]
+        for layer in range(L):
+            s = 4 * layer
+            W_x, W_h = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
+            bias, extra = params[offs[s + 2]:offs[s + 3]], params[offs[s + 3]:offs[s + 4]]
+            for k in range(tid, GH, nthreads):
+                a = bias[k]
+                if layer == 0:
+                    a += W_x[xt * GH + k]
+                else:
+                    for i in range(H):
+                        a += h[layer - 1, b, i] * W_x[i * GH + k]
+                r = a - a
+                for i in range(H):
+                    r += h[layer, b, i] * W_h[i * GH + k]
+                xg[b, k] = a
+                hw[b, k] = r
+            cuda.syncthreads()  # every gate product is in before any unit changes h
+            for j in range(tid, H, nthreads):
+                hj, cj, a0, a1, a2, a3, a4 = _cell_unit(cell, xg[b], hw[b], extra, h[layer, b, j],
+                                                        c[layer, b, j], j, H)
+                h[layer, b, j] = hj
+                c[layer, b, j] = cj
+            cuda.syncthreads()
+        if feeding:
+            continue
+        s = 4 * L
+        W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
+        for k in range(tid, V, nthreads):
+            a = b_y[k]
+            for i in range(H):
+                a += h[L - 1, b, i] * W_y[i * V + k]
+            logits[b, k] = a
+        cuda.syncthreads()
+        if tid == 0:
+            nxt = _draw(logits[b], temperature, top_k, top_p, uniforms[t, b], probs[b], taken[b])
+            x[b] = nxt
+            out[t, b] = nxt
+        cuda.syncthreads()

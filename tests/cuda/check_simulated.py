@@ -6,6 +6,8 @@ chosen before numba is imported), as ``python -m pytest tests/cuda/check_simulat
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -103,8 +105,6 @@ def test_adam_and_clipping_match_the_cpu():
 
 
 def train_cli(tmp_path, device, corpus):
-    import subprocess
-    import sys
     out = tmp_path / device
     run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--device",
                           device, "--out", str(out), "--hidden", "6", "--layers", "2",
@@ -128,5 +128,35 @@ def test_train_on_cuda_gives_the_cpu_run_and_the_same_checkpoint_format(tmp_path
         np.testing.assert_allclose(g.params, c.params, rtol=0, atol=2e-5)
         for key in ("adam.m", "adam.v", "state.h", "state.c"):
             np.testing.assert_allclose(g.arrays[key], c.arrays[key], rtol=0, atol=2e-5)
+    sampled = {}
+    for device in ("cpu", "cuda"):
+        run = subprocess.run([sys.executable, "-m", "charrnn", "sample", str(gpu_dir),
+                              "--device", device, "--length", "30", "--seed", "5",
+                              "--prime", "the "], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        sampled[device] = run.stdout
+    assert sampled["cuda"] == sampled["cpu"] and sampled["cpu"].startswith("the ")
     history = [json.loads(line) for line in (gpu_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history if "train_loss" in r] == [1, 2]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 0, 1.0), (1.0, 3, 0.9), (0.0, 0, 1.0)])
+def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top_p):
+    from charrnn.sample import SampleOptions, generate
+    from charrnn.tokenizer import Vocab
+    vocab = Vocab.from_text("abcdefg \n")
+    rng = np.random.default_rng(3)
+    config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=2, hidden=5)
+    model = Model(config, dtype=np.float64)
+    model.params[:] = rng.normal(0, 1.0, model.params.size)  # peaked: several ids matter
+    opts = SampleOptions(length=12, temperature=temperature, top_k=top_k, top_p=top_p,
+                         prime="ab", seed=7, num_samples=2)
+    texts = {}
+    for device in ("cpu", "cuda"):
+        pieces = ["", ""]
+        for b, text in generate(model, vocab, opts, device=device):
+            pieces[b] += text
+        texts[device] = pieces
+    assert texts["cuda"] == texts["cpu"]
+    assert all(len(t) == 2 + 12 for t in texts["cpu"])
