@@ -3,8 +3,10 @@ with weights, gradients and activations resident on the device.
 
 ``CudaModel`` has Model's interface: ``forward`` returns the mean loss of a (T, B) window,
 ``backward`` adds the gradients into the device buffer ``grads`` and returns (dh0, dc0).
-The time loop launches, per step and layer, one tiled GEMM (h_{t-1} @ W_h) and one fused cell
-kernel; the input projections and weight gradients are GEMMs over all T*B rows.
+Each layer's time loop is one persistent cooperative launch (kernels.cuda,
+layer_forward_persistent / layer_backward_persistent) when its slice of W_h fits in a block's
+shared memory; otherwise one tiled GEMM (h_{t-1} @ W_h) and one fused cell kernel per step. The
+input projections and weight gradients are GEMMs over all T*B rows.
 """
 
 import numpy as np
@@ -38,7 +40,7 @@ class DeviceWorkspace:
 
 class CudaModel:
     def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
-                 dtype=np.float32, seed: int = 0):
+                 dtype=np.float32, seed: int = 0, persistent: bool = True):
         if config.cell not in SUPPORTED:
             raise ValueError(f"cell {config.cell!r} has no CUDA kernels yet; "
                              f"CUDA supports {', '.join(SUPPORTED)}")
@@ -52,8 +54,21 @@ class CudaModel:
         self.weights = self.layout.views(self.params)  # device views, no copies
         self.grad_views = self.layout.views(self.grads)
         self.cell = CELLS[config.cell]
+        self.plan = self._persistent_plan() if persistent else None  # None: a launch per step
         self._ws = None
         self._window = None
+
+    def _persistent_plan(self):
+        """(blocks, units per block) for the persistent time loops, or None. A cooperative
+        grid must be co-resident: one block per multiprocessor always is (128 threads, at most
+        48 KiB of shared memory). The simulator runs cooperative grids of one block only (its
+        grid barrier is a block barrier)."""
+        H, GH = self.config.hidden, self.config.gates * self.config.hidden
+        if K.SIMULATED:
+            max_blocks = 1
+        else:
+            max_blocks = cuda.get_current_device().MULTIPROCESSOR_COUNT
+        return K.persistent_plan(H, GH, max_blocks)
 
     def zero_state(self, B: int):
         shape = (self.config.layers, B, self.config.state_width)
@@ -98,7 +113,10 @@ class CudaModel:
             hs[0].copy_to_device(np.ascontiguousarray(h0[layer]))
             cs[0].copy_to_device(np.ascontiguousarray(c0[layer]))
             extra = self._extra(layer)
-            for t in range(T):
+            if self.plan is not None:
+                K.layer_forward_persistent(self.cell, ws.xg, W_h, extra, hs, cs, acts, ws.hw,
+                                           self.plan)
+            for t in range(T if self.plan is None else 0):
                 K.gemm(hs[t], W_h, ws.hw)
                 K.cell_forward[K.grid(B * H)](self.cell, ws.xg[t * B:(t + 1) * B], ws.hw, extra,
                                               hs[t], cs[t], hs[t + 1], cs[t + 1], acts[t])
@@ -149,7 +167,10 @@ class CudaModel:
             d_dh.copy_to_device(np.ascontiguousarray(dhT[layer]))
             d_dc.copy_to_device(np.ascontiguousarray(dcT[layer]))
             gru = self.cell == K.GRU
-            for t in range(T - 1, -1, -1):
+            if self.plan is not None:
+                K.layer_backward_persistent(self.cell, ws.dH, W_h, extra, hs, cs, acts, ws.dX,
+                                            ws.dHG, d_dh, d_dc, self.plan)
+            for t in range(T - 1, -1, -1) if self.plan is None else ():
                 rows = slice(t * B, (t + 1) * B)
                 K.cell_backward[K.grid(B * H)](self.cell, ws.dH[rows], d_dh, d_dc, cs[t], hs[t],
                                                hs[t + 1], extra, acts[t], ws.dX[rows],

@@ -201,6 +201,18 @@ def _cell_unit(cell, xg, hw, extra, hp, cp, j, H):
     return h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h, 0.0 * h
 
 
+@cuda.jit(device=True, inline=True)
+def _store_acts(act, b, j, H, a0, a1, a2, a3, a4):
+    S = act.shape[1] // H  # activations stored per unit: 5, 4 or (RNN, IRNN: a dummy) 1
+    if S >= 4:
+        act[b, j] = a0
+        act[b, H + j] = a1
+        act[b, 2 * H + j] = a2
+        act[b, 3 * H + j] = a3
+    if S == 5:
+        act[b, 4 * H + j] = a4
+
+
 @_kernel(f"void(int64, {F2}, {F2}, {F1}, {F2}, {F2}, {F2}, {F2}, {F2})")
 def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
     i = cuda.grid(1)
@@ -212,28 +224,14 @@ def cell_forward(cell, xg, hw, extra, h_prev, c_prev, h_out, c_out, act):
                                           c_prev[b, j], j, H)
     h_out[b, j] = h
     c_out[b, j] = c
-    S = act.shape[1] // H  # activations stored per unit: 5, 4 or (RNN, IRNN: a dummy) 1
-    if S >= 4:
-        act[b, j] = a0
-        act[b, H + j] = a1
-        act[b, 2 * H + j] = a2
-        act[b, 3 * H + j] = a3
-    if S == 5:
-        act[b, 4 * H + j] = a4
+    _store_acts(act, b, j, H, a0, a1, a2, a3, a4)
 
 
-@_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2}, {F2})")
-def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx, dhg):
-    """One step backward. dh (B, H): gradient from above, in; becomes dL/dh_t. dh_next (B, H):
-    in, dL/dh_t through the recurrence (the previous call's GEMM); out, for the GRU, the part
-    of dL/dh_{t-1} that skips W_h (the GEMM then adds the rest). dc_next (B, H): dL/dc_t in,
-    dL/dc_{t-1} out. dx, dhg (B, G*H): gradients w.r.t. the input- and recurrent-side
-    pre-activations (dhg for the GRU only)."""
-    i = cuda.grid(1)
-    B, H = dh.shape
-    if i >= B * H:
-        return
-    b, j = i // H, i % H
+@cuda.jit(device=True, inline=True)
+def _cell_unit_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx, dhg,
+                        b, j, H):
+    """Stream b, hidden unit j of one step backward (arrays as for cell_backward; dx, dhg are
+    the step's (B, G*H) rows)."""
     d = dh[b, j] + dh_next[b, j]
     dh[b, j] = d
     if cell == LSTM or cell == LSTM_PEEPHOLE:
@@ -278,6 +276,139 @@ def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act,
     else:
         h = h_new[b, j]
         dx[b, j] = d * (1.0 - h * h)
+
+
+@_kernel(f"void(int64, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F1}, {F2}, {F2}, {F2})")
+def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx, dhg):
+    """One step backward. dh (B, H): gradient from above, in; becomes dL/dh_t. dh_next (B, H):
+    in, dL/dh_t through the recurrence (the previous call's GEMM); out, for the GRU, the part
+    of dL/dh_{t-1} that skips W_h (the GEMM then adds the rest). dc_next (B, H): dL/dc_t in,
+    dL/dc_{t-1} out. dx, dhg (B, G*H): gradients w.r.t. the input- and recurrent-side
+    pre-activations (dhg for the GRU only)."""
+    i = cuda.grid(1)
+    B, H = dh.shape
+    if i < B * H:
+        _cell_unit_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx,
+                            dhg, i // H, i % H, H)
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistent time loops (Diamos et al., "Persistent RNNs", 2016): one cooperative launch runs a
+# layer's whole window. Block k owns hidden units j0 .. j0+units and keeps the slice of W_h
+# those units need in shared memory for the whole launch: forward, the G columns g*H + j of
+# each unit (its gate products); backward, the row j of each unit (its share of dh_{t-1}).
+# Forward, a step reads all of h_{t-1}, so the grid synchronises once per step; backward, each
+# block's units feed only its own units' next step, and the grid synchronises once per step
+# so that every unit's pre-activation gradients are in before any block forms dh_{t-1}.
+# Where the slice does not fit (SMEM elements), the caller launches per step instead.
+
+SMEM = 12 * 1024  # elements of shared memory per block for the W_h slice (48 KiB in float32)
+
+
+def _make_persistent(dtype):
+    def layer_forward_persistent(cell, xg, W_h, extra, hs, cs, acts, hw, units):
+        """xg (T*B, GH) input projection with bias; W_h (H, GH); hs, cs (T+1, B, H) with the
+        initial state in [0]; acts (T, B, S*H) out; hw (B, GH) scratch."""
+        sW = cuda.shared.array(SMEM, dtype)
+        grid = cuda.cg.this_grid()
+        T, B, H = acts.shape[0], hs.shape[1], hs.shape[2]
+        GH = W_h.shape[1]
+        G = GH // H
+        j0 = cuda.blockIdx.x * units
+        nj = min(units, H - j0)
+        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        for e in range(tid, H * G * nj, nt):  # sW[(i * G + g) * nj + u] = W_h[i, g*H + j0 + u]
+            u, g, i = e % nj, (e // nj) % G, e // (nj * G)
+            sW[e] = W_h[i, g * H + j0 + u]
+        cuda.syncthreads()
+        for t in range(T):
+            for e in range(tid, B * G * nj, nt):
+                u, g, b = e % nj, (e // nj) % G, e // (nj * G)
+                acc = sW[0] - sW[0]
+                for i in range(H):
+                    acc += hs[t, b, i] * sW[(i * G + g) * nj + u]
+                hw[b, g * H + j0 + u] = acc
+            cuda.syncthreads()  # this block's gate products are in
+            for e in range(tid, B * nj, nt):
+                b, j = e // nj, j0 + e % nj
+                h, c, a0, a1, a2, a3, a4 = _cell_unit(cell, xg[t * B + b], hw[b], extra,
+                                                      hs[t, b, j], cs[t, b, j], j, H)
+                hs[t + 1, b, j] = h
+                cs[t + 1, b, j] = c
+                _store_acts(acts[t], b, j, H, a0, a1, a2, a3, a4)
+            grid.sync()  # all of h_t is in before any block reads it
+
+    def layer_backward_persistent(cell, dH, W_h, extra, hs, cs, acts, dX, dHG, dh_next,
+                                  dc_next, units):
+        """dH (T*B, H): gradient from above (becomes dL/dh_t); dX, dHG (T*B, GH) out;
+        dh_next, dc_next (B, H): in, the gradients w.r.t. the final state; out, w.r.t. the
+        initial state."""
+        sW = cuda.shared.array(SMEM, dtype)
+        grid = cuda.cg.this_grid()
+        T, B, H = acts.shape[0], hs.shape[1], hs.shape[2]
+        GH = W_h.shape[1]
+        j0 = cuda.blockIdx.x * units
+        nj = min(units, H - j0)
+        tid, nt = cuda.threadIdx.x, cuda.blockDim.x
+        for e in range(tid, nj * GH, nt):  # sW[u * GH + k] = W_h[j0 + u, k]
+            sW[e] = W_h[j0 + e // GH, e % GH]
+        cuda.syncthreads()
+        gru = cell == GRU
+        for t in range(T - 1, -1, -1):
+            rows = slice(t * B, (t + 1) * B)
+            dx, dhg = dX[rows], dHG[rows]
+            for e in range(tid, B * nj, nt):
+                _cell_unit_backward(cell, dH[rows], dh_next, dc_next, cs[t], hs[t], hs[t + 1],
+                                    extra, acts[t], dx, dhg, e // nj, j0 + e % nj, H)
+            grid.sync()  # every unit's pre-activation gradients for step t are in
+            for e in range(tid, B * nj, nt):
+                b, u = e // nj, e % nj
+                acc = sW[0] - sW[0]
+                for k in range(GH):
+                    acc += (dhg[b, k] if gru else dx[b, k]) * sW[u * GH + k]
+                if gru:  # its direct path, d * z, is already in dh_next
+                    dh_next[b, j0 + u] += acc
+                else:
+                    dh_next[b, j0 + u] = acc
+            cuda.syncthreads()  # a block's units feed only its own units' next step
+
+    return layer_forward_persistent, layer_backward_persistent
+
+
+_PERSISTENT = {}
+for _dtype in (float32, float64):
+    _fw, _bw = _make_persistent(_dtype)
+    _PERSISTENT[str(_dtype)] = (cuda.jit(_fw), cuda.jit(_bw))
+_fw, _bw = _make_persistent(float32)
+F3 = "float32[:, :, :]"
+SIGNATURES["layer_forward_persistent"] = (
+    _fw, f"void(int64, {F2}, {F2}, {F1}, {F3}, {F3}, {F3}, {F2}, int64)")
+SIGNATURES["layer_backward_persistent"] = (
+    _bw, f"void(int64, {F2}, {F2}, {F1}, {F3}, {F3}, {F3}, {F2}, {F2}, {F2}, {F2}, int64)")
+PERSISTENT_THREADS = 4 if SIMULATED else 128
+
+
+def persistent_plan(H: int, GH: int, max_blocks: int) -> tuple[int, int] | None:
+    """(blocks, units per block) for a persistent launch over H units, or None where W_h's
+    slice per block cannot fit in SMEM with at most max_blocks co-resident blocks."""
+    units = max(1, -(-H // max_blocks))
+    if units * GH > SMEM:
+        return None
+    return -(-H // units), units
+
+
+def layer_forward_persistent(cell, xg, W_h, extra, hs, cs, acts, hw, plan):
+    blocks, units = plan
+    kernel = _PERSISTENT[str(hs.dtype)][0]
+    kernel[blocks, PERSISTENT_THREADS](cell, xg, W_h, extra, hs, cs, acts, hw, units)
+
+
+def layer_backward_persistent(cell, dH, W_h, extra, hs, cs, acts, dX, dHG, dh_next, dc_next,
+                              plan):
+    blocks, units = plan
+    kernel = _PERSISTENT[str(hs.dtype)][1]
+    kernel[blocks, PERSISTENT_THREADS](cell, dH, W_h, extra, hs, cs, acts, dX, dHG, dh_next,
+                                       dc_next, units)
 
 
 @_kernel(f"void({F2}, {F2}, {F2}, {F1})")

@@ -22,12 +22,13 @@ from charrnn.model_cuda import SUPPORTED, CudaModel  # noqa: E402
 from numba import cuda  # noqa: E402
 
 
-def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0):
+def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0, persistent=True):
     rng = np.random.default_rng(seed)
     config = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=H, dropout=dropout)
     cpu = Model(config, dtype=dtype)
     cpu.params[:] = rng.uniform(-0.8, 0.8, cpu.params.size)
-    gpu = CudaModel(config, params=cpu.params.copy())
+    gpu = CudaModel(config, params=cpu.params.copy(), persistent=persistent)
+    assert (gpu.plan is not None) == persistent
     ids = rng.integers(0, V, (T, B))
     targets = rng.integers(0, V, (T, B))
     shape = (layers, B, H)
@@ -42,9 +43,15 @@ def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0):
 
 
 @pytest.mark.parametrize("cell", SUPPORTED)
-@pytest.mark.parametrize("layers, dropout", [(1, 0.0), (2, 0.5)])
-def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout):
-    cpu, gpu, window, upstream = problem(cell, layers, dropout, np.float64)
+@pytest.mark.parametrize("layers, dropout, persistent", [(1, 0.0, True), (2, 0.5, True),
+                                                         (2, 0.5, False)])
+def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout, persistent):
+    """Both time loops: persistent (one block: the simulator's grid barrier is a block barrier,
+    so several blocks are checked only on a GPU) and a launch per step."""
+    cpu, gpu, window, upstream = problem(cell, layers, dropout, np.float64,
+                                         persistent=persistent)
+    if persistent:
+        assert gpu.plan == (1, gpu.config.hidden)
     loss_cpu = cpu.forward(*window)
     loss_gpu = gpu.forward(*window)
     assert abs(loss_cpu - loss_gpu) < 1e-12
