@@ -31,6 +31,7 @@ class BenchConfig:
     sample_chars: int = 2000
     batched_samples: int = 64
     temperature: float = 0.8
+    device: str = "cpu"
 
 
 def peak_rss_mb() -> float:
@@ -97,6 +98,15 @@ def bench_charrnn(c: BenchConfig) -> dict:
             clip_grad_norm(model.grads, 5.0)
             opt.step(model.params, model.grads)
 
+    if c.device == "cuda":  # the same step on the GPU (it returns the loss: synchronised)
+        from .train_cuda import DeviceTrainer
+        trainer = DeviceTrainer(model, opt)
+        h, s = model.zero_state(c.batch_size)
+
+        def train_iters(n):  # noqa: F811
+            for _ in range(n):
+                trainer.step(x, y, h, s, None, 5.0)
+
     train_iters(3)
     dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters
 
@@ -104,7 +114,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
 
     def sample(n, batch):
         opts = SampleOptions(length=n, temperature=c.temperature, seed=0, num_samples=batch)
-        for _ in generate(model, vocab, opts):
+        for _ in generate(model, vocab, opts, device=c.device):
             pass
 
     sample(10, 1)
@@ -112,7 +122,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
     sample(10, c.batched_samples)
     bt = best_time(lambda: sample(c.sample_chars // 4, c.batched_samples), c.repeats)
     train_cps = c.batch_size * c.seq_len / dt
-    peak = gemm_peak_gflops()
+    peak = gemm_peak_gflops() if c.device == "cpu" else None  # the GPU's: not measured
     return {
         "impl": "charrnn", **asdict(c),
         "ms_per_iter": round(dt * 1e3, 3),
@@ -120,8 +130,8 @@ def bench_charrnn(c: BenchConfig) -> dict:
         "sample_chars_per_s": round(1 / st, 1),
         "batched_sample_chars_per_s": round(c.sample_chars // 4 * c.batched_samples / bt, 1),
         "train_gflops": round(train_cps * flops_per_char(c) / 1e9, 1),
-        "gemm_peak_gflops": round(peak, 1),
-        "fraction_of_peak": round(train_cps * flops_per_char(c) / 1e9 / peak, 3),
+        "gemm_peak_gflops": round(peak, 1) if peak else None,
+        "fraction_of_peak": round(train_cps * flops_per_char(c) / 1e9 / peak, 3) if peak else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -146,10 +156,11 @@ def bench_torch(c: BenchConfig) -> dict:
             y, state = self.rnn(self.emb(ids), state)
             return self.out(y), state
 
-    model = LM()
+    dev = torch.device(c.device)
+    model = LM().to(dev)
     opt = torch.optim.Adam(model.parameters(), 2e-3)
-    x = torch.randint(0, c.vocab, (c.seq_len, c.batch_size))
-    y = torch.randint(0, c.vocab, (c.seq_len, c.batch_size))
+    x = torch.randint(0, c.vocab, (c.seq_len, c.batch_size), device=dev)
+    y = torch.randint(0, c.vocab, (c.seq_len, c.batch_size), device=dev)
 
     def train_iters(n):
         for _ in range(n):
@@ -159,17 +170,21 @@ def bench_torch(c: BenchConfig) -> dict:
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+        if c.device == "cuda":
+            torch.cuda.synchronize()
 
     train_iters(3)
     dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters
 
     def sample(n, batch):
         with torch.no_grad():
-            state, ch = None, torch.zeros(1, batch, dtype=torch.long)
+            state, ch = None, torch.zeros(1, batch, dtype=torch.long, device=dev)
             for _ in range(n):
                 logits, state = model(ch, state)
                 p = torch.softmax(logits[0] / c.temperature, -1)
                 ch = torch.multinomial(p, 1).view(1, batch)
+                if c.device == "cuda":
+                    ch.cpu()  # a streaming sampler hands each character to the host
 
     sample(10, 1)
     st = best_time(lambda: sample(c.sample_chars // 4, 1), c.repeats) / (c.sample_chars // 4)

@@ -417,8 +417,11 @@ def bench(
     sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = 2000,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
 ):
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
+    if device not in ("cpu", "cuda"):
+        raise UsageProblem(f"--device must be cpu or cuda, not {device!r}")
     if cell not in CELL_NAMES:
         raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
     if cell == "jordan" and layers != 1:
@@ -428,8 +431,11 @@ def bench(
                            "--sample-chars >= 16")
     from .bench import (TORCH_CELLS, BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
                         torch_available)
+    if device == "cuda":
+        from .device import resolve
+        resolve("cuda", cell)  # a clear error where CUDA cannot run this
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
-                         seq_len=seq_len, iters=iters, sample_chars=sample_chars)
+                         seq_len=seq_len, iters=iters, sample_chars=sample_chars, device=device)
     result = bench_charrnn(config)
     if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)

@@ -343,6 +343,8 @@ BAD_INPUT = [
     ("corrupt-checkpoint-info", ["info", "{tmp}/x.npz"], 1, "x.npz"),
     ("eval-missing-file", ["eval", "{run}", "{tmp}/missing.txt"], 1, "missing.txt"),
     ("sample-device-cuda", ["sample", "{run}", "--device", "cuda"], 1, "cuda"),
+    ("bench-device-cuda", ["bench", "--device", "cuda"], 1, "cuda"),
+    ("bench-device-unknown", ["bench", "--device", "tpu"], 2, "--device"),
     ("train-device-cuda", ["train", "{corpus}", "--device", "cuda", "--out", "{tmp}/o"], 1,
      "cuda"),
     ("out-holds-a-run", ["train", "{corpus}", "--out", "{run}", "--max-steps", "1"], 1,
@@ -358,6 +360,10 @@ BAD_INPUT = [
                          ids=[c[0] for c in BAD_INPUT])
 def test_bad_input_is_one_line_and_the_right_status(bad, monkeypatch, capsys, argv, expected,
                                                     mention):
+    if "cuda" in argv:
+        from charrnn.device import cuda_problem
+        if cuda_problem() is None:
+            pytest.skip("a GPU is usable here: --device cuda is not an error")
     args = [a.format(**bad) for a in argv]
     before = {p.name: p.read_bytes() for p in Path(bad["run"]).iterdir() if p.is_file()}
     code, out, err = call_main(monkeypatch, capsys, *args)
