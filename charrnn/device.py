@@ -9,8 +9,10 @@ import os
 from pathlib import Path
 
 
-# the cells with CUDA kernels so far; the others train on the CPU
-CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole")
+# the cells with CUDA kernels (all of them; the sampler covers the gate-style ones)
+CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic",
+              "jordan")
+CUDA_SAMPLER_CELLS = CUDA_CELLS[:6]  # the sampler kernel runs the gate-style cells
 
 
 DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # /dev/dxg: WSL
@@ -42,15 +44,15 @@ def gpu_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def resolve(requested: str, cell: str) -> str:
-    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell; raises DeviceError for
-    cuda where it cannot run."""
+def resolve(requested: str, cell: str, cells: tuple = CUDA_CELLS) -> str:
+    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell (cells: those the work
+    at hand has CUDA kernels for); raises DeviceError for cuda where it cannot run."""
     if requested == "cpu":
         return "cpu"
-    if cell not in CUDA_CELLS:
+    if cell not in cells:
         if requested == "cuda":
-            raise DeviceError(f"--device cuda: the {cell} cell has no CUDA kernels yet (CUDA "
-                              f"runs {', '.join(CUDA_CELLS)}); use --device cpu")
+            raise DeviceError(f"--device cuda: the {cell} cell has no CUDA kernels for this yet "
+                              f"(CUDA runs {', '.join(cells)}); use --device cpu")
         return "cpu"
     problem = cuda_problem()
     if requested == "cuda" and problem:

@@ -22,10 +22,11 @@ class DeviceWorkspace:
 
     def __init__(self, config: ModelConfig, T: int, B: int, dtype):
         L, H, V = config.layers, config.hidden, config.vocab_size
-        GH = config.gates * H
+        GH, W = config.gates * H, config.state_width  # W: V for jordan, whose state is y
         new = lambda *shape: cuda.to_device(np.zeros(shape, dtype))  # noqa: E731
-        self.hs = new(L, T + 1, B, H)
-        self.cs = new(L, T + 1, B, H)
+        self.hs = new(L, T + 1, B, W)  # jordan: y_0 .. y_T
+        self.cs = new(L, T + 1, B, W)  # LSTMs: c; classic GRU: r * h_prev
+
         self.acts = new(L, T, B, max(STORED_ACTS[config.cell], 1) * H)
         self.hw = new(B, GH)
         self.xg = new(T * B, GH)
@@ -35,6 +36,11 @@ class DeviceWorkspace:
         self.dX = new(T * B, GH)
         self.dHG = new(T * B, GH)
         self.dH = new(T * B, H)
+        self.gn = new(B, H)  # classic GRU: rh @ W_hn; jordan: y_{t-1} @ W_h
+        self.tmp = new(B, H)
+        self.mask_none = new(B, H)
+        if config.cell == "gru-classic":  # the weight-gradient operands of its two GEMMs
+            self.drz, self.dn = new(T * B, 2 * H), new(T * B, H)
         self.loss = cuda.to_device(np.zeros(1, np.float64))
 
 
@@ -64,6 +70,8 @@ class CudaModel:
         48 KiB of shared memory). The simulator runs cooperative grids of one block only (its
         grid barrier is a block barrier)."""
         H, GH = self.config.hidden, self.config.gates * self.config.hidden
+        if self.cell in (K.GRU_CLASSIC, K.JORDAN):
+            return None  # two GEMMs per step, or the output inside the loop: a launch per step
         if K.SIMULATED:
             max_blocks = 1
         else:
@@ -101,6 +109,11 @@ class CudaModel:
         d_targets = cuda.to_device(targets.reshape(N))
         d_masks = None if masks is None else cuda.to_device(
             np.ascontiguousarray(masks, self.dtype).reshape(L, N, H))
+        self._window = (T, B, d_ids, d_targets, d_masks)
+        ws.loss.copy_to_device(np.zeros(1))
+        if self.cell == K.JORDAN:
+            self._jordan_forward(ws, T, B, d_ids, d_targets, d_masks, h0)
+            return float(ws.loss.copy_to_host()[0]) / N
         w = self.weights
         for layer in range(L):
             W_x, W_h, b = w[f"l{layer}.W_x"], w[f"l{layer}.W_h"], w[f"l{layer}.b"]
@@ -117,6 +130,9 @@ class CudaModel:
                 K.layer_forward_persistent(self.cell, ws.xg, W_h, extra, hs, cs, acts, ws.hw,
                                            self.plan)
             for t in range(T if self.plan is None else 0):
+                if self.cell == K.GRU_CLASSIC:
+                    self._gru_classic_step(ws, layer, t, B)
+                    continue
                 K.gemm(hs[t], W_h, ws.hw)
                 K.cell_forward[K.grid(B * H)](self.cell, ws.xg[t * B:(t + 1) * B], ws.hw, extra,
                                               hs[t], cs[t], hs[t + 1], cs[t + 1], acts[t])
@@ -127,10 +143,58 @@ class CudaModel:
                 K.mul[K.grid(N * H)](out, d_masks[layer], ws.xin[layer])
         K.gemm(ws.xin[L - 1], w["out.W"], ws.logits)
         K.add_bias[K.grid(ws.logits.size)](ws.logits, w["out.b"])
-        ws.loss.copy_to_device(np.zeros(1))
         K.softmax_xent[K.grid(N)](ws.logits, d_targets, ws.probs, ws.loss)
-        self._window = (T, B, d_ids, d_targets, d_masks)
         return float(ws.loss.copy_to_host()[0]) / N
+
+    def _gru_classic_step(self, ws, layer, t, B):
+        H = self.config.hidden
+        hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
+        xg, hw = ws.xg[t * B:(t + 1) * B], ws.hw[:, :2 * H]
+        K.gemm(hs[t], self.weights[f"l{layer}.W_h"], hw)
+        K.gru_classic_rz[K.grid(B * H)](xg, hw, hs[t], cs[t + 1], acts[t])
+        K.gemm(cs[t + 1], self._extra(layer).reshape(H, H), ws.gn)
+        K.gru_classic_n[K.grid(B * H)](xg, ws.gn, hs[t], hs[t + 1], acts[t])
+
+    def _jordan_forward(self, ws, T, B, d_ids, d_targets, d_masks, y0):
+        """One layer whose recurrent input is y_{t-1}: the output layer runs inside the loop."""
+        H, w = self.config.hidden, self.weights
+        ys, hs, hd = ws.hs[0], ws.acts[0], ws.xin[0]
+        ys[0].copy_to_device(np.ascontiguousarray(y0[0]))
+        for t in range(T):
+            rows = slice(t * B, (t + 1) * B)
+            K.gemm(ys[t], w["l0.W_h"], ws.gn)
+            K.jordan_hidden[K.grid(B * H)](w["l0.W_x"], w["l0.b"], d_ids[rows], ws.gn, hs[t])
+            if d_masks is None:
+                hd[rows].copy_to_device(hs[t])
+            else:
+                K.mul[K.grid(B * H)](hs[t], d_masks[0, rows], hd[rows])
+            K.gemm(hd[rows], w["out.W"], ws.logits[rows])
+            K.add_bias[K.grid(ws.logits[rows].size)](ws.logits[rows], w["out.b"])
+            K.softmax_xent[K.grid(B)](ws.logits[rows], d_targets[rows], ws.probs[rows], ws.loss)
+            ys[t + 1].copy_to_device(ws.probs[rows])
+
+    def _jordan_backward(self, ws, T, B, d_ids, d_targets, d_masks, dyT):
+        H, w, g = self.config.hidden, self.weights, self.grad_views
+        N = T * B
+        hs, ys = ws.acts[0], ws.hs[0]
+        dl, dA = ws.probs, ws.dX  # the step's probabilities become its logits' gradient
+        dy = cuda.to_device(np.ascontiguousarray(dyT[0]))
+        for t in range(T - 1, -1, -1):
+            rows = slice(t * B, (t + 1) * B)
+            K.jordan_dlogits[K.grid(B)](ws.probs[rows], dy, d_targets[rows], 1.0 / N, dl[rows])
+            K.gemm(dl[rows], w["out.W"], ws.tmp, tb=1)
+            mask = ws.mask_none if d_masks is None else d_masks[0, rows]
+            K.jordan_dhidden[K.grid(B * H)](ws.tmp, hs[t], mask, int(d_masks is not None),
+                                            dA[rows])
+            K.gemm(dA[rows], w["l0.W_h"], dy, tb=1)
+        hd = ws.xin[0]
+        K.gemm(hd, dl, g["out.W"], ta=1, accumulate=1)
+        K.add_col_sums[K.grid(dl.shape[1])](dl, g["out.b"])
+        V = self.config.vocab_size
+        K.gemm(ys[:T].reshape(N, V), dA, g["l0.W_h"], ta=1, accumulate=1)
+        K.add_col_sums[K.grid(H)](dA, g["l0.b"])
+        K.scatter_add_rows[K.grid(dA.size)](dA, d_ids, g["l0.W_x"])
+        return dy.copy_to_host()
 
     def final_state(self):
         ws = self._ws
@@ -150,6 +214,10 @@ class CudaModel:
         zh, zc = self.zero_state(B)
         dhT = zh if dhT is None else np.asarray(dhT, self.dtype)
         dcT = zc if dcT is None else np.asarray(dcT, self.dtype)
+        if self.cell == K.JORDAN:
+            dh0, dc0 = self.zero_state(B)
+            dh0[0] = self._jordan_backward(ws, T, B, d_ids, d_targets, d_masks, dhT)
+            return dh0, dc0
         dlogits = ws.probs  # probs are not needed after this: reuse them for the gradient
         K.xent_grad[K.grid(dlogits.size)](ws.probs, d_targets, 1.0 / N, dlogits)
         K.gemm(ws.xin[L - 1], dlogits, g["out.W"], ta=1, accumulate=1)
@@ -172,14 +240,20 @@ class CudaModel:
                                             ws.dHG, d_dh, d_dc, self.plan)
             for t in range(T - 1, -1, -1) if self.plan is None else ():
                 rows = slice(t * B, (t + 1) * B)
+                if self.cell == K.GRU_CLASSIC:
+                    self._gru_classic_step_back(ws, layer, t, rows, d_dh)
+                    continue
                 K.cell_backward[K.grid(B * H)](self.cell, ws.dH[rows], d_dh, d_dc, cs[t], hs[t],
                                                hs[t + 1], extra, acts[t], ws.dX[rows],
                                                ws.dHG[rows])
                 K.gemm(ws.dHG[rows] if gru else ws.dX[rows], W_h, d_dh, tb=1, accumulate=gru)
             dh0[layer] = d_dh.copy_to_host()
             dc0[layer] = d_dc.copy_to_host()
-            dR = ws.dHG if gru else ws.dX
+            dR = ws.dHG if gru else ws.drz if self.cell == K.GRU_CLASSIC else ws.dX
             K.gemm(hs[:T].reshape(N, H), dR, g[f"l{layer}.W_h"], ta=1, accumulate=1)
+            if self.cell == K.GRU_CLASSIC:  # dW_hn = (r * h_prev)^T dn
+                K.gemm(cs[1:].reshape(N, H), ws.dn, self._extra(layer, grads=True).reshape(H, H),
+                       ta=1, accumulate=1)
             K.add_col_sums[K.grid(ws.dX.shape[1])](ws.dX, g[f"l{layer}.b"])
             if gru:
                 K.add_col_sums[K.grid(H)](ws.dHG[:, 2 * H:], self._extra(layer, grads=True))
@@ -194,3 +268,14 @@ class CudaModel:
         if not self.config.has_cell_state:
             dc0[:] = 0
         return dh0, dc0
+
+    def _gru_classic_step_back(self, ws, layer, t, rows, d_dh):
+        H = self.config.hidden
+        B = rows.stop - rows.start
+        hs, acts = ws.hs[layer], ws.acts[layer]
+        dH, dX, drz, dn = ws.dH[rows], ws.dX[rows], ws.drz[rows], ws.dn[rows]
+        K.gru_classic_back_nz[K.grid(B * H)](dH, d_dh, hs[t], acts[t], dX, drz, dn)
+        K.gemm(dn, self._extra(layer).reshape(H, H), ws.tmp, tb=1)  # dL/d(r * h_prev)
+        K.gru_classic_back_r[K.grid(B * H)](hs[t], acts[t], ws.tmp, dX, drz)
+        K.gemm(drz, self.weights[f"l{layer}.W_h"], d_dh, tb=1)
+        K.gru_classic_back_h[K.grid(B * H)](dH, acts[t], ws.tmp, d_dh)

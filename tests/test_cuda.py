@@ -28,4 +28,4 @@ def run_pytest(path: Path, simulate: bool) -> subprocess.CompletedProcess:
 def test_cuda_checks(check, simulate):
     run = run_pytest(HERE / "cuda" / check, simulate)
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout
+    assert " passed" in run.stdout.splitlines()[-1], run.stdout  # not skipped as a whole

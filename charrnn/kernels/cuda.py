@@ -293,6 +293,121 @@ def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act,
 
 
 # ---------------------------------------------------------------------------------------------
+# the classic GRU (Cho et al. 2014): the reset gate applies before W_hn, so a step takes two
+# GEMMs with a kernel after each. act rows: r, z, n; rh = r * h_prev is kept for dW_hn.
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F2}, {F2})")
+def gru_classic_rz(xg, hw, h_prev, rh, act):
+    """hw (B, 2H) = h_prev @ W_h: r, z = sigmoid(xg + hw); rh = r * h_prev."""
+    i = cuda.grid(1)
+    B, H = h_prev.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        r = _sigmoid(xg[b, j] + hw[b, j])
+        act[b, j] = r
+        act[b, H + j] = _sigmoid(xg[b, H + j] + hw[b, H + j])
+        rh[b, j] = r * h_prev[b, j]
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F2}, {F2})")
+def gru_classic_n(xg, gn, h_prev, h_out, act):
+    """gn (B, H) = rh @ W_hn: n = tanh(xg_n + gn); h = h_prev + z * (n - h_prev)."""
+    i = cuda.grid(1)
+    B, H = h_prev.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        n = math.tanh(xg[b, 2 * H + j] + gn[b, j])
+        act[b, 2 * H + j] = n
+        hp = h_prev[b, j]
+        h_out[b, j] = hp + act[b, H + j] * (n - hp)
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F2})")
+def gru_classic_back_nz(dh, dh_next, h_prev, act, dx, drz, dn):
+    """d = dh + dh_next (written back to dh); the gradients of n's and z's pre-activations into
+    dx (B, 3H), z's also into drz (B, 2H), n's into dn (B, H)."""
+    i = cuda.grid(1)
+    B, H = dh.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        d = dh[b, j] + dh_next[b, j]
+        dh[b, j] = d
+        z, n = act[b, H + j], act[b, 2 * H + j]
+        e = d * z * (1.0 - n * n)
+        dx[b, 2 * H + j] = e
+        dn[b, j] = e
+        g = d * (n - h_prev[b, j]) * (z - z * z)
+        dx[b, H + j] = g
+        drz[b, H + j] = g
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F2}, {F2})")
+def gru_classic_back_r(h_prev, act, drh, dx, drz):
+    """drh (B, H) = dn @ W_hn^T = dL/d(r * h_prev): r's pre-activation gradient."""
+    i = cuda.grid(1)
+    B, H = h_prev.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        r = act[b, j]
+        g = drh[b, j] * h_prev[b, j] * (r - r * r)
+        dx[b, j] = g
+        drz[b, j] = g
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, {F2})")
+def gru_classic_back_h(dh, act, drh, dh_next):
+    """dh_next (B, H) holds drz @ W_h^T: add the paths that skip W_h, through (1 - z) and r."""
+    i = cuda.grid(1)
+    B, H = dh.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        dh_next[b, j] += dh[b, j] * (1.0 - act[b, H + j]) + drh[b, j] * act[b, j]
+
+
+# ---------------------------------------------------------------------------------------------
+# the Jordan network: the recurrent input is the previous step's output distribution y (B, V)
+
+
+@_kernel(f"void({F2}, {F1}, int32[:], {F2}, {F2})")
+def jordan_hidden(W_x, b, ids, yw, h):
+    """h (B, H) = tanh(W_x[ids] + yw + b), yw = y_{t-1} @ W_h."""
+    i = cuda.grid(1)
+    B, H = h.shape
+    if i < B * H:
+        n, j = i // H, i % H
+        h[n, j] = math.tanh(W_x[ids[n], j] + yw[n, j] + b[j])
+
+
+@_kernel(f"void({F2}, {F2}, int32[:], float64, {F2})")
+def jordan_dlogits(probs, dy, targets, inv_n, dlogits):
+    """The gradient w.r.t. step t's logits (B, V): the loss's (softmax - onehot) * inv_n plus
+    dy = dL/dy_t carried back through the softmax's Jacobian. One thread per row."""
+    n = cuda.grid(1)
+    B, V = probs.shape
+    if n < B:
+        s = probs[n, 0] - probs[n, 0]
+        for k in range(V):
+            s += dy[n, k] * probs[n, k]
+        for k in range(V):
+            p = probs[n, k]
+            dlogits[n, k] = p * (dy[n, k] - s) + p * inv_n
+        dlogits[n, targets[n]] -= inv_n
+
+
+@_kernel(f"void({F2}, {F2}, {F2}, int64, {F2})")
+def jordan_dhidden(dhd, h, mask, use_mask, dA):
+    """dA (B, H) = dL/dh (after dropout: times the mask) through tanh."""
+    i = cuda.grid(1)
+    B, H = h.shape
+    if i < B * H:
+        b, j = i // H, i % H
+        m = mask[b, j] if use_mask else 1.0
+        hh = h[b, j]
+        dA[b, j] = dhd[b, j] * m * (1.0 - hh * hh)
+
+
+# ---------------------------------------------------------------------------------------------
 # Persistent time loops (Diamos et al., "Persistent RNNs", 2016): one cooperative launch runs a
 # layer's whole window. Block k owns hidden units j0 .. j0+units and keeps the slice of W_h
 # those units need in shared memory for the whole launch: forward, the G columns g*H + j of
