@@ -17,6 +17,15 @@ from .kernels import cuda as K
 from .model import CELLS, STORED_ACTS, ModelConfig, ParamLayout, init_params
 
 
+def _on_device(a) -> bool:
+    return hasattr(a, "copy_to_host")  # a device array (or the simulator's stand-in)
+
+
+def _layer_of(state, layer):
+    """state[layer] (B, W), from a device array as a view, from the host as a contiguous copy."""
+    return state[layer] if _on_device(state) else np.ascontiguousarray(state[layer])
+
+
 class DeviceWorkspace:
     """Device arrays for one (T, B) window (as model.Workspace)."""
 
@@ -93,7 +102,10 @@ class CudaModel:
             self._empty_array = cuda.to_device(np.zeros(1, self.dtype))
         return self._empty_array
 
-    def forward(self, ids, targets, h0=None, c0=None, masks=None) -> float:
+    def forward(self, ids, targets, h0=None, c0=None, masks=None, loss_sum=None):
+        """Model.forward on the device. h0, c0 may be host or device arrays. With loss_sum (a
+        device float64 (1,) array), the window's mean loss is added to it there and nothing
+        comes back (returns None): the trainer reads it once per logging interval."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         targets = np.ascontiguousarray(targets, dtype=np.int32)
         T, B = ids.shape
@@ -103,17 +115,17 @@ class CudaModel:
         if ws is None or ws.xg.shape[0] != N or ws.hw.shape[0] != B:
             ws = self._ws = DeviceWorkspace(self.config, T, B, self.dtype)
         zh, zc = self.zero_state(B)
-        h0 = zh if h0 is None else np.asarray(h0, self.dtype)
-        c0 = zc if c0 is None else np.asarray(c0, self.dtype)
+        h0 = zh if h0 is None else h0 if _on_device(h0) else np.asarray(h0, self.dtype)
+        c0 = zc if c0 is None else c0 if _on_device(c0) else np.asarray(c0, self.dtype)
         d_ids = cuda.to_device(ids.reshape(N))
         d_targets = cuda.to_device(targets.reshape(N))
         d_masks = None if masks is None else cuda.to_device(
             np.ascontiguousarray(masks, self.dtype).reshape(L, N, H))
         self._window = (T, B, d_ids, d_targets, d_masks)
-        ws.loss.copy_to_device(np.zeros(1))
+        K.fill[1, 1](ws.loss, 0.0)
         if self.cell == K.JORDAN:
             self._jordan_forward(ws, T, B, d_ids, d_targets, d_masks, h0)
-            return float(ws.loss.copy_to_host()[0]) / N
+            return self._loss(ws, N, loss_sum)
         w = self.weights
         for layer in range(L):
             W_x, W_h, b = w[f"l{layer}.W_x"], w[f"l{layer}.W_h"], w[f"l{layer}.b"]
@@ -123,8 +135,8 @@ class CudaModel:
                 K.gemm(ws.xin[layer - 1], W_x, ws.xg)
                 K.add_bias[K.grid(ws.xg.size)](ws.xg, b)
             hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
-            hs[0].copy_to_device(np.ascontiguousarray(h0[layer]))
-            cs[0].copy_to_device(np.ascontiguousarray(c0[layer]))
+            hs[0].copy_to_device(_layer_of(h0, layer))
+            cs[0].copy_to_device(_layer_of(c0, layer))
             extra = self._extra(layer)
             if self.plan is not None:
                 K.layer_forward_persistent(self.cell, ws.xg, W_h, extra, hs, cs, acts, ws.hw,
@@ -144,7 +156,14 @@ class CudaModel:
         K.gemm(ws.xin[L - 1], w["out.W"], ws.logits)
         K.add_bias[K.grid(ws.logits.size)](ws.logits, w["out.b"])
         K.softmax_xent[K.grid(N)](ws.logits, d_targets, ws.probs, ws.loss)
-        return float(ws.loss.copy_to_host()[0]) / N
+        return self._loss(ws, N, loss_sum)
+
+    @staticmethod
+    def _loss(ws, N, loss_sum):
+        if loss_sum is None:
+            return float(ws.loss.copy_to_host()[0]) / N
+        K.accumulate_mean[1, 1](ws.loss, N, loss_sum)
+        return None
 
     def _gru_classic_step(self, ws, layer, t, B):
         H = self.config.hidden
@@ -159,7 +178,7 @@ class CudaModel:
         """One layer whose recurrent input is y_{t-1}: the output layer runs inside the loop."""
         H, w = self.config.hidden, self.weights
         ys, hs, hd = ws.hs[0], ws.acts[0], ws.xin[0]
-        ys[0].copy_to_device(np.ascontiguousarray(y0[0]))
+        ys[0].copy_to_device(_layer_of(y0, 0))
         for t in range(T):
             rows = slice(t * B, (t + 1) * B)
             K.gemm(ys[t], w["l0.W_h"], ws.gn)
@@ -178,7 +197,7 @@ class CudaModel:
         N = T * B
         hs, ys = ws.acts[0], ws.hs[0]
         dl, dA = ws.probs, ws.dX  # the step's probabilities become its logits' gradient
-        dy = cuda.to_device(np.ascontiguousarray(dyT[0]))
+        dy = cuda.to_device(np.ascontiguousarray(dyT[0]))  # once per window: jordan's y state
         for t in range(T - 1, -1, -1):
             rows = slice(t * B, (t + 1) * B)
             K.jordan_dlogits[K.grid(B)](ws.probs[rows], dy, d_targets[rows], 1.0 / N, dl[rows])
@@ -194,7 +213,14 @@ class CudaModel:
         K.gemm(ys[:T].reshape(N, V), dA, g["l0.W_h"], ta=1, accumulate=1)
         K.add_col_sums[K.grid(H)](dA, g["l0.b"])
         K.scatter_add_rows[K.grid(dA.size)](dA, d_ids, g["l0.W_x"])
-        return dy.copy_to_host()
+        return dy
+
+    def last_states(self):
+        """Device views (L of them, each (B, W)) of the final h and c of the last forward."""
+        ws = self._ws
+        T = ws.hs.shape[1] - 1
+        return ([ws.hs[layer, T] for layer in range(ws.hs.shape[0])],
+                [ws.cs[layer, T] for layer in range(ws.cs.shape[0])])
 
     def final_state(self):
         ws = self._ws
@@ -206,17 +232,23 @@ class CudaModel:
         T, B = self._window[:2]
         return self._ws.logits.copy_to_host().reshape(T, B, -1)
 
-    def backward(self, dhT=None, dcT=None):
+    def backward(self, dhT=None, dcT=None, initial_grads=True):
+        """Model.backward on the device; with initial_grads=False the gradients w.r.t. the
+        initial state stay there (returns None), so nothing comes back to the host."""
         T, B, d_ids, d_targets, d_masks = self._window
         L, H = self.config.layers, self.config.hidden
         N = T * B
         ws, w, g = self._ws, self.weights, self.grad_views
+        upstream = dhT is not None or dcT is not None  # else zero, set on the device
         zh, zc = self.zero_state(B)
         dhT = zh if dhT is None else np.asarray(dhT, self.dtype)
         dcT = zc if dcT is None else np.asarray(dcT, self.dtype)
         if self.cell == K.JORDAN:
             dh0, dc0 = self.zero_state(B)
-            dh0[0] = self._jordan_backward(ws, T, B, d_ids, d_targets, d_masks, dhT)
+            dy = self._jordan_backward(ws, T, B, d_ids, d_targets, d_masks, dhT)
+            if not initial_grads:
+                return None
+            dh0[0] = dy.copy_to_host()
             return dh0, dc0
         dlogits = ws.probs  # probs are not needed after this: reuse them for the gradient
         K.xent_grad[K.grid(dlogits.size)](ws.probs, d_targets, 1.0 / N, dlogits)
@@ -232,8 +264,12 @@ class CudaModel:
             W_h = w[f"l{layer}.W_h"]
             hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
             extra = self._extra(layer)
-            d_dh.copy_to_device(np.ascontiguousarray(dhT[layer]))
-            d_dc.copy_to_device(np.ascontiguousarray(dcT[layer]))
+            if upstream:
+                d_dh.copy_to_device(np.ascontiguousarray(dhT[layer]))
+                d_dc.copy_to_device(np.ascontiguousarray(dcT[layer]))
+            else:
+                K.fill[K.grid(B * H)](d_dh.reshape(B * H), 0.0)
+                K.fill[K.grid(B * H)](d_dc.reshape(B * H), 0.0)
             gru = self.cell == K.GRU
             if self.plan is not None:
                 K.layer_backward_persistent(self.cell, ws.dH, W_h, extra, hs, cs, acts, ws.dX,
@@ -247,8 +283,9 @@ class CudaModel:
                                                hs[t + 1], extra, acts[t], ws.dX[rows],
                                                ws.dHG[rows])
                 K.gemm(ws.dHG[rows] if gru else ws.dX[rows], W_h, d_dh, tb=1, accumulate=gru)
-            dh0[layer] = d_dh.copy_to_host()
-            dc0[layer] = d_dc.copy_to_host()
+            if initial_grads:
+                dh0[layer] = d_dh.copy_to_host()
+                dc0[layer] = d_dc.copy_to_host()
             dR = ws.dHG if gru else ws.drz if self.cell == K.GRU_CLASSIC else ws.dX
             K.gemm(hs[:T].reshape(N, H), dR, g[f"l{layer}.W_h"], ta=1, accumulate=1)
             if self.cell == K.GRU_CLASSIC:  # dW_hn = (r * h_prev)^T dn
@@ -265,6 +302,8 @@ class CudaModel:
             else:
                 K.gemm(ws.xin[layer - 1], ws.dX, g[f"l{layer}.W_x"], ta=1, accumulate=1)
                 K.gemm(ws.dX, w[f"l{layer}.W_x"], ws.dH, tb=1)
+        if not initial_grads:
+            return None
         if not self.config.has_cell_state:
             dc0[:] = 0
         return dh0, dc0

@@ -139,7 +139,7 @@ class Run:
             self._build(train_ids, opts, resume)
             if device == "cuda":
                 from .train_cuda import DeviceTrainer
-                self.gpu = DeviceTrainer(self.model, self.optimizer)
+                self.gpu = DeviceTrainer(self.model, self.optimizer, self.h, self.c)
         except BaseException:
             self.release()
             raise
@@ -278,43 +278,58 @@ class Run:
             limits.append(o.epochs * self.steps_per_epoch)
         return min(limits) if limits else None
 
-    def train_step(self) -> tuple[float, int]:
-        """One window: forward, backward, clip, Adam; advances the stream. Returns the loss and
-        the number of characters it trained on."""
+    def train_step(self) -> tuple[float | None, int]:
+        """One window: forward, backward, clip, Adam; advances the stream. Returns the loss
+        (None on the GPU, which keeps it until ``sync_loss``) and the number of characters it
+        trained on."""
         model = self.model
         x, y = window(self.streams, self.position, self.opts.seq_len)
         t = x.shape[0]
         masks = model.dropout_masks(self.rng, t, x.shape[1]) if self.opts.dropout > 0 else None
         if self.gpu is not None:
-            loss, norm = self.gpu.step(x, y, self.h, self.c, masks, self.opts.grad_clip)
+            self.gpu.step(x, y, masks, self.opts.grad_clip)
+            loss = None
         else:
             loss = model.forward(x, y, self.h, self.c, masks)
-            if math.isfinite(loss):
-                model.grads[:] = 0
-                model.backward()
-                norm = clip_grad_norm(model.grads, self.opts.grad_clip)
-                if math.isfinite(norm):
-                    self.optimizer.step(model.params, model.grads)
-        if not math.isfinite(loss):
-            raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopped "
-                                f"without saving it (try a lower --lr)")
-        if not math.isfinite(norm):
-            raise TrainingError(f"the gradients became {norm} at step {self.step + 1}; stopped "
-                                f"without saving them (try a lower --lr)")
+            if not math.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at step {self.step + 1}; stopped "
+                                    f"without saving it (try a lower --lr)")
+            model.grads[:] = 0
+            model.backward()
+            norm = clip_grad_norm(model.grads, self.opts.grad_clip)
+            if not math.isfinite(norm):
+                raise TrainingError(f"the gradients became {norm} at step {self.step + 1}; "
+                                    f"stopped without saving them (try a lower --lr)")
+            self.optimizer.step(model.params, model.grads)
         self.step += 1
         self.position += t
         if self.position >= self.streams.shape[0] - 1:  # epoch done: start the streams again from a clean state
             self.epoch += 1
             self.position = 0
             self.h, self.c = model.zero_state(x.shape[1])
-        else:
-            self.h, self.c = (self.gpu or model).final_state()
+            if self.gpu is not None:
+                self.gpu.reset_state()
+        elif self.gpu is None:
+            self.h, self.c = model.final_state()
         return loss, x.size
 
+    def sync_loss(self) -> None:
+        """Add the GPU's loss sum since the last call to loss_sum; a step whose loss or
+        gradient norm was not finite (its update was skipped on the device) stops the run."""
+        if self.gpu is None:
+            return
+        total, finite = self.gpu.take_loss()
+        if not finite:
+            raise TrainingError(f"the loss or the gradients became non-finite by step "
+                                f"{self.step}; stopped without saving them (try a lower --lr)")
+        self.loss_sum += total
+
     def host_model(self) -> Model:
-        """The model with the current weights on the host (copied back from the GPU)."""
+        """The model with the current weights (and the run its carried state and loss sum) on
+        the host, copied back from the GPU."""
         if self.gpu is not None:
-            self.gpu.pull()
+            self.sync_loss()
+            self.h, self.c = self.gpu.pull()
         return self.model
 
     def warm_up(self) -> None:
@@ -429,11 +444,13 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
         now = time.perf_counter()
         run.elapsed += now - t0
         seconds_since += now - t0
-        run.loss_sum += loss
+        if loss is not None:
+            run.loss_sum += loss
         run.loss_count += 1
         chars_since += chars
         log_now, eval_now = run.step % o.log_every == 0, run.step % o.eval_every == 0
         if log_now or eval_now:
+            run.sync_loss()
             record = {"step": run.step, "epoch": run.epoch,
                       "train_loss": run.loss_sum / run.loss_count, "lr": o.lr,
                       "chars_per_sec": chars_since / max(seconds_since, 1e-9),

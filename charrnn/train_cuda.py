@@ -1,9 +1,13 @@
-"""A training run's model and Adam state resident on the GPU (`charrnn train --device cuda`).
+"""A training run's model, Adam state and carried hidden state resident on the GPU
+(`charrnn train --device cuda`).
 
-The host copies in the Run (model.params, optimizer.m and .v) stay the checkpoint's source of
-truth: ``pull()`` brings the device state back before anything reads them (saving, validation,
-previews), ``push()`` sends it after a resume. The arithmetic is the CPU trainer's: the same
-loss, global-norm clipping (coefficient max_norm / (norm + 1e-6)) and torch's Adam.
+Nothing comes back to the host per step: the loss is summed on the device, the gradient norm
+feeds the clipping and Adam kernels there (a non-finite norm skips the update and raises a flag),
+and the trainer reads the loss sum and the flag once per logging interval (``take_loss``). The
+host copies in the Run (model.params, optimizer.m and .v, the carried state) stay the
+checkpoint's source of truth: ``pull()`` brings the device state back before anything reads
+them (saving, validation, previews). The arithmetic is the CPU trainer's: the same loss,
+global-norm clipping (coefficient max_norm / (norm + 1e-6)) and torch's Adam.
 """
 
 import math
@@ -18,51 +22,55 @@ from .optim import Adam
 
 
 class DeviceTrainer:
-    def __init__(self, model: Model, optimizer: Adam):
+    def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray):
         self.host_model, self.optimizer = model, optimizer
         self.model = CudaModel(model.config, params=model.params)
         self.m = cuda.to_device(optimizer.m)
         self.v = cuda.to_device(optimizer.v)
-        self._norm = cuda.to_device(np.zeros(1, np.float64))
+        self.h, self.c = cuda.to_device(h), cuda.to_device(c)  # (L, B, W), carried
+        self._norm_sq = cuda.to_device(np.zeros(1))
+        self._loss_sum = cuda.to_device(np.zeros(1))  # sum of the windows' mean losses
+        self._bad = cuda.to_device(np.zeros(1, np.int32))
 
-    def push(self) -> None:
-        """Host state -> device (after a resume)."""
-        self.model.params.copy_to_device(self.host_model.params)
-        self.m.copy_to_device(self.optimizer.m)
-        self.v.copy_to_device(self.optimizer.v)
-
-    def pull(self) -> None:
-        """Device state -> host (before a save, a validation or a preview)."""
+    def pull(self) -> tuple[np.ndarray, np.ndarray]:
+        """Device -> host: weights and Adam moments into the Run's arrays; returns the carried
+        state (h, c)."""
         self.model.params.copy_to_host(self.host_model.params)
         self.m.copy_to_host(self.optimizer.m)
         self.v.copy_to_host(self.optimizer.v)
+        return self.h.copy_to_host(), self.c.copy_to_host()
 
-    def step(self, x, y, h, c, masks, grad_clip: float) -> tuple[float, float]:
-        """Forward, backward, clip and Adam on the device; returns (loss, gradient norm).
-        Nothing is updated when either is not finite."""
+    def take_loss(self) -> tuple[float, bool]:
+        """(sum of the mean losses since the last call, whether every step was finite)."""
+        total = float(self._loss_sum.copy_to_host()[0])
+        finite = not self._bad.copy_to_host()[0] and math.isfinite(total)
+        K.fill[1, 1](self._loss_sum, 0.0)
+        return total, finite
+
+    def reset_state(self) -> None:
+        """A new epoch: the streams start again from a zero state."""
+        K.fill[K.grid(self.h.size)](self.h.reshape(self.h.size), 0.0)
+        K.fill[K.grid(self.c.size)](self.c.reshape(self.c.size), 0.0)
+
+    def step(self, x, y, masks, grad_clip: float) -> None:
+        """Forward, backward, clip and Adam on the device; the final state carries over."""
         model = self.model
-        loss = model.forward(x, y, h, c, masks)
-        if not math.isfinite(loss):
-            return loss, math.nan
+        model.forward(x, y, self.h, self.c, masks, loss_sum=self._loss_sum)
         grads = model.grads
         K.fill[K.grid(grads.size)](grads, 0.0)
-        model.backward()
-        self._norm.copy_to_device(np.zeros(1))
-        K.sum_squares[K.grid(min(grads.size, 64 * K.BLOCK))](grads, self._norm)
-        norm = math.sqrt(float(self._norm.copy_to_host()[0]))
-        if not math.isfinite(norm):
-            return loss, norm
-        coef = grad_clip / (norm + 1e-6)
-        if coef < 1.0:
-            K.scale[K.grid(grads.size)](grads, coef)
+        model.backward(initial_grads=False)
+        K.fill[1, 1](self._norm_sq, 0.0)
+        K.sum_squares[K.grid(min(grads.size, 64 * K.BLOCK))](grads, self._norm_sq)
+        K.clip_by_norm[K.grid(grads.size)](grads, self._norm_sq, grad_clip)
+        K.note_nonfinite[1, 1](self._norm_sq, self._loss_sum, self._bad)
         opt = self.optimizer
         opt.steps += 1
         beta1, beta2 = opt.betas
         K.adam_step[K.grid(grads.size)](model.params, grads, self.m, self.v,
                                         opt.lr / (1.0 - beta1 ** opt.steps),
                                         math.sqrt(1.0 - beta2 ** opt.steps), beta1, beta2,
-                                        opt.eps)
-        return loss, norm
-
-    def final_state(self):
-        return self.model.final_state()
+                                        opt.eps, self._norm_sq)
+        hs, cs = model.last_states()
+        for layer in range(self.h.shape[0]):  # device to device
+            self.h[layer].copy_to_device(hs[layer])
+            self.c[layer].copy_to_device(cs[layer])

@@ -101,7 +101,8 @@ def gemm(A, B, C, ta=0, tb=0, accumulate=0):
 
 @cuda.jit(device=True, inline=True)
 def _sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
+    # through tanh, as the CPU kernels: no overflow for large |x| (exp would, in the simulator)
+    return 0.5 + 0.5 * math.tanh(0.5 * x)
 
 
 @_kernel(f"void({F2}, {F1}, int32[:], {F2})")
@@ -570,6 +571,13 @@ def softmax_xent(logits, targets, probs, loss):
         cuda.atomic.add(loss, 0, math.log(s) + m - logits[n, targets[n]])
 
 
+@_kernel("void(float64[:], int64, float64[:])")
+def accumulate_mean(loss, n, total):
+    """total[0] += loss[0] / n (one thread): a window's mean loss kept on the device."""
+    if cuda.grid(1) == 0:
+        total[0] += loss[0] / n
+
+
 @_kernel(f"void({F2}, int32[:], float64, {F2})")
 def xent_grad(probs, targets, inv_n, dlogits):
     """dlogits = (softmax - onehot(target)) * inv_n."""
@@ -601,6 +609,7 @@ def sum_squares(x, out):
 
 @_kernel(f"void({F1}, float64)")
 def fill(x, value):
+    """x[:] = value (any dtype; the signature is float32's)."""
     i = cuda.grid(1)
     if i < x.size:
         x[i] = value
@@ -613,12 +622,33 @@ def scale(x, coef):
         x[i] *= coef
 
 
-@_kernel(f"void({F1}, {F1}, {F1}, {F1}, float64, float64, float64, float64, float64)")
-def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps):
-    """One Adam update with the arithmetic of torch.optim.Adam (as kernels/cpu.adam_step);
-    step_size = lr / (1 - beta1**step)."""
+@_kernel(f"void({F1}, float64[:], float64)")
+def clip_by_norm(grads, norm_sq, max_norm):
+    """grads *= max_norm / (norm + 1e-6) when that is below 1 (torch's clip_grad_norm_), with
+    the squared norm from sum_squares still on the device. A non-finite norm scales nothing."""
     i = cuda.grid(1)
-    if i < params.size:
+    if i < grads.size:
+        coef = max_norm / (math.sqrt(norm_sq[0]) + 1e-6)
+        if coef < 1.0:
+            grads[i] *= coef
+
+
+@_kernel("void(float64[:], float64[:], int32[:])")
+def note_nonfinite(norm_sq, loss, flag):
+    """flag[0] = 1 once the gradient norm or the running loss is not finite (one thread)."""
+    if cuda.grid(1) == 0:
+        if not (math.isfinite(norm_sq[0]) and math.isfinite(loss[0])):
+            flag[0] = 1
+
+
+@_kernel(f"void({F1}, {F1}, {F1}, {F1}, float64, float64, float64, float64, float64, "
+         f"float64[:])")
+def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, norm_sq):
+    """One Adam update with the arithmetic of torch.optim.Adam (as kernels/cpu.adam_step);
+    step_size = lr / (1 - beta1**step). Skipped when the gradient norm is not finite, so a bad
+    step never reaches the weights (the trainer reports it at its next read-back)."""
+    i = cuda.grid(1)
+    if i < params.size and math.isfinite(norm_sq[0]):
         g = grads[i]
         m[i] += (1.0 - beta1) * (g - m[i])
         v[i] = v[i] * beta2 + (1.0 - beta2) * g * g

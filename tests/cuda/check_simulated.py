@@ -104,13 +104,20 @@ def test_adam_and_clipping_match_the_cpu():
     K.sum_squares[4, K.BLOCK](d[1], total)
     gpu_norm = float(np.sqrt(total.copy_to_host()[0]))
     assert abs(gpu_norm - norm) < 1e-12 * norm
-    K.scale[K.grid(n)](d[1], 1.5 / (gpu_norm + 1e-6))
+    K.clip_by_norm[K.grid(n)](d[1], total, 1.5)
     step, lr, b1, b2, eps = 3, 2e-3, 0.9, 0.999, 1e-8
     C.adam_step(params, grads, m, v, step, lr, b1, b2, eps)
     K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], lr / (1 - b1 ** step),
-                           np.sqrt(1 - b2 ** step), b1, b2, eps)
+                           np.sqrt(1 - b2 ** step), b1, b2, eps, total)
     for host, dev in zip((params, grads, m, v), d):
         np.testing.assert_allclose(dev.copy_to_host(), host, rtol=1e-12, atol=1e-15)
+    # a non-finite norm: no clipping arithmetic, no update, and the flag goes up
+    before = d[0].copy_to_host()
+    bad_norm, flag = cuda.to_device(np.array([np.nan])), cuda.to_device(np.zeros(1, np.int32))
+    K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], 1e-3, 1.0, b1, b2, eps, bad_norm)
+    np.testing.assert_array_equal(d[0].copy_to_host(), before)
+    K.note_nonfinite[1, 1](bad_norm, cuda.to_device(np.zeros(1)), flag)
+    assert flag.copy_to_host()[0] == 1
 
 
 def train_cli(tmp_path, device, corpus):
@@ -169,3 +176,22 @@ def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top
         texts[device] = pieces
     assert texts["cuda"] == texts["cpu"]
     assert all(len(t) == 2 + 12 for t in texts["cpu"])
+
+
+def test_a_diverging_cuda_run_stops_in_one_line_and_saves_nothing_bad(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 20)
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--device",
+                          "cuda", "--out", str(out), "--hidden", "4", "--layers", "1",
+                          "--batch-size", "2", "--seq-len", "3", "--max-steps", "3",
+                          "--eval-every", "1", "--lr", "1e38"], capture_output=True, text=True)
+    assert run.returncode == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("charrnn: error:"), last
+    assert any(word in last for word in ("non-finite", "nan", "inf")), last
+    from charrnn import checkpoint
+    for name in ("latest.npz", "best.npz"):
+        if (out / name).exists():
+            assert np.all(np.isfinite(checkpoint.load(out / name).params))
