@@ -275,7 +275,7 @@ def sample(
     sep = unescape(separator, "--separator")
     net, vocab, _ = _load_model(model)
     from . import device as devices
-    chosen = devices.resolve(device, net.config.cell, devices.CUDA_SAMPLER_CELLS)
+    chosen = devices.resolve(device, net.config.cell)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     if chosen == "cuda":
         say(f"sampling on CUDA: {devices.gpu_name()}")

@@ -9,10 +9,9 @@ import os
 from pathlib import Path
 
 
-# the cells with CUDA kernels (all of them; the sampler covers the gate-style ones)
+# the cells with CUDA kernels: all of them
 CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic",
               "jordan")
-CUDA_SAMPLER_CELLS = CUDA_CELLS[:6]  # the sampler kernel runs the gate-style cells
 
 
 DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # /dev/dxg: WSL

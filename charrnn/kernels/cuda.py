@@ -717,6 +717,88 @@ def _draw(logits, temperature, top_k, top_p, u, probs, taken):
     return best
 
 
+@cuda.jit(device=True)
+def _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads):
+    """One layer of one step for stream b, by the threads of its block: the gate products
+    (input side into xg, recurrent side into hw), a barrier, the cell update of h, c."""
+    L, B, H = h.shape
+    GH = xg.shape[1]
+    s = 4 * layer
+    W_x, W_h = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
+    bias, extra = params[offs[s + 2]:offs[s + 3]], params[offs[s + 3]:offs[s + 4]]
+    GH_h = W_h.size // H  # the classic GRU's W_h has only the r, z columns
+    for k in range(tid, GH, nthreads):
+        a = bias[k]
+        if layer == 0:
+            a += W_x[xt * GH + k]
+        else:
+            for i in range(H):
+                a += h[layer - 1, b, i] * W_x[i * GH + k]
+        r = a - a
+        if k < GH_h:
+            for i in range(H):
+                r += h[layer, b, i] * W_h[i * GH_h + k]
+        xg[b, k] = a
+        hw[b, k] = r
+    cuda.syncthreads()  # every gate product is in before any unit changes h
+    if cell == GRU_CLASSIC:
+        for j in range(tid, H, nthreads):  # r and z; r * h_prev into hw's n block
+            r = _sigmoid(xg[b, j] + hw[b, j])
+            xg[b, H + j] = _sigmoid(xg[b, H + j] + hw[b, H + j])  # z, in place
+            hw[b, 2 * H + j] = r * h[layer, b, j]
+        cuda.syncthreads()
+        for j in range(tid, H, nthreads):  # n through W_hn, then h
+            gn = hw[b, 0] - hw[b, 0]
+            for i in range(H):
+                gn += hw[b, 2 * H + i] * extra[i * H + j]
+            nn = math.tanh(xg[b, 2 * H + j] + gn)
+            hp = h[layer, b, j]
+            h[layer, b, j] = hp + xg[b, H + j] * (nn - hp)
+        cuda.syncthreads()
+        return
+    for j in range(tid, H, nthreads):
+        hj, cj, a0, a1, a2, a3, a4 = _cell_unit(cell, xg[b], hw[b], extra, h[layer, b, j],
+                                                c[layer, b, j], j, H)
+        h[layer, b, j] = hj
+        c[layer, b, j] = cj
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _jordan_sample_step(params, offs, xt, y, hid, logits, b, tid, nthreads):
+    """One step of the Jordan network for stream b: hid[b] (H,) = tanh(W_x[x] + y @ W_h + b),
+    its logits, and the new state y[0, b] = their softmax (thread 0)."""
+    V = logits.shape[1]
+    H = hid.shape[1]
+    W_x, W_h = params[offs[0]:offs[1]], params[offs[1]:offs[2]]
+    bias = params[offs[2]:offs[3]]
+    W_y, b_y = params[offs[4]:offs[5]], params[offs[5]:offs[6]]
+    for j in range(tid, H, nthreads):
+        a = bias[j] + W_x[xt * H + j]
+        for k in range(V):
+            a += y[0, b, k] * W_h[k * H + j]
+        hid[b, j] = math.tanh(a)
+    cuda.syncthreads()
+    for k in range(tid, V, nthreads):
+        a = b_y[k]
+        for j in range(H):
+            a += hid[b, j] * W_y[j * V + k]
+        logits[b, k] = a
+    cuda.syncthreads()
+    if tid == 0:
+        m = logits[b, 0]
+        for k in range(1, V):
+            m = max(m, logits[b, k])
+        total = m - m
+        for k in range(V):
+            e = math.exp(logits[b, k] - m)
+            y[0, b, k] = e
+            total += e
+        for k in range(V):
+            y[0, b, k] /= total
+    cuda.syncthreads()
+
+
 @_kernel(f"void(int64, {F1}, int64[:], int32[:], float32[:, :, :], float32[:, :, :], "
          f"int32[:, :], int64, float64, int64, float64, float64[:, :], int32[:, :], {F2}, "
          f"{F2}, {F2}, float64[:, :], int32[:, :])")
@@ -736,39 +818,23 @@ def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, to
     n = feed_ids.shape[0] if feeding else out.shape[0]
     for t in range(n):
         xt = feed_ids[t, b] if feeding else x[b]
-        for layer in range(L):
-            s = 4 * layer
-            W_x, W_h = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
-            bias, extra = params[offs[s + 2]:offs[s + 3]], params[offs[s + 3]:offs[s + 4]]
-            for k in range(tid, GH, nthreads):
-                a = bias[k]
-                if layer == 0:
-                    a += W_x[xt * GH + k]
-                else:
-                    for i in range(H):
-                        a += h[layer - 1, b, i] * W_x[i * GH + k]
-                r = a - a
+        if cell == JORDAN:  # the state is y; the output layer is part of the step
+            _jordan_sample_step(params, offs, xt, h, xg, logits, b, tid, nthreads)
+        else:
+            for layer in range(L):
+                _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads)
+            if feeding:
+                continue
+            s = 4 * L
+            W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
+            for k in range(tid, V, nthreads):
+                a = b_y[k]
                 for i in range(H):
-                    r += h[layer, b, i] * W_h[i * GH + k]
-                xg[b, k] = a
-                hw[b, k] = r
-            cuda.syncthreads()  # every gate product is in before any unit changes h
-            for j in range(tid, H, nthreads):
-                hj, cj, a0, a1, a2, a3, a4 = _cell_unit(cell, xg[b], hw[b], extra, h[layer, b, j],
-                                                        c[layer, b, j], j, H)
-                h[layer, b, j] = hj
-                c[layer, b, j] = cj
+                    a += h[L - 1, b, i] * W_y[i * V + k]
+                logits[b, k] = a
             cuda.syncthreads()
         if feeding:
             continue
-        s = 4 * L
-        W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
-        for k in range(tid, V, nthreads):
-            a = b_y[k]
-            for i in range(H):
-                a += h[L - 1, b, i] * W_y[i * V + k]
-            logits[b, k] = a
-        cuda.syncthreads()
         if tid == 0:
             nxt = _draw(logits[b], temperature, top_k, top_p, uniforms[t, b], probs[b], taken[b])
             x[b] = nxt

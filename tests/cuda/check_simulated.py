@@ -156,14 +156,17 @@ def test_train_on_cuda_gives_the_cpu_run_and_the_same_checkpoint_format(tmp_path
     assert [r["step"] for r in history if "train_loss" in r] == [1, 2]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 0, 1.0), (1.0, 3, 0.9), (0.0, 0, 1.0)])
+@pytest.mark.parametrize("cell, temperature, top_k, top_p", [
+    ("lstm", 0.8, 0, 1.0), ("lstm", 1.0, 3, 0.9), ("lstm", 0.0, 0, 1.0), ("gru", 0.8, 0, 1.0),
+    ("gru", 1.0, 3, 0.9), ("gru-classic", 0.8, 0, 1.0), ("jordan", 0.8, 0, 1.0),
+    ("lstm-peephole", 1.0, 2, 1.0), ("irnn", 0.8, 0, 0.8)])
 def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top_p):
     from charrnn.sample import SampleOptions, generate
     from charrnn.tokenizer import Vocab
     vocab = Vocab.from_text("abcdefg \n")
     rng = np.random.default_rng(3)
-    config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=2, hidden=5)
+    config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=1 if cell == "jordan" else 2,
+                         hidden=5)
     model = Model(config, dtype=np.float64)
     model.params[:] = rng.normal(0, 1.0, model.params.size)  # peaked: several ids matter
     opts = SampleOptions(length=12, temperature=temperature, top_k=top_k, top_p=top_p,
