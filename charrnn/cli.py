@@ -111,6 +111,8 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps. [default: 200]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews. [default: 0]")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 10% of --lr at the end of the budget) or constant. [default: cosine]")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations without a better loss; 0: never. [default: 5]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<corpus name>, numbered if taken]")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
@@ -124,7 +126,7 @@ def train(
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
-                 save_every=save_every, seed=seed)
+                 save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience)
     if cell is not None and cell not in CELL_NAMES:
         raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
     if cell == "jordan" and layers is None:
@@ -379,7 +381,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Model configuration, size, vocabulary and training history."""
-    from .report import loss_text
+    from .report import curve_lines, loss_text
 
     net, vocab, ck = _load_model(model)
     t = ck.train
@@ -396,6 +398,9 @@ def info(
              f"vocabulary  {len(vocab)} characters: {vocab.chars!r}",
              f"trained     {t.get('step', 0)} steps, {t.get('epoch', 0)} epochs",
              f"best val    {loss_text(t.get('best_val_loss'))}"]
+    curve = curve_lines(result["history"])
+    if curve:
+        lines += ["learning curve (loss at each validation)", *curve, "last validations"]
     for h in result["history"][-10:]:
         lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
                      f"val {loss_text(h.get('val_loss'))}")

@@ -109,18 +109,40 @@ class ParamLayout:
         return out
 
 
+def orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random (n, n) orthogonal matrix, uniformly distributed (QR of a Gaussian matrix with
+    the signs of R's diagonal folded into Q)."""
+    q, r = np.linalg.qr(rng.normal(size=(n, n)))
+    return q * np.sign(np.diag(r))
+
+
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
-    """PyTorch's default initialisation: every recurrent weight and bias ~ U(-1/sqrt(H), 1/sqrt(H));
-    the output layer (an nn.Linear from H) ~ U(-1/sqrt(H), 1/sqrt(H)) as well. IRNN: recurrent
-    matrices the identity and biases zero (Le, Jaitly & Hinton, 2015)."""
+    """Input and output weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)), PyTorch's default; each
+    gate's (H, H) block of the recurrent matrices orthogonal, so the recurrence neither shrinks
+    nor grows a state at the start (Saxe et al., 2014); the LSTMs' forget-gate bias 1, so they
+    remember by default (Jozefowicz et al., 2015). IRNN: recurrent matrices the identity and
+    biases zero (Le, Jaitly & Hinton, 2015). Jordan's recurrent matrix (V, H) keeps the uniform
+    default."""
     layout = ParamLayout(config)
-    bound = 1.0 / np.sqrt(config.hidden)
+    H = config.hidden
+    bound = 1.0 / np.sqrt(H)
     flat = rng.uniform(-bound, bound, layout.size).astype(dtype)
-    if config.cell == "irnn":
-        views = layout.views(flat)
-        for layer in range(config.layers):
-            views[f"l{layer}.W_h"][:] = np.eye(config.hidden)
-            views[f"l{layer}.b"][:] = 0
+    views = layout.views(flat)
+    for layer in range(config.layers):
+        W_h, b = views[f"l{layer}.W_h"], views[f"l{layer}.b"]
+        if config.cell == "irnn":
+            W_h[:] = np.eye(H)
+            b[:] = 0
+            continue
+        if config.cell == "jordan":
+            continue
+        for g in range(W_h.shape[1] // H):
+            W_h[:, g * H:(g + 1) * H] = orthogonal(rng, H)
+        if config.cell == "gru-classic":
+            views[f"l{layer}.W_hn"][:] = orthogonal(rng, H)
+        forget = {"lstm": 1, "lstm-peephole": 1, "lstm-coupled": 0}.get(config.cell)
+        if forget is not None:  # gate blocks: i, f, g, o (coupled: f, g, o)
+            b[forget * H:(forget + 1) * H] = 1.0
     return flat
 
 

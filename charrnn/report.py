@@ -35,6 +35,44 @@ def loss_text(nats: float | None) -> str:
     return f"{nats:.4f} nats ({nats / LN2:.3f} bits)"
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 48, low: float | None = None,
+              high: float | None = None) -> str:
+    """values as a row of block characters, one per value (evenly thinned to at most width),
+    from the lowest (▁) to the highest (█) on the scale low..high (default: their own range)."""
+    if len(values) > width:
+        values = [values[round(i * (len(values) - 1) / (width - 1))] for i in range(width)]
+    low = min(values) if low is None else low
+    high = max(values) if high is None else high
+    span = (high - low) or 1.0
+    top = len(SPARKS) - 1
+    return "".join(SPARKS[max(0, min(top, round((v - low) / span * top)))] for v in values)
+
+
+def curve_lines(history: list[dict]) -> list[str]:
+    """The learning curve of a run's validations: train and validation loss as sparklines on one
+    shared scale, each with its first and last value, and where the best validation was."""
+    rows = [(name, [h[key] for h in history if h.get(key) is not None])
+            for name, key in (("train", "train_loss"), ("val", "val_loss"))]
+    rows = [(name, v) for name, v in rows if v]
+    if not rows or max(len(v) for _, v in rows) < 2:
+        return []
+    low = min(min(v) for _, v in rows)
+    high = max(max(v) for _, v in rows)
+    lines = []
+    for name, v in rows:
+        lines.append(f"  {name:<5} {sparkline(v, low=low, high=high)}  "
+                     f"{v[0]:.3f} -> {v[-1]:.3f} nats")
+    vals = [h for h in history if h.get("val_loss") is not None]
+    if vals:
+        best = min(vals, key=lambda h: h["val_loss"])
+        lines.append(f"  best validation {best['val_loss']:.4f} nats at step {best['step']}, "
+                     f"over {len(vals)} validations to step {history[-1]['step']}")
+    return lines
+
+
 def step_text(metrics: dict, total: int | None) -> str:
     of = f"/{total}" if total else ""
     parts = [f"step {metrics['step']}{of}", f"epoch {metrics['epoch']}"]

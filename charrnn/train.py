@@ -51,6 +51,8 @@ class TrainOptions:
     log_every: int = 10
     seed: int = 0
     preview_chars: int = 200
+    lr_schedule: str = "cosine"  # or "constant"
+    patience: int = 5  # evaluations without a better validation loss before stopping; 0: never
 
     def __post_init__(self):
         positive = ["layers", "hidden", "seq_len", "batch_size", "eval_every", "save_every",
@@ -73,9 +75,34 @@ class TrainOptions:
             raise ValueError("--grad-clip must be positive")
         if self.preview_chars < 0:
             raise ValueError("preview length must be >= 0")
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}")
+        if self.patience < 0:
+            raise ValueError("--patience must be >= 0")
         if self.cell == "jordan" and self.layers != 1:
             raise ValueError("--cell jordan has one layer (its recurrence runs through the "
                              "output): use --layers 1")
+
+
+SCHEDULES = ("cosine", "constant")
+WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
+FINAL_LR_FRACTION = 0.1
+
+
+def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
+                 progress: float) -> float:
+    """The learning rate of step `step` (from 0) in a run that has used `progress` (0 to 1) of its
+    budget (the larger of the steps and the --minutes used, so the decay ends with whichever
+    budget ends first): a linear warm-up over the first 2% of the steps (at most 100), times a
+    cosine decay from --lr to 10% of it at the end of the budget."""
+    if opts.lr_schedule == "constant":
+        return opts.lr
+    warmup = MAX_WARMUP_STEPS if total_steps is None else \
+        max(1, min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * total_steps)))
+    ramp = min(1.0, (step + 1) / warmup)
+    low = FINAL_LR_FRACTION * opts.lr
+    decay = low + 0.5 * (opts.lr - low) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return ramp * decay
 
 
 # options that shape the model or the data stream: a resumed run must keep them
@@ -190,6 +217,7 @@ class Run:
         self.best_val = math.inf
         self.loss_sum, self.loss_count = 0.0, 0
         self.history: list[dict] = []
+        self.started = None  # perf_counter() when this invocation's loop began (--minutes)
         self._warm = False
         if resume is not None:
             self._restore(resume)
@@ -269,6 +297,23 @@ class Run:
             return f"used the --minutes {o.minutes:g} budget"
         return None
 
+    def learning_rate(self) -> float:
+        """This step's learning rate under --lr-schedule (see scheduled_lr)."""
+        total = self.total_steps()
+        progress = self.step / total if total else 0.0
+        if self.opts.minutes is not None and self.started is not None:
+            used = (time.perf_counter() - self.started) / (self.opts.minutes * 60)
+            progress = max(progress, used)
+        return scheduled_lr(self.opts, self.step, total, progress)
+
+    def evals_without_improvement(self) -> int:
+        """Validations since the best one (0 when the last was the best)."""
+        vals = [h["val_loss"] for h in self.history if h.get("val_loss") is not None]
+        if not vals:
+            return 0
+        best = min(range(len(vals)), key=lambda i: (vals[i], -i))  # the last of equal minima
+        return len(vals) - 1 - best
+
     def total_steps(self) -> int | None:
         o = self.opts
         limits = []
@@ -285,6 +330,7 @@ class Run:
         model = self.model
         x, y = window(self.streams, self.position, self.opts.seq_len)
         t = x.shape[0]
+        self.optimizer.lr = self.learning_rate()
         masks = model.dropout_masks(self.rng, t, x.shape[1]) if self.opts.dropout > 0 else None
         if self.gpu is not None:
             self.gpu.step(x, y, masks, self.opts.grad_clip)
@@ -427,13 +473,14 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
 
 def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -> dict:
     o = run.opts
-    started = time.perf_counter()
+    started = run.started = time.perf_counter()
     step0 = run.step
+    early = None  # why validation stopped the run early
     chars_since, seconds_since = 0, 0.0  # training work since the last log: chars/s
     stopped_by = None
     evaluated_at = saved_at = None
     while True:
-        stopped_by = run.stop_reason(started)
+        stopped_by = run.stop_reason(started) or early
         if stopped_by:
             break
         if should_stop():
@@ -452,7 +499,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
         if log_now or eval_now:
             run.sync_loss()
             record = {"step": run.step, "epoch": run.epoch,
-                      "train_loss": run.loss_sum / run.loss_count, "lr": o.lr,
+                      "train_loss": run.loss_sum / run.loss_count, "lr": run.optimizer.lr,
                       "chars_per_sec": chars_since / max(seconds_since, 1e-9),
                       "elapsed_s": run.elapsed}
             run.loss_sum, run.loss_count = 0.0, 0
@@ -460,6 +507,9 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
             if eval_now:
                 record["val_loss"] = _evaluate(run, record)
                 evaluated_at = run.step
+                if o.patience and run.evals_without_improvement() >= o.patience:
+                    early = (f"no better validation loss in {o.patience} evaluations "
+                             f"(early stop)")
             _write_metrics(metrics_path, record)
             reporter.step(record)
             if record.get("val_loss") is not None:

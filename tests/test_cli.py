@@ -32,8 +32,10 @@ from charrnn.synthetic import MarkovSource
 ERROR = "charrnn: error: "
 ALPHABET = "abcé \n"  # a non-ASCII letter (two bytes in UTF-8) and a newline
 CORPUS_CHARS = 5000
+# a constant learning rate: these runs check resuming with a larger budget, which a
+# budget-aware schedule would (rightly) change
 TRAIN_ARGS = ["--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16",
-              "--eval-every", "10", "--save-every", "10"]
+              "--eval-every", "10", "--save-every", "10", "--lr-schedule", "constant"]
 SUBPROCESS_TIMEOUT = 300  # generous: a cold numba cache compiles the model first
 
 
@@ -498,3 +500,33 @@ def test_resume_with_the_budget_used_up_says_so(trained, tmp_path, monkeypatch, 
                                "--resume")
     line = assert_one_line_error(code, out, err, 2, mentions=["--max-steps"])
     assert "already" in line
+
+
+def test_info_draws_the_learning_curve(trained):
+    ck = ckpt_io.load(trained.run / "best.npz")
+    history = ck.train["history"]
+    code, out, err = run_cli("info", trained.run)
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    val_line = next(line for line in lines if line.strip().startswith("val "))
+    train_line = next(line for line in lines if line.strip().startswith("train "))
+    spark = val_line.split()[1]
+    assert len(spark) == len(history) and set(spark) <= set("▁▂▃▄▅▆▇█")
+    # on the shared scale the lowest point of either curve is the bottom block
+    vals = [h["val_loss"] for h in history]
+    trains = [h["train_loss"] for h in history]
+    lowest = min(vals + trains)
+    assert ("▁" in spark) == (min(vals) == lowest)
+    assert f"{vals[0]:.3f} -> {vals[-1]:.3f}" in val_line
+    assert f"{trains[0]:.3f} -> {trains[-1]:.3f}" in train_line
+    best = min(history, key=lambda h: h["val_loss"])
+    assert f"at step {best['step']}" in out
+
+
+def test_sparkline_scales_and_thins():
+    from charrnn.report import sparkline
+    assert sparkline([0, 1, 2, 3, 4, 5, 6, 7]) == "▁▂▃▄▅▆▇█"
+    assert sparkline([5, 5, 5]) == "▁▁▁"
+    thinned = sparkline(list(range(100)), width=10)
+    assert len(thinned) == 10 and thinned[0] == "▁" and thinned[-1] == "█"
+    assert sparkline([1.0, 2.0], low=0.0, high=3.5) == "▃▅"

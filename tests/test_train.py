@@ -22,7 +22,7 @@ class Recorder:
 
 
 SMALL = dict(hidden=16, layers=2, seq_len=16, batch_size=4, eval_every=10, save_every=10,
-             log_every=5, preview_chars=20, dropout=0.2)
+             log_every=5, preview_chars=20, dropout=0.2, lr_schedule="constant", patience=0)
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,47 @@ def test_resume_refuses_another_corpus_and_malformed_state(corpus, tmp_path):
     ck.arrays["adam.m"] = ck.arrays["adam.m"][:1]
     with pytest.raises(ckpt_io.CheckpointError, match="adam.m"):
         Run(corpus, tmp_path / "r", opts, resume=ck)
+
+
+# ---------------------------------------------------------------------------------------------
+# the learning-rate schedule and early stopping
+
+
+def test_the_schedule_warms_up_then_decays_to_a_tenth_at_the_end_of_the_budget():
+    from charrnn.train import scheduled_lr
+    opts = TrainOptions(lr=1e-2)
+    total = 1000  # warm-up: 2% = 20 steps
+    lrs = [scheduled_lr(opts, s, total, s / total) for s in range(total)]
+    assert lrs[0] == pytest.approx(1e-2 / 20, rel=0.01)
+    assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))  # rising through the warm-up
+    assert max(lrs) <= 1e-2 and max(lrs) > 0.99e-2
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))  # then never rising
+    assert scheduled_lr(opts, total, total, 1.0) == pytest.approx(1e-3)
+    # a --minutes budget decays by the time used even when the steps are far from their limit
+    assert scheduled_lr(opts, 500, 10**6, 1.0) == pytest.approx(1e-3)
+    assert scheduled_lr(TrainOptions(lr=1e-2, lr_schedule="constant"), 7, total, 0.5) == 1e-2
+
+
+def test_a_resumed_run_under_the_schedule_equals_the_straight_one(corpus, tmp_path):
+    opts = dict(lr_schedule="cosine")
+    straight, _, _ = run_steps(corpus, tmp_path / "straight", 20, **opts)
+    run = Run(corpus, tmp_path / "split", TrainOptions(**{**SMALL, "max_steps": 20, **opts}))
+    train(run, Recorder(), should_stop=lambda: run.step >= 12)
+    resumed, _, _ = run_steps(corpus, tmp_path / "split", 20,
+                              resume=ckpt_io.load(tmp_path / "split" / "latest.npz"))
+    assert np.array_equal(resumed.model.params, straight.model.params)
+    lrs = [r["lr"] for r in metrics(tmp_path / "straight") if "lr" in r]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 0.5 * lrs[0], lrs  # it decayed
+
+
+def test_early_stop_when_validation_stops_improving(tmp_path):
+    corpus = tmp_path / "shift.txt"  # the held-out end is text the training part never shows
+    corpus.write_text("ab" * 1800 + "cd" * 200)
+    rec = Recorder()
+    run = Run(corpus, tmp_path / "run", TrainOptions(**{**SMALL, "patience": 2, "lr": 1e-2}))
+    summary = train(run, rec)
+    assert "early stop" in summary["stopped_by"], summary
+    vals = [h["val_loss"] for h in run.history]
+    assert len(vals) >= 3 and min(vals) < min(vals[-2:])  # two evaluations past the best
+    best = ckpt_io.load(tmp_path / "run" / "best.npz")
+    assert best.train["best_val_loss"] == min(vals)
