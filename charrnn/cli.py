@@ -101,14 +101,14 @@ def train(
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams. [default: 64]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate. [default: 0.002]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine). [default: 0.004]")] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output. [default: 0]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip. [default: 5]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text. [default: 10]")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text. [default: 10, or no limit with --minutes]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones).")] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation).")] = None,
     val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation. [default: 0.1]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200, or once an epoch if sooner]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps. [default: 200]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews. [default: 0]")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 10% of --lr at the end of the budget) or constant. [default: cosine]")] = None,
@@ -163,6 +163,8 @@ def train(
             opts = TrainOptions(**{k: v for k, v in given.items() if v is not None})
         except ValueError as e:
             raise UsageProblem(str(e)) from None
+        if minutes is not None and epochs is None:
+            opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
     chosen = devices.resolve(device, opts.cell)
     if chosen == "cuda" and not quiet:

@@ -117,7 +117,10 @@ def orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
-    """Input and output weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)), PyTorch's default; each
+    """Weights and biases ~ U(-1/sqrt(H), 1/sqrt(H)), PyTorch's default, except: layer 0's input
+    rows ~ U(-1, 1), the variance an embedding (N(0, 1)) times PyTorch's input matrix gives
+    each pre-activation, where one-hot rows at the default scale start 16x weaker at H = 256
+    and learnt far slower (tinyshakespeare, 200 steps: 2.00 against 2.39 nats); each
     gate's (H, H) block of the recurrent matrices orthogonal, so the recurrence neither shrinks
     nor grows a state at the start (Saxe et al., 2014); the LSTMs' forget-gate bias 1, so they
     remember by default (Jozefowicz et al., 2015). IRNN: recurrent matrices the identity and
@@ -128,6 +131,8 @@ def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32)
     bound = 1.0 / np.sqrt(H)
     flat = rng.uniform(-bound, bound, layout.size).astype(dtype)
     views = layout.views(flat)
+    W_x0 = views["l0.W_x"]
+    W_x0[:] = rng.uniform(-1.0, 1.0, W_x0.shape)
     for layer in range(config.layers):
         W_h, b = views[f"l{layer}.W_h"], views[f"l{layer}.b"]
         if config.cell == "irnn":

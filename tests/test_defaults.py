@@ -1,0 +1,28 @@
+"""The bare `charrnn train CORPUS` learns: on a corpus with a known entropy rate, a default run
+(no options at all) gets within a stated margin of that floor. A regression in the defaults
+(initialisation, schedule, sizes) fails here without a long run."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from charrnn import checkpoint as ckpt_io
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpora" / "markov.txt"
+ENTROPY_RATE = 1.4119  # nats/char, exact for this source (corpora/README.md)
+MARGIN = 0.05  # the default run must end within 5% of it (measured 2026-11-23: 1.4549, +3.0%)
+UNIGRAM = 2.0635  # what a model that ignores context can reach
+
+
+def test_a_default_run_gets_near_the_entropy_floor(tmp_path):
+    out = tmp_path / "run"
+    run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(CORPUS), "--out", str(out),
+                          "-q"], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    best = ckpt_io.load(out / "best.npz")
+    loss = best.train["best_val_loss"]
+    assert best.train["options"]["hidden"] == 256  # it was the defaults that ran
+    assert loss < UNIGRAM - 0.5, f"{loss:.4f}: the contexts were not learnt"
+    assert loss <= ENTROPY_RATE * (1 + MARGIN), (
+        f"default run: {loss:.4f} nats/char, floor {ENTROPY_RATE}, allowed "
+        f"{ENTROPY_RATE * (1 + MARGIN):.4f}")
