@@ -90,22 +90,24 @@ def bench_charrnn(c: BenchConfig) -> dict:
     x = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
     y = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
 
-    def train_iters(n):
-        for _ in range(n):
-            model.forward(x, y)
-            model.grads[:] = 0
-            model.backward()
-            clip_grad_norm(model.grads, 5.0)
-            opt.step(model.params, model.grads)
+    if c.device == "cuda":  # the trainer's step on the GPU; timed once the GPU is done
+        from numba import cuda
 
-    if c.device == "cuda":  # the same step on the GPU (it returns the loss: synchronised)
         from .train_cuda import DeviceTrainer
-        trainer = DeviceTrainer(model, opt)
-        h, s = model.zero_state(c.batch_size)
+        trainer = DeviceTrainer(model, opt, *model.zero_state(c.batch_size))
 
-        def train_iters(n):  # noqa: F811
+        def train_iters(n):
             for _ in range(n):
-                trainer.step(x, y, h, s, None, 5.0)
+                trainer.step(x, y, None, 5.0)
+            cuda.synchronize()
+    else:
+        def train_iters(n):
+            for _ in range(n):
+                model.forward(x, y)
+                model.grads[:] = 0
+                model.backward()
+                clip_grad_norm(model.grads, 5.0)
+                opt.step(model.params, model.grads)
 
     train_iters(3)
     dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters

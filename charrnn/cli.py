@@ -166,7 +166,7 @@ def train(
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
-    chosen = devices.resolve(device, opts.cell)
+    chosen = devices.resolve(device)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
@@ -279,7 +279,7 @@ def sample(
     sep = unescape(separator, "--separator")
     net, vocab, _ = _load_model(model)
     from . import device as devices
-    chosen = devices.resolve(device, net.config.cell)
+    chosen = devices.resolve(device)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     if chosen == "cuda":
         say(f"sampling on CUDA: {devices.gpu_name()}")
@@ -440,7 +440,7 @@ def bench(
                         torch_available)
     if device == "cuda":
         from .device import resolve
-        resolve("cuda", cell)  # a clear error where CUDA cannot run this
+        resolve("cuda")  # a clear error where CUDA cannot run
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, iters=iters, sample_chars=sample_chars, device=device)
     result = bench_charrnn(config)

@@ -9,11 +9,6 @@ import os
 from pathlib import Path
 
 
-# the cells with CUDA kernels: all of them
-CUDA_CELLS = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic",
-              "jordan")
-
-
 DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg")  # /dev/dxg: WSL
 
 
@@ -43,15 +38,10 @@ def gpu_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def resolve(requested: str, cell: str, cells: tuple = CUDA_CELLS) -> str:
-    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell (cells: those the work
-    at hand has CUDA kernels for); raises DeviceError for cuda where it cannot run."""
+def resolve(requested: str) -> str:
+    """'cpu' or 'cuda' for --device auto|cpu|cuda (every cell has CUDA kernels); raises
+    DeviceError for cuda where it cannot run."""
     if requested == "cpu":
-        return "cpu"
-    if cell not in cells:
-        if requested == "cuda":
-            raise DeviceError(f"--device cuda: the {cell} cell has no CUDA kernels for this yet "
-                              f"(CUDA runs {', '.join(cells)}); use --device cpu")
         return "cpu"
     problem = cuda_problem()
     if requested == "cuda" and problem:

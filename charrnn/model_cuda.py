@@ -12,9 +12,8 @@ input projections and weight gradients are GEMMs over all T*B rows.
 import numpy as np
 from numba import cuda
 
-from .device import CUDA_CELLS as SUPPORTED
 from .kernels import cuda as K
-from .model import CELLS, STORED_ACTS, ModelConfig, ParamLayout, init_params
+from .model import CELLS, EXTRA, STORED_ACTS, ModelConfig, ParamLayout, init_params
 
 
 def _on_device(a) -> bool:
@@ -35,7 +34,6 @@ class DeviceWorkspace:
         new = lambda *shape: cuda.to_device(np.zeros(shape, dtype))  # noqa: E731
         self.hs = new(L, T + 1, B, W)  # jordan: y_0 .. y_T
         self.cs = new(L, T + 1, B, W)  # LSTMs: c; classic GRU: r * h_prev
-
         self.acts = new(L, T, B, max(STORED_ACTS[config.cell], 1) * H)
         self.hw = new(B, GH)
         self.xg = new(T * B, GH)
@@ -48,6 +46,9 @@ class DeviceWorkspace:
         self.gn = new(B, H)  # classic GRU: rh @ W_hn; jordan: y_{t-1} @ W_h
         self.tmp = new(B, H)
         self.mask_none = new(B, H)
+        self.dh, self.dc = new(B, H), new(B, H)  # backward's running dL/dh_t, dL/dc_t
+        self.ids = cuda.to_device(np.zeros(T * B, np.int32))  # the window, copied in per step
+        self.targets = cuda.to_device(np.zeros(T * B, np.int32))
         if config.cell == "gru-classic":  # the weight-gradient operands of its two GEMMs
             self.drz, self.dn = new(T * B, 2 * H), new(T * B, H)
         self.loss = cuda.to_device(np.zeros(1, np.float64))
@@ -56,9 +57,6 @@ class DeviceWorkspace:
 class CudaModel:
     def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
                  dtype=np.float32, seed: int = 0, persistent: bool = True):
-        if config.cell not in SUPPORTED:
-            raise ValueError(f"cell {config.cell!r} has no CUDA kernels yet; "
-                             f"CUDA supports {', '.join(SUPPORTED)}")
         self.config = config
         self.layout = ParamLayout(config)
         if params is None:
@@ -69,6 +67,7 @@ class CudaModel:
         self.weights = self.layout.views(self.params)  # device views, no copies
         self.grad_views = self.layout.views(self.grads)
         self.cell = CELLS[config.cell]
+        self._empty = cuda.to_device(np.zeros(1, self.dtype))  # the extra of cells without one
         self.plan = self._persistent_plan() if persistent else None  # None: a launch per step
         self._ws = None
         self._window = None
@@ -92,15 +91,11 @@ class CudaModel:
         return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
 
     def _extra(self, layer: int, grads: bool = False):
+        """The layer's cell-specific array (GRU b_hn, peepholes, classic GRU W_hn), or a dummy."""
+        if self.config.cell not in EXTRA:
+            return self._empty
         views = self.grad_views if grads else self.weights
-        name = [n for n in self.layout.shapes if n.startswith(f"l{layer}.")][3]
-        return views.get(name, self._empty)
-
-    @property
-    def _empty(self):
-        if not hasattr(self, "_empty_array"):
-            self._empty_array = cuda.to_device(np.zeros(1, self.dtype))
-        return self._empty_array
+        return views[f"l{layer}.{EXTRA[self.config.cell][0]}"]
 
     def forward(self, ids, targets, h0=None, c0=None, masks=None, loss_sum=None):
         """Model.forward on the device. h0, c0 may be host or device arrays. With loss_sum (a
@@ -117,8 +112,9 @@ class CudaModel:
         zh, zc = self.zero_state(B)
         h0 = zh if h0 is None else h0 if _on_device(h0) else np.asarray(h0, self.dtype)
         c0 = zc if c0 is None else c0 if _on_device(c0) else np.asarray(c0, self.dtype)
-        d_ids = cuda.to_device(ids.reshape(N))
-        d_targets = cuda.to_device(targets.reshape(N))
+        ws.ids.copy_to_device(ids.reshape(N))
+        ws.targets.copy_to_device(targets.reshape(N))
+        d_ids, d_targets = ws.ids, ws.targets
         d_masks = None if masks is None else cuda.to_device(
             np.ascontiguousarray(masks, self.dtype).reshape(L, N, H))
         self._window = (T, B, d_ids, d_targets, d_masks)
@@ -256,8 +252,7 @@ class CudaModel:
         K.add_col_sums[K.grid(dlogits.shape[1])](dlogits, g["out.b"])
         K.gemm(dlogits, w["out.W"], ws.dH, tb=1)
         dh0, dc0 = self.zero_state(B)
-        d_dh = cuda.device_array((B, H), self.dtype)
-        d_dc = cuda.device_array((B, H), self.dtype)
+        d_dh, d_dc = ws.dh, ws.dc
         for layer in range(L - 1, -1, -1):
             if d_masks is not None:
                 K.mul[K.grid(N * H)](ws.dH, d_masks[layer], ws.dH)

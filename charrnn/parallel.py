@@ -17,15 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
 # Each worker's BLAS repacks the recurrent matrix on every step. Past the size of a core's L2
-# that costs more than the second core gains: LSTM 2 x 512 (4 MiB W_h) trained at 0.74x the
-# speed of one thread with two-threaded BLAS, 2 x 128 at 1.2-1.5x (benchmarks/, 2026-11-23).
+# that costs more than the second core gains: LSTM 2 x 512 (4 MiB W_h) trained at 0.75x the
+# speed of one thread with two-threaded BLAS, 2 x 128 at 1.1-1.4x (`CHARRNN_THREADS=1` against
+# `=2 charrnn bench`, 2026-11-23).
 MAX_RECURRENT_BYTES = 1 << 20
 
 
 def _openblas_thread_switches() -> list:
     """``openblas_set_num_threads_local`` of every OpenBLAS loaded in this process (numpy's
     and scipy's each bundle one; numba's np.dot calls scipy's, loaded here if it is not yet)."""
-    import scipy.linalg.cython_blas  # noqa: F401
+    import scipy.linalg.cython_blas  # noqa: F401  (loads scipy's OpenBLAS into the maps)
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower()}
@@ -60,7 +61,8 @@ def row_ranges(B: int, parts: int) -> list[tuple[int, int]]:
 
 
 class StreamSplitter:
-    """Runs ``fn(b0, b1)`` over row ranges of B streams, on worker threads when it pays off."""
+    """Decides how many shards B streams split into and runs one function per shard, on worker
+    threads (each with single-threaded BLAS) when there are several."""
 
     def __init__(self, threads: int | None = None, min_rows: int = MIN_ROWS):
         self.threads = default_threads() if threads is None else max(1, threads)

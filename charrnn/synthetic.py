@@ -69,7 +69,6 @@ class MarkovSource:
 
     def log_likelihood(self, ids: np.ndarray) -> float:
         """Mean log-probability (nats) of ids[order:] under the chain."""
-        k = len(self.alphabet)
         context = 0
         for s in ids[:self.order]:
             context = self._next_context(context, int(s))

@@ -158,6 +158,7 @@ class Run:
         self.corpus, self.run_dir = Path(corpus), Path(run_dir)
         self.device = device
         self.gpu = None  # a DeviceTrainer when training on CUDA
+        self._pulled_at = None  # the step whose GPU state the host copies hold
         created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run_dir(self.run_dir)
@@ -376,9 +377,10 @@ class Run:
     def host_model(self) -> Model:
         """The model with the current weights (and the run its carried state and loss sum) on
         the host, copied back from the GPU."""
-        if self.gpu is not None:
+        if self.gpu is not None and self._pulled_at != self.step:
             self.sync_loss()
             self.h, self.c = self.gpu.pull()
+            self._pulled_at = self.step  # a validation and the save after it copy once
         return self.model
 
     def warm_up(self) -> None:

@@ -615,13 +615,6 @@ def fill(x, value):
         x[i] = value
 
 
-@_kernel(f"void({F1}, float64)")
-def scale(x, coef):
-    i = cuda.grid(1)
-    if i < x.size:
-        x[i] *= coef
-
-
 @_kernel(f"void({F1}, float64[:], float64)")
 def clip_by_norm(grads, norm_sq, max_norm):
     """grads *= max_norm / (norm + 1e-6) when that is below 1 (torch's clip_grad_norm_), with
@@ -814,7 +807,6 @@ def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, to
     nthreads = cuda.blockDim.x
     L, B, H = h.shape
     V = logits.shape[1]
-    GH = xg.shape[1]
     n = feed_ids.shape[0] if feeding else out.shape[0]
     for t in range(n):
         xt = feed_ids[t, b] if feeding else x[b]

@@ -18,7 +18,8 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 
 from charrnn.kernels import cuda as K  # noqa: E402
 from charrnn.model import Model, ModelConfig  # noqa: E402
-from charrnn.model_cuda import SUPPORTED, CudaModel  # noqa: E402
+from charrnn import CELL_NAMES  # noqa: E402
+from charrnn.model_cuda import CudaModel  # noqa: E402
 from numba import cuda  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0, persistent
     return cpu, gpu, (ids, targets, h0, c0, masks), (dhT, dcT)
 
 
-@pytest.mark.parametrize("cell", SUPPORTED)
+@pytest.mark.parametrize("cell", CELL_NAMES)
 @pytest.mark.parametrize("layers, dropout, persistent", [(1, 0.0, True), (2, 0.5, True),
                                                          (2, 0.5, False), (1, 0.5, False)])
 def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout, persistent):
@@ -198,3 +199,13 @@ def test_a_diverging_cuda_run_stops_in_one_line_and_saves_nothing_bad(tmp_path):
     for name in ("latest.npz", "best.npz"):
         if (out / name).exists():
             assert np.all(np.isfinite(checkpoint.load(out / name).params))
+
+
+def test_bench_times_the_gpu_training_step_and_sampler():
+    from charrnn.bench import BenchConfig, bench_charrnn
+    result = bench_charrnn(BenchConfig(device="cuda", layers=1, hidden=4, batch_size=2,
+                                       seq_len=3, vocab=6, iters=1, repeats=1, sample_chars=16,
+                                       batched_samples=2))
+    assert result["device"] == "cuda" and result["gemm_peak_gflops"] is None
+    for key in ("train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s"):
+        assert result[key] > 0, key
