@@ -5,6 +5,8 @@ seq 100, clip 5, no dropout), on the same split (first 90% train, last 10% valid
 
     python benchmarks/quality.py --minutes 10 [--corpus ../shared/corpora/tinyshakespeare.txt]
         [--json quality.json] [--png quality.png] [--skip charrnn|torch]
+        [--charrnn-args "--cell lstm --hidden 512"] [--torch-hidden 512]
+        [--include earlier.json]   # add runs measured earlier (same machine) to the JSON and plot
 
 Both curves are validation loss (nats/char) against seconds spent training (evaluation time
 excluded on both sides: charrnn's metrics.jsonl `elapsed_s`, the same clock for PyTorch).
@@ -16,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -26,20 +29,20 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_CORPUS = HERE.parent.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
-def run_charrnn(corpus: Path, minutes: float) -> dict:
+def run_charrnn(corpus: Path, minutes: float, extra_args: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         env = {**os.environ, "CHARRNN_STATE_DIR": tmp}
         t0 = time.time()
         subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--minutes",
-                        str(minutes), "--out", str(out), "-q"], check=True, env=env)
+                        str(minutes), "--out", str(out), "-q", *extra_args], check=True, env=env)
         wall = time.time() - t0
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         options = json.loads(subprocess.run(
             [sys.executable, "-m", "charrnn", "info", "--json", str(out / "latest.npz")],
             capture_output=True, text=True, check=True, env=env).stdout)["options"]
     curve = [(r["elapsed_s"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    return {"impl": "charrnn", "minutes": minutes, "options": options, "wall_s": round(wall, 1),
+    return {"impl": "charrnn", "args": extra_args, "minutes": minutes, "options": options, "wall_s": round(wall, 1),
             "steps": max(r["step"] for r in rows), "curve": curve,
             "final_val_loss": curve[-1][1] if curve else None,
             "best_val_loss": min(v for _, v in curve) if curve else None}
@@ -132,7 +135,9 @@ def plot(results: list[dict], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for r in results:
         xs, ys = zip(*r["curve"])
-        ax.plot(xs, ys, marker="o", ms=3, label=f"{r['impl']} (best {r['best_val_loss']:.3f})")
+        o = r["options"]
+        ax.plot(xs, ys, marker="o", ms=3, label=f"{r['impl']} {o['layers']} x {o['hidden']} "
+                                                 f"{o['cell']} (best {r['best_val_loss']:.3f})")
     ax.set_xlabel("seconds of training")
     ax.set_ylabel("validation loss (nats/char)")
     ax.set_title(f"tinyshakespeare, {results[0]['minutes']:g} minutes, same split")
@@ -150,16 +155,23 @@ def main():
     ap.add_argument("--json", type=Path, help="write the results here (a JSON list)")
     ap.add_argument("--png", type=Path, help="draw both curves here (needs matplotlib)")
     ap.add_argument("--skip", choices=["charrnn", "torch"], action="append", default=[])
+    ap.add_argument("--charrnn-args", default="",
+                    help="options added to charrnn's `train` (default: none, the defaults)")
+    ap.add_argument("--torch-hidden", type=int, default=256, help="PyTorch LSTM width")
+    ap.add_argument("--include", type=Path, action="append", default=[],
+                    help="a JSON list written earlier by this script: its runs join the output")
     a = ap.parse_args()
     if not a.corpus.exists():
         sys.exit(f"quality.py: {a.corpus} not found (pass --corpus)")
     results = []
     if "charrnn" not in a.skip:
-        results.append(run_charrnn(a.corpus, a.minutes))
+        results.append(run_charrnn(a.corpus, a.minutes, shlex.split(a.charrnn_args)))
         print(json.dumps(results[-1]), flush=True)
     if "torch" not in a.skip:
-        results.append(run_torch(a.corpus, a.minutes))
+        results.append(run_torch(a.corpus, a.minutes, hidden=a.torch_hidden))
         print(json.dumps(results[-1]), flush=True)
+    for path in a.include:
+        results += json.loads(path.read_text())
     if a.json:
         a.json.write_text(json.dumps(results, indent=1) + "\n")
     if a.png and results:

@@ -96,9 +96,9 @@ def check_device(device: str) -> None:
 @app.command()
 def train(
     corpus: Annotated[Path, typer.Argument(help="UTF-8 text file to learn from.")],
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan. [default: lstm]")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan. [default: gru]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: 256]")] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: the widest that the corpus and the budget can train, 128 to 512]")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine). [default: 0.004]")] = None,
@@ -169,9 +169,9 @@ def train(
     chosen = devices.resolve(device)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
-    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
-              device=chosen)
-    with _compile_notice(quiet):
+    with _compile_notice(quiet):  # choosing the width times a step, which may compile first
+        run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
+                  device=chosen)
         run.warm_up()
     reporter = _reporter(quiet)
     stop = _StopOnSignal()

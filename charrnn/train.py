@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import checkpoint as ckpt_io
+from . import sizing
 from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
@@ -34,9 +35,9 @@ class TrainingError(Exception):
 
 @dataclass
 class TrainOptions:
-    cell: str = "lstm"
+    cell: str = "gru"  # learnt more per second than LSTM at 2 x 512 (BENCHMARKS.md)
     layers: int = 2
-    hidden: int = 256
+    hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
     dropout: float = 0.0
     seq_len: int = 100
     batch_size: int = 64
@@ -86,6 +87,7 @@ class TrainOptions:
 
 SCHEDULES = ("cosine", "constant")
 DEFAULT_EVAL_EVERY = 200
+SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width
 WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
 FINAL_LR_FRACTION = 0.1
 
@@ -210,6 +212,9 @@ class Run:
         self.streams = stream_matrix(train_ids, opts.batch_size)  # (S, B)
         if opts.eval_every is None:  # a small corpus is validated at least once an epoch
             opts.eval_every = min(DEFAULT_EVAL_EVERY, self.steps_per_epoch)
+        self.notes = []
+        if opts.hidden is None:
+            opts.hidden = self._choose_hidden(len(train_ids))
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
         self.model = Model(config, seed=opts.seed)
@@ -225,6 +230,48 @@ class Run:
         self._warm = False
         if resume is not None:
             self._restore(resume)
+
+    def _choose_hidden(self, n_train: int) -> int:
+        """The width for a run that did not give --hidden (sizing.py), said in self.notes."""
+        o = self.opts
+        # On a GPU the time budget is left out: its speed at these widths is not what limits.
+        speed = self._training_speed if self.device == "cpu" else None
+        hidden = sizing.choose_hidden(o.cell, o.layers, len(self.vocab), lambda h: sizing.budget_chars(
+            h, n_train=n_train, batch_size=o.batch_size, seq_len=o.seq_len, epochs=o.epochs,
+            max_steps=o.max_steps, minutes=o.minutes, chars_per_second=speed))
+        budget = [f"{n_train:,} training characters"]
+        if o.epochs is not None:
+            budget.append(f"{o.epochs} epochs")
+        if o.max_steps is not None:
+            budget.append(f"{o.max_steps} steps")
+        if o.minutes is not None:
+            budget.append(f"{o.minutes:g} minutes")
+        self.notes.append(f"model {o.layers} x {hidden} {o.cell}, the width that "
+                          f"{', '.join(budget)} can train (--hidden to choose)")
+        return hidden
+
+    def _training_speed(self, hidden: int) -> float:
+        """Training characters per second of this run's cell at this width, timed on one short
+        window of the corpus after a first, untimed one (which compiles the kernels on a first
+        run ever)."""
+        o = self.opts
+        config = ModelConfig(vocab_size=len(self.vocab), cell=o.cell, layers=o.layers,
+                             hidden=hidden, dropout=o.dropout)
+        model = Model(config, seed=o.seed)
+        optimizer = Adam(model.params.size, lr=o.lr)
+        T = min(o.seq_len, SPEED_PROBE_STEPS, self.streams.shape[0] - 1)
+        x, y = self.streams[:T], self.streams[1:T + 1]
+        masks = model.dropout_masks(np.random.default_rng(0), T, o.batch_size) \
+            if o.dropout else None
+        best = math.inf
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model.forward(x, y, masks=masks)
+            model.backward()
+            clip_grad_norm(model.grads, o.grad_clip)
+            optimizer.step(model.params, model.grads)
+            best = min(best, time.perf_counter() - t0)
+        return x.size / best
 
     def release(self) -> None:
         """Let another `charrnn train` use the run directory."""
@@ -464,6 +511,8 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
         _truncate_metrics(metrics_path, run.step)
         for w in run.warnings:
             reporter.message(f"warning: {w}")
+        for note in run.notes:
+            reporter.message(note)
         o = run.opts
         reporter.start({"run_dir": str(run.run_dir), "params": run.model.params.size,
                         "vocab": len(run.vocab), "train_chars": run.streams.size,

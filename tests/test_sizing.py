@@ -1,0 +1,83 @@
+"""The width a run gets when --hidden is not given: the widest its budget can train."""
+
+import pytest
+
+from charrnn import sizing
+from charrnn.model import Model, ModelConfig
+from charrnn.synthetic import MarkovSource
+from charrnn.train import Run, TrainOptions
+
+
+def test_parameter_count_is_the_models():
+    for cell in ("lstm", "gru", "gru-classic", "lstm-peephole"):
+        model = Model(ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=24))
+        assert sizing.parameter_count(cell, 2, 24, 11) == model.params.size
+
+
+def test_the_widest_width_the_budget_covers_wins():
+    need = {h: sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 2, h, 65)
+            for h in sizing.CANDIDATE_HIDDEN}
+    asked = []
+
+    def budget(h):
+        asked.append(h)
+        return need[384]  # exactly enough for 384, not for 512
+
+    assert sizing.choose_hidden("gru", 2, 65, budget) == 384
+    assert asked == [512, 384]  # widest first, no more speed probes than needed
+    assert sizing.choose_hidden("gru", 2, 65, lambda h: 0.0) == min(sizing.CANDIDATE_HIDDEN)
+    assert sizing.choose_hidden("gru", 2, 65, lambda h: float("inf")) == \
+        max(sizing.CANDIDATE_HIDDEN)
+
+
+def test_the_budget_is_the_tightest_of_epochs_steps_and_minutes():
+    common = dict(n_train=1000, batch_size=10, seq_len=10, chars_per_second=lambda h: 1e4 / h)
+    assert sizing.budget_chars(100, epochs=3, max_steps=None, minutes=None, **common) == 3000
+    assert sizing.budget_chars(100, epochs=3, max_steps=20, minutes=None, **common) == 2000
+    by_time = 0.5 * 60 * sizing.TRAINING_SHARE_OF_MINUTES * 100
+    assert sizing.budget_chars(100, epochs=None, max_steps=None, minutes=0.5, **common) == \
+        pytest.approx(by_time)
+    assert sizing.budget_chars(200, epochs=None, max_steps=None, minutes=0.5, **common) == \
+        pytest.approx(by_time / 2)  # slower at a larger width
+    # speed unknown (a GPU run): time does not limit
+    assert sizing.budget_chars(100, epochs=None, max_steps=None, minutes=0.5,
+                               **{**common, "chars_per_second": None}) == float("inf")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "markov.txt"
+    path.write_text(MarkovSource(alphabet="abcdé\n", order=2, seed=1).sample_text(20000))
+    return path
+
+
+def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path):
+    opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=1, cell="gru")
+    run = Run(corpus, tmp_path / "r", opts)
+    try:
+        n_train = run.streams.size
+        expected = sizing.choose_hidden("gru", 1, len(run.vocab), lambda h: sizing.budget_chars(
+            h, n_train=n_train, batch_size=4, seq_len=16, epochs=1, max_steps=None,
+            minutes=None, chars_per_second=None))
+        assert run.opts.hidden == expected == run.model.config.hidden
+        assert any(f"1 x {expected} gru" in note for note in run.notes)
+    finally:
+        run.release()
+
+
+def test_a_short_time_budget_picks_a_narrower_model_than_a_long_one(corpus, tmp_path):
+    widths = []
+    for name, minutes in (("short", 1e-4), ("long", 1e4)):
+        opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=None, minutes=minutes)
+        run = Run(corpus, tmp_path / name, opts)
+        run.release()
+        widths.append(run.opts.hidden)
+    assert widths[0] == min(sizing.CANDIDATE_HIDDEN)  # no width fits 6 ms
+    assert widths[1] > widths[0]
+
+
+def test_a_given_width_is_kept_without_a_note(corpus, tmp_path):
+    run = Run(corpus, tmp_path / "g", TrainOptions(hidden=12, layers=1, seq_len=16,
+                                                   batch_size=4, epochs=1))
+    run.release()
+    assert run.opts.hidden == 12 and run.notes == []
