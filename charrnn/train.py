@@ -251,9 +251,9 @@ class Run:
         return hidden
 
     def _training_speed(self, hidden: int) -> float:
-        """Training characters per second of this run's cell at this width, timed on one short
-        window of the corpus after a first, untimed one (which compiles the kernels on a first
-        run ever)."""
+        """Training characters per second of this run's cell at this width: the best of three
+        timings of one short window of the corpus (the first also compiles the kernels on a
+        first run ever, or loads them from the cache; the best is the one least disturbed)."""
         o = self.opts
         config = ModelConfig(vocab_size=len(self.vocab), cell=o.cell, layers=o.layers,
                              hidden=hidden, dropout=o.dropout)
@@ -264,7 +264,7 @@ class Run:
         masks = model.dropout_masks(np.random.default_rng(0), T, o.batch_size) \
             if o.dropout else None
         best = math.inf
-        for _ in range(2):
+        for _ in range(3):
             t0 = time.perf_counter()
             model.forward(x, y, masks=masks)
             model.backward()
