@@ -96,13 +96,15 @@ def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
                  progress: float) -> float:
     """The learning rate of step `step` (from 0) in a run that has used `progress` (0 to 1) of its
     budget (the larger of the steps and the --minutes used, so the decay ends with whichever
-    budget ends first): a linear warm-up over the first 2% of the steps (at most 100), times a
-    cosine decay from --lr to 10% of it at the end of the budget."""
+    budget ends first): a linear warm-up over the first 2% of the budget (at most 100 steps),
+    times a cosine decay from --lr to 10% of it at the end of the budget."""
     if opts.lr_schedule == "constant":
         return opts.lr
     warmup = MAX_WARMUP_STEPS if total_steps is None else \
         max(1, min(MAX_WARMUP_STEPS, int(WARMUP_FRACTION * total_steps)))
-    ramp = min(1.0, (step + 1) / warmup)
+    # a --minutes budget ends the warm-up at 2% of the time too: 100 steps of a 10-minute
+    # 2 x 512 run would be an eighth of it
+    ramp = min(1.0, max((step + 1) / warmup, progress / WARMUP_FRACTION))
     low = FINAL_LR_FRACTION * opts.lr
     decay = low + 0.5 * (opts.lr - low) * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return ramp * decay

@@ -162,6 +162,10 @@ def test_the_schedule_warms_up_then_decays_to_a_tenth_at_the_end_of_the_budget()
     assert scheduled_lr(opts, total, total, 1.0) == pytest.approx(1e-3)
     # a --minutes budget decays by the time used even when the steps are far from their limit
     assert scheduled_lr(opts, 500, 10**6, 1.0) == pytest.approx(1e-3)
+    # and ends its warm-up at 2% of the time when that comes before 100 steps
+    assert scheduled_lr(opts, 10, None, 0.01) == pytest.approx(1e-2 * 0.5, rel=0.01)
+    assert scheduled_lr(opts, 10, None, 0.02) == pytest.approx(1e-2, rel=0.01)
+    assert scheduled_lr(opts, 10, None, 0.0) == pytest.approx(1e-2 * 11 / 100)
     assert scheduled_lr(TrainOptions(lr=1e-2, lr_schedule="constant"), 7, total, 0.5) == 1e-2
 
 
