@@ -238,18 +238,20 @@ class Run:
         o = self.opts
         # On a GPU the time budget is left out: its speed at these widths is not what limits.
         speed = self._training_speed if self.device == "cpu" else None
-        hidden = sizing.choose_hidden(o.cell, o.layers, len(self.vocab), lambda h: sizing.budget_chars(
-            h, n_train=n_train, batch_size=o.batch_size, seq_len=o.seq_len, epochs=o.epochs,
-            max_steps=o.max_steps, minutes=o.minutes, chars_per_second=speed))
-        budget = [f"{n_train:,} training characters"]
-        if o.epochs is not None:
-            budget.append(f"{o.epochs} epochs")
-        if o.max_steps is not None:
-            budget.append(f"{o.max_steps} steps")
-        if o.minutes is not None:
-            budget.append(f"{o.minutes:g} minutes")
-        self.notes.append(f"model {o.layers} x {hidden} {o.cell}, the width that "
-                          f"{', '.join(budget)} can train (--hidden to choose)")
+
+        def budget(hidden: int) -> float:
+            return sizing.budget_chars(hidden, n_train=n_train, batch_size=o.batch_size,
+                                       seq_len=o.seq_len, epochs=o.epochs,
+                                       max_steps=o.max_steps, minutes=o.minutes,
+                                       chars_per_second=speed)
+
+        hidden = sizing.choose_hidden(o.cell, o.layers, len(self.vocab), budget)
+        limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
+                  f"{o.max_steps} steps" if o.max_steps is not None else "",
+                  f"{o.minutes:g} minutes" if o.minutes is not None else ""]
+        self.notes.append(f"model: {o.layers} x {hidden} {o.cell}, the widest that "
+                          f"{' or '.join(filter(None, limits))} on {n_train:,} training "
+                          f"characters can train (--hidden to choose)")
         return hidden
 
     def _training_speed(self, hidden: int) -> float:

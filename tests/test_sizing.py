@@ -60,7 +60,7 @@ def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path
             h, n_train=n_train, batch_size=4, seq_len=16, epochs=1, max_steps=None,
             minutes=None, chars_per_second=None))
         assert run.opts.hidden == expected == run.model.config.hidden
-        assert any(f"1 x {expected} gru" in note for note in run.notes)
+        assert any(f"model: 1 x {expected} gru" in note for note in run.notes)
     finally:
         run.release()
 
