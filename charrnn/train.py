@@ -90,6 +90,7 @@ DEFAULT_EVAL_EVERY = 200
 SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width
 WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
 FINAL_LR_FRACTION = 0.1
+PLATEAU_FACTOR = 0.5  # the cosine schedule's lr is multiplied by this per validation without gain
 
 
 def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
@@ -353,13 +354,32 @@ class Run:
         return None
 
     def learning_rate(self) -> float:
-        """This step's learning rate under --lr-schedule (see scheduled_lr)."""
+        """This step's learning rate under --lr-schedule (see scheduled_lr); under cosine, also
+        halved for every validation so far that was not a new best."""
         total = self.total_steps()
         progress = self.step / total if total else 0.0
         if self.opts.minutes is not None and self.started is not None:
             used = (time.perf_counter() - self.started) / (self.opts.minutes * 60)
             progress = max(progress, used)
-        return scheduled_lr(self.opts, self.step, total, progress)
+        lr = scheduled_lr(self.opts, self.step, total, progress)
+        if self.opts.lr_schedule == "cosine":
+            # A long budget keeps the cosine near its peak for long, and there a 2 x 512 model's
+            # validation loss rose from the third epoch on (60-minute run, BENCHMARKS.md).
+            lr *= PLATEAU_FACTOR ** self.validations_without_gain()
+        return lr
+
+    def validations_without_gain(self) -> int:
+        """Validations in the whole run that did not beat every one before them."""
+        best, count = math.inf, 0
+        for record in self.history:
+            loss = record.get("val_loss")
+            if loss is None:
+                continue
+            if loss < best:
+                best = loss
+            else:
+                count += 1
+        return count
 
     def evals_without_improvement(self) -> int:
         """Validations since the best one (0 when the last was the best)."""

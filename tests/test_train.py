@@ -192,3 +192,18 @@ def test_early_stop_when_validation_stops_improving(tmp_path):
     assert len(vals) >= 3 and min(vals) < min(vals[-2:])  # two evaluations past the best
     best = ckpt_io.load(tmp_path / "run" / "best.npz")
     assert best.train["best_val_loss"] == min(vals)
+
+
+def test_the_cosine_schedule_halves_for_each_validation_without_a_new_best(corpus, tmp_path):
+    run = Run(corpus, tmp_path / "r", TrainOptions(**{**SMALL, "lr_schedule": "cosine",
+                                                     "max_steps": 100}))
+    run.release()
+    plain = run.learning_rate()
+    run.history = [{"step": 10, "val_loss": 2.0}, {"step": 20, "val_loss": 1.5}]
+    assert run.learning_rate() == pytest.approx(plain)  # every validation a new best
+    run.history.append({"step": 30, "val_loss": 1.5})  # equal is no gain
+    assert run.learning_rate() == pytest.approx(plain / 2)
+    run.history += [{"step": 40, "val_loss": 1.4}, {"step": 50, "val_loss": 1.45}]
+    assert run.learning_rate() == pytest.approx(plain / 4)  # counted over the whole run
+    run.opts.lr_schedule = "constant"
+    assert run.learning_rate() == run.opts.lr
