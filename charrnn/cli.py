@@ -111,7 +111,7 @@ def train(
     eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200, or once an epoch if sooner]")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps. [default: 200]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews. [default: 0]")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 10% of --lr at the end of the budget) or constant. [default: cosine]")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 10% of --lr at the end of the budget, halved for every validation without a new best) or constant. [default: cosine]")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations without a better loss; 0: never. [default: 5]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<corpus name>, numbered if taken]")] = None,
