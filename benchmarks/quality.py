@@ -42,8 +42,8 @@ def run_charrnn(corpus: Path, minutes: float, extra_args: list[str]) -> dict:
             [sys.executable, "-m", "charrnn", "info", "--json", str(out / "latest.npz")],
             capture_output=True, text=True, check=True, env=env).stdout)["options"]
     curve = [(r["elapsed_s"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    return {"impl": "charrnn", "args": extra_args, "minutes": minutes, "options": options, "wall_s": round(wall, 1),
-            "steps": max(r["step"] for r in rows), "curve": curve,
+    return {"impl": "charrnn", "args": extra_args, "minutes": minutes, "options": options,
+            "wall_s": round(wall, 1), "steps": max(r["step"] for r in rows), "curve": curve,
             "final_val_loss": curve[-1][1] if curve else None,
             "best_val_loss": min(v for _, v in curve) if curve else None}
 

@@ -169,9 +169,10 @@ def train(
     chosen = devices.resolve(device)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
-    with _compile_notice(quiet):  # choosing the width times a step, which may compile first
-        run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
-                  device=chosen)
+    compiling = _compile_notice(quiet)  # choosing the width times a step: it may compile
+    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
+              device=chosen, compiling=compiling)
+    with compiling:
         run.warm_up()
     reporter = _reporter(quiet)
     stop = _StopOnSignal()

@@ -11,20 +11,29 @@ LN2 = math.log(2)
 
 
 class SlowNotice:
-    """Says `text` on stderr if the work takes longer than `after` seconds: the first run
-    compiles the kernels, and a silent minute would look hung."""
+    """Says `text` on stderr, once, if a piece of work inside it takes longer than `after`
+    seconds: the first run compiles the kernels, and a silent minute would look hung. It may be
+    entered again for the next piece of the same work."""
 
     def __init__(self, console: Console, text: str, after: float = 1.5):
-        self._timer = threading.Timer(after, console.print, (text,),
-                                      {"markup": False, "highlight": False, "soft_wrap": True})
-        self._timer.daemon = True
+        self._console, self._text, self._after = console, text, after
+        self._said = False
+        self._timer = None
+
+    def _say(self):
+        self._said = True
+        self._console.print(self._text, markup=False, highlight=False, soft_wrap=True)
 
     def __enter__(self):
-        self._timer.start()
+        if not self._said:
+            self._timer = threading.Timer(self._after, self._say)
+            self._timer.daemon = True
+            self._timer.start()
         return self
 
     def __exit__(self, *exc):
-        self._timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
 
     cancel = __exit__
 

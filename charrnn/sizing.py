@@ -19,8 +19,9 @@ from .model import ModelConfig, ParamLayout
 
 CANDIDATE_HIDDEN = (128, 256, 384, 512)
 CHARS_PER_PARAM = 1.5
-# Validation, checkpoints and previews take part of a --minutes budget; measured 8-10% with the
-# default cadence on tinyshakespeare.
+# Start-up, validation, checkpoints and previews take part of a --minutes budget: 4% in the
+# 10-minute tinyshakespeare runs at 2 x 512 (575-579 s of training), more where validation is
+# slower or more frequent; 10% is allowed for them.
 TRAINING_SHARE_OF_MINUTES = 0.9
 
 

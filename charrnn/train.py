@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Protocol
@@ -159,7 +160,7 @@ class Run:
 
     def __init__(self, corpus: Path, run_dir: Path, opts: TrainOptions,
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
-                 device: str = "cpu"):
+                 device: str = "cpu", compiling: AbstractContextManager = nullcontext()):
         self.corpus, self.run_dir = Path(corpus), Path(run_dir)
         self.device = device
         self.gpu = None  # a DeviceTrainer when training on CUDA
@@ -170,7 +171,8 @@ class Run:
         try:
             remove_stale_temporaries(self.run_dir)
             train_ids = self._load_corpus(opts, resume, encoding, errors, created)
-            self._build(train_ids, opts, resume)
+            with compiling:  # a width chosen by timing a step compiles the kernels first
+                self._build(train_ids, opts, resume)
             if device == "cuda":
                 from .train_cuda import DeviceTrainer
                 self.gpu = DeviceTrainer(self.model, self.optimizer, self.h, self.c)
@@ -237,7 +239,8 @@ class Run:
     def _choose_hidden(self, n_train: int) -> int:
         """The width for a run that did not give --hidden (sizing.py), said in self.notes."""
         o = self.opts
-        # On a GPU the time budget is left out: its speed at these widths is not what limits.
+        # On a GPU the time budget is left out: a CPU timing says nothing of the GPU's speed,
+        # and timing the GPU trainer is not built.
         speed = self._training_speed if self.device == "cpu" else None
 
         def budget(hidden: int) -> float:
@@ -272,6 +275,7 @@ class Run:
         for _ in range(3):
             t0 = time.perf_counter()
             model.forward(x, y, masks=masks)
+            model.grads[:] = 0
             model.backward()
             clip_grad_norm(model.grads, o.grad_clip)
             optimizer.step(model.params, model.grads)
@@ -368,13 +372,13 @@ class Run:
             lr *= PLATEAU_FACTOR ** self.validations_without_gain()
         return lr
 
+    def _validation_losses(self) -> list[float]:
+        return [h["val_loss"] for h in self.history if h.get("val_loss") is not None]
+
     def validations_without_gain(self) -> int:
         """Validations in the whole run that did not beat every one before them."""
         best, count = math.inf, 0
-        for record in self.history:
-            loss = record.get("val_loss")
-            if loss is None:
-                continue
+        for loss in self._validation_losses():
             if loss < best:
                 best = loss
             else:
@@ -383,7 +387,7 @@ class Run:
 
     def evals_without_improvement(self) -> int:
         """Validations since the best one (0 when the last was the best)."""
-        vals = [h["val_loss"] for h in self.history if h.get("val_loss") is not None]
+        vals = self._validation_losses()
         if not vals:
             return 0
         best = min(range(len(vals)), key=lambda i: (vals[i], -i))  # the last of equal minima

@@ -34,8 +34,9 @@ ALPHABET = "abcé \n"  # a non-ASCII letter (two bytes in UTF-8) and a newline
 CORPUS_CHARS = 5000
 # a constant learning rate: these runs check resuming with a larger budget, which a
 # budget-aware schedule would (rightly) change
-TRAIN_ARGS = ["--cell", "lstm", "--hidden", "16", "--layers", "1", "--batch-size", "4", "--seq-len", "16",
-              "--eval-every", "10", "--save-every", "10", "--lr-schedule", "constant"]
+TRAIN_ARGS = ["--cell", "lstm", "--hidden", "16", "--layers", "1", "--batch-size", "4",
+              "--seq-len", "16", "--eval-every", "10", "--save-every", "10",
+              "--lr-schedule", "constant"]
 SUBPROCESS_TIMEOUT = 300  # generous: a cold numba cache compiles the model first
 
 

@@ -52,17 +52,22 @@ def corpus(tmp_path_factory):
 
 
 def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path):
-    opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=1, cell="gru")
-    run = Run(corpus, tmp_path / "r", opts)
-    try:
-        n_train = run.streams.size
-        expected = sizing.choose_hidden("gru", 1, len(run.vocab), lambda h: sizing.budget_chars(
-            h, n_train=n_train, batch_size=4, seq_len=16, epochs=1, max_steps=None,
-            minutes=None, chars_per_second=None))
-        assert run.opts.hidden == expected == run.model.config.hidden
-        assert any(f"model: 1 x {expected} gru" in note for note in run.notes)
-    finally:
+    widths = {}
+    for epochs in (1, 1000):
+        opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=epochs, cell="gru")
+        run = Run(corpus, tmp_path / f"e{epochs}", opts)
         run.release()
+        assert run.opts.hidden == run.model.config.hidden
+        assert any(f"model: 1 x {run.opts.hidden} gru" in note for note in run.notes)
+        widths[epochs] = run.opts.hidden, len(run.vocab), run.streams.size
+    # one epoch of ~18,000 characters covers no width (even 1 x 128 has ~51,000 parameters)
+    hidden, V, n_train = widths[1]
+    assert n_train < sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, 128, V)
+    assert hidden == 128
+    # 1000 epochs (~18M characters) cover the widest (1 x 512: ~0.8M parameters)
+    hidden, V, n_train = widths[1000]
+    assert 1000 * n_train > sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, 512, V)
+    assert hidden == 512
 
 
 def test_a_short_time_budget_picks_a_narrower_model_than_a_long_one(corpus, tmp_path):
