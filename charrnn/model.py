@@ -235,8 +235,7 @@ class Model:
         return (keep / (1.0 - p)).astype(self.dtype)
 
     def _shards_for(self, T: int, B: int) -> list[Shard]:
-        W_h = self.weights["l0.W_h"]
-        ranges = row_ranges(B, self.splitter.parts(B, W_h.nbytes))
+        ranges = row_ranges(B, self.splitter.parts(B))
         shards = self._shards
         if [(sh.rows.start, sh.rows.stop) for sh in shards] != ranges or \
                 shards[0].ws.xg.shape[0] != T:

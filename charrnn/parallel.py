@@ -6,7 +6,10 @@ of the work (a small (B, H) x (H, GH) GEMM and the gate arithmetic per time step
 cores with no synchronisation inside the window. Each worker's BLAS calls are single-threaded
 (OpenBLAS's ``openblas_set_num_threads_local``): BLAS's own threads, fighting the workers for
 the cores and synchronising on every small per-step product, are what this replaces. Where that
-switch is not found (another BLAS), everything runs on the calling thread.
+switch is not found (another BLAS), everything runs on the calling thread. In OpenBLAS's
+pthreads build (the one pip wheels ship) the "local" switch sets the count for the whole process,
+so it is set to one only while the shards run and restored after: the sampler and anything else
+on the calling thread keep BLAS's threads.
 
 CHARRNN_THREADS sets the number of workers (default: the cores this process may use).
 """
@@ -16,11 +19,6 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
-# Each worker's BLAS repacks the recurrent matrix on every step. Past the size of a core's L2
-# that costs more than the second core gains: LSTM 2 x 512 (4 MiB W_h) trained at 0.75x the
-# speed of one thread with two-threaded BLAS, 2 x 128 at 1.1-1.4x (`CHARRNN_THREADS=1` against
-# `=2 charrnn bench`, 2026-11-23).
-MAX_RECURRENT_BYTES = 1 << 20
 
 
 def _openblas_thread_switches() -> list:
@@ -68,17 +66,15 @@ class StreamSplitter:
         self.threads = default_threads() if threads is None else max(1, threads)
         self.min_rows = min_rows
         self._pool = None
-        if self.threads > 1:
-            switches = _openblas_thread_switches()
-            if switches:
-                self._pool = ThreadPoolExecutor(
-                    self.threads, thread_name_prefix="charrnn",
-                    initializer=lambda: [switch(1) for switch in switches])
+        self._switches = _openblas_thread_switches() if self.threads > 1 else []
+        if self._switches:
+            self._pool = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="charrnn",
+                initializer=lambda: [switch(1) for switch in self._switches])
 
-    def parts(self, B: int, recurrent_bytes: int = 0) -> int:
-        """How many shards to split B streams into, for a model whose largest recurrent matrix
-        has ``recurrent_bytes``."""
-        if self._pool is None or recurrent_bytes > MAX_RECURRENT_BYTES:
+    def parts(self, B: int) -> int:
+        """How many shards to split B streams into."""
+        if self._pool is None:
             return 1
         return max(1, min(self.threads, B // self.min_rows))
 
@@ -87,6 +83,11 @@ class StreamSplitter:
         if len(items) == 1:
             fn(items[0])
             return
-        futures = [self._pool.submit(fn, item) for item in items]
-        for future in futures:
-            future.result()  # re-raises a worker's exception here
+        before = [switch(1) for switch in self._switches]  # each returns the previous count
+        try:
+            futures = [self._pool.submit(fn, item) for item in items]
+            for future in futures:
+                future.result()  # re-raises a worker's exception here
+        finally:
+            for switch, count in zip(self._switches, before):
+                switch(count)

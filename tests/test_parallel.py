@@ -85,9 +85,24 @@ def test_cli_reports_a_bad_threads_setting_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_large_recurrent_matrices_are_not_sharded():
+def _blas_thread_counts(switches) -> list[int]:
+    """Each OpenBLAS's thread count, read by setting it (the switch returns the previous count)
+    and setting it back."""
+    counts = [switch(1) for switch in switches]
+    for switch, count in zip(switches, counts):
+        switch(count)
+    return counts
+
+
+def test_the_calling_thread_keeps_its_blas_threads():
+    # OpenBLAS's pthreads build makes the workers' one-thread setting process-wide; after the
+    # shards ran, the sampler on the calling thread must get BLAS's threads back
     splitter = StreamSplitter(2)
     if splitter.parts(64) == 1:
         pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
-    assert splitter.parts(64, recurrent_bytes=256 * 1024 * 4) == 2  # LSTM 2 x 128
-    assert splitter.parts(64, recurrent_bytes=512 * 2048 * 4) == 1  # LSTM 2 x 512
+    for switch in splitter._switches:
+        switch(2)
+    seen = []
+    splitter.map(lambda _: seen.append(_blas_thread_counts(splitter._switches)), [0, 1])
+    assert seen == [[1] * len(seen[0])] * 2  # the workers ran single-threaded
+    assert _blas_thread_counts(splitter._switches) == [2] * len(seen[0])

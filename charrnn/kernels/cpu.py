@@ -43,6 +43,8 @@ if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os
 from numba import njit, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
+from .gemm import matmul_nt  # noqa: E402
+
 # error_model="numpy": a float division by zero gives inf/nan instead of raising, which removes
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
 kernel = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
@@ -484,11 +486,12 @@ def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
     acts: (T, B, S*H); gates: (B, GH) scratch."""
     T = xg.shape[0]
     with_c = has_cell_state(cell)
+    WhT = np.ascontiguousarray(W_h.T)  # (GH, H): the layout matmul_nt reads
     for t in range(T):
         if cell == GRU_CLASSIC:
             _gru_classic_step(xg[t], W_h, extra, hs[t], hs[t + 1], cs[t + 1], acts[t], gates)
             continue
-        np.dot(hs[t], W_h, gates)  # (B, H) @ (H, GH): the only per-step GEMM
+        matmul_nt(hs[t], WhT, gates)  # (B, H) @ (H, GH): the only per-step GEMM
         c_prev, c_out = (cs[t], cs[t + 1]) if with_c else (cs[0], cs[0])
         _cell_step(cell, xg[t], gates, extra, hs[t], c_prev, hs[t + 1], c_out, acts[t])
 
@@ -504,7 +507,6 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
         return
     T = dH.shape[0]
     B, H = dh_next.shape
-    WhT = np.ascontiguousarray(W_h.T)  # (GH, H): BLAS runs this shape ~30% faster than W_h.T
     for t in range(T - 1, -1, -1):
         dh = dH[t]
         for b in range(B):
@@ -512,25 +514,25 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
                 dh[b, j] += dh_next[b, j]
         if cell == LSTM:
             _lstm_step_back(dh, dc_next, cs[t], acts[t], dX[t])
-            np.dot(dX[t], WhT, dh_next)
+            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
         elif cell == LSTM_PEEPHOLE:
             _peephole_step_back(dh, dc_next, cs[t], acts[t], extra, dX[t])
-            np.dot(dX[t], WhT, dh_next)
+            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
         elif cell == LSTM_COUPLED:
             _coupled_step_back(dh, dc_next, cs[t], acts[t], dX[t])
-            np.dot(dX[t], WhT, dh_next)
+            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
         elif cell == IRNN:
             _irnn_step_back(dh, hs[t + 1], dX[t])
-            np.dot(dX[t], WhT, dh_next)
+            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
         elif cell == GRU:
             _gru_step_back(dh, hs[t], acts[t], dX[t], dHG[t], tmp)
-            np.dot(dHG[t], WhT, dh_next)
+            matmul_nt(dHG[t], W_h, dh_next)  # @ W_h.T
             for b in range(B):
                 for j in range(H):
                     dh_next[b, j] += tmp[b, j]
         else:
             _rnn_step_back(dh, hs[t + 1], dX[t])
-            np.dot(dX[t], WhT, dh_next)
+            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
 
 
 @kernel

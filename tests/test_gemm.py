@@ -1,0 +1,34 @@
+"""The per-step product kernel against an exact product, on every shape its tiling splits."""
+
+import numpy as np
+import pytest
+
+from charrnn.kernels.gemm import matmul_nt
+
+
+# M and N cover whole 4 x 4 tiles, leftover rows and leftover columns (and none but leftovers);
+# K covers a single term and lengths that are not a multiple of a SIMD vector.
+@pytest.mark.parametrize("M", [1, 3, 4, 6, 50])
+@pytest.mark.parametrize("N", [1, 4, 7, 12])
+@pytest.mark.parametrize("K", [1, 17, 64])
+def test_matches_the_exact_product(M, N, K):
+    rng = np.random.default_rng(M * 1000 + N * 10 + K)
+    A = rng.standard_normal((M, K))
+    Bt = rng.standard_normal((N, K))
+    exact = np.einsum("ik,jk->ij", A.astype(np.longdouble), Bt.astype(np.longdouble))
+    for dtype, tol in [(np.float64, 1e-13), (np.float32, 1e-5)]:
+        C = np.full((M, N), np.nan, dtype)  # every entry must be written
+        matmul_nt(A.astype(dtype), Bt.astype(dtype), C)
+        scale = np.abs(A) @ np.abs(Bt).T  # the error bound of a sum grows with sum |a b|
+        np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300,
+                                     err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
+
+
+def test_nan_propagates():
+    A = np.ones((5, 8), np.float32)
+    Bt = np.ones((6, 8), np.float32)
+    A[2, 3] = np.nan
+    C = np.zeros((5, 6), np.float32)
+    matmul_nt(A, Bt, C)
+    assert np.isnan(C[2]).all()
+    assert np.isfinite(np.delete(C, 2, axis=0)).all()
