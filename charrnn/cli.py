@@ -102,7 +102,7 @@ def train(
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams. [default: 64]")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine). [default: 0.004]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output. [default: 0]")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output. [default: 0.3 when the budget allows 8 epochs and 8 characters per parameter, else 0]")] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip. [default: 5]")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the text. [default: 10, or no limit with --minutes]")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones).")] = None,

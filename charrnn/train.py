@@ -6,6 +6,7 @@ Everything that decides the next step lives in the checkpoint (weights, optimize
 state, data position, carried state, the running loss sum), so a resumed run continues exactly.
 """
 
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ class TrainOptions:
     cell: str = "gru"  # learnt more per second than LSTM at 2 x 512 (BENCHMARKS.md)
     layers: int = 2
     hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
-    dropout: float = 0.0
+    dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
     seq_len: int = 100
     batch_size: int = 64
     lr: float = 4e-3  # with the cosine decay; 2e-3 learnt slower (tinyshakespeare, 200 steps)
@@ -67,7 +68,7 @@ class TrainOptions:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError("--minutes must be positive")
-        if not 0 <= self.dropout < 1:
+        if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ValueError("--dropout must be in [0, 1)")
         if not 0 <= self.val_frac < 1:
             raise ValueError("--val-frac must be in [0, 1)")
@@ -218,8 +219,16 @@ class Run:
         if opts.eval_every is None:  # a small corpus is validated at least once an epoch
             opts.eval_every = min(DEFAULT_EVAL_EVERY, self.steps_per_epoch)
         self.notes = []
+        budget = self._budget(len(train_ids))
         if opts.hidden is None:
-            opts.hidden = self._choose_hidden(len(train_ids))
+            opts.hidden = self._choose_hidden(len(train_ids), budget)
+        if opts.dropout is None:
+            params = sizing.parameter_count(opts.cell, opts.layers, opts.hidden, len(self.vocab))
+            opts.dropout = sizing.choose_dropout(budget(opts.hidden), len(train_ids), params)
+            if opts.dropout:
+                self.notes.append(f"dropout {opts.dropout:g}: the budget allows "
+                                  f"{budget(opts.hidden) / len(train_ids):.0f} epochs, enough "
+                                  f"to overfit without it (--dropout to choose)")
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
         self.model = Model(config, seed=opts.seed)
@@ -236,19 +245,24 @@ class Run:
         if resume is not None:
             self._restore(resume)
 
-    def _choose_hidden(self, n_train: int) -> int:
-        """The width for a run that did not give --hidden (sizing.py), said in self.notes."""
+    def _budget(self, n_train: int):
+        """budget(hidden): the training characters this run can see at that width (sizing.py).
+        Each width's speed is timed once, and only if --minutes limits the run."""
         o = self.opts
         # On a GPU the time budget is left out: a CPU timing says nothing of the GPU's speed,
         # and timing the GPU trainer is not built.
-        speed = self._training_speed if self.device == "cpu" else None
+        speed = functools.cache(self._training_speed) if self.device == "cpu" else None
 
         def budget(hidden: int) -> float:
             return sizing.budget_chars(hidden, n_train=n_train, batch_size=o.batch_size,
                                        seq_len=o.seq_len, epochs=o.epochs,
                                        max_steps=o.max_steps, minutes=o.minutes,
                                        chars_per_second=speed)
+        return budget
 
+    def _choose_hidden(self, n_train: int, budget) -> int:
+        """The width for a run that did not give --hidden (sizing.py), said in self.notes."""
+        o = self.opts
         hidden = sizing.choose_hidden(o.cell, o.layers, len(self.vocab), budget)
         limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
                   f"{o.max_steps} steps" if o.max_steps is not None else "",
@@ -263,14 +277,15 @@ class Run:
         timings of one short window of the corpus (the first also compiles the kernels on a
         first run ever, or loads them from the cache; the best is the one least disturbed)."""
         o = self.opts
+        dropout = o.dropout or 0.0  # None (not chosen yet): dropout adds little time
         config = ModelConfig(vocab_size=len(self.vocab), cell=o.cell, layers=o.layers,
-                             hidden=hidden, dropout=o.dropout)
+                             hidden=hidden, dropout=dropout)
         model = Model(config, seed=o.seed)
         optimizer = Adam(model.params.size, lr=o.lr)
         T = min(o.seq_len, SPEED_PROBE_STEPS, self.streams.shape[0] - 1)
         x, y = self.streams[:T], self.streams[1:T + 1]
         masks = model.dropout_masks(np.random.default_rng(0), T, o.batch_size) \
-            if o.dropout else None
+            if dropout else None
         best = math.inf
         for _ in range(3):
             t0 = time.perf_counter()

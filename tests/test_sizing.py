@@ -1,4 +1,5 @@
-"""The width a run gets when --hidden is not given: the widest its budget can train."""
+"""The width and dropout a run gets when --hidden and --dropout are not given: the widest width
+its budget can train, and dropout when the budget allows many epochs."""
 
 import pytest
 
@@ -86,3 +87,30 @@ def test_a_given_width_is_kept_without_a_note(corpus, tmp_path):
                                                    batch_size=4, epochs=1))
     run.release()
     assert run.opts.hidden == 12 and run.notes == []
+
+
+def test_dropout_needs_eight_epochs_and_eight_characters_per_parameter():
+    n_train, params = 1000, 500  # the README's rule, both ways round
+    assert sizing.choose_dropout(7.9 * n_train, n_train, params) == 0.0
+    assert sizing.choose_dropout(8 * n_train, n_train, params) == 0.3
+    assert sizing.choose_dropout(8 * n_train, n_train, 2 * n_train) == 0.0  # 4 per parameter
+    assert sizing.choose_dropout(16 * n_train, n_train, 2 * n_train) == 0.3
+    assert sizing.choose_dropout(float("inf"), n_train, params) == 0.3  # a run with no limit
+
+
+@pytest.mark.parametrize("epochs, given, expected", [(2, None, 0.0), (10, None, 0.3),
+                                                     (10, 0.0, 0.0), (2, 0.2, 0.2)])
+def test_a_run_without_dropout_gets_it_from_its_epochs_and_says_so(corpus, tmp_path, epochs,
+                                                                    given, expected):
+    run = Run(corpus, tmp_path / "d", TrainOptions(hidden=12, layers=2, seq_len=16,
+                                                   batch_size=4, epochs=epochs, dropout=given))
+    run.release()
+    # ~1,700 parameters against ~18,000 characters an epoch: the epochs decide
+    assert run.model.params.size * sizing.DROPOUT_FROM_CHARS_PER_PARAM < run.streams.size
+    assert run.opts.dropout == run.model.config.dropout == expected
+    said = [note for note in run.notes if note.startswith("dropout")]
+    if given is None and expected:
+        assert said == [f"dropout 0.3: the budget allows {epochs} epochs, enough to overfit "
+                        f"without it (--dropout to choose)"]
+    else:
+        assert said == []
