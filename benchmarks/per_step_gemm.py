@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""GFLOP/s of the per-step recurrent product (B, H) x (H, 4H) as the kernels call it (np.dot
-inside @njit, SciPy's OpenBLAS), three ways: BLAS with one thread, with two threads, and two
-one-thread products at once on separate threads (what running two layers on separate cores would
-get). Prints one JSON object per width.
+"""GFLOP/s of the per-step recurrent product (B, H) x (H, 4H): np.dot inside @njit (SciPy's
+OpenBLAS) three ways: BLAS with one thread, with two threads, and two one-thread products at once
+on separate threads (what running two layers on separate cores would get); and the tiled kernel
+the training step uses (charrnn/kernels/cpu.py, one thread), in the forward form (K = H) and the
+backward form (dgates (B, 4H) x W_h.T, K = 4H) beside one-thread BLAS on the same backward shape.
+Prints one JSON object per width.
 
-    python benchmarks/per_step_gemm.py [--batch 50] [--hidden 256 512] [--calls 200]
+    python benchmarks/per_step_gemm.py [--batch 50] [--hidden 128 256 512] [--calls 200]
 """
 
 import argparse
@@ -15,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
+from charrnn.kernels.cpu import matmul_nt
 from charrnn.parallel import _openblas_thread_switches
 
 
@@ -22,6 +25,39 @@ from charrnn.parallel import _openblas_thread_switches
 def _products(h, W, out, calls):
     for _ in range(calls):
         np.dot(h, W, out)
+
+
+@numba.njit(nogil=True, cache=True)
+def _tiled_products(a, Bt, out, calls):
+    for _ in range(calls):
+        matmul_nt(a, Bt, out)
+
+
+def tiled_rates(B: int, H: int, calls: int) -> dict:
+    """One thread: the tiled kernel forward and backward, and BLAS on the backward shape."""
+    for switch in _openblas_thread_switches():
+        switch(1)
+    rng = np.random.default_rng(0)
+    W = rng.random((H, 4 * H), dtype=np.float32)  # W_h as stored
+    WT = np.ascontiguousarray(W.T)
+    h = rng.random((B, H), dtype=np.float32)
+    dg = rng.random((B, 4 * H), dtype=np.float32)
+    gates, dh = np.empty((B, 4 * H), np.float32), np.empty((B, H), np.float32)
+    runs = {"gflops_tiled_forward": lambda: _tiled_products(h, WT, gates, calls),
+            "gflops_tiled_backward": lambda: _tiled_products(dg, W, dh, calls),
+            "gflops_1_thread_backward": lambda: _products(dg, WT, dh, calls)}
+    rates = {}
+    for name, run in runs.items():
+        run()  # compile, warm the caches
+        best = min(_timed(run) for _ in range(5))
+        rates[name] = round(2 * B * H * 4 * H * calls / best / 1e9, 1)
+    return rates
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def rate(B: int, H: int, blas_threads: int, concurrent: int, calls: int) -> float:
@@ -49,7 +85,7 @@ def rate(B: int, H: int, blas_threads: int, concurrent: int, calls: int) -> floa
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=50)
-    ap.add_argument("--hidden", type=int, nargs="+", default=[256, 512])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 512])
     ap.add_argument("--calls", type=int, default=200)
     a = ap.parse_args()
     for H in a.hidden:
@@ -58,6 +94,7 @@ def main():
             "gflops_1_thread": round(rate(a.batch, H, 1, 1, a.calls), 1),
             "gflops_2_threads": round(rate(a.batch, H, 2, 1, a.calls), 1),
             "gflops_two_1_thread_products_at_once": round(rate(a.batch, H, 1, 2, a.calls), 1),
+            **tiled_rates(a.batch, H, a.calls),
         }), flush=True)
 
 

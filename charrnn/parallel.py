@@ -16,7 +16,7 @@ CHARRNN_THREADS sets the number of workers (default: the cores this process may 
 
 import ctypes
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
 
@@ -86,8 +86,9 @@ class StreamSplitter:
         before = [switch(1) for switch in self._switches]  # each returns the previous count
         try:
             futures = [self._pool.submit(fn, item) for item in items]
-            for future in futures:
-                future.result()  # re-raises a worker's exception here
+            wait(futures)  # all of them, even when one fails, before the count goes back
         finally:
             for switch, count in zip(self._switches, before):
                 switch(count)
+        for future in futures:
+            future.result()  # re-raises a worker's exception here

@@ -72,7 +72,10 @@ def choose_hidden(cell: str, layers: int, vocab_size: int,
 def choose_dropout(budget: float, n_train: int, params: int) -> float:
     """LONG_RUN_DROPOUT when the budget (training characters) covers DROPOUT_FROM_EPOCHS passes
     over the n_train training characters and DROPOUT_FROM_CHARS_PER_PARAM characters for each
-    of the model's parameters, else none."""
+    of the model's parameters, else none. An unknown budget (a GPU run limited by --minutes
+    alone: its speed is not timed) gets none."""
+    if budget == float("inf"):
+        return 0.0
     long_run = budget >= DROPOUT_FROM_EPOCHS * n_train and \
         budget >= DROPOUT_FROM_CHARS_PER_PARAM * params
     return LONG_RUN_DROPOUT if long_run else 0.0

@@ -226,9 +226,11 @@ class Run:
             params = sizing.parameter_count(opts.cell, opts.layers, opts.hidden, len(self.vocab))
             opts.dropout = sizing.choose_dropout(budget(opts.hidden), len(train_ids), params)
             if opts.dropout:
+                chars = budget(opts.hidden)
                 self.notes.append(f"dropout {opts.dropout:g}: the budget allows "
-                                  f"{budget(opts.hidden) / len(train_ids):.0f} epochs, enough "
-                                  f"to overfit without it (--dropout to choose)")
+                                  f"{chars / len(train_ids):.0f} epochs, "
+                                  f"{chars / params:.0f} characters per parameter, enough to "
+                                  f"overfit without it (--dropout to choose)")
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
         self.model = Model(config, seed=opts.seed)

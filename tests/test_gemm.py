@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from charrnn.kernels.gemm import matmul_nt
+from charrnn.kernels.cpu import matmul_nt
 
 
 # M and N cover whole 4 x 4 tiles, leftover rows and leftover columns (and none but leftovers);
@@ -24,11 +24,13 @@ def test_matches_the_exact_product(M, N, K):
                                      err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
 
 
-def test_nan_propagates():
-    A = np.ones((5, 8), np.float32)
-    Bt = np.ones((6, 8), np.float32)
+def test_nan_and_inf_propagate():
+    A = np.ones((9, 40), np.float32)
+    Bt = np.ones((6, 40), np.float32)
     A[2, 3] = np.nan
-    C = np.zeros((5, 6), np.float32)
+    A[5, 7] = np.inf
+    C = np.zeros((9, 6), np.float32)
     matmul_nt(A, Bt, C)
     assert np.isnan(C[2]).all()
-    assert np.isfinite(np.delete(C, 2, axis=0)).all()
+    assert np.isposinf(C[5]).all()
+    assert (np.delete(C, [2, 5], axis=0) == 40).all()

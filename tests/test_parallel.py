@@ -100,9 +100,21 @@ def test_the_calling_thread_keeps_its_blas_threads():
     splitter = StreamSplitter(2)
     if splitter.parts(64) == 1:
         pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
-    for switch in splitter._switches:
-        switch(2)
-    seen = []
-    splitter.map(lambda _: seen.append(_blas_thread_counts(splitter._switches)), [0, 1])
-    assert seen == [[1] * len(seen[0])] * 2  # the workers ran single-threaded
-    assert _blas_thread_counts(splitter._switches) == [2] * len(seen[0])
+    original = [switch(2) for switch in splitter._switches]
+    try:
+        seen = []
+        splitter.map(lambda _: seen.append(_blas_thread_counts(splitter._switches)), [0, 1])
+        assert seen == [[1] * len(original)] * 2  # the workers ran single-threaded
+        assert _blas_thread_counts(splitter._switches) == [2] * len(original)
+
+        def fail(item):
+            if item == 0:
+                raise RuntimeError("shard 0 failed")
+            seen.append(_blas_thread_counts(splitter._switches))
+        with pytest.raises(RuntimeError, match="shard 0 failed"):
+            splitter.map(fail, [0, 1])
+        assert seen[-1] == [1] * len(original)  # the other shard still ran single-threaded
+        assert _blas_thread_counts(splitter._switches) == [2] * len(original)
+    finally:
+        for switch, count in zip(splitter._switches, original):
+            switch(count)

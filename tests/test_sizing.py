@@ -95,7 +95,7 @@ def test_dropout_needs_eight_epochs_and_eight_characters_per_parameter():
     assert sizing.choose_dropout(8 * n_train, n_train, params) == 0.3
     assert sizing.choose_dropout(8 * n_train, n_train, 2 * n_train) == 0.0  # 4 per parameter
     assert sizing.choose_dropout(16 * n_train, n_train, 2 * n_train) == 0.3
-    assert sizing.choose_dropout(float("inf"), n_train, params) == 0.3  # a run with no limit
+    assert sizing.choose_dropout(float("inf"), n_train, params) == 0.0  # unknown: not chosen
 
 
 @pytest.mark.parametrize("epochs, given, expected", [(2, None, 0.0), (10, None, 0.3),
@@ -110,7 +110,9 @@ def test_a_run_without_dropout_gets_it_from_its_epochs_and_says_so(corpus, tmp_p
     assert run.opts.dropout == run.model.config.dropout == expected
     said = [note for note in run.notes if note.startswith("dropout")]
     if given is None and expected:
-        assert said == [f"dropout 0.3: the budget allows {epochs} epochs, enough to overfit "
-                        f"without it (--dropout to choose)"]
+        per_param = epochs * run.streams.size / run.model.params.size
+        assert said == [f"dropout 0.3: the budget allows {epochs} epochs, {per_param:.0f} "
+                        f"characters per parameter, enough to overfit without it (--dropout to "
+                        f"choose)"]
     else:
         assert said == []
