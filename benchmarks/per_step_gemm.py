@@ -46,18 +46,19 @@ def tiled_rates(B: int, H: int, calls: int) -> dict:
     runs = {"gflops_tiled_forward": lambda: _tiled_products(h, WT, gates, calls),
             "gflops_tiled_backward": lambda: _tiled_products(dg, W, dh, calls),
             "gflops_1_thread_backward": lambda: _products(dg, WT, dh, calls)}
-    rates = {}
-    for name, run in runs.items():
-        run()  # compile, warm the caches
-        best = min(_timed(run) for _ in range(5))
-        rates[name] = round(2 * B * H * 4 * H * calls / best / 1e9, 1)
-    return rates
+    return {name: round(2 * B * H * 4 * H * calls / _best_of_five(run) / 1e9, 1)
+            for name, run in runs.items()}
 
 
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
+def _best_of_five(fn) -> float:
+    """Seconds of the fastest of five calls of fn, after one that compiles and warms the caches."""
     fn()
-    return time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def rate(B: int, H: int, blas_threads: int, concurrent: int, calls: int) -> float:
@@ -73,12 +74,7 @@ def rate(B: int, H: int, blas_threads: int, concurrent: int, calls: int) -> floa
         _products(hs[i], Ws[i], outs[i], calls)
 
     with ThreadPoolExecutor(concurrent) as pool:
-        list(pool.map(work, range(concurrent)))  # compile, warm the caches
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            list(pool.map(work, range(concurrent)))
-            best = min(best, time.perf_counter() - t0)
+        best = _best_of_five(lambda: list(pool.map(work, range(concurrent))))
     return 2 * B * H * 4 * H * calls * concurrent / best / 1e9
 
 

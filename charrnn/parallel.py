@@ -68,6 +68,8 @@ class StreamSplitter:
         self._pool = None
         self._switches = _openblas_thread_switches() if self.threads > 1 else []
         if self._switches:
+            # the initializer is what makes the workers single-threaded where the switch is
+            # truly thread-local (OpenMP builds); map() covers the process-wide pthreads build
             self._pool = ThreadPoolExecutor(
                 self.threads, thread_name_prefix="charrnn",
                 initializer=lambda: [switch(1) for switch in self._switches])

@@ -223,14 +223,7 @@ class Run:
         if opts.hidden is None:
             opts.hidden = self._choose_hidden(len(train_ids), budget)
         if opts.dropout is None:
-            params = sizing.parameter_count(opts.cell, opts.layers, opts.hidden, len(self.vocab))
-            opts.dropout = sizing.choose_dropout(budget(opts.hidden), len(train_ids), params)
-            if opts.dropout:
-                chars = budget(opts.hidden)
-                self.notes.append(f"dropout {opts.dropout:g}: the budget allows "
-                                  f"{chars / len(train_ids):.0f} epochs, "
-                                  f"{chars / params:.0f} characters per parameter, enough to "
-                                  f"overfit without it (--dropout to choose)")
+            opts.dropout = self._choose_dropout(len(train_ids), budget(opts.hidden))
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
         self.model = Model(config, seed=opts.seed)
@@ -274,12 +267,24 @@ class Run:
                           f"characters can train (--hidden to choose)")
         return hidden
 
+    def _choose_dropout(self, n_train: int, chars: float) -> float:
+        """The dropout for a run that did not give --dropout, whose budget at its width is
+        ``chars`` training characters (sizing.py); said in self.notes when it is on."""
+        o = self.opts
+        params = sizing.parameter_count(o.cell, o.layers, o.hidden, len(self.vocab))
+        dropout = sizing.choose_dropout(chars, n_train, params)
+        if dropout:
+            self.notes.append(f"dropout {dropout:g}: the budget allows {chars / n_train:.0f} "
+                              f"epochs, {chars / params:.0f} characters per parameter, enough "
+                              f"to overfit without it (--dropout to choose)")
+        return dropout
+
     def _training_speed(self, hidden: int) -> float:
         """Training characters per second of this run's cell at this width: the best of three
         timings of one short window of the corpus (the first also compiles the kernels on a
         first run ever, or loads them from the cache; the best is the one least disturbed)."""
         o = self.opts
-        dropout = o.dropout or 0.0  # None (not chosen yet): dropout adds little time
+        dropout = o.dropout or 0.0  # None: not chosen yet, so timed without
         config = ModelConfig(vocab_size=len(self.vocab), cell=o.cell, layers=o.layers,
                              hidden=hidden, dropout=dropout)
         model = Model(config, seed=o.seed)
