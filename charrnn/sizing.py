@@ -1,5 +1,5 @@
-"""The model's width and dropout when --hidden and --dropout are not given, from the run's
-budget.
+"""The model's width and dropout when --hidden and --dropout are not given, and where a --minutes
+run stops, from the run's budget.
 
 A wider model learns more per character but sees fewer characters in the same time. In 10-minute
 runs on tinyshakespeare (BENCHMARKS.md, "Choosing the defaults"), a GRU 2 x 512 that saw 1.9
@@ -18,10 +18,20 @@ it is on (LONG_RUN_DROPOUT) only when the budget at the chosen width covers both
 DROPOUT_FROM_EPOCHS passes over the text and DROPOUT_FROM_CHARS_PER_PARAM characters per
 parameter. Measured: a 60-minute GRU 2 x 512 on tinyshakespeare (about 26 epochs, 11 characters
 per parameter) overfitted from its 4th epoch without dropout and early-stopped at 1.498
-nats/char, while with 0.3 it reached 1.469 at 27 minutes and was still improving. In 10 minutes
+nats/char, while with 0.3 it reached 1.463 (at 20 minutes; early-stopped at 28). In 10 minutes
 (4.5 epochs, 1.9 per parameter) 0.1 was no better than none (1.451 against 1.447). A bare run on
 corpora/markov.txt (10 epochs, 5.7 per parameter) reached 1.4627 with 0.3 against 1.4469 without.
 The thresholds sit between those points; nothing between them was measured.
+
+A --minutes run without dropout stops where its model stops learning: at `useful_chars`, the
+larger of USEFUL_EPOCHS passes over the text and USEFUL_CHARS_PER_PARAM characters per
+parameter, its schedule decaying to that point (so such a run never reaches the dropout rule,
+which is left to --epochs and --max-steps budgets). Measured on tinyshakespeare, GRU 2 x 512
+(1.0M training characters, 2.5M parameters), runs whose schedule ended where they stopped:
+707 steps (4.5 epochs, 1.8 characters per parameter) reached 1.445 nats/char, 744 steps 1.447,
+785 steps 1.452, 806 steps 1.451, 964 steps (6.1 epochs) 1.453; 60 minutes reached 1.463 with
+dropout 0.3 and 1.498 without. The limits are the best of those points; fewer steps were not
+tried.
 """
 
 from typing import Callable
@@ -37,6 +47,8 @@ TRAINING_SHARE_OF_MINUTES = 0.9
 DROPOUT_FROM_EPOCHS = 8
 DROPOUT_FROM_CHARS_PER_PARAM = 8
 LONG_RUN_DROPOUT = 0.3
+USEFUL_EPOCHS = 4.5
+USEFUL_CHARS_PER_PARAM = 1.8
 
 
 def parameter_count(cell: str, layers: int, hidden: int, vocab_size: int) -> int:
@@ -67,6 +79,13 @@ def choose_hidden(cell: str, layers: int, vocab_size: int,
         if budget(hidden) >= CHARS_PER_PARAM * parameter_count(cell, layers, hidden, vocab_size):
             return hidden
     return min(CANDIDATE_HIDDEN)
+
+
+def useful_chars(n_train: int, params: int) -> float:
+    """The most training characters a --minutes run without dropout learns from: past both
+    USEFUL_EPOCHS passes over its n_train training characters and USEFUL_CHARS_PER_PARAM
+    characters per parameter, more time only overfits."""
+    return max(USEFUL_EPOCHS * n_train, USEFUL_CHARS_PER_PARAM * params)
 
 
 def choose_dropout(budget: float, n_train: int, params: int) -> float:

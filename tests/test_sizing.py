@@ -116,3 +116,41 @@ def test_a_run_without_dropout_gets_it_from_its_epochs_and_says_so(corpus, tmp_p
                         f"choose)"]
     else:
         assert said == []
+
+
+def test_useful_characters_are_the_larger_of_the_epochs_and_per_parameter_limits():
+    # a small text: the per-parameter limit is the larger; a large one: the epochs
+    n_train, params = 1000, 10_000
+    assert sizing.useful_chars(n_train, params) == sizing.USEFUL_CHARS_PER_PARAM * params
+    n_train, params = 10_000_000, 10_000
+    assert sizing.useful_chars(n_train, params) == sizing.USEFUL_EPOCHS * n_train
+
+
+@pytest.mark.parametrize("given, capped", [
+    (dict(), True),                          # time alone, dropout chosen: stops where it learns
+    (dict(dropout=0.0), True),               # no dropout given: the same
+    (dict(dropout=0.2), False),              # dropout given: trains for the whole time
+    (dict(epochs=2000), False),              # an epoch limit given: kept
+    (dict(max_steps=10**6), False)])         # a step limit given: kept
+def test_a_long_time_budget_stops_where_the_model_stops_learning(corpus, tmp_path, given,
+                                                                 capped):
+    # 1 x 12 GRU: ~600 parameters, ~18,000 training characters; 1,000 minutes of a model this
+    # small is far past the useful epochs
+    opts = TrainOptions(**{"hidden": 12, "layers": 1, "seq_len": 16, "batch_size": 4,
+                           "epochs": None, "minutes": 1000.0, **given})
+    run = Run(corpus, tmp_path / "c", opts)
+    run.release()
+    said = [note for note in run.notes if note.startswith("stops after")]
+    if not capped:
+        assert said == [] and run.opts.max_steps == given.get("max_steps")
+        return
+    n_train, params = run.n_chars - len(run.val_ids), run.model.params.size
+    useful = max(sizing.USEFUL_EPOCHS * n_train, sizing.USEFUL_CHARS_PER_PARAM * params)
+    steps = run.opts.max_steps
+    assert (steps - 1) * 4 * 16 < useful <= steps * 4 * 16  # the first step that reaches it
+    assert run.total_steps() == steps  # so the schedule decays to it
+    assert run.opts.dropout == 0.0
+    assert said == [f"stops after {steps:,} steps ({useful / n_train:.1f} epochs, "
+                    f"{useful / params:.1f} characters per parameter), before the 1000 minutes "
+                    f"are up: more overfits this model without dropout (--max-steps, --epochs "
+                    f"or --dropout to train longer)"]

@@ -150,7 +150,7 @@ def test_resume_refuses_another_corpus_and_malformed_state(corpus, tmp_path):
 # the learning-rate schedule and early stopping
 
 
-def test_the_schedule_warms_up_then_decays_to_a_tenth_at_the_end_of_the_budget():
+def test_the_schedule_warms_up_then_decays_to_two_percent_at_the_end_of_the_budget():
     from charrnn.train import scheduled_lr
     opts = TrainOptions(lr=1e-2)
     total = 1000  # warm-up: 2% = 20 steps
@@ -159,9 +159,9 @@ def test_the_schedule_warms_up_then_decays_to_a_tenth_at_the_end_of_the_budget()
     assert all(a < b for a, b in zip(lrs[:19], lrs[1:20]))  # rising through the warm-up
     assert max(lrs) <= 1e-2 and max(lrs) > 0.99e-2
     assert all(a >= b for a, b in zip(lrs[20:], lrs[21:]))  # then never rising
-    assert scheduled_lr(opts, total, total, 1.0) == pytest.approx(1e-3)
+    assert scheduled_lr(opts, total, total, 1.0) == pytest.approx(2e-4)  # 2% of --lr (README)
     # a --minutes budget decays by the time used even when the steps are far from their limit
-    assert scheduled_lr(opts, 500, 10**6, 1.0) == pytest.approx(1e-3)
+    assert scheduled_lr(opts, 500, 10**6, 1.0) == pytest.approx(2e-4)
     # and ends its warm-up at 2% of the time when that comes before 100 steps
     assert scheduled_lr(opts, 10, None, 0.01) == pytest.approx(1e-2 * 0.5, rel=0.01)
     assert scheduled_lr(opts, 10, None, 0.02) == pytest.approx(1e-2, rel=0.01)
