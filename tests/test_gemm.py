@@ -6,9 +6,10 @@ import pytest
 from charrnn.kernels.cpu import matmul_nt
 
 
-# M and N cover whole 4 x 4 tiles, leftover rows and leftover columns (and none but leftovers);
-# K covers a single term and lengths that are not a multiple of a SIMD vector.
-@pytest.mark.parametrize("M", [1, 3, 4, 6, 50])
+# M and N cover whole 6 x 4 tiles, every count of leftover rows (0 to 5) and leftover columns
+# (and none but leftovers); K covers a single term and lengths that are not a multiple of a SIMD
+# vector.
+@pytest.mark.parametrize("M", [1, 3, 4, 6, 11, 50])
 @pytest.mark.parametrize("N", [1, 4, 7, 12])
 @pytest.mark.parametrize("K", [1, 17, 64])
 def test_matches_the_exact_product(M, N, K):

@@ -484,9 +484,11 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 # matrix on every call. This kernel needs no packing: in the "dot" form every output is a
 # contiguous dot product of a row of A with a row of Bt, so the backward product takes W_h (H, GH)
 # as it is stored and the forward one a transposed copy made once per window. Each output tile of
-# 4 x 4 keeps 16 accumulators; with reassociation allowed, LLVM vectorises the inner loop over K
-# (16 float32 lanes with AVX-512), and the 8 rows a tile reads are reused 4 times each. Its
-# speed beside one-thread BLAS: `python benchmarks/per_step_gemm.py` (figures in BENCHMARKS.md).
+# 6 rows x 4 columns keeps 24 accumulators; with reassociation allowed, LLVM vectorises the inner
+# loop over K (16 float32 lanes with AVX-512), and each of the 10 rows a tile reads is reused 4 or
+# 6 times. 6 x 4 trained LSTM 2 x 512 2.6% faster than 4 x 4 (three alternating `charrnn bench`
+# runs each; no difference beyond the noise at 2 x 256). Its speed beside one-thread BLAS:
+# `python benchmarks/per_step_gemm.py` (figures in BENCHMARKS.md).
 
 # reassoc: the sums may be reordered (what lets LLVM vectorise a reduction); contract: fused
 # multiply-add. Not the full fastmath: NaN and inf keep propagating as they do through BLAS.
@@ -499,46 +501,65 @@ def matmul_nt(A, Bt, C):
     M, K = A.shape
     N = Bt.shape[0]
     z = A.dtype.type(0)
-    M4 = M - M % 4
+    M6 = M - M % 6
     N4 = N - N % 4
     for j in range(0, N4, 4):
         b0 = Bt[j]
         b1 = Bt[j + 1]
         b2 = Bt[j + 2]
         b3 = Bt[j + 3]
-        for i in range(0, M4, 4):
+        for i in range(0, M6, 6):
             a0 = A[i]
             a1 = A[i + 1]
             a2 = A[i + 2]
             a3 = A[i + 3]
+            a4 = A[i + 4]
+            a5 = A[i + 5]
             s00 = s01 = s02 = s03 = z
             s10 = s11 = s12 = s13 = z
             s20 = s21 = s22 = s23 = z
             s30 = s31 = s32 = s33 = z
+            s40 = s41 = s42 = s43 = z
+            s50 = s51 = s52 = s53 = z
             for k in range(K):
-                x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
                 w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
-                s00 += x0 * w0
-                s01 += x0 * w1
-                s02 += x0 * w2
-                s03 += x0 * w3
-                s10 += x1 * w0
-                s11 += x1 * w1
-                s12 += x1 * w2
-                s13 += x1 * w3
-                s20 += x2 * w0
-                s21 += x2 * w1
-                s22 += x2 * w2
-                s23 += x2 * w3
-                s30 += x3 * w0
-                s31 += x3 * w1
-                s32 += x3 * w2
-                s33 += x3 * w3
+                x = a0[k]
+                s00 += x * w0
+                s01 += x * w1
+                s02 += x * w2
+                s03 += x * w3
+                x = a1[k]
+                s10 += x * w0
+                s11 += x * w1
+                s12 += x * w2
+                s13 += x * w3
+                x = a2[k]
+                s20 += x * w0
+                s21 += x * w1
+                s22 += x * w2
+                s23 += x * w3
+                x = a3[k]
+                s30 += x * w0
+                s31 += x * w1
+                s32 += x * w2
+                s33 += x * w3
+                x = a4[k]
+                s40 += x * w0
+                s41 += x * w1
+                s42 += x * w2
+                s43 += x * w3
+                x = a5[k]
+                s50 += x * w0
+                s51 += x * w1
+                s52 += x * w2
+                s53 += x * w3
             C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s00, s01, s02, s03
             C[i + 1, j], C[i + 1, j + 1], C[i + 1, j + 2], C[i + 1, j + 3] = s10, s11, s12, s13
             C[i + 2, j], C[i + 2, j + 1], C[i + 2, j + 2], C[i + 2, j + 3] = s20, s21, s22, s23
             C[i + 3, j], C[i + 3, j + 1], C[i + 3, j + 2], C[i + 3, j + 3] = s30, s31, s32, s33
-        for i in range(M4, M):  # the rows left over, one at a time against the same 4 columns
+            C[i + 4, j], C[i + 4, j + 1], C[i + 4, j + 2], C[i + 4, j + 3] = s40, s41, s42, s43
+            C[i + 5, j], C[i + 5, j + 1], C[i + 5, j + 2], C[i + 5, j + 3] = s50, s51, s52, s53
+        for i in range(M6, M):
             a = A[i]
             s0 = s1 = s2 = s3 = z
             for k in range(K):
@@ -548,7 +569,7 @@ def matmul_nt(A, Bt, C):
                 s2 += x * b2[k]
                 s3 += x * b3[k]
             C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
-    for j in range(N4, N):  # the columns left over
+    for j in range(N4, N):
         b = Bt[j]
         for i in range(M):
             a = A[i]
