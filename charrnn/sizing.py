@@ -23,17 +23,20 @@ nats/char, while with 0.3 it reached 1.463 (at 20 minutes; early-stopped at 28).
 corpora/markov.txt (10 epochs, 5.7 per parameter) reached 1.4627 with 0.3 against 1.4469 without.
 The thresholds sit between those points; nothing between them was measured.
 
-A --minutes run without dropout stops where its model stops learning: at `useful_chars`, the
-larger of USEFUL_EPOCHS passes over the text and USEFUL_CHARS_PER_PARAM characters per
-parameter, its schedule decaying to that point (so such a run never reaches the dropout rule,
-which is left to --epochs and --max-steps budgets). Measured on tinyshakespeare, GRU 2 x 512
-(1.0M training characters, 2.5M parameters), runs whose schedule ended where they stopped:
-707 steps (4.5 epochs, 1.8 characters per parameter) reached 1.445 nats/char, 744 steps 1.447,
-785 steps 1.452, 806 steps 1.451, 964 steps (6.1 epochs) 1.453; 60 minutes reached 1.463 with
-dropout 0.3 and 1.498 without. The limits are the best of those points; fewer steps were not
-tried.
+A --minutes run without dropout stops where its model stops learning: at `useful_steps`, the
+larger of USEFUL_EPOCHS epochs and USEFUL_CHARS_PER_PARAM characters per parameter, its schedule
+decaying to that point (so such a run never reaches the dropout rule, which is left to --epochs
+and --max-steps budgets). Measured on tinyshakespeare, GRU 2 x 512 (1.0M training characters,
+2.5M parameters; BENCHMARKS.md, "The 60-minute point"), runs whose schedule ended where they
+stopped: 706 steps (4.5 epochs, 1.8 characters per parameter) reached 1.442 nats/char with the
+cosine decaying to 2% of --lr and 1.451 with it decaying to 10%; 785 steps (5 epochs) 1.452;
+964 steps (6.1 epochs) 1.453; 60 minutes reached 1.463 with dropout 0.3 and 1.498 without. The
+epoch limit is the best of those points; fewer steps were not tried. On that corpus the epochs
+decide; the per-parameter limit (the same point, 1.8, at that width) decides on smaller texts
+and was not measured apart.
 """
 
+import math
 from typing import Callable
 
 from .model import ModelConfig, ParamLayout
@@ -81,18 +84,19 @@ def choose_hidden(cell: str, layers: int, vocab_size: int,
     return min(CANDIDATE_HIDDEN)
 
 
-def useful_chars(n_train: int, params: int) -> float:
-    """The most training characters a --minutes run without dropout learns from: past both
-    USEFUL_EPOCHS passes over its n_train training characters and USEFUL_CHARS_PER_PARAM
-    characters per parameter, more time only overfits."""
-    return max(USEFUL_EPOCHS * n_train, USEFUL_CHARS_PER_PARAM * params)
+def useful_steps(steps_per_epoch: int, chars_per_step: int, params: int) -> int:
+    """The most steps a --minutes run without dropout learns from: past both USEFUL_EPOCHS
+    epochs and USEFUL_CHARS_PER_PARAM characters per parameter, more time only overfits.
+    Counted in steps because an epoch's last window can be shorter than --seq-len."""
+    return max(math.ceil(USEFUL_EPOCHS * steps_per_epoch),
+               math.ceil(USEFUL_CHARS_PER_PARAM * params / chars_per_step))
 
 
 def choose_dropout(budget: float, n_train: int, params: int) -> float:
     """LONG_RUN_DROPOUT when the budget (training characters) covers DROPOUT_FROM_EPOCHS passes
     over the n_train training characters and DROPOUT_FROM_CHARS_PER_PARAM characters for each
-    of the model's parameters, else none. An unknown budget (a GPU run limited by --minutes
-    alone: its speed is not timed) gets none."""
+    of the model's parameters, else none. An unknown budget (inf: a GPU run limited by
+    --minutes alone, whose speed is not timed; it gets a step limit first) gets none."""
     if budget == float("inf"):
         return 0.0
     long_run = budget >= DROPOUT_FROM_EPOCHS * n_train and \

@@ -220,15 +220,8 @@ class Run:
         if opts.eval_every is None:  # a small corpus is validated at least once an epoch
             opts.eval_every = min(DEFAULT_EVAL_EVERY, self.steps_per_epoch)
         self.notes = []
-        budget = self._budget(len(train_ids))
-        if opts.hidden is None:
-            opts.hidden = self._choose_hidden(len(train_ids), budget)
-        chars = budget(opts.hidden)
-        if opts.minutes is not None and opts.epochs is None and opts.max_steps is None and \
-                not opts.dropout:
-            chars = self._stop_where_it_stops_learning(len(train_ids), chars)
-        if opts.dropout is None:
-            opts.dropout = self._choose_dropout(len(train_ids), chars)
+        if resume is None:  # a resumed run keeps the sizes and limits it was given or chose
+            self._size(len(train_ids))
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
         self.model = Model(config, seed=opts.seed)
@@ -245,9 +238,23 @@ class Run:
         if resume is not None:
             self._restore(resume)
 
+    def _size(self, n_train: int) -> None:
+        """The width, the dropout and, for a --minutes run without dropout, the step limit, where
+        the options leave them to be chosen from the budget (sizing.py); said in self.notes."""
+        o = self.opts
+        budget = self._budget(n_train)
+        if o.hidden is None:
+            o.hidden = self._choose_hidden(n_train, budget)
+        time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
+        if time_alone and not o.dropout:
+            self._stop_where_it_stops_learning(budget(o.hidden))
+        if o.dropout is None:
+            o.dropout = self._choose_dropout(n_train, budget(o.hidden))
+
     def _budget(self, n_train: int):
-        """budget(hidden): the training characters this run can see at that width (sizing.py).
-        Each width's speed is timed once, and only if --minutes limits the run."""
+        """budget(hidden): the training characters this run can see at that width (sizing.py),
+        under the run's limits at the time of the call. Each width's speed is timed once, and
+        only when --minutes limits the run and a choice needs it."""
         o = self.opts
         # On a GPU the time budget is left out: a CPU timing says nothing of the GPU's speed,
         # and timing the GPU trainer is not built.
@@ -284,22 +291,23 @@ class Run:
                               f"to overfit without it (--dropout to choose)")
         return dropout
 
-    def _stop_where_it_stops_learning(self, n_train: int, chars: float) -> float:
-        """A --minutes run without dropout whose budget (``chars`` training characters) goes
-        past what its model can learn from (sizing.useful_chars) gets --max-steps there, so its
-        schedule decays to that point instead of overfitting at a high rate for the rest of
-        the time; said in self.notes. Returns the budget it is left with."""
+    def _stop_where_it_stops_learning(self, chars: float) -> None:
+        """A --minutes run without dropout whose budget (``chars`` training characters, inf when
+        the speed is not timed) goes past what its model can learn from (sizing.useful_steps)
+        gets --max-steps there, so its schedule decays to that point instead of overfitting at
+        a high rate for the rest of the time; said in self.notes."""
         o = self.opts
         params = sizing.parameter_count(o.cell, o.layers, o.hidden, len(self.vocab))
-        useful = sizing.useful_chars(n_train, params)
-        if chars <= useful:
-            return chars
-        o.max_steps = math.ceil(useful / (o.batch_size * o.seq_len))
-        self.notes.append(f"stops after {o.max_steps:,} steps ({useful / n_train:.1f} epochs, "
-                          f"{useful / params:.1f} characters per parameter), before the "
-                          f"{o.minutes:g} minutes are up: more overfits this model without "
-                          f"dropout (--max-steps, --epochs or --dropout to train longer)")
-        return useful
+        chars_per_step = o.batch_size * o.seq_len
+        steps = sizing.useful_steps(self.steps_per_epoch, chars_per_step, params)
+        if chars <= steps * chars_per_step:
+            return
+        o.max_steps = steps
+        self.notes.append(f"stops after {steps:,} steps ({steps / self.steps_per_epoch:.1f} "
+                          f"epochs, {steps * chars_per_step / params:.1f} characters per "
+                          f"parameter) unless the {o.minutes:g} minutes run out first: past "
+                          f"that, this model without dropout overfits (--max-steps, --epochs, "
+                          f"or --dropout above 0 to train longer)")
 
     def _training_speed(self, hidden: int) -> float:
         """Training characters per second of this run's cell at this width. Times a short
@@ -400,7 +408,7 @@ class Run:
         """Which budget is used up (--max-steps, --epochs, --minutes since `started`), or None."""
         o = self.opts
         if o.max_steps is not None and self.step >= o.max_steps:
-            return f"reached {o.max_steps} steps"
+            return f"reached its step limit ({o.max_steps:,})"
         if o.epochs is not None and self.epoch >= o.epochs:
             return f"finished {o.epochs} epochs"
         if o.minutes is not None and time.perf_counter() - started >= o.minutes * 60:

@@ -1,12 +1,17 @@
-"""The width and dropout a run gets when --hidden and --dropout are not given: the widest width
-its budget can train, and dropout when the budget allows many epochs."""
+"""What a run gets from its budget when the options leave it open: the widest width the budget can
+train (no --hidden), dropout when the budget allows many epochs (no --dropout), and, for a
+--minutes run without dropout, a step limit where its model stops learning. A resumed run keeps
+what it started with."""
+
+import math
 
 import pytest
 
+from charrnn import checkpoint as ckpt_io
 from charrnn import sizing
 from charrnn.model import Model, ModelConfig
 from charrnn.synthetic import MarkovSource
-from charrnn.train import Run, TrainOptions
+from charrnn.train import Run, TrainOptions, options_from_checkpoint
 
 
 def test_parameter_count_is_the_models():
@@ -118,12 +123,24 @@ def test_a_run_without_dropout_gets_it_from_its_epochs_and_says_so(corpus, tmp_p
         assert said == []
 
 
-def test_useful_characters_are_the_larger_of_the_epochs_and_per_parameter_limits():
+def test_useful_steps_are_the_larger_of_the_epochs_and_per_parameter_limits():
     # a small text: the per-parameter limit is the larger; a large one: the epochs
-    n_train, params = 1000, 10_000
-    assert sizing.useful_chars(n_train, params) == sizing.USEFUL_CHARS_PER_PARAM * params
-    n_train, params = 10_000_000, 10_000
-    assert sizing.useful_chars(n_train, params) == sizing.USEFUL_EPOCHS * n_train
+    assert sizing.useful_steps(steps_per_epoch=10, chars_per_step=100, params=10_000) == \
+        math.ceil(sizing.USEFUL_CHARS_PER_PARAM * 100)
+    assert sizing.useful_steps(steps_per_epoch=1001, chars_per_step=100, params=10_000) == \
+        math.ceil(sizing.USEFUL_EPOCHS * 1001)
+
+
+def small_timed_run(corpus, run_dir, minutes=1000.0, **given):
+    """A 1 x 12 GRU (~600 parameters) on ~18,000 training characters: 1,000 minutes of a model
+    this small is far past its useful epochs."""
+    opts = TrainOptions(**{"hidden": 12, "layers": 1, "seq_len": 16, "batch_size": 4,
+                           "epochs": None, "minutes": minutes, **given})
+    return Run(corpus, run_dir, opts)
+
+
+def step_limit_notes(run):
+    return [note for note in run.notes if note.startswith("stops after")]
 
 
 @pytest.mark.parametrize("given, capped", [
@@ -134,23 +151,62 @@ def test_useful_characters_are_the_larger_of_the_epochs_and_per_parameter_limits
     (dict(max_steps=10**6), False)])         # a step limit given: kept
 def test_a_long_time_budget_stops_where_the_model_stops_learning(corpus, tmp_path, given,
                                                                  capped):
-    # 1 x 12 GRU: ~600 parameters, ~18,000 training characters; 1,000 minutes of a model this
-    # small is far past the useful epochs
-    opts = TrainOptions(**{"hidden": 12, "layers": 1, "seq_len": 16, "batch_size": 4,
-                           "epochs": None, "minutes": 1000.0, **given})
-    run = Run(corpus, tmp_path / "c", opts)
+    run = small_timed_run(corpus, tmp_path / "c", **given)
     run.release()
-    said = [note for note in run.notes if note.startswith("stops after")]
+    said = step_limit_notes(run)
     if not capped:
         assert said == [] and run.opts.max_steps == given.get("max_steps")
         return
-    n_train, params = run.n_chars - len(run.val_ids), run.model.params.size
-    useful = max(sizing.USEFUL_EPOCHS * n_train, sizing.USEFUL_CHARS_PER_PARAM * params)
+    params, per_epoch = run.model.params.size, run.steps_per_epoch
     steps = run.opts.max_steps
-    assert (steps - 1) * 4 * 16 < useful <= steps * 4 * 16  # the first step that reaches it
+    # the first step past both limits
+    assert steps == max(math.ceil(sizing.USEFUL_EPOCHS * per_epoch),
+                        math.ceil(sizing.USEFUL_CHARS_PER_PARAM * params / (4 * 16)))
     assert run.total_steps() == steps  # so the schedule decays to it
     assert run.opts.dropout == 0.0
-    assert said == [f"stops after {steps:,} steps ({useful / n_train:.1f} epochs, "
-                    f"{useful / params:.1f} characters per parameter), before the 1000 minutes "
-                    f"are up: more overfits this model without dropout (--max-steps, --epochs "
-                    f"or --dropout to train longer)"]
+    assert said == [f"stops after {steps:,} steps ({steps / per_epoch:.1f} epochs, "
+                    f"{steps * 64 / params:.1f} characters per parameter) unless the 1000 "
+                    f"minutes run out first: past that, this model without dropout overfits "
+                    f"(--max-steps, --epochs, or --dropout above 0 to train longer)"]
+
+
+def test_a_time_budget_shorter_than_the_useful_steps_sets_no_step_limit(corpus, tmp_path):
+    run = small_timed_run(corpus, tmp_path / "s", minutes=1e-4)  # 6 ms
+    run.release()
+    assert step_limit_notes(run) == [] and run.opts.max_steps is None
+
+
+def test_an_untimed_budget_gets_the_step_limit(corpus, tmp_path, monkeypatch):
+    # a GPU run's speed is not timed: its budget is unknown (inf), so the limit applies
+    monkeypatch.setattr(Run, "_budget", lambda self, n_train: lambda hidden: float("inf"))
+    run = small_timed_run(corpus, tmp_path / "g")
+    run.release()
+    assert len(step_limit_notes(run)) == 1 and run.opts.max_steps is not None
+
+
+def test_the_speed_is_timed_only_when_a_choice_needs_it(corpus, tmp_path, monkeypatch):
+    def untimed(self, hidden):
+        raise AssertionError("the training speed was timed")
+
+    monkeypatch.setattr(Run, "_training_speed", untimed)
+    # width and dropout given: nothing left to choose
+    small_timed_run(corpus, tmp_path / "t", dropout=0.2).release()
+
+
+def test_a_resumed_run_keeps_its_limits_and_is_not_timed(corpus, tmp_path, monkeypatch):
+    # a short first session: no step limit (its time ran out before the useful steps)
+    first = small_timed_run(corpus, tmp_path / "r", minutes=1e-4)
+    assert first.opts.max_steps is None
+    first.save(ckpt_io.LATEST)
+    first.release()
+
+    def untimed(self, hidden):
+        raise AssertionError("the training speed was timed on resume")
+
+    monkeypatch.setattr(Run, "_training_speed", untimed)
+    saved = ckpt_io.load(tmp_path / "r" / ckpt_io.LATEST)
+    # resumed with a long budget: a fresh run would get a step limit, the resumed one does not
+    opts = options_from_checkpoint(saved, {"minutes": 1000.0})
+    resumed = Run(corpus, tmp_path / "r", opts, resume=saved)
+    resumed.release()
+    assert resumed.opts.max_steps is None and step_limit_notes(resumed) == []

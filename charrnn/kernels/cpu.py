@@ -559,7 +559,7 @@ def matmul_nt(A, Bt, C):
             C[i + 3, j], C[i + 3, j + 1], C[i + 3, j + 2], C[i + 3, j + 3] = s30, s31, s32, s33
             C[i + 4, j], C[i + 4, j + 1], C[i + 4, j + 2], C[i + 4, j + 3] = s40, s41, s42, s43
             C[i + 5, j], C[i + 5, j + 1], C[i + 5, j + 2], C[i + 5, j + 3] = s50, s51, s52, s53
-        for i in range(M6, M):
+        for i in range(M6, M):  # the rows left over, one at a time against the same 4 columns
             a = A[i]
             s0 = s1 = s2 = s3 = z
             for k in range(K):
@@ -569,7 +569,7 @@ def matmul_nt(A, Bt, C):
                 s2 += x * b2[k]
                 s3 += x * b3[k]
             C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
-    for j in range(N4, N):
+    for j in range(N4, N):  # the columns left over
         b = Bt[j]
         for i in range(M):
             a = A[i]
