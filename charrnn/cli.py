@@ -7,6 +7,7 @@ imported inside the commands, so `charrnn --help` starts fast.
 
 import codecs
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from . import CELL_NAMES
 
@@ -28,12 +28,17 @@ app = typer.Typer(
 corpus_app = typer.Typer(help="Classic corpora: list them, download one.", no_args_is_help=True)
 app.add_typer(corpus_app, name="corpus")
 
-stderr = Console(stderr=True)
+@functools.cache
+def stderr_console():
+    """The Rich console on stderr, made (and Rich imported, ~30 ms) only when something is said:
+    `charrnn sample` usually says nothing."""
+    from rich.console import Console
+    return Console(stderr=True)
 
 
 def say(text: str) -> None:
     """A message line on stderr, never wrapped or styled (logs get it whole)."""
-    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+    stderr_console().print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def emit(text: str) -> None:
@@ -190,10 +195,10 @@ def train(
 def _compile_notice(quiet: bool = False):
     from contextlib import nullcontext
 
-    from .report import SlowNotice
+    from .notice import SlowNotice
     if quiet:
         return nullcontext()
-    return SlowNotice(stderr, "compiling the model's kernels (first run only: about a minute; "
+    return SlowNotice(say, "compiling the model's kernels (first run only: about a minute; "
                               "later runs load them from the cache)")
 
 
@@ -201,7 +206,8 @@ def _reporter(quiet: bool):
     from .report import PlainReporter, QuietReporter, RichReporter
     if quiet:
         return QuietReporter()
-    return RichReporter(stderr) if stderr.is_terminal else PlainReporter(stderr)
+    console = stderr_console()
+    return RichReporter(console) if console.is_terminal else PlainReporter(console)
 
 
 class _StopOnSignal:

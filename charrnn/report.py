@@ -2,40 +2,11 @@
 otherwise (pipes, files, CI), nothing with --quiet. All implement train.Reporter."""
 
 import math
-import threading
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 LN2 = math.log(2)
-
-
-class SlowNotice:
-    """Says `text` on stderr, once, if a piece of work inside it takes longer than `after`
-    seconds: the first run compiles the kernels, and a silent minute would look hung. It may be
-    entered again for the next piece of the same work."""
-
-    def __init__(self, console: Console, text: str, after: float = 1.5):
-        self._console, self._text, self._after = console, text, after
-        self._said = False
-        self._timer = None
-
-    def _say(self):
-        self._said = True
-        self._console.print(self._text, markup=False, highlight=False, soft_wrap=True)
-
-    def __enter__(self):
-        if not self._said:
-            self._timer = threading.Timer(self._after, self._say)
-            self._timer.daemon = True
-            self._timer.start()
-        return self
-
-    def __exit__(self, *exc):
-        if self._timer is not None:
-            self._timer.cancel()
-
-    cancel = __exit__
 
 
 def loss_text(nats: float | None) -> str:
