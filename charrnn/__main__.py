@@ -1,5 +1,5 @@
 """`python -m charrnn` is the `charrnn` command."""
 
-from .cli import main
+from .cli import console_main
 
-main()
+console_main()

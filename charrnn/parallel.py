@@ -66,6 +66,12 @@ class StreamSplitter:
         self.threads = default_threads() if threads is None else max(1, threads)
         self.min_rows = min_rows
         self._pool = None
+        self._switches = None  # found at the first split: a sampler never needs them
+
+    def _start(self) -> None:
+        """Find the BLAS thread switches and start the workers (once)."""
+        if self._switches is not None:
+            return
         self._switches = _openblas_thread_switches() if self.threads > 1 else []
         if self._switches:
             # the initializer is what makes the workers single-threaded where the switch is
@@ -76,6 +82,9 @@ class StreamSplitter:
 
     def parts(self, B: int) -> int:
         """How many shards to split B streams into."""
+        if B // self.min_rows < 2:
+            return 1
+        self._start()
         if self._pool is None:
             return 1
         return max(1, min(self.threads, B // self.min_rows))
@@ -85,6 +94,7 @@ class StreamSplitter:
         if len(items) == 1:
             fn(items[0])
             return
+        self._start()
         before = [switch(1) for switch in self._switches]  # each returns the previous count
         try:
             futures = [self._pool.submit(fn, item) for item in items]

@@ -267,6 +267,20 @@ def test_closed_pipe_is_a_normal_end(trained):
     assert err == b""
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("argv", [["sample", "--length", "5"], ["sample", "--length", "20000"],
+                                  ["info"]], ids=["short-sample", "long-sample", "info"])
+def test_output_that_cannot_be_written_is_an_error(trained, argv):
+    """stdout on a full disk: one error line and exit 1, never a traceback or a silent 0."""
+    with open("/dev/full", "wb") as full:
+        p = subprocess.run([*cli_command(), argv[0], str(trained.run), *argv[1:]],
+                           stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE,
+                           env=cli_env(), timeout=SUBPROCESS_TIMEOUT)
+    err = p.stderr.decode("utf-8", "replace")
+    assert p.returncode == 1, err
+    assert err.startswith(ERROR) and "No space left" in err and len(err.splitlines()) == 1, err
+
+
 # ---------------------------------------------------------------------------------------------
 # eval, info
 
@@ -468,6 +482,32 @@ def test_help_does_not_import_numba(argv):
                        stdin=subprocess.DEVNULL)
     last = p.stdout.strip().splitlines()[-1]
     assert last == "NUMBA-IMPORTED=False EXIT=0", (last, p.stderr)
+
+
+SCIPY_CHECK = """
+import sys
+sys.argv = ['charrnn'] + sys.argv[1:]
+import charrnn.cli
+try:
+    charrnn.cli.main()
+except SystemExit as e:
+    code = e.code
+print('\\nSCIPY-LINALG-IMPORTED=%s EXIT=%s' % ('scipy.linalg' in sys.modules, code))
+"""
+
+
+@pytest.mark.parametrize("extra", [[], ["--prime", "ab", "--num-samples", "8"]],
+                         ids=["one-stream", "primed-batch-of-8"])
+def test_sampling_does_not_import_scipy_linalg(trained, extra):
+    """Importing scipy.linalg (numba wants its BLAS module) is 0.15 s of start-up: the BLAS
+    module is loaded alone (charrnn/kernels/scipy_blas.py). The kernels are cached by the
+    fixture's runs; a batch of 8 calls BLAS through it."""
+    args = ["sample", "RUN", "--length", "30", "--seed", "1", *extra]
+    p = subprocess.run([sys.executable, "-c", SCIPY_CHECK, *args], capture_output=True,
+                       text=True, env=cli_env(trained.state), cwd=trained.work,
+                       timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
+    last = p.stdout.strip().splitlines()[-1]
+    assert last == "SCIPY-LINALG-IMPORTED=False EXIT=0", (last, p.stderr)
 
 
 def test_import_charrnn_does_not_import_numba():

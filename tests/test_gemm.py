@@ -1,9 +1,9 @@
-"""The per-step product kernel against an exact product, on every shape its tiling splits."""
+"""The per-step product kernels against an exact product, on every shape their tiling splits."""
 
 import numpy as np
 import pytest
 
-from charrnn.kernels.cpu import matmul_nt
+from charrnn.kernels.cpu import FEW_ROWS, matmul_few_rows, matmul_nt
 
 
 # M and N cover whole 6 x 4 tiles, every count of leftover rows (0 to 5) and leftover columns
@@ -35,3 +35,31 @@ def test_nan_and_inf_propagate():
     assert np.isnan(C[2]).all()
     assert np.isposinf(C[5]).all()
     assert (np.delete(C, [2, 5], axis=0) == 40).all()
+
+
+# the sampler's kernel: every row count it is used for, N whole and partial SIMD vectors, K with
+# and without a remainder after its groups of four rows of W
+@pytest.mark.parametrize("M", list(range(1, FEW_ROWS + 1)))
+@pytest.mark.parametrize("N", [1, 7, 65, 384])
+@pytest.mark.parametrize("K", [1, 3, 4, 17, 128])
+def test_few_rows_matches_the_exact_product(M, N, K):
+    rng = np.random.default_rng(M * 100000 + N * 100 + K)
+    A = rng.standard_normal((M, K))
+    W = rng.standard_normal((K, N))
+    exact = A.astype(np.longdouble) @ W.astype(np.longdouble)
+    scale = np.abs(A) @ np.abs(W)
+    for dtype, tol in [(np.float64, 1e-13), (np.float32, 1e-5)]:
+        C = np.full((M, N), np.nan, dtype)  # every entry must be written, none accumulated
+        matmul_few_rows(A.astype(dtype), W.astype(dtype), C)
+        np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300,
+                                     err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
+
+
+def test_few_rows_propagates_nan_and_inf():
+    A = np.ones((3, 10), np.float32)
+    W = np.ones((10, 5), np.float32)
+    A[0, 9] = np.nan  # in the remainder after the groups of four
+    A[2, 1] = np.inf
+    C = np.zeros((3, 5), np.float32)
+    matmul_few_rows(A, W, C)
+    assert np.isnan(C[0]).all() and np.isposinf(C[2]).all() and (C[1] == 10).all()

@@ -43,6 +43,10 @@ if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os
 from numba import njit, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
+from . import scipy_blas  # noqa: E402
+
+scipy_blas.preload()  # before numba first needs BLAS: 0.15 s less start-up
+
 # error_model="numpy": a float division by zero gives inf/nan instead of raising, which removes
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
 kernel = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
@@ -271,14 +275,14 @@ def _gru_classic_step(xg, W_h, W_hn_flat, h_prev, h_out, rh, act, gates):
     flat = gates.reshape(B * 3 * H)
     grz = flat[:B * 2 * H].reshape((B, 2 * H))
     gn = flat[B * 2 * H:].reshape((B, H))
-    np.dot(h_prev, W_h, grz)
+    _matmul(h_prev, W_h, grz)
     for b in range(B):
         x, a, hp, q, s = xg[b], grz[b], h_prev[b], rh[b], act[b]
         for k in range(2 * H):
             s[k] = _sigmoid(x[k] + a[k])  # r, z
         for j in range(H):
             q[j] = s[j] * hp[j]
-    np.dot(rh, W_hn_flat.reshape((H, H)), gn)  # the second GEMM: the reset state through W_hn
+    _matmul(rh, W_hn_flat.reshape((H, H)), gn)  # the second GEMM: the reset state through W_hn
     for b in range(B):
         x, a, hp, ho, s = xg[b], gn[b], h_prev[b], h_out[b], act[b]
         for j in range(H):
@@ -579,6 +583,49 @@ def matmul_nt(A, Bt, C):
             C[i, j] = s
 
 
+FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
+# one row against a matrix larger than this is bound by memory bandwidth, and OpenBLAS's gemv
+# streams it with every core: faster than one core here (H = 512: 36 us against 57)
+ONE_ROW_MAX_BYTES = 1 << 20
+
+
+@kernel(fastmath={"contract"})
+def matmul_few_rows(A, W, C):
+    """C = A @ W for a few rows: A (M, K), W (K, N), C (M, N), all C-contiguous.
+
+    Each row of C is built from four rows of W at a time (one load and one store of C per four
+    multiply-adds), the inner loop over N contiguous, so LLVM vectorises it. OpenBLAS packs all of
+    W for every product, which makes it several times slower for M = 2 to 4 (a small batch of
+    samples); for M = 1 the two are level."""
+    M, K = A.shape
+    N = W.shape[1]
+    K4 = K - K % 4
+    for i in range(M):
+        a, c = A[i], C[i]
+        for j in range(N):
+            c[j] = 0
+        for k in range(0, K4, 4):
+            x0, x1, x2, x3 = a[k], a[k + 1], a[k + 2], a[k + 3]
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            for j in range(N):
+                c[j] += x0 * w0[j] + x1 * w1[j] + x2 * w2[j] + x3 * w3[j]
+        for k in range(K4, K):
+            x0, w0 = a[k], W[k]
+            for j in range(N):
+                c[j] += x0 * w0[j]
+
+
+@kernel
+def _matmul(A, W, C):
+    """C = A @ W: matmul_few_rows for up to FEW_ROWS rows, else (or for one row and a large W)
+    BLAS."""
+    M = A.shape[0]
+    if M <= FEW_ROWS and not (M == 1 and W.size * W.itemsize > ONE_ROW_MAX_BYTES):
+        matmul_few_rows(A, W, C)
+    else:
+        np.dot(A, W, C)
+
+
 # ---------------------------------------------------------------------------------------------
 # one layer over the whole window
 
@@ -703,7 +750,7 @@ def _jordan_hidden(params, offs, x, y_prev, h, gates):
     V = y_prev.shape[1]
     W_x = _mat(params, offs, 0, V)
     bias = _vec(params, offs, 2)
-    np.dot(y_prev, _mat(params, offs, 1, V), gates)
+    _matmul(y_prev, _mat(params, offs, 1, V), gates)
     for b in range(B):
         row, a, hh = W_x[x[b]], gates[b], h[b]
         for j in range(H):
@@ -971,7 +1018,7 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
     h_new/c_new and they are copied back: in-place updates would alias and not vectorise."""
     if cell == JORDAN:  # h holds y_{t-1} (1, B, V); h_new serves as the hidden layer
         _jordan_hidden(params, offs, x, h[0], h_new, gates)
-        np.dot(h_new, _mat(params, offs, SLOTS_PER_LAYER, h_new.shape[1]), logits)
+        _matmul(h_new, _mat(params, offs, SLOTS_PER_LAYER, h_new.shape[1]), logits)
         _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER + 1))
         _softmax_rows(logits, h[0])
         return
@@ -988,18 +1035,18 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
                 for k in range(row.size):
                     out[k] = row[k] + bias[k]
         else:
-            np.dot(h[layer - 1], _mat(params, offs, s, H), xg)
+            _matmul(h[layer - 1], _mat(params, offs, s, H), xg)
             _add_bias_rows(xg, bias)
         extra = _vec(params, offs, s + 3)
         if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
             _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
         else:
-            np.dot(h[layer], W_h, gates)
+            _matmul(h[layer], W_h, gates)
             _cell_step(cell, xg, gates, extra, h[layer], c[layer], h_new, c_new, act)
         h[layer] = h_new
         if has_cell_state(cell):
             c[layer] = c_new
-    np.dot(h[L - 1], _mat(params, offs, SLOTS_PER_LAYER * L, H), logits)
+    _matmul(h[L - 1], _mat(params, offs, SLOTS_PER_LAYER * L, H), logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
 
 
