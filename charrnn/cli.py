@@ -429,6 +429,7 @@ def bench(
     seq_len: Annotated[int, typer.Option(help="Characters per window.")] = 50,
     iters: Annotated[int, typer.Option(help="Training steps per timing.")] = 20,
     sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = 2000,
+    batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing.")] = 64,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
@@ -440,16 +441,17 @@ def bench(
         raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
     if cell == "jordan" and layers != 1:
         raise UsageProblem("--cell jordan has one layer: use --layers 1")
-    if min(layers, hidden, batch_size, seq_len, iters) < 1 or sample_chars < 16:
-        raise UsageProblem("--layers, --hidden, --batch-size, --seq-len and --iters must be >= 1, "
-                           "--sample-chars >= 16")
+    if min(layers, hidden, batch_size, seq_len, iters, batched_samples) < 1 or sample_chars < 16:
+        raise UsageProblem("--layers, --hidden, --batch-size, --seq-len, --iters and "
+                           "--batched-samples must be >= 1, --sample-chars >= 16")
     from .bench import (TORCH_CELLS, BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
                         torch_available)
     if device == "cuda":
         from .device import resolve
         resolve("cuda")  # a clear error where CUDA cannot run
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
-                         seq_len=seq_len, iters=iters, sample_chars=sample_chars, device=device)
+                         seq_len=seq_len, iters=iters, sample_chars=sample_chars,
+                         batched_samples=batched_samples, device=device)
     result = bench_charrnn(config)
     if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)

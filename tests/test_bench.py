@@ -40,3 +40,11 @@ def test_flop_count_by_hand():
     # LSTM 2 x 4, V = 3: layer 0 recurrent 4*16, layer 1 input + recurrent 2*4*16, output 4*3
     c = BenchConfig(cell="lstm", layers=2, hidden=4, vocab=3)
     assert flops_per_char(c) == 6 * (64 + 128 + 12)
+
+
+def test_batched_sampling_takes_its_number_of_streams():
+    r = bench("--no-torch", "--batched-samples", "3")
+    assert r["batched_samples"] == 3 and r["batched_sample_chars_per_s"] > 0
+    bad = subprocess.run([sys.executable, "-m", "charrnn", "bench", "--batched-samples", "0"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--batched-samples" in bad.stderr

@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""The sampler's products, (M, H) x (H, G*H) for M streams: np.dot inside @njit (SciPy's
+OpenBLAS, with its threads) against charrnn's matmul_few_rows (one thread), microseconds per
+product, best of seven. This is what FEW_ROWS and ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py
+are chosen from. Prints one JSON object per shape.
+
+    python benchmarks/few_rows_product.py [--rows 1 2 4 8] [--hidden 128 256 512] [--gates 3 4]
+"""
+
+import argparse
+import json
+import time
+
+import numba
+import numpy as np
+
+from charrnn.kernels.cpu import matmul_few_rows
+
+
+@numba.njit(cache=True)
+def _blas_products(A, W, C, calls):
+    for _ in range(calls):
+        np.dot(A, W, C)
+
+
+@numba.njit(cache=True)
+def _few_rows_products(A, W, C, calls):
+    for _ in range(calls):
+        matmul_few_rows(A, W, C)
+
+
+def microseconds(fn, A, W, C, calls: int) -> float:
+    fn(A, W, C, 10)  # compiles (or loads) and warms the caches
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        fn(A, W, C, calls)
+        best = min(best, time.perf_counter() - t0)
+    return best / calls * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--hidden", type=int, nargs="+", default=[128, 256, 512])
+    ap.add_argument("--gates", type=int, nargs="+", default=[3, 4])
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    for H in args.hidden:
+        for M in args.rows:
+            for G in args.gates:
+                A = rng.standard_normal((M, H), dtype=np.float32)
+                W = rng.standard_normal((H, G * H), dtype=np.float32)
+                C_blas, C_few = np.empty((M, G * H), np.float32), np.empty((M, G * H), np.float32)
+                calls = max(20, 25_000_000 // (M * H * G * H))
+                blas = microseconds(_blas_products, A, W, C_blas, calls)
+                few = microseconds(_few_rows_products, A, W, C_few, calls)
+                np.testing.assert_allclose(C_few, C_blas, rtol=1e-3, atol=1e-3)
+                print(json.dumps({"rows": M, "hidden": H, "gates": G,
+                                  "W_bytes": W.nbytes, "blas_us": round(blas, 2),
+                                  "few_rows_us": round(few, 2),
+                                  "speedup": round(blas / few, 2)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
