@@ -462,7 +462,7 @@ def test_python_dash_m_help():
     assert p.stderr == b""
 
 
-NUMBA_CHECK = """
+MODULES_CHECK = """
 import sys
 sys.argv = ['charrnn'] + sys.argv[1:]
 import charrnn.cli
@@ -470,30 +470,22 @@ try:
     charrnn.cli.main()
 except SystemExit as e:
     code = e.code
-print('NUMBA-IMPORTED=%s EXIT=%s' % ('numba' in sys.modules, code))
+print('\\nNUMBA=%s SCIPY-LINALG=%s EXIT=%s'
+      % ('numba' in sys.modules, 'scipy.linalg' in sys.modules, code))
 """
+
+
+def modules_loaded_by(args, **kwargs) -> str:
+    """The last line of MODULES_CHECK run on `charrnn ARGS`: which of the slow imports ran."""
+    p = subprocess.run([sys.executable, "-c", MODULES_CHECK, *args], capture_output=True,
+                       text=True, timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL, **kwargs)
+    return p.stdout.strip().splitlines()[-1] if p.stdout.strip() else p.stderr
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["sample", "--help"], ["train", "--help"]],
                          ids=["help", "sample-help", "train-help"])
 def test_help_does_not_import_numba(argv):
-    p = subprocess.run([sys.executable, "-c", NUMBA_CHECK, *argv], capture_output=True,
-                       text=True, env=cli_env(), timeout=SUBPROCESS_TIMEOUT,
-                       stdin=subprocess.DEVNULL)
-    last = p.stdout.strip().splitlines()[-1]
-    assert last == "NUMBA-IMPORTED=False EXIT=0", (last, p.stderr)
-
-
-SCIPY_CHECK = """
-import sys
-sys.argv = ['charrnn'] + sys.argv[1:]
-import charrnn.cli
-try:
-    charrnn.cli.main()
-except SystemExit as e:
-    code = e.code
-print('\\nSCIPY-LINALG-IMPORTED=%s EXIT=%s' % ('scipy.linalg' in sys.modules, code))
-"""
+    assert modules_loaded_by(argv, env=cli_env()) == "NUMBA=False SCIPY-LINALG=False EXIT=0"
 
 
 @pytest.mark.parametrize("extra", [[], ["--prime", "ab", "--num-samples", "8"]],
@@ -503,11 +495,8 @@ def test_sampling_does_not_import_scipy_linalg(trained, extra):
     module is loaded alone (charrnn/kernels/scipy_blas.py). The kernels are cached by the
     fixture's runs; a batch of 8 calls BLAS through it."""
     args = ["sample", "RUN", "--length", "30", "--seed", "1", *extra]
-    p = subprocess.run([sys.executable, "-c", SCIPY_CHECK, *args], capture_output=True,
-                       text=True, env=cli_env(trained.state), cwd=trained.work,
-                       timeout=SUBPROCESS_TIMEOUT, stdin=subprocess.DEVNULL)
-    last = p.stdout.strip().splitlines()[-1]
-    assert last == "SCIPY-LINALG-IMPORTED=False EXIT=0", (last, p.stderr)
+    loaded = modules_loaded_by(args, env=cli_env(trained.state), cwd=trained.work)
+    assert loaded == "NUMBA=True SCIPY-LINALG=False EXIT=0"
 
 
 def test_import_charrnn_does_not_import_numba():
