@@ -16,6 +16,7 @@ CHARRNN_THREADS sets the number of workers (default: the cores this process may 
 
 import ctypes
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
@@ -67,18 +68,22 @@ class StreamSplitter:
         self.min_rows = min_rows
         self._pool = None
         self._switches = None  # found at the first split: a sampler never needs them
+        self._starting = threading.Lock()
 
     def _start(self) -> None:
         """Find the BLAS thread switches and start the workers (once)."""
-        if self._switches is not None:
-            return
-        self._switches = _openblas_thread_switches() if self.threads > 1 else []
-        if self._switches:
-            # the initializer is what makes the workers single-threaded where the switch is
-            # truly thread-local (OpenMP builds); map() covers the process-wide pthreads build
-            self._pool = ThreadPoolExecutor(
-                self.threads, thread_name_prefix="charrnn",
-                initializer=lambda: [switch(1) for switch in self._switches])
+        with self._starting:
+            if self._switches is not None:
+                return
+            switches = _openblas_thread_switches() if self.threads > 1 else []
+            if switches:
+                # the initializer is what makes the workers single-threaded where the switch is
+                # truly thread-local (OpenMP builds); map() covers the process-wide pthreads
+                # build
+                self._pool = ThreadPoolExecutor(
+                    self.threads, thread_name_prefix="charrnn",
+                    initializer=lambda: [switch(1) for switch in switches])
+            self._switches = switches  # last: a started splitter has its pool
 
     def parts(self, B: int) -> int:
         """How many shards to split B streams into."""

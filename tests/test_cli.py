@@ -270,15 +270,35 @@ def test_closed_pipe_is_a_normal_end(trained):
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("argv", [["sample", "--length", "5"], ["sample", "--length", "20000"],
                                   ["info"]], ids=["short-sample", "long-sample", "info"])
-def test_output_that_cannot_be_written_is_an_error(trained, argv):
-    """stdout on a full disk: one error line and exit 1, never a traceback or a silent 0."""
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+def test_output_that_cannot_be_written_is_an_error(trained, argv, unbuffered):
+    """stdout on a full disk: one error line and exit 1, never a traceback or a silent 0, with
+    Python's stdout buffered (a shell) or not (PYTHONUNBUFFERED, as some CI sets)."""
+    env = {**cli_env(), "PYTHONUNBUFFERED": unbuffered}
     with open("/dev/full", "wb") as full:
         p = subprocess.run([*cli_command(), argv[0], str(trained.run), *argv[1:]],
                            stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE,
-                           env=cli_env(), timeout=SUBPROCESS_TIMEOUT)
+                           env=env, timeout=SUBPROCESS_TIMEOUT)
     err = p.stderr.decode("utf-8", "replace")
     assert p.returncode == 1, err
     assert err.startswith(ERROR) and "No space left" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("closed", ["stdout", "stderr"])
+def test_a_closed_stream(trained, closed):
+    """Started with stdout or stderr closed (`>&-`): messages for a closed stderr are dropped
+    and the sample still succeeds; a sample for a closed stdout is one error line, exit 1."""
+    redirect = ">&-" if closed == "stdout" else "2>&-"
+    p = subprocess.run(["bash", "-c", f'"$@" {redirect}', "bash", *cli_command(), "sample",
+                        str(trained.run), "--length", "20", "--seed", "1"],
+                       stdin=subprocess.DEVNULL, capture_output=True, env=cli_env(),
+                       timeout=SUBPROCESS_TIMEOUT)
+    err = p.stderr.decode("utf-8", "replace")
+    if closed == "stderr":
+        assert p.returncode == 0 and len(p.stdout.decode("utf-8")) == 20
+    else:
+        assert p.returncode == 1, err
+        assert err == ERROR + "stdout is closed\n"
 
 
 # ---------------------------------------------------------------------------------------------

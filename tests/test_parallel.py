@@ -118,3 +118,18 @@ def test_the_calling_thread_keeps_its_blas_threads():
     finally:
         for switch, count in zip(splitter._switches, original):
             switch(count)
+
+
+def test_sampling_never_starts_the_workers():
+    """The splitter looks for BLAS's thread switches (importing SciPy's BLAS) and starts its
+    threads at its first split: a sampler, which never splits, pays for neither."""
+    from charrnn.model import Model, ModelConfig
+    from charrnn.sample import SampleOptions, generate
+    from charrnn.tokenizer import Vocab
+    splitter = StreamSplitter(2)
+    model = Model(ModelConfig(vocab_size=5, cell="lstm", layers=2, hidden=8), splitter=splitter)
+    opts = SampleOptions(length=20, prime="ab", num_samples=3, seed=0)
+    assert sum(len(text) for _, text in generate(model, Vocab.from_text("abcd\n"), opts)) == 66
+    assert splitter._switches is None and splitter._pool is None
+    splitter.parts(64)  # the first split's question starts it
+    assert splitter._switches is not None

@@ -43,10 +43,6 @@ if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os
 from numba import njit, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 
-from . import scipy_blas  # noqa: E402
-
-scipy_blas.preload()  # before numba first needs BLAS: 0.15 s less start-up
-
 # error_model="numpy": a float division by zero gives inf/nan instead of raising, which removes
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
 kernel = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
@@ -585,7 +581,8 @@ def matmul_nt(A, Bt, C):
 
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
 # one row against a matrix larger than this is bound by memory bandwidth, and OpenBLAS's gemv
-# streams it with every core: faster than one core here (H = 512: 36 us against 57)
+# streams it with every core: faster than one core here (H = 512, 4H columns: 46 us against 67,
+# benchmarks/few_rows_product.py)
 ONE_ROW_MAX_BYTES = 1 << 20
 
 
@@ -599,6 +596,8 @@ def matmul_few_rows(A, W, C):
     samples); for M = 1 the two are level."""
     M, K = A.shape
     N = W.shape[1]
+    if W.shape[0] != K or C.shape[0] != M or C.shape[1] != N:  # np.dot's check, kept
+        raise ValueError("matmul_few_rows: shapes do not match")
     K4 = K - K % 4
     for i in range(M):
         a, c = A[i], C[i]

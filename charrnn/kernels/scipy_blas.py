@@ -6,7 +6,12 @@ scipy.linalg.cython_blas, and imports that module when it first loads or compile
 first runs scipy.linalg's __init__, every decomposition and solver with it: 0.15-0.17 s on the
 development machine, a sixth of `charrnn sample`'s start-up, for one C function table. Loaded
 on its own, the extension takes 5 ms. numba finds it through sys.modules and binds the same
-functions; a later `import scipy.linalg` still runs that package as usual.
+functions.
+
+A later `import scipy.linalg` still runs that package, and `from scipy.linalg import
+cython_blas` and Cython's cimport still work, but the attribute `scipy.linalg.cython_blas` is
+never set (the import system binds it only when it loads the module itself). That is why only
+the command line (charrnn.cli.main, a process of charrnn's own) does this, not the library.
 """
 
 import importlib.machinery
