@@ -507,7 +507,7 @@ def corpus_get(
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and an exit status."""
     from .kernels import scipy_blas
-    scipy_blas.preload()  # before numba first looks for BLAS: 0.15 s less start-up
+    scipy_blas.enable()  # 0.15 s less start-up once the kernels are imported
     _replace_closed_streams()
     try:
         rv = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit

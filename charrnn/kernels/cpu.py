@@ -40,6 +40,10 @@ if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os
     os.environ["NUMBA_CACHE_DIR"] = str(
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "charrnn" / "numba")
 
+from . import scipy_blas  # noqa: E402
+
+scipy_blas.preload()  # in the command line's process only: see scipy_blas.py
+
 from numba import njit, types  # noqa: E402
 from numba.extending import overload  # noqa: E402
 

@@ -11,7 +11,8 @@ functions.
 A later `import scipy.linalg` still runs that package, and `from scipy.linalg import
 cython_blas` and Cython's cimport still work, but the attribute `scipy.linalg.cython_blas` is
 never set (the import system binds it only when it loads the module itself). That is why only
-the command line (charrnn.cli.main, a process of charrnn's own) does this, not the library.
+the command line (charrnn.cli.main, a process of charrnn's own) asks for it, with enable(),
+and the library does not.
 """
 
 import importlib.machinery
@@ -20,12 +21,20 @@ import sys
 from pathlib import Path
 
 NAME = "scipy.linalg.cython_blas"
+_enabled = False
+
+
+def enable() -> None:
+    """Let preload() work in this process (the command line's)."""
+    global _enabled
+    _enabled = True
 
 
 def preload() -> None:
-    """Put scipy.linalg.cython_blas into sys.modules, loaded from its file alone. Where that
-    does not work (another SciPy layout), nothing changes and numba imports it the usual way."""
-    if NAME in sys.modules:
+    """Once enabled, put scipy.linalg.cython_blas into sys.modules, loaded from its file alone.
+    Where that does not work (another SciPy layout), nothing changes and numba imports it the
+    usual way. Called by charrnn.kernels.cpu before it imports numba."""
+    if not _enabled or NAME in sys.modules:
         return
     try:
         package = importlib.util.find_spec("scipy.linalg")  # imports scipy, not scipy.linalg
