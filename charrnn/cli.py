@@ -570,12 +570,11 @@ def console_main() -> None:
 
 
 def _flush_streams(code: int) -> int:
-    """Flush stdout and stderr (either may be None: closed when the process started) and return
-    the exit status: output that cannot be written is an error unless one was reported already
-    (then the bytes that failed are still in the buffer and fail again)."""
+    """Flush stdout and stderr (never None: main() replaced closed ones) and return the exit
+    status: output that cannot be written is an error unless one was reported already (then the
+    bytes that failed are still in the buffer and fail again)."""
     try:
-        if sys.stdout is not None:
-            sys.stdout.flush()
+        sys.stdout.flush()
     except BrokenPipeError:  # the reader went away: a normal end
         pass
     except OSError as e:  # the data did not all arrive (a full disk)
@@ -583,8 +582,7 @@ def _flush_streams(code: int) -> int:
             print(f"charrnn: error: writing the output: {e.strerror or e}", file=sys.stderr)
             code = 1
     try:
-        if sys.stderr is not None:
-            sys.stderr.flush()
+        sys.stderr.flush()
     except OSError:
         pass
     return code

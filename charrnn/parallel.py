@@ -92,7 +92,7 @@ class StreamSplitter:
         self._start()
         if self._pool is None:
             return 1
-        return max(1, min(self.threads, B // self.min_rows))
+        return min(self.threads, B // self.min_rows)
 
     def map(self, fn, items: list) -> None:
         """fn(item) for every item, on the workers when there are several."""

@@ -597,7 +597,7 @@ def matmul_few_rows(A, W, C):
     Each row of C is built from four rows of W at a time (one load and one store of C per four
     multiply-adds), the inner loop over N contiguous, so LLVM vectorises it. OpenBLAS packs all of
     W for every product, which makes it several times slower for M = 2 to 4 (a small batch of
-    samples); for M = 1 the two are level."""
+    samples); for M = 1 the two are level while W fits a core's cache (see ONE_ROW_MAX_BYTES)."""
     M, K = A.shape
     N = W.shape[1]
     if W.shape[0] != K or C.shape[0] != M or C.shape[1] != N:  # np.dot's check, kept
