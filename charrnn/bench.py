@@ -13,25 +13,11 @@ import resource
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-
-@dataclass
-class BenchConfig:
-    cell: str = "lstm"
-    layers: int = 2
-    hidden: int = 128
-    batch_size: int = 50
-    seq_len: int = 50
-    vocab: int = 65
-    iters: int = 20
-    repeats: int = 3
-    sample_chars: int = 2000
-    batched_samples: int = 64
-    temperature: float = 0.8
-    device: str = "cpu"
+from .options import BenchConfig
 
 
 def peak_rss_mb() -> float:
@@ -84,7 +70,14 @@ def bench_charrnn(c: BenchConfig) -> dict:
     from .sample import SampleOptions, generate
     from .tokenizer import Vocab
 
-    model = Model(ModelConfig(vocab_size=c.vocab, cell=c.cell, layers=c.layers, hidden=c.hidden))
+    from . import memory
+    config = ModelConfig(vocab_size=c.vocab, cell=c.cell, layers=c.layers, hidden=c.hidden)
+    memory.check_fits(memory.training_bytes(config, c.seq_len, c.batch_size)
+                      + memory.sampling_bytes(config, c.batched_samples),
+                      f"timing a {c.layers} x {c.hidden} {c.cell} at batch {c.batch_size} x "
+                      f"{c.seq_len}", "--hidden, --layers, --batch-size, --seq-len or "
+                      "--batched-samples")
+    model = Model(config)
     opt = Adam(model.params.size, lr=2e-3)
     rng = np.random.default_rng(0)
     x = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))

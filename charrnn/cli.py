@@ -19,16 +19,43 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperArgument
 
-from . import CELL_NAMES
+from . import __version__
 
+def _required_argument_metavar(make_metavar):
+    """typer 0.28 writes a required argument as `{CORPUS}` in the usage line, a syntax no
+    shell or man page uses; click's own form is `CORPUS` (optional ones stay `[MODEL]`)."""
+    def make(self, ctx, *, usage: bool = False) -> str:
+        var = make_metavar(self, ctx, usage=usage)
+        return var[1:-1] if usage and var.startswith("{") and var.endswith("}") else var
+    return make
+
+
+TyperArgument.make_metavar = _required_argument_metavar(TyperArgument.make_metavar)
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="charrnn", no_args_is_help=True, add_completion=False,
-    pretty_exceptions_enable=False,
+    pretty_exceptions_enable=False, context_settings=HELP_OPTIONS,
     help="Character-level RNN text generator: `charrnn train corpus.txt`, then "
          "`charrnn sample`.")
-corpus_app = typer.Typer(help="Classic corpora: list them, download one.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Classic corpora: list them, download one.", no_args_is_help=True,
+                         context_settings=HELP_OPTIONS)
 app.add_typer(corpus_app, name="corpus")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        emit(f"charrnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options_of_every_command(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit.")] = False,
+):
+    """Character-level RNN text generator."""
 
 @functools.cache
 def stderr_console():
@@ -65,12 +92,13 @@ def _user_errors():
     from .checkpoint import CheckpointError
     from .corpora import DownloadError
     from .device import DeviceError
+    from .memory import NotEnoughMemory
     from .parallel import ThreadsSettingError
     from .runs import RunLocked
     from .tokenizer import CorpusError
     from .train import TrainingError
     return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked,
-            ThreadsSettingError, DeviceError, Failure)
+            ThreadsSettingError, DeviceError, NotEnoughMemory, Failure)
 
 
 def unescape(text: str, option: str) -> str:
@@ -82,27 +110,13 @@ def unescape(text: str, option: str) -> str:
                            f"as \\\\)") from None
 
 
-def check_text_options(encoding: str, errors: str) -> None:
-    if errors not in ("strict", "replace", "ignore"):
-        raise UsageProblem("--errors must be strict, replace or ignore")
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UsageProblem(f"--encoding: unknown encoding {encoding!r}") from None
-
-
-def check_device(device: str) -> None:
-    if device not in ("auto", "cpu", "cuda"):
-        raise UsageProblem(f"--device must be auto, cpu or cuda, not {device!r}")
-
-
 # ---------------------------------------------------------------------------------------------
 # train
 
 
 @app.command()
 def train(
-    corpus: Annotated[Path, typer.Argument(help="UTF-8 text file to learn from.")],
+    corpus: Annotated[Path, typer.Argument(metavar="CORPUS", help="UTF-8 text file to learn from.")],
     cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan. [default: gru]")] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: the widest that the corpus and the budget can train, 128 to 512]")] = None,
@@ -128,20 +142,23 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ):
     """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
+    from .options import TrainOptions, check_device, check_text_codec
     check_device(device)
-    check_text_options(encoding, errors)
+    check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience)
-    if cell is not None and cell not in CELL_NAMES:
-        raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
     if cell == "jordan" and layers is None:
         given["layers"] = 1  # a Jordan network does not stack
+    given = {k: v for k, v in given.items() if v is not None}
+    TrainOptions(**given)  # every value given is in range, before anything is read or made
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageProblem(f"--out {out} is a file; a run directory is needed")
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
-    from .train import Run, TrainOptions, options_from_checkpoint
+    from .train import Run, options_from_checkpoint
     from .train import train as train_loop
 
     resumed = None
@@ -166,10 +183,7 @@ def train(
         if (Path(run_dir) / ckpt_io.LATEST).exists():
             raise Failure(f"{run_dir} already holds a run; pass --resume to continue it or "
                           f"another --out")
-        try:
-            opts = TrainOptions(**{k: v for k, v in given.items() if v is not None})
-        except ValueError as e:
-            raise UsageProblem(str(e)) from None
+        opts = TrainOptions(**given)
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
@@ -184,7 +198,8 @@ def train(
     reporter = _reporter(quiet)
     stop = _StopOnSignal()
     try:
-        summary = train_loop(run, reporter, should_stop=stop.requested)
+        summary = train_loop(run, reporter, should_stop=stop.requested,
+                             output_lost=lambda: getattr(sys.stderr, "lost", None))
     finally:
         reporter.close()
         stop.restore()
@@ -238,25 +253,31 @@ class _StopOnSignal:
 # sample
 
 
-def _load_model(model: Optional[Path]):
-    """(Model, Vocab, Checkpoint) from a checkpoint file, a run directory or the last run."""
-    from . import checkpoint as ckpt_io
-    from .model import Model, ModelConfig
+def _model_path(model: Optional[Path]) -> Path:
+    """MODEL as given, else the most recent run."""
     from .runs import last_run
-    from .tokenizer import Vocab
-
     if model is None:
         model = last_run()
         if model is None:
             raise Failure("no MODEL given and no recent run recorded: train one first "
                           "(charrnn train corpus.txt) or name a checkpoint or run directory")
-    ck = ckpt_io.load(ckpt_io.resolve(model))
+    return Path(model)
+
+
+def _load_model(model: Optional[Path]):
+    """(Model, Vocab, Checkpoint) from a checkpoint file, a run directory (its best.npz, else
+    latest.npz) or the last run."""
+    from . import checkpoint as ckpt_io
+    from .model import Model, ModelConfig
+    from .tokenizer import Vocab
+
+    ck = ckpt_io.load(ckpt_io.resolve(_model_path(model)))
     return Model(ModelConfig(**ck.config), params=ck.params.astype("float32")), Vocab(ck.vocab), ck
 
 
 @app.command()
 def sample(
-    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory. [default: the most recent run]")] = None,
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory. [default: the most recent run]")] = None,
     length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = 500,
     temperature: Annotated[float, typer.Option(help="Randomness; 0 is greedy.")] = 1.0,
     top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k most likely characters. [default: all]")] = None,
@@ -272,21 +293,18 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text from a trained model, streaming to stdout."""
+    from .options import SampleOptions, check_device
     check_device(device)
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
-    if top_k is not None and top_k < 1:
-        raise UsageProblem("--top-k must be at least 1")
-    from .sample import SampleOptions, generate
-    try:
-        opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
-                             top_k=top_k or 0, top_p=top_p, seed=seed, num_samples=num_samples,
-                             stop=None if stop is None else unescape(stop, "--stop"),
-                             skip_unknown=skip_unknown)
-    except ValueError as e:
-        raise UsageProblem(f"--{e}") from None
+    opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
+                         top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
+                         stop=None if stop is None else unescape(stop, "--stop"),
+                         skip_unknown=skip_unknown)
     sep = unescape(separator, "--separator")
+    from .sample import generate
     net, vocab, _ = _load_model(model)
+    _check_output_can_write(vocab.chars + (sep if num_samples > 1 else ""))
     from . import device as devices
     chosen = devices.resolve(device)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
@@ -297,6 +315,21 @@ def sample(
                        num_samples, sep)
     except BrokenPipeError:
         _quiet_broken_pipe()
+
+
+def _check_output_can_write(text: str) -> None:
+    """Fail before the first character unless stdout's encoding can write every character a
+    sample may hold (the model's vocabulary, the separator): PYTHONIOENCODING=ascii and a model
+    of Chinese text would otherwise fail in the middle of a sample."""
+    encoding = getattr(sys.stdout, "encoding", None)
+    if not encoding:
+        return
+    try:
+        text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
+    except UnicodeEncodeError as e:
+        raise Failure(unencodable_output(e)) from None
+    except LookupError:
+        return
 
 
 def _first_piece_cancels(pieces):
@@ -346,7 +379,7 @@ def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
     else:
         return ""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading byte-order mark is not text
     except UnicodeDecodeError as e:
         raise Failure(f"{source} is not valid UTF-8 (byte {e.start})") from None
 
@@ -357,15 +390,16 @@ def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
 
 @app.command("eval")
 def eval_(
-    model: Annotated[Path, typer.Argument(help="Checkpoint file or run directory.")],
-    file: Annotated[Path, typer.Argument(help="Text to score.")],
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint file or run directory.")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="Text to score.")],
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters the model does not know instead of failing.")] = False,
     encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Loss of MODEL on FILE, in nats and bits per character."""
-    check_text_options(encoding, errors)
+    from .options import check_text_codec
+    check_text_codec(encoding, errors)
     from .report import LN2
     from .tokenizer import read_corpus
     from .train import evaluate
@@ -388,27 +422,44 @@ def eval_(
 
 @app.command()
 def info(
-    model: Annotated[Optional[Path], typer.Argument(help="Checkpoint file or run directory. [default: the most recent run]")] = None,
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory. [default: the most recent run]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
-    """Model configuration, size, vocabulary and training history."""
+    """Model configuration, size, vocabulary and training history: of the run (its latest.npz)
+    and its best validation (best.npz, what sample and eval use) for a run directory, of the
+    checkpoint itself for a file."""
+    from . import checkpoint as ckpt_io
     from .report import curve_lines, loss_text
+    from .tokenizer import Vocab
+    from .words import plural
 
-    net, vocab, ck = _load_model(model)
-    t = ck.train
-    result = {"config": ck.config, "parameters": int(net.params.size),
+    path = _model_path(model)
+    best_path = path / ckpt_io.BEST if path.is_dir() else None
+    if best_path is not None and (path / ckpt_io.LATEST).exists():
+        path = path / ckpt_io.LATEST
+    path = ckpt_io.resolve(path)
+    ck = ckpt_io.load(path)
+    best = ckpt_io.load(best_path) if best_path is not None and best_path.exists() else None
+    vocab, t, c = Vocab(ck.vocab), ck.train, ck.config
+    result = {"checkpoint": str(path), "config": c, "parameters": int(ck.params.size),
               "vocabulary": vocab.chars, "step": t.get("step"), "epoch": t.get("epoch"),
               "best_val_loss": t.get("best_val_loss"), "options": t.get("options"),
-              "history": t.get("history", [])}
+              "history": t.get("history", []),
+              "best": None if best is None else {
+                  "checkpoint": str(best_path), "step": best.train.get("step"),
+                  "val_loss": best.train.get("best_val_loss")}}
     if as_json:
         emit(json.dumps(result, ensure_ascii=False))
         return
-    c = ck.config
     lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
-             f"{net.params.size:,} parameters",
-             f"vocabulary  {len(vocab)} characters: {vocab.chars!r}",
-             f"trained     {t.get('step', 0)} steps, {t.get('epoch', 0)} epochs",
+             f"{ck.params.size:,} parameters",
+             f"vocabulary  {plural(len(vocab), 'character')}: {vocab.chars!r}",
+             f"trained     {plural(t.get('step', 0), 'step')}, "
+             f"{plural(t.get('epoch', 0), 'epoch')} ({path.name})",
              f"best val    {loss_text(t.get('best_val_loss'))}"]
+    if best is not None:
+        lines[-1] += (f" at step {best.train.get('step')} (best.npz: the weights sample and "
+                      f"eval use)")
     curve = curve_lines(result["history"])
     if curve:
         lines += ["learning curve (loss at each validation)", *curve, "last validations"]
@@ -437,23 +488,14 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
 ):
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
-    if device not in ("cpu", "cuda"):
-        raise UsageProblem(f"--device must be cpu or cuda, not {device!r}")
-    if cell not in CELL_NAMES:
-        raise UsageProblem(f"--cell must be one of {', '.join(CELL_NAMES)}, not {cell!r}")
-    if cell == "jordan" and layers != 1:
-        raise UsageProblem("--cell jordan has one layer: use --layers 1")
-    if min(layers, hidden, batch_size, seq_len, iters, batched_samples) < 1 or sample_chars < 16:
-        raise UsageProblem("--layers, --hidden, --batch-size, --seq-len, --iters and "
-                           "--batched-samples must be >= 1, --sample-chars >= 16")
-    from .bench import (TORCH_CELLS, BenchConfig, bench_charrnn, ratios, run_torch_subprocess,
-                        torch_available)
-    if device == "cuda":
-        from .device import resolve
-        resolve("cuda")  # a clear error where CUDA cannot run
+    from .options import BenchConfig
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, iters=iters, sample_chars=sample_chars,
                          batched_samples=batched_samples, device=device)
+    from .bench import TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess, torch_available
+    if device == "cuda":
+        from .device import resolve
+        resolve("cuda")  # a clear error where CUDA cannot run
     result = bench_charrnn(config)
     if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)
@@ -490,7 +532,7 @@ def corpus_list():
 
 @corpus_app.command("get")
 def corpus_get(
-    name: Annotated[str, typer.Argument(help="Name from `charrnn corpus list`.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name from `charrnn corpus list`.")],
     out: Annotated[Optional[Path], typer.Option(help="Where to write it. [default: NAME.txt]")] = None,
     url: Annotated[Optional[str], typer.Option(help="Fetch from this mirror instead (the sha256 is still checked).")] = None,
 ):
@@ -509,9 +551,19 @@ def main() -> None:
     from .kernels import scipy_blas
     scipy_blas.enable()  # 0.15 s less start-up once the kernels are imported
     _replace_closed_streams()
+    stderr = sys.stderr
+    sys.stderr = MessageStream(stderr)
+    try:
+        _run_app()
+    finally:
+        sys.stderr = stderr
+
+
+def _run_app() -> None:
+    from .options import OptionError
     try:
         rv = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
-    except UsageProblem as e:
+    except (UsageProblem, OptionError) as e:
         _fail(str(e), 2)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -524,10 +576,57 @@ def main() -> None:
             _fail(str(e), 1)
         if isinstance(e, OSError):
             _fail(f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", 1)
+        if isinstance(e, MemoryError):
+            _fail("out of memory (a smaller model, batch or --num-samples needs less)", 1)
+        if isinstance(e, UnicodeEncodeError):  # data for a stdout whose encoding lacks it
+            _fail(unencodable_output(e), 1)
         if type(e).__name__ == "Abort":
             sys.exit(130)
         raise
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class MessageStream(io.TextIOBase):
+    """stderr as charrnn uses it: for messages only, so a write that fails (a reader that went
+    away, `2>/dev/full`) must never stop the work. The first failure is kept in `lost` and
+    later messages are dropped; `charrnn train` notes it in metrics.jsonl and trains on."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.lost: str | None = None
+
+    def _guard(self, action) -> None:
+        if self.lost is None:
+            try:
+                action()
+            except OSError as e:
+                self.lost = f"stderr could not be written ({e.strerror or e})"
+
+    def write(self, text: str) -> int:
+        self._guard(lambda: self.stream.write(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self):
+        return getattr(self.stream, "encoding", "utf-8")
+
+    @property
+    def errors(self):
+        return getattr(self.stream, "errors", "backslashreplace")
+
+
+def unencodable_output(e: UnicodeEncodeError) -> str:
+    return (f"the output's encoding ({e.encoding}) cannot write {e.object[e.start:e.end]!a}: "
+            f"set PYTHONIOENCODING=utf-8 (or utf-8 locale)")
 
 
 class _ClosedStdout(io.TextIOBase):
@@ -589,7 +688,10 @@ def _flush_streams(code: int) -> int:
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"charrnn: error: {message}", file=sys.stderr)
+    try:
+        print(f"charrnn: error: {message}", file=sys.stderr)
+    except OSError:  # stderr itself is gone: the exit status still tells
+        pass
     sys.exit(code)
 
 

@@ -34,6 +34,24 @@ def lock_run_dir(run_dir: Path):
     return f
 
 
+def make_run_dir(run_dir: Path) -> list[Path]:
+    """Create run_dir and its missing parents; returns the directories it created, outermost
+    first, so that a failed start can remove them again."""
+    run_dir = Path(run_dir)
+    new = [d for d in reversed([run_dir, *run_dir.parents]) if not d.exists()]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return new
+
+
+def remove_new_dirs(new: list[Path]) -> None:
+    """Remove the directories make_run_dir created, innermost first, while they are empty."""
+    for d in reversed(new):
+        try:
+            d.rmdir()
+        except OSError:  # not empty (someone else's files) or gone: leave the rest
+            return
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Checkpoint temporaries left by a process killed while saving (never the real files)."""
     for tmp in Path(run_dir).glob(".*.npz.*.tmp"):

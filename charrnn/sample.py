@@ -4,43 +4,17 @@ characters per call, so text streams out with no Python per character.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
+from . import memory
 from .kernels import cpu
 from .model import CELLS, STORED_ACTS, Model
+from .options import SampleOptions
 from .tokenizer import Vocab
 
 FIRST_CHUNK = 16  # small first chunk: the first characters appear at once
-CHUNK = 256
-
-
-@dataclass(frozen=True)
-class SampleOptions:
-    length: int = 500
-    temperature: float = 1.0  # 0: greedy (argmax)
-    top_k: int = 0  # 0: no limit
-    top_p: float = 1.0
-    prime: str = ""
-    seed: int | None = None
-    num_samples: int = 1
-    stop: str | None = None
-    skip_unknown: bool = False
-
-    def __post_init__(self):
-        if self.length < 1:
-            raise ValueError("length must be at least 1")
-        if not self.temperature >= 0:  # NaN too
-            raise ValueError("temperature must be >= 0 (0 means greedy)")
-        if self.top_k < 0:
-            raise ValueError("top-k must be >= 1 (or 0 for no limit)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top-p must be in (0, 1]")
-        if self.num_samples < 1:
-            raise ValueError("num-samples must be at least 1")
-        if self.stop == "":
-            raise ValueError("stop string must not be empty")
+CHUNK = memory.SAMPLE_CHUNK
 
 
 class _Stepper:
@@ -71,7 +45,7 @@ class _Stepper:
         m = self.model
         out = np.zeros(uniforms.shape, np.int32)
         cpu.generate(self.cell, m.params, m.layout.offsets, x, self.h, self.c,
-                     float(opts.temperature), int(opts.top_k), float(opts.top_p), uniforms, out,
+                     float(opts.temperature), int(opts.top_k or 0), float(opts.top_p), uniforms, out,
                      *self.scratch, self.probs)
         return out
 
@@ -95,6 +69,8 @@ def generate(model: Model, vocab: Vocab, opts: SampleOptions,
     opts.length new characters or just before its stop string. The prime comes first, as the
     model saw it. device "cuda": the state lives on the GPU and each chunk is one launch."""
     B = opts.num_samples
+    memory.check_fits(memory.sampling_bytes(model.config, B), f"sampling {B:,} streams at once",
+                      "--num-samples")
     ids, printed_prime = start_ids(vocab, opts.prime, opts.skip_unknown)
     if device == "cuda":
         from .sample_cuda import CudaStepper

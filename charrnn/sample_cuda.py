@@ -32,7 +32,7 @@ class CudaStepper:
     def _launch(self, feed_ids, feeding, opts, uniforms, out):
         K.sample_steps[self.B, THREADS](
             self.cell, self.params, self.offs, self.x, self.h, self.c, feed_ids, feeding,
-            float(opts.temperature) if opts else 1.0, int(opts.top_k) if opts else 0,
+            float(opts.temperature) if opts else 1.0, int(opts.top_k or 0) if opts else 0,
             float(opts.top_p) if opts else 1.0, uniforms, out, *self.scratch)
 
     def feed(self, ids: np.ndarray) -> None:

@@ -12,22 +12,28 @@ import math
 import os
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 from . import checkpoint as ckpt_io
-from . import sizing
+from . import memory, sizing
 from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
-from .runs import LOCK, lock_run_dir, record_last_run, remove_stale_temporaries
+from .options import TrainOptions
+from .runs import (LOCK, lock_run_dir, make_run_dir, record_last_run, remove_new_dirs,
+                   remove_stale_temporaries)
 from .sample import SampleOptions, generate
 from .tokenizer import CorpusError, Vocab, read_corpus, split
+from .words import plural
 
 METRICS = "metrics.jsonl"
+CORPUS_IDS = "corpus.ids"  # the encoded corpus of a large text (tokenizer.read_corpus)
+# what a run writes besides its checkpoints, removed when it fails before saving one
+RUN_FILES = (LOCK, METRICS, CORPUS_IDS, CORPUS_IDS + ".tmp")
 MAX_EVAL_CHARS = 500_000  # validation reads at most this much of the held-out text
 
 
@@ -35,59 +41,6 @@ class TrainingError(Exception):
     """Training cannot go on; one line for the user. What was saved stays as it was."""
 
 
-@dataclass
-class TrainOptions:
-    cell: str = "gru"  # learnt more per second than LSTM at 2 x 512 (BENCHMARKS.md)
-    layers: int = 2
-    hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
-    dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
-    seq_len: int = 100
-    batch_size: int = 64
-    lr: float = 4e-3  # with the cosine decay; 2e-3 learnt slower (tinyshakespeare, 200 steps)
-    grad_clip: float = 5.0
-    epochs: int | None = 10
-    max_steps: int | None = None
-    minutes: float | None = None
-    val_frac: float = 0.1
-    eval_every: int | None = None  # None: every 200 steps, or once an epoch if that is sooner
-    save_every: int = 200
-    log_every: int = 10
-    seed: int = 0
-    preview_chars: int = 200
-    lr_schedule: str = "cosine"  # or "constant"
-    patience: int = 5  # evaluations without a better validation loss before stopping; 0: never
-
-    def __post_init__(self):
-        positive = ["layers", "hidden", "seq_len", "batch_size", "eval_every", "save_every",
-                    "log_every"]
-        for name in positive:
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ["epochs", "max_steps"]:
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError("--minutes must be positive")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError("--dropout must be in [0, 1)")
-        if not 0 <= self.val_frac < 1:
-            raise ValueError("--val-frac must be in [0, 1)")
-        if not self.lr > 0 or not math.isfinite(self.lr):
-            raise ValueError("--lr must be positive")
-        if not self.grad_clip > 0:
-            raise ValueError("--grad-clip must be positive")
-        if self.preview_chars < 0:
-            raise ValueError("preview length must be >= 0")
-        if self.lr_schedule not in SCHEDULES:
-            raise ValueError(f"--lr-schedule must be one of {', '.join(SCHEDULES)}")
-        if self.patience < 0:
-            raise ValueError("--patience must be >= 0")
-        if self.cell == "jordan" and self.layers != 1:
-            raise ValueError("--cell jordan has one layer (its recurrence runs through the "
-                             "output): use --layers 1")
-
-
-SCHEDULES = ("cosine", "constant")
 DEFAULT_EVAL_EVERY = 200
 SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width
 WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
@@ -167,41 +120,47 @@ class Run:
         self.device = device
         self.gpu = None  # a DeviceTrainer when training on CUDA
         self._pulled_at = None  # the step whose GPU state the host copies hold
-        created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = lock_run_dir(self.run_dir)
+        self._lock = None
+        self._new_dirs = make_run_dir(self.run_dir)
+        self._old_files = {p.name for p in self.run_dir.iterdir()}
         try:
+            self._lock = lock_run_dir(self.run_dir)
             remove_stale_temporaries(self.run_dir)
-            train_ids = self._load_corpus(opts, resume, encoding, errors, created)
+            train_ids = self._load_corpus(opts, resume, encoding, errors)
             with compiling:  # a width chosen by timing a step compiles the kernels first
                 self._build(train_ids, opts, resume)
             if device == "cuda":
                 from .train_cuda import DeviceTrainer
                 self.gpu = DeviceTrainer(self.model, self.optimizer, self.h, self.c)
         except BaseException:
-            self.release()
+            self.abandon()
             raise
 
-    def _load_corpus(self, opts, resume, encoding, errors, created) -> np.ndarray:
+    def abandon(self) -> None:
+        """Release the run directory after a failure. A run that saved no checkpoint leaves
+        nothing behind: the files and directories it made are removed (never one that was
+        there before), so a bad option or corpus does not number the next run -2."""
+        self.release()
+        if any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST)):
+            return
+        for name in RUN_FILES:
+            if name not in self._old_files:
+                (self.run_dir / name).unlink(missing_ok=True)
+        remove_new_dirs(self._new_dirs)
+
+    def _load_corpus(self, opts, resume, encoding, errors) -> np.ndarray:
         """Read and split the corpus (with the resumed run's vocabulary); returns the training
-        ids. A corpus that cannot be used leaves no new run directory behind."""
+        ids."""
         vocab = Vocab(resume.vocab) if resume is not None else None
-        try:
-            self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
-                                          vocab=vocab, workdir=self.run_dir)
-            self.n_chars = len(ids)
-            train_ids, self.val_ids = split(ids, opts.val_frac)
-            if len(train_ids) < 2:
-                raise CorpusError(f"{self.corpus} is too small to train on: {len(ids)} "
-                                  f"characters, of which {len(train_ids)} remain for training "
-                                  f"after --val-frac {opts.val_frac}; at least 2 are needed")
-        except CorpusError:
-            if created:
-                self.release()
-                (self.run_dir / LOCK).unlink(missing_ok=True)
-                if not any(self.run_dir.iterdir()):
-                    self.run_dir.rmdir()
-            raise
+        self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
+                                      vocab=vocab, workdir=self.run_dir)
+        self.n_chars = len(ids)
+        train_ids, self.val_ids = split(ids, opts.val_frac)
+        if len(train_ids) < 2:
+            raise CorpusError(f"{self.corpus} is too small to train on: "
+                              f"{plural(len(ids), 'character')}, of which {len(train_ids)} "
+                              f"remain for training after --val-frac {opts.val_frac}; at least "
+                              f"2 are needed")
         if resume is not None:
             saved = (resume.train.get("corpus") or {}).get("chars")
             if saved != self.n_chars:
@@ -224,13 +183,17 @@ class Run:
             self._size(len(train_ids))
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
+        memory.check_fits(memory.training_bytes(config, opts.seq_len, opts.batch_size),
+                          f"training a {opts.layers} x {opts.hidden} {opts.cell} at batch "
+                          f"{opts.batch_size} x {opts.seq_len}",
+                          "--hidden, --layers, --batch-size or --seq-len")
         self.model = Model(config, seed=opts.seed)
         self.optimizer = Adam(self.model.params.size, lr=opts.lr)
         self.rng = np.random.default_rng(opts.seed)
         self.h, self.c = self.model.zero_state(opts.batch_size)
         self.step = self.epoch = self.position = 0
         self.elapsed = 0.0
-        self.best_val = math.inf
+        self.best_val, self.best_step = math.inf, None  # the best validation ever made
         self.loss_sum, self.loss_count = 0.0, 0
         self.history: list[dict] = []
         self.started = None  # perf_counter() when this invocation's loop began (--minutes)
@@ -359,6 +322,7 @@ class Run:
             train={"options": asdict(self.opts), "step": self.step, "epoch": self.epoch,
                    "position": self.position, "elapsed_s": self.elapsed,
                    "best_val_loss": None if math.isinf(self.best_val) else self.best_val,
+                   "best_step": self.best_step,
                    "adam_steps": self.optimizer.steps, "rng": self.rng.bit_generator.state,
                    "loss_sum": self.loss_sum, "loss_count": self.loss_count,
                    "history": self.history,
@@ -385,6 +349,8 @@ class Run:
             raise bad("elapsed_s or loss_sum is missing or not a number")
         if t.get("best_val_loss") is not None and not isinstance(t["best_val_loss"], (int, float)):
             raise bad("best_val_loss is not a number")
+        if t.get("best_step") is not None and type(t["best_step"]) is not int:
+            raise bad("best_step is not an integer")
         if t["position"] >= self.streams.shape[0] - 1:
             raise bad("its data position lies beyond this corpus (was it trained on another "
                       "text?)")
@@ -400,6 +366,7 @@ class Run:
         self.step, self.epoch, self.position = t["step"], t["epoch"], t["position"]
         self.elapsed, self.history = float(t["elapsed_s"]), list(t.get("history", []))
         self.best_val = math.inf if t.get("best_val_loss") is None else float(t["best_val_loss"])
+        self.best_step = t.get("best_step")
         self.loss_sum, self.loss_count = float(t["loss_sum"]), t["loss_count"]
 
     # -----------------------------------------------------------------------------------------
@@ -556,12 +523,21 @@ class Run:
     def save(self, name: str) -> None:
         self.host_model()
         self._check_savable()
+        path = self.run_dir / name
+        before = "the previous one is intact" if path.exists() else "no checkpoint was saved"
         try:
-            ckpt_io.save(self.run_dir / name, self.checkpoint())
+            ckpt_io.save(path, self.checkpoint())
         except OSError as e:
-            raise TrainingError(f"could not save {self.run_dir / name}: {e.strerror or e}; "
-                                f"the previous checkpoint is intact") from None
+            raise TrainingError(f"could not save {path}: {e.strerror or e}; {before}") \
+                from None
         record_last_run(self.run_dir)
+
+    def keep_if_best(self, val: float) -> None:
+        """best.npz holds the weights of the lowest validation loss ever measured: those of
+        the --eval-every cadence and those of a run's final validation alike."""
+        if val < self.best_val:
+            self.best_val, self.best_step = val, self.step
+            self.save(ckpt_io.BEST)
 
 
 def _write_metrics(path: Path, record: dict) -> None:
@@ -588,10 +564,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)  # a crash now leaves the old history or the new, never none
 
 
-def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda: False) -> dict:
+def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda: False,
+          output_lost: Callable[[], str | None] = lambda: None) -> dict:
     """Train until a budget (--max-steps, --epochs, --minutes) is used up or should_stop();
     returns a summary. Saves latest.npz at --save-every and at the end, best.npz whenever the
-    validation loss improves."""
+    validation loss improves. output_lost() says why the reporter's output can no longer be
+    written (a closed pipe, a full disk), or None: training goes on, and the next record of
+    metrics.jsonl says so."""
     try:
         metrics_path = run.run_dir / METRICS
         _truncate_metrics(metrics_path, run.step)
@@ -606,13 +585,42 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
                         "total_steps": run.total_steps(), "minutes": o.minutes,
                         "batch_size": o.batch_size, "seq_len": o.seq_len})
         run.warm_up()
-        return _train_loop(run, reporter, should_stop, metrics_path)
+        return _train_loop(run, reporter, should_stop, output_lost, metrics_path)
+    except BaseException:
+        run.abandon()
+        raise
     finally:
         run.release()
 
 
-def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -> dict:
+class DivergenceWatch:
+    """Warns once when a logged loss is worse than guessing uniformly among the vocabulary by
+    more than a nat: a learning rate too high can leave the loss finite (nothing stops the run)
+    and the model useless."""
+
+    def __init__(self, vocab_size: int, reporter: Reporter):
+        self.vocab_size, self.reporter = vocab_size, reporter
+        self.uniform = math.log(vocab_size)
+        self.warned = False
+
+    def check(self, record: dict, key: str) -> None:
+        loss = record.get(key)
+        if self.warned or loss is None or loss <= self.uniform + 1:
+            return
+        self.warned = True
+        record["diverging"] = True
+        what = "validation loss" if key == "val_loss" else "loss"
+        self.reporter.message(
+            f"warning: the {what} is {loss:,.4g} nats/char at step {record['step']}, worse "
+            f"than guessing uniformly among {plural(self.vocab_size, 'character')} "
+            f"({self.uniform:.2f}): training is diverging; try a lower --lr")
+
+
+def _train_loop(run: Run, reporter: Reporter, should_stop, output_lost,
+                metrics_path: Path) -> dict:
     o = run.opts
+    divergence = DivergenceWatch(len(run.vocab), reporter)
+    lost_noted = False  # metrics.jsonl says once that the reporter's output is lost
     started = run.started = time.perf_counter()
     step0 = run.step
     early = None  # why validation stopped the run early
@@ -650,6 +658,11 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
                 if o.patience and run.evals_without_improvement() >= o.patience:
                     early = (f"no better validation loss in {o.patience} evaluations "
                              f"(early stop)")
+            divergence.check(record, "train_loss")
+            divergence.check(record, "val_loss")
+            if not lost_noted and (lost := output_lost()):
+                record["output_lost"] = f"{lost}; training goes on without progress lines"
+                lost_noted = True
             _write_metrics(metrics_path, record)
             reporter.step(record)
             if record.get("val_loss") is not None:
@@ -658,14 +671,17 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, metrics_path: Path) -
             run.save(ckpt_io.LATEST)
             saved_at = run.step
     if evaluated_at != run.step and len(run.val_ids) >= 2 and run.step > step0:
-        # a report only: off the --eval-every cadence it must not change the history or
-        # best.npz, or a run stopped here and resumed would differ from one never stopped
+        # Off the --eval-every cadence it stays out of the history, which the schedule and
+        # early stopping read, or a run stopped here and resumed would train differently from
+        # one never stopped; it can still be the best validation, kept in best.npz.
         val = evaluate(run.host_model(), run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step {run.step}; "
                                 f"stopped without saving (try a lower --lr)")
         record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed,
                   "val_loss": val, "final": True}
+        run.keep_if_best(val)
+        divergence.check(record, "val_loss")
         _write_metrics(metrics_path, record)
         reporter.evaluated(record, run.preview())
     if saved_at != run.step:
@@ -688,9 +704,7 @@ def _evaluate(run: Run, record: dict) -> float | None:
                             f"without saving (try a lower --lr)")
     run.history.append({"step": run.step, "train_loss": record.get("train_loss"),
                         "val_loss": val})
-    if val < run.best_val:
-        run.best_val = val
-        run.save(ckpt_io.BEST)
+    run.keep_if_best(val)
     return val
 
 

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from charrnn import checkpoint as ckpt_io
 from charrnn.cli import UsageProblem, app, main
+from charrnn.options import OptionError
 from charrnn.synthetic import MarkovSource
 
 ERROR = "charrnn: error: "
@@ -366,7 +367,7 @@ BAD_INPUT = [
     ("hidden-0", ["train", "{corpus}", "--hidden", "0", "--out", "{tmp}/o"], 2, "--hidden"),
     ("dropout-1", ["train", "{corpus}", "--dropout", "1.0", "--out", "{tmp}/o"], 2, "--dropout"),
     ("cell-foo", ["train", "{corpus}", "--cell", "foo", "--out", "{tmp}/o"], 2, "--cell"),
-    ("train-missing-argument", ["train"], 2, "corpus"),
+    ("train-missing-argument", ["train"], 2, "CORPUS"),
     ("unknown-option", ["sample", "{run}", "--bogus"], 2, "--bogus"),
     ("length-not-a-number", ["sample", "{run}", "--length", "abc"], 2, "--length"),
     ("length-0", ["sample", "{run}", "--length", "0"], 2, "--length"),
@@ -454,11 +455,15 @@ def test_progress_lines_are_not_wrapped(trained, tmp_path, monkeypatch, capsys):
                for line in err.splitlines()), err
 
 
-def test_standalone_app_raises_usage_problem_for_bad_values(trained):
-    """In-process through CliRunner (standalone mode) the check itself is visible: a bad value is
-    a UsageProblem, which main() turns into exit 2."""
-    result = invoke("sample", trained.run, "--top-p", "1.5")
-    assert isinstance(result.exception, UsageProblem), result.exception
+@pytest.mark.parametrize("argv,problem", [
+    (["sample", "RUN", "--top-p", "1.5"], OptionError),
+    (["sample", "RUN", "--prime", "a", "--prime-file", "f"], UsageProblem)])
+def test_standalone_app_raises_usage_problem_for_bad_values(trained, argv, problem):
+    """In-process through CliRunner (standalone mode) the check itself is visible: a value out
+    of range is the options' own OptionError, a bad combination a UsageProblem; main() turns
+    both into exit 2."""
+    result = invoke(*[trained.run if a == "RUN" else a for a in argv])
+    assert isinstance(result.exception, problem), result.exception
     assert result.stdout == ""
 
 

@@ -170,7 +170,7 @@ def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top
                          hidden=5)
     model = Model(config, dtype=np.float64)
     model.params[:] = rng.normal(0, 1.0, model.params.size)  # peaked: several ids matter
-    opts = SampleOptions(length=12, temperature=temperature, top_k=top_k, top_p=top_p,
+    opts = SampleOptions(length=12, temperature=temperature, top_k=top_k or None, top_p=top_p,
                          prime="ab", seed=7, num_samples=2)
     texts = {}
     for device in ("cpu", "cuda"):

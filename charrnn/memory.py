@@ -1,0 +1,95 @@
+"""Whether the arrays a command is about to make fit in the memory this process may use, checked
+before they are made: `--hidden 100000` is one clear line, not numpy's MemoryError after the
+run directory exists. The estimates count the large arrays only, so they err on the side of
+letting a run start."""
+
+import os
+import resource
+from pathlib import Path
+
+from .model import STORED_ACTS, ModelConfig, ParamLayout
+
+SAMPLE_CHUNK = 256  # characters per sampling call (sample.CHUNK): its draws and output ids
+
+
+class NotEnoughMemory(Exception):
+    """The arrays a command needs do not fit, as one line for the user."""
+
+
+def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> int:
+    """The weights, their gradients and Adam's two moments, and one (T, B) window's workspace
+    (model.Workspace) and dropout masks."""
+    L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
+    GH = config.gates * H
+    workspace = (2 * L * (T + 1) * B * W + L * T * B * STORED_ACTS[config.cell] * H
+                 + 3 * T * B * GH + 2 * T * B * H + 3 * T * B * V)
+    masks = L * T * B * H if config.dropout else 0
+    return itemsize * (4 * ParamLayout(config).size + workspace + masks)
+
+
+def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
+    """B streams' state and scratch (sample._Stepper) and a chunk's draws and ids."""
+    L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
+    GH = config.gates * H
+    per_stream = 2 * L * W + 2 * GH + STORED_ACTS[config.cell] * H + 2 * H + V
+    return itemsize * B * per_stream + 12 * SAMPLE_CHUNK * B
+
+
+def available_bytes() -> int | None:
+    """The least of: the system's available memory, the cgroup's room, and the room left under
+    this process's address-space and data limits. None where none of them can be read."""
+    known = []
+    meminfo = _read_kib("/proc/meminfo", "MemAvailable:")
+    if meminfo is not None:
+        known.append(meminfo)
+    cgroup = _cgroup_room()
+    if cgroup is not None:
+        known.append(cgroup)
+    for limit, used in ((resource.RLIMIT_AS, "VmSize:"), (resource.RLIMIT_DATA, "VmData:")):
+        soft = resource.getrlimit(limit)[0]
+        if soft != resource.RLIM_INFINITY:
+            known.append(max(0, soft - (_read_kib("/proc/self/status", used) or 0)))
+    if not known:
+        try:
+            known.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return min(known)
+
+
+def _read_kib(path: str, key: str) -> int | None:
+    """A 'key: N kB' line of a /proc file, in bytes."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """memory.max - memory.current of this process's cgroup (v2), when it has a limit."""
+    try:
+        base = Path("/sys/fs/cgroup")
+        limit = (base / "memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return max(0, int(limit) - int((base / "memory.current").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def size_text(n: int) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:,.1f} GiB"
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def check_fits(needed: int, what: str, smaller: str) -> None:
+    """Raise NotEnoughMemory unless `needed` bytes fit; `what` needs them, `smaller` says which
+    options make it smaller."""
+    room = available_bytes()
+    if room is not None and needed > room:
+        raise NotEnoughMemory(f"{what} needs about {size_text(needed)} of memory and "
+                              f"{size_text(room)} is available: choose a smaller {smaller}")

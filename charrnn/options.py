@@ -1,0 +1,178 @@
+"""The options of `train`, `sample` and `bench`, each one's range checked here, once.
+
+The command line, the library and a future server build these dataclasses, so they refuse the
+same values with the same words: an OptionError names the option as the command line spells it
+(`--top-p must be ...`). Plain Python only: checking options imports neither numpy nor numba.
+
+Counts stop at MAX_COUNT: past it a value is a typo, not a plan, and the kernels take counts as
+int64 (a Python int beyond that would overflow in numba or numpy, not here). Whether a size fits the
+machine's memory is checked where the arrays are made (charrnn/memory.py).
+"""
+
+import codecs
+import math
+from dataclasses import dataclass
+
+from . import CELL_NAMES
+
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**63 - 1
+# a model's size in elements stays far inside int64 (memory.py refuses what does not fit long
+# before these)
+MAX_HIDDEN, MAX_LAYERS = 2**20, 2**10
+SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+ERROR_HANDLERS = ("strict", "replace", "ignore")
+
+
+class OptionError(ValueError):
+    """An option value out of its range, as one line naming the option."""
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field: batch_size -> --batch-size."""
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value, low: int, high: int = MAX_COUNT) -> None:
+    """value is an int (not a bool) in [low, high]; None passes (not given)."""
+    if value is None:
+        return
+    if type(value) is not int or not low <= value <= high:
+        shown = repr(value) if type(value) is not int or abs(value) < 10**30 else "that"
+        raise OptionError(f"{flag(name)} must be a whole number from {low:,} to {high:,}, "
+                          f"not {shown}")
+
+
+def check_float(name: str, value, low: float, high: float, *, low_open=False,
+                high_open=False) -> None:
+    """value is a finite number in the interval between low and high (open ends as flagged);
+    None passes (not given). NaN and infinities never pass."""
+    if value is None:
+        return
+    ok = type(value) in (int, float) and math.isfinite(value) \
+        and (low < value if low_open else low <= value) \
+        and (value < high if high_open else value <= high)
+    if not ok:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        upper = "" if math.isinf(high) else f", {high:g}"
+        where = f"in {left}{low:g}{upper}{right}" if upper else \
+            (f"above {low:g}" if low_open else f"at least {low:g}")
+        raise OptionError(f"{flag(name)} must be a finite number {where}, not {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value is not None and value not in choices:
+        raise OptionError(f"{flag(name)} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def check_device(device: str) -> None:
+    check_choice("device", device, DEVICES)
+
+
+def check_text_codec(encoding: str, errors: str) -> None:
+    """--encoding names a text codec Python knows; --errors is a handler the CLI offers."""
+    check_choice("errors", errors, ERROR_HANDLERS)
+    try:
+        info = codecs.lookup(encoding)
+    except (LookupError, ValueError):  # ValueError: an encoding name with a NUL in it
+        raise OptionError(f"--encoding: unknown encoding {encoding!r}") from None
+    if not getattr(info, "_is_text_encoding", True):  # rot13, base64, ...: not for text files
+        raise OptionError(f"--encoding: {encoding!r} is not a text encoding")
+
+
+def check_model_shape(cell, layers) -> None:
+    check_choice("cell", cell, CELL_NAMES)
+    if cell == "jordan" and layers is not None and layers != 1:
+        raise OptionError("--cell jordan has one layer (its recurrence runs through the "
+                          "output): use --layers 1")
+
+
+@dataclass
+class TrainOptions:
+    cell: str = "gru"  # learnt more per second than LSTM at 2 x 512 (BENCHMARKS.md)
+    layers: int = 2
+    hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
+    dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
+    seq_len: int = 100
+    batch_size: int = 64
+    lr: float = 4e-3  # with the cosine decay; 2e-3 learnt slower (tinyshakespeare, 200 steps)
+    grad_clip: float = 5.0
+    epochs: int | None = 10
+    max_steps: int | None = None
+    minutes: float | None = None
+    val_frac: float = 0.1
+    eval_every: int | None = None  # None: every 200 steps, or once an epoch if that is sooner
+    save_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    preview_chars: int = 200
+    lr_schedule: str = "cosine"  # or "constant"
+    patience: int = 5  # evaluations without a better validation loss before stopping; 0: never
+
+    def __post_init__(self):
+        check_model_shape(self.cell, self.layers)
+        check_int("layers", self.layers, 1, MAX_LAYERS)
+        check_int("hidden", self.hidden, 1, MAX_HIDDEN)
+        for name in ("seq_len", "batch_size", "epochs", "max_steps", "eval_every",
+                     "save_every", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("patience", self.patience, 0)
+        check_int("preview_chars", self.preview_chars, 0)
+        check_float("dropout", self.dropout, 0, 1, high_open=True)
+        check_float("val_frac", self.val_frac, 0, 1, high_open=True)
+        check_float("lr", self.lr, 0, math.inf, low_open=True)
+        check_float("grad_clip", self.grad_clip, 0, math.inf, low_open=True)
+        check_float("minutes", self.minutes, 0, math.inf, low_open=True)
+        check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    length: int = 500
+    temperature: float = 1.0  # 0: greedy (argmax)
+    top_k: int | None = None  # None: all characters
+    top_p: float = 1.0
+    prime: str = ""
+    seed: int | None = None
+    num_samples: int = 1
+    stop: str | None = None
+    skip_unknown: bool = False
+
+    def __post_init__(self):
+        check_int("length", self.length, 1)
+        check_float("temperature", self.temperature, 0, math.inf)
+        check_int("top_k", self.top_k, 1)
+        check_float("top_p", self.top_p, 0, 1, low_open=True)
+        check_int("seed", self.seed, 0, MAX_SEED)
+        check_int("num_samples", self.num_samples, 1)
+        if self.stop == "":
+            raise OptionError("--stop must not be empty")
+
+
+@dataclass
+class BenchConfig:
+    cell: str = "lstm"
+    layers: int = 2
+    hidden: int = 128
+    batch_size: int = 50
+    seq_len: int = 50
+    vocab: int = 65
+    iters: int = 20
+    repeats: int = 3
+    sample_chars: int = 2000
+    batched_samples: int = 64
+    temperature: float = 0.8
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_model_shape(self.cell, self.layers)
+        check_int("layers", self.layers, 1, MAX_LAYERS)
+        check_int("hidden", self.hidden, 1, MAX_HIDDEN)
+        check_int("vocab", self.vocab, 1, 0x110000)
+        for name in ("batch_size", "seq_len", "iters", "repeats", "batched_samples"):
+            check_int(name, getattr(self, name), 1)
+        check_int("sample_chars", self.sample_chars, 16)
+        check_float("temperature", self.temperature, 0, math.inf)
+        check_choice("device", self.device, ("cpu", "cuda"))
