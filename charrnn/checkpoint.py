@@ -10,7 +10,7 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +83,7 @@ def load(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such checkpoint")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
-    try:
-        with open(path, "rb") as f:
-            is_zip = f.read(4) == b"PK\x03\x04" and zipfile.is_zipfile(f)
-    except OSError as e:
-        raise CheckpointError(f"{path}: {e.strerror or e}") from None
-    if not is_zip:  # np.load would try it as a pickle and advise unpickling: never
-        raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz file)")
+    _check_zip(path)
     try:
         meta, arrays = _read(path)
     except CheckpointError:
@@ -102,6 +96,28 @@ def load(path: Path) -> Checkpoint:
                       train=meta.get("train") or {})
     _validate(path, ckpt)
     return ckpt
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # the first bytes of an .npz (a zip archive)
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse what is not a whole zip archive before np.load sees it: np.load would try it as a
+    pickle and advise unpickling, never to be done. A file that starts like a zip but has no
+    central directory at its end is an .npz cut short (an interrupted copy) or damaged."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(ZIP_MAGIC))
+            is_zip = magic == ZIP_MAGIC and zipfile.is_zipfile(f)
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e.strerror or e}") from None
+    if not magic:
+        raise CheckpointError(f"{path} is empty, not a charrnn checkpoint")
+    if magic != ZIP_MAGIC:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (not an .npz file)")
+    if not is_zip:
+        raise CheckpointError(f"{path} is a truncated or damaged checkpoint (the end of its zip "
+                              "archive is missing or corrupt)")
 
 
 def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -161,6 +177,9 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
 
     if ckpt.vocab is None or ckpt.params is None or not isinstance(ckpt.config, dict):
         raise CheckpointError(f"{path}: checkpoint lacks its config, vocabulary or weights")
+    keys_problem = _config_keys_problem(ckpt.config, ModelConfig)
+    if keys_problem:
+        raise CheckpointError(f"{path}: bad model config in checkpoint: {keys_problem}")
     try:
         config = ModelConfig(**ckpt.config)
     except (TypeError, ValueError) as e:
@@ -178,6 +197,18 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
                               f"{ckpt.params.dtype}; the config needs ({size},) floats")
     if not np.all(np.isfinite(ckpt.params)):
         raise CheckpointError(f"{path}: weights contain NaN or infinity")
+
+
+def _config_keys_problem(config: dict, cls) -> str | None:
+    """Keys of config that the dataclass cls does not have, or required ones it lacks, in words:
+    cls(**config) would say so in Python's terms ("__init__() got an unexpected keyword ...")."""
+    unknown = sorted(set(config) - {f.name for f in fields(cls)})
+    missing = [f.name for f in fields(cls) if f.name not in config
+               and f.default is MISSING and f.default_factory is MISSING]
+    for what, keys in (("unknown", unknown), ("missing", missing)):
+        if keys:
+            return f"{what} key{'s' if len(keys) > 1 else ''} {', '.join(map(repr, keys))}"
+    return None
 
 
 def resolve(model: Path) -> Path:

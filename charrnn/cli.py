@@ -154,7 +154,7 @@ def train(
     given = {k: v for k, v in given.items() if v is not None}
     TrainOptions(**given)  # every value given is in range, before anything is read or made
     if out is not None and out.exists() and not out.is_dir():
-        raise UsageProblem(f"--out {out} is a file; a run directory is needed")
+        raise Failure(f"--out {out} is a file; a run directory is needed")
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
@@ -400,19 +400,26 @@ def eval_(
     """Loss of MODEL on FILE, in nats and bits per character."""
     from .options import check_text_codec
     check_text_codec(encoding, errors)
+    from collections import Counter
+
     from .report import LN2
-    from .tokenizer import read_corpus
+    from .tokenizer import UnknownCharacters, read_corpus
     from .train import evaluate
 
     net, vocab, _ = _load_model(model)
+    skipped = Counter()
     _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown, encoding=encoding,
-                         errors=errors)
+                         errors=errors, skipped=skipped)
+    if skipped:
+        n = skipped.total()
+        say(f"warning: skipped {n:,} of {n + len(ids):,} characters "
+            f"({n / (n + len(ids)):.1%}): {UnknownCharacters(sorted(skipped))}")
     if len(ids) < 2:
         raise Failure(f"{file} is too short to score: it needs at least 2 characters")
     with _compile_notice():
         nats = evaluate(net, ids, batch_size=32, seq_len=100)
-    result = {"file": str(file), "chars": int(len(ids)), "loss_nats": nats,
-              "loss_bits": nats / LN2}
+    result = {"file": str(file), "chars": int(len(ids)), "skipped_chars": skipped.total(),
+              "loss_nats": nats, "loss_bits": nats / LN2}
     if as_json:
         emit(json.dumps(result))
     else:

@@ -41,7 +41,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer")
         if type(self.dropout) not in (int, float):
             raise ValueError("dropout must be a number")
-        if self.cell not in CELLS:
+        if type(self.cell) is not str or self.cell not in CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(CELLS)}")
         if self.vocab_size < 1 or self.layers < 1 or self.hidden < 1:
             raise ValueError("vocab_size, layers and hidden must be at least 1")

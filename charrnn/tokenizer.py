@@ -10,7 +10,11 @@ Plain numpy only: reading and encoding text must not pay for importing numba.
 
 import codecs
 import os
+import stat
+import tempfile
 import unicodedata
+from collections import Counter
+from contextlib import contextmanager
 from functools import cached_property, reduce
 from pathlib import Path
 
@@ -122,22 +126,37 @@ class Vocab:
 
     def unknown(self, text: str) -> list[str]:
         """The distinct characters of text that are not in the vocabulary, in code point order."""
-        present = Vocab.from_text(text).codepoints
-        return list(_text(present[np.take(self._table, present, mode="clip") == len(self)]))
+        return sorted(self.unknown_counts(text))
+
+    def unknown_counts(self, text: str) -> Counter:
+        """How often each character of text that is not in the vocabulary occurs in it."""
+        counts = Counter()
+        for start in range(0, len(text), BLOCK):
+            codepoints = _codepoints(text[start:start + BLOCK])
+            codepoints = codepoints[np.take(self._table, codepoints, mode="clip") == len(self)]
+            chars, n = np.unique(codepoints, return_counts=True)
+            counts.update(dict(zip(_text(chars), n.tolist())))
+        return counts
 
 
 def read_corpus(path, *, encoding="utf-8", errors="strict", vocab: Vocab | None = None,
-                skip_unknown=False, workdir=None, chunk_bytes: int = 64 << 20
-                ) -> tuple[Vocab, np.ndarray]:
+                skip_unknown=False, workdir=None, chunk_bytes: int = 64 << 20,
+                skipped: Counter | None = None) -> tuple[Vocab, np.ndarray]:
     """(vocab, ids) of a text file; the vocabulary is the file's own characters unless given.
 
     The file is decoded in reads of chunk_bytes. A file larger than that, with a workdir, is never
     held whole: one pass collects its vocabulary (when none is given), a second encodes it chunk by
     chunk into workdir/corpus.ids, and the ids come back as a read-only np.memmap of that file.
-    errors is the decoder's error handler ("strict", "replace", "ignore", ...)."""
+    A pipe or a device (`cat a b | charrnn train /dev/stdin`, `<(...)`) cannot be read twice and
+    has no size, so it is first copied into a temporary file (in workdir, else the system's
+    temporary directory) that is gone once this returns or raises.
+    errors is the decoder's error handler ("strict", "replace", "ignore", ...). In UTF-8 a
+    byte-order mark at the start of the file is not a character.
+    skipped, when given a Counter, gains the number of times each character that skip_unknown
+    dropped occurred: skipped.total() characters dropped, sorted(skipped) the distinct ones."""
     path = Path(path)
     _check_codec(encoding, errors)
-    with _open(path) as f:
+    with _open(path) as raw, _seekable(raw, path, workdir, chunk_bytes) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise CorpusError(f"{path} is empty")
@@ -150,14 +169,14 @@ def read_corpus(path, *, encoding="utf-8", errors="strict", vocab: Vocab | None 
             if vocab is None:
                 vocab = Vocab.from_text(text)
             try:
-                ids = vocab.encode(text, skip_unknown)
+                ids = _encode(vocab, text, skip_unknown, skipped)
             except UnknownCharacters as e:
                 raise UnknownCharacters(e.chars, source=str(path)) from None
         else:
             if vocab is None:
                 vocab = Vocab(reduce(np.union1d, (Vocab.from_text(t).codepoints for t in chunks())))
             ids = _encode_to_file(vocab, chunks(), Path(workdir) / "corpus.ids", skip_unknown,
-                                  path)
+                                  skipped, path)
     if len(ids) == 0:
         raise CorpusError(f"{path} has no characters left after decoding")
     return vocab, ids
@@ -182,23 +201,65 @@ def _open(path: Path):
         raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
 
 
+@contextmanager
+def _seekable(f, path: Path, workdir, chunk_bytes: int):
+    """f itself when it is a regular file, else an anonymous temporary copy of what it gives.
+
+    Only a regular file has a size and can be read twice; a FIFO or a character device gives its
+    bytes once and reports size 0. The copy is made in reads of chunk_bytes (memory bounded) into
+    a tempfile.TemporaryFile, which has no name in the directory (or loses it at once): nothing is
+    left behind, whatever happens."""
+    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        yield f
+        return
+    directory = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.TemporaryFile(dir=directory)
+    except OSError as e:
+        raise CorpusError(f"cannot create a temporary copy of {path} in {directory}: "
+                          f"{e.strerror or e}") from None
+    with spool:
+        while block := _read(f, path, chunk_bytes):
+            try:
+                spool.write(block)
+            except OSError as e:  # a full disk
+                raise CorpusError(f"cannot copy {path} into {directory}: {e.strerror or e}") \
+                    from None
+        spool.flush()
+        yield spool
+
+
+def _read(f, path: Path, n: int) -> bytes:
+    try:
+        return f.read(n)
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+
+
+# Codecs in which a NUL byte is ordinary text; in every other (byte-oriented) one it means binary.
+WIDE = ("utf-16", "utf-32")
+
+
 def _decoded_chunks(f, path: Path, encoding: str, errors: str, chunk_bytes: int):
     """Yield the whole file's text in pieces decoded from reads of chunk_bytes.
 
     The incremental decoder keeps the first bytes of a character split across two reads until the
-    next read completes it."""
+    next read completes it. In UTF-8 a byte-order mark at the start is skipped here rather than by
+    the 'utf-8-sig' decoder, which would count error offsets from after it."""
+    name = codecs.lookup(encoding).name
+    utf8 = name in ("utf-8", "utf-8-sig")
     f.seek(0)
-    decoder = codecs.getincrementaldecoder(encoding)(errors)
-    # In UTF-16/32 text NUL bytes are normal; in byte-oriented encodings they mean binary data.
-    check_nul = not codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
     offset = 0  # file offset of the block being decoded
+    if utf8 and _read(f, path, len(codecs.BOM_UTF8)) == codecs.BOM_UTF8:
+        offset = len(codecs.BOM_UTF8)
+    f.seek(offset)
+    decoder = codecs.getincrementaldecoder("utf-8" if utf8 else encoding)(errors)
+    check_nul = not name.startswith(WIDE)
     while True:
-        try:
-            block = f.read(chunk_bytes)
-        except OSError as e:
-            raise CorpusError(f"cannot read {path}: {e.strerror or e}") from None
+        block = _read(f, path, chunk_bytes)
         if check_nul and (nul := block.find(b"\0")) >= 0:
-            raise CorpusError(f"{path} looks like a binary file "
+            raise CorpusError(_wide_text_message(f, path) or f"{path} looks like a binary file "
                               f"(NUL byte at offset {offset + nul})")
         # the decoder sees these held-back bytes followed by the block, so error positions count
         # from them
@@ -206,15 +267,69 @@ def _decoded_chunks(f, path: Path, encoding: str, errors: str, chunk_bytes: int)
         try:
             text = decoder.decode(block, final=not block)
         except UnicodeDecodeError as e:
-            raise CorpusError(f"{path} is not valid {encoding} at byte {offset - held + e.start}; "
-                              "pass --encoding or --errors replace") from None
+            wide = _wide_text_message(f, path) if check_nul else None
+            raise CorpusError(wide or f"{path} is not valid {encoding} at byte "
+                              f"{offset - held + e.start}; pass --encoding or --errors replace") \
+                from None
         yield text
         if not block:
             return
         offset += len(block)
 
 
-def _encode_to_file(vocab: Vocab, chunks, dest: Path, skip_unknown: bool, path: Path) -> np.memmap:
+# Byte-order marks, UTF-32's first: FF FE 00 00 begins with UTF-16's FF FE.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+HEAD = 4096  # bytes of the file a guess at UTF-16/32 looks at
+
+
+def _wide_text_message(f, path: Path) -> str | None:
+    """Why the file, read in a byte-oriented encoding, looks like UTF-16 or UTF-32 text, and the
+    --encoding that reads it; None when it does not.
+
+    Either it starts with a byte-order mark, or its first HEAD bytes decode, in one of those
+    encodings and byte orders, to text that is mostly (3 in 4) Latin-1 characters, which in UTF-16
+    or UTF-32 are the code units whose high bytes are NUL, and otherwise printable (19 in 20),
+    with no NUL character. Binary data, or text with a stray NUL byte, fails that."""
+    f.seek(0)
+    head = _read(f, path, HEAD)
+    for bom, encoding in BOMS:
+        if head.startswith(bom):
+            return (f"{path} looks like {encoding.upper()} text (a byte-order mark at its start); "
+                    f"pass --encoding {encoding}")
+    for encoding in ("utf-32-le", "utf-32-be", "utf-16-le", "utf-16-be"):
+        unit = 4 if encoding.startswith("utf-32") else 2
+        if len(head) < HEAD and len(head) % unit:  # the whole file, not whole code units
+            continue
+        text = head[:len(head) - len(head) % unit].decode(encoding, "replace")
+        if "\0" not in text and _share(text, _printable) >= 0.95 \
+                and _share(text, lambda c: c < "\u0100") >= 0.75:
+            wide, order = encoding.rsplit("-", 1)
+            endian = "little" if order == "le" else "big"
+            return (f"{path} looks like {wide.upper()} text ({endian}-endian, without a "
+                    f"byte-order mark); pass --encoding {encoding}")
+    return None
+
+
+def _printable(c: str) -> bool:
+    return (c.isprintable() or c.isspace()) and c != "\ufffd"  # U+FFFD: undecodable
+
+
+def _share(text: str, test) -> float:
+    """The fraction of text's characters for which test is true."""
+    return sum(map(test, text)) / max(len(text), 1)
+
+
+def _encode(vocab: Vocab, text: str, skip_unknown: bool, skipped: Counter | None) -> np.ndarray:
+    """vocab.encode(text, skip_unknown), adding what it dropped to skipped (a Counter, or None)."""
+    ids = vocab.encode(text, skip_unknown)
+    if skipped is not None and len(ids) < len(text):
+        skipped.update(vocab.unknown_counts(text))
+    return ids
+
+
+def _encode_to_file(vocab: Vocab, chunks, dest: Path, skip_unknown: bool,
+                    skipped: Counter | None, path: Path) -> np.memmap:
     """Append each chunk's ids to dest and map the result; one chunk's ids in memory at a time.
 
     The ids are written to a temporary name and renamed over dest: an older corpus.ids may still
@@ -230,7 +345,7 @@ def _encode_to_file(vocab: Vocab, chunks, dest: Path, skip_unknown: bool, path: 
                     unknown.update(vocab.unknown(text))
                     continue
                 try:
-                    vocab.encode(text, skip_unknown).tofile(out)
+                    _encode(vocab, text, skip_unknown, skipped).tofile(out)
                 except UnknownCharacters as e:
                     unknown.update(e.chars)
         if unknown:

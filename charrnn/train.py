@@ -524,7 +524,7 @@ class Run:
         self.host_model()
         self._check_savable()
         path = self.run_dir / name
-        before = "the previous one is intact" if path.exists() else "no checkpoint was saved"
+        before = "the previous one is intact" if path.exists() else "it was not written"
         try:
             ckpt_io.save(path, self.checkpoint())
         except OSError as e:

@@ -144,6 +144,36 @@ def test_truncated_and_flipped_files(saved):
         assert np.array_equal(back.params, make().params)
 
 
+@pytest.mark.parametrize("keep", [lambda n: 10, lambda n: n // 2, lambda n: n - 1])
+def test_truncated_checkpoint_is_called_truncated(saved, keep):
+    data = saved.read_bytes()  # starts with the zip magic PK\x03\x04; its directory is at the end
+    saved.write_bytes(data[:keep(len(data))])
+    with pytest.raises(CheckpointError) as e:
+        ckpt_io.load(saved)
+    assert str(e.value) == (f"{saved} is a truncated or damaged checkpoint (the end of its zip "
+                            "archive is missing or corrupt)")
+    assert "pickle" not in str(e.value)
+
+
+def test_empty_checkpoint_is_called_empty(saved):
+    saved.write_bytes(b"")
+    with pytest.raises(CheckpointError) as e:
+        ckpt_io.load(saved)
+    assert str(e.value) == f"{saved} is empty, not a charrnn checkpoint"
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda c: c.update(foo=1), "unknown key 'foo'"),
+    (lambda c: c.update(foo=1, bar=2), "unknown keys 'bar', 'foo'"),
+    (lambda c: c.pop("vocab_size"), "missing key 'vocab_size'"),
+])
+def test_config_keys_are_named_in_words(saved, change, problem):
+    rewrite(saved, lambda m: set_meta(m, lambda d: change(d["config"])))
+    with pytest.raises(CheckpointError) as e:
+        ckpt_io.load(saved)
+    assert str(e.value) == f"{saved}: bad model config in checkpoint: {problem}"
+
+
 def test_not_a_zip_and_missing_and_directory(tmp_path):
     (tmp_path / "text.npz").write_text("hello")
     for path, message in [(tmp_path / "text.npz", "not an .npz file"),

@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from charrnn.tokenizer import CorpusError, UnknownCharacters, Vocab, read_corpus, split
@@ -51,6 +53,7 @@ def test_encoding_with_another_texts_vocabulary(vocab_text, extra):
         assert e.value.chars == unknown
     assert vocab.decode(vocab.encode(extra, skip_unknown=True)) == known
     assert vocab.unknown(extra) == unknown
+    assert vocab.unknown_counts(extra) == Counter(c for c in extra if c not in vocab_text)
 
 
 def test_mixed_scripts_are_code_points_without_normalisation():
@@ -171,8 +174,12 @@ def test_multibyte_characters_split_across_chunks(tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(corpus_text, st.integers(1, 16), st.sampled_from(["utf-8", "utf-16", "utf-32"]))
+@given(corpus_text, st.integers(1, 16),
+       st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-32"]))
 def test_chunked_reading_matches_the_text(text, chunk_bytes, encoding):
+    # in UTF-8 without a byte-order mark, a first character U+FEFF is read as one; the other
+    # encodings write a mark before the text, so a U+FEFF of the text stays a character
+    assume(encoding != "utf-8" or not text.startswith("\ufeff"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "corpus.txt"
         path.write_bytes(text.encode(encoding))
@@ -298,6 +305,215 @@ def test_unreadable_file(tmp_path):
     path.chmod(0)
     with pytest.raises(CorpusError, match="Permission denied"):
         read_corpus(path)
+
+
+# --------------------------------------------------------------------------------------------
+# skipped characters
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_skipped_characters_are_counted(tmp_path, chunked):
+    # the unknown ones fall in several 3-byte reads, and the 4-byte emoji is split across two
+    path = write(tmp_path, "abxcaéyxb😀x".encode())
+    skipped = Counter()
+    vocab, ids = read_corpus(path, vocab=Vocab.from_text("abc"), skip_unknown=True,
+                             skipped=skipped, workdir=tmp_path if chunked else None,
+                             chunk_bytes=3 if chunked else 64 << 20)
+    assert isinstance(ids, np.memmap) == chunked
+    assert vocab.decode(ids) == "abcab"
+    assert skipped == {"x": 3, "é": 1, "y": 1, "😀": 1}
+    assert skipped.total() == 6 and sorted(skipped) == ["x", "y", "é", "😀"]
+
+
+def test_skipped_stays_empty_when_nothing_is_dropped(tmp_path):
+    path = write(tmp_path, b"abcab")
+    skipped = Counter()
+    read_corpus(path, vocab=Vocab.from_text("abc"), skip_unknown=True, skipped=skipped)
+    assert skipped == {}
+
+
+# --------------------------------------------------------------------------------------------
+# byte-order marks, UTF-16 and UTF-32
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "UTF8", "utf_8", "U8", "utf-8-sig"])
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1])
+def test_utf8_byte_order_mark_is_not_a_character(tmp_path, encoding, chunk_bytes):
+    # only the mark at the start goes: a U+FEFF further on is a character of the text
+    path = write(tmp_path, b"\xef\xbb\xbf" + "ab\ufeffc".encode())
+    vocab, ids = read_corpus(path, encoding=encoding, workdir=tmp_path, chunk_bytes=chunk_bytes)
+    assert vocab.chars == "abc\ufeff"
+    assert vocab.decode(ids) == "ab\ufeffc"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 2])
+def test_invalid_utf8_after_a_byte_order_mark_counts_from_the_first_byte(tmp_path, encoding,
+                                                                         chunk_bytes):
+    path = write(tmp_path, b"\xef\xbb\xbf" + "éé".encode() + b"\xff")  # 3 + 4 bytes, then bad
+    with pytest.raises(CorpusError) as e:
+        read_corpus(path, encoding=encoding, workdir=tmp_path, chunk_bytes=chunk_bytes)
+    assert str(e.value) == (f"{path} is not valid {encoding} at byte 7; "
+                            "pass --encoding or --errors replace")
+
+
+WIDE_TEXT = "The quick brown fox, naïve café.\n" * 20
+CYRILLIC = "Привет, мир! Съешь же ещё этих булок.\n" * 20
+BOM_HINT = "a byte-order mark at its start"
+
+
+@pytest.mark.parametrize("data,kind,hint,encoding", [
+    (b"\xff\xfe" + WIDE_TEXT.encode("utf-16-le"), "UTF-16", BOM_HINT, "utf-16"),
+    (b"\xfe\xff" + WIDE_TEXT.encode("utf-16-be"), "UTF-16", BOM_HINT, "utf-16"),
+    (b"\xff\xfe\x00\x00" + WIDE_TEXT.encode("utf-32-le"), "UTF-32", BOM_HINT, "utf-32"),
+    (b"\x00\x00\xfe\xff" + WIDE_TEXT.encode("utf-32-be"), "UTF-32", BOM_HINT, "utf-32"),
+    (WIDE_TEXT.encode("utf-16-le"), "UTF-16", "little-endian, without a byte-order mark",
+     "utf-16-le"),
+    (WIDE_TEXT.encode("utf-16-be"), "UTF-16", "big-endian, without a byte-order mark",
+     "utf-16-be"),
+    (b"\xff\xfe" + CYRILLIC.encode("utf-16-le"), "UTF-16", BOM_HINT, "utf-16"),
+    (WIDE_TEXT.encode("utf-32-le"), "UTF-32", "little-endian, without a byte-order mark",
+     "utf-32-le"),
+    (WIDE_TEXT.encode("utf-32-be"), "UTF-32", "big-endian, without a byte-order mark",
+     "utf-32-be"),
+])
+@pytest.mark.parametrize("read_as,chunk_bytes", [("utf-8", 64 << 20), ("utf-8", 3),
+                                                 ("latin-1", 64 << 20)])
+def test_utf16_and_utf32_read_as_bytes_are_named(tmp_path, data, kind, hint, encoding, read_as,
+                                                 chunk_bytes):
+    path = write(tmp_path, data)
+    with pytest.raises(CorpusError) as e:
+        read_corpus(path, encoding=read_as, workdir=tmp_path, chunk_bytes=chunk_bytes)
+    assert str(e.value) == f"{path} looks like {kind} text ({hint}); pass --encoding {encoding}"
+
+
+def test_utf16_without_nul_bytes_is_named_when_it_is_not_utf8(tmp_path):
+    # CJK in UTF-16 has no NUL byte at all; the mark FF FE is what makes it invalid UTF-8
+    path = write(tmp_path, b"\xff\xfe" + "中文字符。".encode("utf-16-le") * 50)
+    with pytest.raises(CorpusError) as e:
+        read_corpus(path)
+    assert str(e.value) == (f"{path} looks like UTF-16 text ({BOM_HINT}); "
+                            "pass --encoding utf-16")
+    vocab, ids = read_corpus(path, encoding="utf-16")
+    assert vocab.decode(ids) == "中文字符。" * 50
+
+
+@pytest.mark.parametrize("data,encoding,text", [
+    (b"\xff\xfe" + WIDE_TEXT.encode("utf-16-le"), "utf-16", WIDE_TEXT),
+    (b"\xfe\xff" + WIDE_TEXT.encode("utf-16-be"), "utf-16", WIDE_TEXT),
+    (b"\xff\xfe\x00\x00" + WIDE_TEXT.encode("utf-32-le"), "utf-32", WIDE_TEXT),
+    (b"\x00\x00\xfe\xff" + WIDE_TEXT.encode("utf-32-be"), "utf-32", WIDE_TEXT),
+    (WIDE_TEXT.encode("utf-16-le"), "utf-16-le", WIDE_TEXT),
+    (WIDE_TEXT.encode("utf-32-be"), "utf-32-be", WIDE_TEXT),
+])
+@pytest.mark.parametrize("chunk_bytes", [64 << 20, 1])
+def test_the_suggested_encoding_reads_it_without_the_mark(tmp_path, data, encoding, text,
+                                                         chunk_bytes):
+    path = write(tmp_path, data)
+    vocab, ids = read_corpus(path, encoding=encoding, workdir=tmp_path, chunk_bytes=chunk_bytes)
+    assert "\ufeff" not in vocab.chars
+    assert vocab.decode(ids) == text
+
+
+def test_latin1_of_a_file_without_nul_is_not_second_guessed(tmp_path):
+    # "ÿþ" at the start of latin-1 text is no error, so there is nothing to explain
+    path = write(tmp_path, "ÿþ café".encode("latin-1"))
+    vocab, ids = read_corpus(path, encoding="latin-1")
+    assert vocab.decode(ids) == "ÿþ café"
+
+
+def binary_files():
+    """(name, bytes) of real binary data, whose NUL bytes must not pass for UTF-16 or UTF-32."""
+    with open(sys.executable, "rb") as f:
+        yield "executable", f.read(1 << 16)
+    yield "int16 counts", np.arange(3000, dtype="<i2").tobytes()
+    yield "int32 counts", np.arange(3000, dtype="<i4").tobytes()
+    yield "float64", np.random.default_rng(0).normal(size=2000).tobytes()
+    yield "text with a stray NUL", b"plain text " * 100 + b"\0" + b"more text " * 100
+    yield "short text with a NUL", b"hello\0world"
+    yield "2 bytes of text and a NUL", b"a\0b"
+
+
+@pytest.mark.parametrize("name,data", list(binary_files()))
+def test_binary_files_keep_the_binary_message(tmp_path, name, data):
+    path = write(tmp_path, data)
+    with pytest.raises(CorpusError) as e:
+        read_corpus(path)
+    assert str(e.value) == f"{path} looks like a binary file (NUL byte at offset {data.index(0)})"
+
+
+# --------------------------------------------------------------------------------------------
+# pipes and devices
+
+
+def feed(target, data: bytes) -> threading.Thread:
+    """Write data to target (a FIFO's path, or a pipe's write end) from a thread, then close it."""
+    def write_all():
+        with open(target, "wb") as f:
+            f.write(data)
+    thread = threading.Thread(target=write_all, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pipe_is_read_in_two_passes_through_a_temporary_copy(tmp_path):
+    text = MIXED * 5
+    work = tmp_path / "work"
+    r, w = os.pipe()
+    writer = feed(w, text.encode())
+    try:
+        vocab, ids = read_corpus(f"/dev/fd/{r}", workdir=work, chunk_bytes=7)
+    finally:
+        os.close(r)
+    writer.join()
+    assert isinstance(ids, np.memmap)  # the two-pass path, which reads the input twice
+    assert vocab.chars == "".join(sorted(set(text)))
+    assert vocab.decode(ids) == text
+    assert [p.name for p in work.iterdir()] == ["corpus.ids"]  # the copy is gone
+
+
+def test_fifo_without_workdir_is_copied_to_the_temporary_directory(tmp_path, monkeypatch):
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_dir))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = feed(fifo, MIXED.encode())
+    vocab, ids = read_corpus(fifo)
+    writer.join()
+    assert vocab.decode(ids) == MIXED
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_empty_pipe_is_empty(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = feed(fifo, b"")
+    with pytest.raises(CorpusError) as e:
+        read_corpus(fifo, workdir=tmp_path / "work")
+    writer.join()
+    assert str(e.value) == f"{fifo} is empty"
+
+
+def test_copy_of_a_pipe_is_removed_after_an_error(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    work = tmp_path / "work"
+    writer = feed(fifo, b"text" * 10 + b"\0")
+    with pytest.raises(CorpusError, match="binary file .NUL byte at offset 40"):
+        read_corpus(fifo, workdir=work, chunk_bytes=8)
+    writer.join()
+    assert list(work.iterdir()) == []
+
+
+def test_standard_input_as_a_corpus(tmp_path):
+    # what `cat a b | charrnn train /dev/stdin` does
+    code = ("import sys; from charrnn.tokenizer import read_corpus; "
+            "vocab, ids = read_corpus('/dev/stdin', workdir=sys.argv[1], chunk_bytes=5); "
+            "sys.stdout.buffer.write(vocab.decode(ids).encode())")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], input=MIXED.encode() * 3,
+                         capture_output=True, check=True)
+    assert out.stdout.decode() == MIXED * 3
 
 
 # --------------------------------------------------------------------------------------------
