@@ -72,7 +72,8 @@ def call_main(monkeypatch, capsys, *args, input=""):
     """(exit status, stdout, stderr) of charrnn.cli.main() run in-process with sys.argv set:
     exercises the one-line error formatting and exit-status mapping without a subprocess."""
     monkeypatch.setattr(sys, "argv", ["charrnn", *map(str, args)])
-    monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input.encode("utf-8")),
+                                                    encoding="utf-8"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main()
