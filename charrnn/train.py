@@ -122,9 +122,9 @@ class Run:
         self._pulled_at = None  # the step whose GPU state the host copies hold
         self._lock = None
         self._new_dirs = make_run_dir(self.run_dir)
-        self._old_files = {p.name for p in self.run_dir.iterdir()}
         try:
             self._lock = lock_run_dir(self.run_dir)
+            self._old_files = {p.name for p in self.run_dir.iterdir()}
             remove_stale_temporaries(self.run_dir)
             train_ids = self._load_corpus(opts, resume, encoding, errors)
             with compiling:  # a width chosen by timing a step compiles the kernels first
@@ -139,7 +139,10 @@ class Run:
     def abandon(self) -> None:
         """Release the run directory after a failure. A run that saved no checkpoint leaves
         nothing behind: the files and directories it made are removed (never one that was
-        there before), so a bad option or corpus does not number the next run -2."""
+        there before), so a bad option or corpus does not number the next run -2. A run that
+        found the directory locked by another trainer touches nothing of it."""
+        if self._lock is None:
+            return
         self.release()
         if any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST)):
             return
