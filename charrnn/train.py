@@ -122,9 +122,9 @@ class Run:
         self._pulled_at = None  # the step whose GPU state the host copies hold
         self._lock = None
         self._new_dirs = make_run_dir(self.run_dir)
+        self._old_files = {p.name for p in self.run_dir.iterdir()}
         try:
             self._lock = lock_run_dir(self.run_dir)
-            self._old_files = {p.name for p in self.run_dir.iterdir()}
             remove_stale_temporaries(self.run_dir)
             train_ids = self._load_corpus(opts, resume, encoding, errors)
             with compiling:  # a width chosen by timing a step compiles the kernels first
