@@ -591,6 +591,7 @@ def test_one_trainer_per_run_directory(resume, corpus, tmp_path, monkeypatch, ca
                               mentions=["another charrnn process", f"pid {os.getpid()}"])
         after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != LOCK}
         assert after == before, "the refused trainer touched the run directory"
+        assert (run_dir / LOCK).exists(), "the refused trainer removed the other's lock file"
     finally:
         holder.close()
     code, out, err = call_main(monkeypatch, capsys, *argv)
