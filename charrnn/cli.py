@@ -15,6 +15,8 @@ import os
 import signal
 import stat
 import sys
+import unicodedata
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -77,6 +79,8 @@ def emit(text: str) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except UnicodeEncodeError as e:
+        raise Failure(unencodable_output(e)) from None
 
 
 class UsageProblem(Exception):
@@ -104,7 +108,9 @@ def _user_errors():
 def unescape(text: str, option: str) -> str:
     r"""Backslash escapes as a shell user means them: '\n' is a newline (non-ASCII kept)."""
     try:
-        return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+        with warnings.catch_warnings():  # '\777': Python's deprecation notice is not for users
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
     except UnicodeDecodeError:
         raise UsageProblem(f"{option}: bad backslash escape in {text!r} (write a backslash "
                            f"as \\\\)") from None
@@ -315,6 +321,8 @@ def sample(
                        num_samples, sep)
     except BrokenPipeError:
         _quiet_broken_pipe()
+    except UnicodeEncodeError as e:  # an encoding that _check_output_can_write let through
+        raise Failure(unencodable_output(e)) from None
 
 
 def _check_output_can_write(text: str) -> None:
@@ -558,6 +566,7 @@ def main() -> None:
     from .kernels import scipy_blas
     scipy_blas.enable()  # 0.15 s less start-up once the kernels are imported
     _replace_closed_streams()
+    _file_names_as_given()
     stderr = sys.stderr
     sys.stderr = MessageStream(stderr)
     try:
@@ -585,8 +594,6 @@ def _run_app() -> None:
             _fail(f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", 1)
         if isinstance(e, MemoryError):
             _fail("out of memory (a smaller model, batch or --num-samples needs less)", 1)
-        if isinstance(e, UnicodeEncodeError):  # data for a stdout whose encoding lacks it
-            _fail(unencodable_output(e), 1)
         if type(e).__name__ == "Abort":
             sys.exit(130)
         raise
@@ -647,6 +654,15 @@ class _ClosedStdout(io.TextIOBase):
         return False
 
 
+def _file_names_as_given() -> None:
+    """A file name that is not valid UTF-8 reaches Python as lone surrogates; written to stdout
+    (`eval` names its FILE) they become the name's own bytes again instead of an error.
+    charrnn's text never holds lone surrogates otherwise: a checkpoint's vocabulary refuses
+    them."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
 def _replace_closed_streams() -> None:
     """Started with stdout or stderr closed (`>&-`), Python gives None for it, and print() to a
     None stderr would write to stdout. Messages for a closed stderr are dropped; data for a
@@ -694,9 +710,16 @@ def _flush_streams(code: int) -> int:
     return code
 
 
+def one_line(message: str) -> str:
+    """message with its line breaks and other control characters escaped (a file name may hold
+    a newline), so that an error is always one line."""
+    return "".join(c.encode("unicode_escape").decode("ascii")
+                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in message)
+
+
 def _fail(message: str, code: int) -> None:
     try:
-        print(f"charrnn: error: {message}", file=sys.stderr)
+        print(f"charrnn: error: {one_line(message)}", file=sys.stderr)
     except OSError:  # stderr itself is gone: the exit status still tells
         pass
     sys.exit(code)

@@ -13,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .runs import make_dirs, remove_new_dirs
+
 CATALOGUE = {
     "tinyshakespeare": {
         "url": "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
@@ -43,8 +45,9 @@ def download(name: str, dest: Path, url: str | None = None, progress=None,
     url = url or entry["url"]
     dest = Path(dest)
     tmp = None
+    new_dirs = []
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        new_dirs = make_dirs(dest.parent)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         with os.fdopen(fd, "wb") as out:
             sha256 = _fetch(url, out, progress, timeout)
@@ -65,6 +68,8 @@ def download(name: str, dest: Path, url: str | None = None, progress=None,
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if not dest.exists():  # failed: the folders made for it go too
+            remove_new_dirs(new_dirs)
     return dest
 
 

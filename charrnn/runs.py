@@ -34,17 +34,17 @@ def lock_run_dir(run_dir: Path):
     return f
 
 
-def make_run_dir(run_dir: Path) -> list[Path]:
-    """Create run_dir and its missing parents; returns the directories it created, outermost
-    first, so that a failed start can remove them again."""
-    run_dir = Path(run_dir)
-    new = [d for d in reversed([run_dir, *run_dir.parents]) if not d.exists()]
-    run_dir.mkdir(parents=True, exist_ok=True)
+def make_dirs(path: Path) -> list[Path]:
+    """Create the directory path and its missing parents; returns the directories it created,
+    outermost first, so that a command that fails can remove them again."""
+    path = Path(path)
+    new = [d for d in reversed([path, *path.parents]) if not d.exists()]
+    path.mkdir(parents=True, exist_ok=True)
     return new
 
 
 def remove_new_dirs(new: list[Path]) -> None:
-    """Remove the directories make_run_dir created, innermost first, while they are empty."""
+    """Remove the directories make_dirs created, innermost first, while they are empty."""
     for d in reversed(new):
         try:
             d.rmdir()
@@ -67,22 +67,25 @@ def state_dir() -> Path:
 
 
 def record_last_run(run_dir: Path) -> None:
+    """Remember run_dir for `charrnn sample` without a MODEL. The path is stored as the bytes
+    the file system knows it by, so a name that is not UTF-8 round-trips."""
     d = state_dir()
+    tmp = d / f".last_run.{os.getpid()}"
     try:
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".last_run.{os.getpid()}"
-        tmp.write_text(str(Path(run_dir).resolve()) + "\n")
+        tmp.write_bytes(os.fsencode(Path(run_dir).resolve()) + b"\n")
         os.replace(tmp, d / "last_run")
     except OSError:
-        pass  # a read-only home must not stop training; `sample RUN` still works
+        tmp.unlink(missing_ok=True)  # a read-only home must not stop training; `sample RUN`
+        # still works
 
 
 def last_run() -> Path | None:
     try:
-        text = (state_dir() / "last_run").read_text().strip()
+        data = (state_dir() / "last_run").read_bytes().rstrip(b"\n")
     except OSError:
         return None
-    return Path(text) if text else None
+    return Path(os.fsdecode(data)) if data else None
 
 
 def new_run_dir(corpus: Path) -> Path:

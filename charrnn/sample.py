@@ -67,11 +67,21 @@ def generate(model: Model, vocab: Vocab, opts: SampleOptions,
              device: str = "cpu") -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; a sample ends after
     opts.length new characters or just before its stop string. The prime comes first, as the
-    model saw it. device "cuda": the state lives on the GPU and each chunk is one launch."""
+    model saw it. device "cuda": the state lives on the GPU and each chunk is one launch.
+
+    What can be refused is checked here, before the first piece is asked for (a batch too large
+    for the memory, prime characters the model does not know), so that a caller can fail
+    before it prepares anything for the pieces."""
     B = opts.num_samples
     memory.check_fits(memory.sampling_bytes(model.config, B), f"sampling {B:,} streams at once",
                       "--num-samples")
     ids, printed_prime = start_ids(vocab, opts.prime, opts.skip_unknown)
+    return _pieces(model, vocab, opts, device, ids, printed_prime)
+
+
+def _pieces(model: Model, vocab: Vocab, opts: SampleOptions, device: str, ids: np.ndarray,
+            printed_prime: str) -> Iterator[tuple[int, str]]:
+    B = opts.num_samples
     if device == "cuda":
         from .sample_cuda import CudaStepper
         stepper = CudaStepper(model, B)

@@ -271,6 +271,9 @@ def _decoded_chunks(f, path: Path, encoding: str, errors: str, chunk_bytes: int)
             raise CorpusError(wide or f"{path} is not valid {encoding} at byte "
                               f"{offset - held + e.start}; pass --encoding or --errors replace") \
                 from None
+        except UnicodeError as e:  # "UTF-16 stream does not start with BOM", and the like
+            raise CorpusError(f"{path} is not valid {encoding}: {e}; pass another --encoding") \
+                from None
         yield text
         if not block:
             return

@@ -24,7 +24,7 @@ from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
 from .options import TrainOptions
-from .runs import (LOCK, lock_run_dir, make_run_dir, record_last_run, remove_new_dirs,
+from .runs import (LOCK, lock_run_dir, make_dirs, record_last_run, remove_new_dirs,
                    remove_stale_temporaries)
 from .sample import SampleOptions, generate
 from .tokenizer import CorpusError, Vocab, read_corpus, split
@@ -121,7 +121,7 @@ class Run:
         self.gpu = None  # a DeviceTrainer when training on CUDA
         self._pulled_at = None  # the step whose GPU state the host copies hold
         self._lock = None
-        self._new_dirs = make_run_dir(self.run_dir)
+        self._new_dirs = make_dirs(self.run_dir)
         self._old_files = {p.name for p in self.run_dir.iterdir()}
         try:
             self._lock = lock_run_dir(self.run_dir)
