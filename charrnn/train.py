@@ -186,10 +186,7 @@ class Run:
             self._size(len(train_ids))
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=opts.hidden, dropout=opts.dropout)
-        memory.check_fits(memory.training_bytes(config, opts.seq_len, opts.batch_size),
-                          f"training a {opts.layers} x {opts.hidden} {opts.cell} at batch "
-                          f"{opts.batch_size} x {opts.seq_len}",
-                          "--hidden, --layers, --batch-size or --seq-len")
+        self._check_memory(config)
         self.model = Model(config, seed=opts.seed)
         self.optimizer = Adam(self.model.params.size, lr=opts.lr)
         self.rng = np.random.default_rng(opts.seed)
@@ -286,6 +283,7 @@ class Run:
         dropout = o.dropout or 0.0  # None: not chosen yet, so timed without
         config = ModelConfig(vocab_size=len(self.vocab), cell=o.cell, layers=o.layers,
                              hidden=hidden, dropout=dropout)
+        self._check_memory(config)
         model = Model(config, seed=o.seed)
         optimizer = Adam(model.params.size, lr=o.lr)
         T = min(o.seq_len, SPEED_PROBE_STEPS, self.streams.shape[0] - 1)
@@ -305,6 +303,14 @@ class Run:
             window_s, update_s = min(window_s, t1 - t0), min(update_s, t2 - t1)
         steps = min(o.seq_len, self.streams.shape[0] - 1)  # a real window's time steps
         return steps * o.batch_size / (window_s * steps / T + update_s)
+
+    def _check_memory(self, config: ModelConfig) -> None:
+        """Refuse, before any array is made, a model whose training does not fit in memory."""
+        o = self.opts
+        memory.check_fits(memory.training_bytes(config, o.seq_len, o.batch_size),
+                          f"training a {config.layers} x {config.hidden} {config.cell} at batch "
+                          f"{o.batch_size} x {o.seq_len}",
+                          "--hidden, --layers, --batch-size or --seq-len")
 
     def release(self) -> None:
         """Let another `charrnn train` use the run directory."""

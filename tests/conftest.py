@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from charrnn import CELL_NAMES
 from charrnn.model import Model, ModelConfig
@@ -77,3 +79,17 @@ def stacks(cell: str, layers: int) -> None:
     """Skip a multi-layer case for the one cell that does not stack."""
     if cell == "jordan" and layers > 1:
         pytest.skip("a jordan network has one layer: its recurrence runs through the output")
+
+
+# Hypothesis profiles. "ci", the default, keeps hypothesis's 100 examples per test and draws
+# them derandomized, so CI runs the same examples every time; "long" runs ten times as many,
+# random ones (python -m pytest tests/test_fuzz_cli.py --hypothesis-profile long: the
+# hypothesis pytest plugin's option, which loads the profile after this file). The fuzzers run
+# whole commands: no deadline, and hypothesis does not reset function-scoped fixtures (the
+# autouse private_state_dir above) between examples, which they do not rely on.
+_FUZZ_HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+hypothesis_settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                                     suppress_health_check=_FUZZ_HEALTH, print_blob=True)
+hypothesis_settings.register_profile("long", max_examples=1000, deadline=None,
+                                     suppress_health_check=_FUZZ_HEALTH, print_blob=True)
+hypothesis_settings.load_profile("ci")
