@@ -683,12 +683,17 @@ def console_main() -> None:
         main()
         code = 0
     except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:  # sys.exit("message"), as Python reports it
-            print(e.code, file=sys.stderr)
-            code = 1
+        code = exit_status(e)
     os._exit(_flush_streams(code))
+
+
+def exit_status(e: SystemExit) -> int:
+    """The status Python gives a process that raised e: sys.exit("message") prints the
+    message on stderr and exits 1."""
+    if e.code is None or isinstance(e.code, int):
+        return e.code or 0
+    print(e.code, file=sys.stderr)
+    return 1
 
 
 def _flush_streams(code: int) -> int:

@@ -84,7 +84,7 @@ from hypothesis import strategies as st
 
 from charrnn import CELL_NAMES
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli import app, main
+from charrnn.cli import app, exit_status, main
 from charrnn.corpora import CATALOGUE
 from charrnn.device import cuda_problem
 from charrnn.synthetic import MarkovSource
@@ -160,11 +160,7 @@ def run_main(argv, stdin: bytes = b"") -> Result:
         main()
         code = 0
     except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            code = e.code or 0
-        else:
-            err.write(f"{e.code}\n")
-            code = 1
+        code = exit_status(e)
     except BaseException:  # noqa: BLE001 - exactly what must never happen
         err.write(traceback.format_exc())
         code = 1
