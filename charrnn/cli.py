@@ -6,6 +6,7 @@ imported inside the commands, so `charrnn --help` starts fast.
 """
 
 import codecs
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -197,10 +198,15 @@ def train(
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     compiling = _compile_notice(quiet)  # choosing the width times a step: it may compile
-    run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding, errors=errors,
-              device=chosen, compiling=compiling)
-    with compiling:
-        run.warm_up()
+    with _terminate_through_clean_ups():
+        run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
+                  errors=errors, device=chosen, compiling=compiling)
+        try:
+            with compiling:
+                run.warm_up()
+        except BaseException:  # Ctrl-C during the first run's compile
+            run.abandon()
+            raise
     reporter = _reporter(quiet)
     stop = _StopOnSignal()
     try:
@@ -231,6 +237,20 @@ def _reporter(quiet: bool):
         return QuietReporter()
     console = stderr_console()
     return RichReporter(console) if console.is_terminal else PlainReporter(console)
+
+
+@contextlib.contextmanager
+def _terminate_through_clean_ups():
+    """SIGTERM while a run is set up (reading the corpus, compiling) raises SystemExit(143), as
+    Ctrl-C raises KeyboardInterrupt, so that a run that saved nothing removes what it made.
+    Once training runs, _StopOnSignal takes over."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _StopOnSignal:
@@ -454,15 +474,17 @@ def info(
         path = path / ckpt_io.LATEST
     path = ckpt_io.resolve(path)
     ck = ckpt_io.load(path)
-    best = ckpt_io.load(best_path) if best_path is not None and best_path.exists() else None
     vocab, t, c = Vocab(ck.vocab), ck.train, ck.config
+    best_step = t.get("best_step")
+    has_best = best_path is not None and best_path.exists() and path != best_path
+    if has_best and best_step is None and t.get("best_val_loss") is not None:
+        best_step = ckpt_io.load(best_path).train.get("step")  # written before best_step was
     result = {"checkpoint": str(path), "config": c, "parameters": int(ck.params.size),
               "vocabulary": vocab.chars, "step": t.get("step"), "epoch": t.get("epoch"),
               "best_val_loss": t.get("best_val_loss"), "options": t.get("options"),
               "history": t.get("history", []),
-              "best": None if best is None else {
-                  "checkpoint": str(best_path), "step": best.train.get("step"),
-                  "val_loss": best.train.get("best_val_loss")}}
+              "best": {"checkpoint": str(best_path), "step": best_step,
+                       "val_loss": t.get("best_val_loss")} if has_best else None}
     if as_json:
         emit(json.dumps(result, ensure_ascii=False))
         return
@@ -472,9 +494,10 @@ def info(
              f"trained     {plural(t.get('step', 0), 'step')}, "
              f"{plural(t.get('epoch', 0), 'epoch')} ({path.name})",
              f"best val    {loss_text(t.get('best_val_loss'))}"]
-    if best is not None:
-        lines[-1] += (f" at step {best.train.get('step')} (best.npz: the weights sample and "
-                      f"eval use)")
+    if best_step is not None:
+        lines[-1] += f" at step {best_step}"
+    if has_best:
+        lines[-1] += " (best.npz: the weights sample and eval use)"
     curve = curve_lines(result["history"])
     if curve:
         lines += ["learning curve (loss at each validation)", *curve, "last validations"]

@@ -39,16 +39,20 @@ def check_int(name: str, value, low: int, high: int = MAX_COUNT) -> None:
     if value is None:
         return
     if type(value) is not int or not low <= value <= high:
-        shown = repr(value) if type(value) is not int or abs(value) < 10**30 else "that"
+        shown = repr(value) if type(value) is not int or abs(value) < 10**30 else \
+            f"a {len(str(abs(value)))}-digit number"
         raise OptionError(f"{flag(name)} must be a whole number from {low:,} to {high:,}, "
                           f"not {shown}")
 
 
 def check_float(name: str, value, low: float, high: float, *, low_open=False,
-                high_open=False) -> None:
+                high_open=False, infinite_ok=False) -> None:
     """value is a finite number in the interval between low and high (open ends as flagged);
-    None passes (not given). NaN and infinities never pass."""
+    None passes (not given). NaN never passes, infinity only where infinite_ok (a limit that
+    is off: --grad-clip inf)."""
     if value is None:
+        return
+    if infinite_ok and value == math.inf:
         return
     ok = type(value) in (int, float) and math.isfinite(value) \
         and (low < value if low_open else low <= value) \
@@ -123,8 +127,8 @@ class TrainOptions:
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_float("val_frac", self.val_frac, 0, 1, high_open=True)
         check_float("lr", self.lr, 0, math.inf, low_open=True)
-        check_float("grad_clip", self.grad_clip, 0, math.inf, low_open=True)
-        check_float("minutes", self.minutes, 0, math.inf, low_open=True)
+        check_float("grad_clip", self.grad_clip, 0, math.inf, low_open=True, infinite_ok=True)
+        check_float("minutes", self.minutes, 0, math.inf, low_open=True, infinite_ok=True)
         check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
 
 

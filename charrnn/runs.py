@@ -18,20 +18,32 @@ def lock_run_dir(run_dir: Path):
 
     flock locks die with their process, so a lock file left by a crashed or killed run is
     simply taken over; the PID written into it only makes the refusal message useful."""
-    f = open(Path(run_dir) / LOCK, "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or "unknown"
-        f.close()
-        raise RunLocked(f"{run_dir} is being trained by another charrnn process (pid {pid}); "
-                        f"wait for it to finish or choose another --out") from None
+    path = Path(run_dir) / LOCK
+    while True:
+        f = open(path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "unknown"
+            f.close()
+            raise RunLocked(f"{run_dir} is being trained by another charrnn process (pid "
+                            f"{pid}); wait for it to finish or choose another --out") from None
+        if _same_file(f, path):
+            break
+        f.close()  # a failed run removed the file between our open and our lock: lock anew
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
     f.flush()
     return f
+
+
+def _same_file(f, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 def make_dirs(path: Path) -> list[Path]:

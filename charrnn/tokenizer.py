@@ -178,14 +178,21 @@ def read_corpus(path, *, encoding="utf-8", errors="strict", vocab: Vocab | None 
             ids = _encode_to_file(vocab, chunks(), Path(workdir) / "corpus.ids", skip_unknown,
                                   skipped, path)
     if len(ids) == 0:
-        raise CorpusError(f"{path} has no characters left after decoding")
+        raise _nothing_left(path, skip_unknown)
     return vocab, ids
+
+
+def _nothing_left(path: Path, skip_unknown: bool) -> CorpusError:
+    if skip_unknown:
+        return CorpusError(f"{path} has no character the model knows: --skip-unknown dropped "
+                           f"them all")
+    return CorpusError(f"{path} has no characters left after decoding")
 
 
 def _check_codec(encoding: str, errors: str):
     try:
         codecs.lookup(encoding)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a name with a NUL in it
         raise CorpusError(f"unknown encoding {encoding!r}") from None
     try:
         codecs.lookup_error(errors)
@@ -205,13 +212,17 @@ def _open(path: Path):
 def _seekable(f, path: Path, workdir, chunk_bytes: int):
     """f itself when it is a regular file, else an anonymous temporary copy of what it gives.
 
-    Only a regular file has a size and can be read twice; a FIFO or a character device gives its
-    bytes once and reports size 0. The copy is made in reads of chunk_bytes (memory bounded) into
-    a tempfile.TemporaryFile, which has no name in the directory (or loses it at once): nothing is
-    left behind, whatever happens."""
-    if stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    Only a regular file has a size and can be read twice; a pipe (`cat a b |`, `<(...)`) gives
+    its bytes once and reports size 0. The copy is made in reads of chunk_bytes (memory bounded)
+    into a tempfile.TemporaryFile, which has no name in the directory (or loses it at once):
+    nothing is left behind, whatever happens. A device is refused: /dev/zero would fill the
+    disk."""
+    mode = os.fstat(f.fileno()).st_mode
+    if stat.S_ISREG(mode):
         yield f
         return
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        raise CorpusError(f"{path} is a device, not a text file or a pipe")
     directory = Path(workdir) if workdir is not None else Path(tempfile.gettempdir())
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -354,7 +365,7 @@ def _encode_to_file(vocab: Vocab, chunks, dest: Path, skip_unknown: bool,
         if unknown:
             raise UnknownCharacters(sorted(unknown), source=str(path))
         if tmp.stat().st_size == 0:  # np.memmap cannot map an empty file
-            raise CorpusError(f"{path} has no characters left after decoding")
+            raise _nothing_left(path, skip_unknown)
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -32,8 +32,9 @@ from .words import plural
 
 METRICS = "metrics.jsonl"
 CORPUS_IDS = "corpus.ids"  # the encoded corpus of a large text (tokenizer.read_corpus)
-# what a run writes besides its checkpoints, removed when it fails before saving one
-RUN_FILES = (LOCK, METRICS, CORPUS_IDS, CORPUS_IDS + ".tmp")
+# what a run writes besides its checkpoints, removed in this order (the lock last) when it
+# fails before saving one
+RUN_FILES = (METRICS, CORPUS_IDS, CORPUS_IDS + ".tmp", LOCK)
 MAX_EVAL_CHARS = 500_000  # validation reads at most this much of the held-out text
 
 
@@ -143,13 +144,15 @@ class Run:
         found the directory locked by another trainer touches nothing of it."""
         if self._lock is None:
             return
+        if not any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST)):
+            # removed while the lock is held, the lock file last: a trainer that opened it
+            # meanwhile finds it gone once it has the lock, and opens a new one
+            for name in RUN_FILES:
+                if name not in self._old_files:
+                    (self.run_dir / name).unlink(missing_ok=True)
+            self.release()
+            remove_new_dirs(self._new_dirs)
         self.release()
-        if any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST)):
-            return
-        for name in RUN_FILES:
-            if name not in self._old_files:
-                (self.run_dir / name).unlink(missing_ok=True)
-        remove_new_dirs(self._new_dirs)
 
     def _load_corpus(self, opts, resume, encoding, errors) -> np.ndarray:
         """Read and split the corpus (with the resumed run's vocabulary); returns the training
