@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperArgument
 
 from . import __version__
+from .options import DEFAULT_EVAL_EVERY, BenchConfig, SampleOptions, TrainOptions
 
 def _required_argument_metavar(make_metavar):
     """typer 0.28 writes a required argument as `{CORPUS}` in the usage line, a syntax no
@@ -38,6 +39,18 @@ def _required_argument_metavar(make_metavar):
 TyperArgument.make_metavar = _required_argument_metavar(TyperArgument.make_metavar)
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+def default_note(text) -> str:
+    """' [default: text]' for a help string whose option's default typer cannot show (None:
+    chosen later, or a sentence). The bracket is escaped: Rich reads a bare one as markup and
+    drops it."""
+    return f" \\[default: {text}]"
+
+
+def train_default(name: str) -> str:
+    """The default of a `train` option, as TrainOptions has it."""
+    return default_note(getattr(TrainOptions, name))
 app = typer.Typer(
     name="charrnn", no_args_is_help=True, add_completion=False,
     pretty_exceptions_enable=False, context_settings=HELP_OPTIONS,
@@ -124,32 +137,32 @@ def unescape(text: str, option: str) -> str:
 @app.command()
 def train(
     corpus: Annotated[Path, typer.Argument(metavar="CORPUS", help="UTF-8 text file to learn from.")],
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan. [default: gru]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Stacked layers. [default: 2]")] = None,
-    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer. [default: the widest that the corpus and the budget can train, 128 to 512]")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window. [default: 100]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams. [default: 64]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine). [default: 0.004]")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output. [default: 0.3 when the budget (--epochs or --max-steps) allows 8 epochs and 8 characters per parameter, else 0]")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip. [default: 5]")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text. [default: 10, or no limit with --minutes]")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones).")] = None,
-    minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation); a new run without --epochs, --max-steps and --dropout above 0 stops sooner where its model stops learning: 4.5 epochs or 1.8 characters per parameter, whichever is more.")] = None,
-    val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation. [default: 0.1]")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps. [default: 200, or once an epoch if sooner]")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps. [default: 200]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews. [default: 0]")] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 2% of --lr at the end of the budget, halved for every validation without a new best) or constant. [default: cosine]")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations without a better loss; 0: never. [default: 5]")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan." + train_default("cell"))] = None,
+    layers: Annotated[Optional[int], typer.Option(help="Stacked layers." + train_default("layers"))] = None,
+    hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer." + default_note("chosen: the widest of 128 to 512 that the corpus and the budget can train"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window." + train_default("seq_len"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams." + train_default("batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine)." + train_default("lr"))] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output." + default_note("chosen: 0.3 when the budget (--epochs or --max-steps) allows 8 epochs and 8 characters per parameter, else 0"))] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip." + train_default("grad_clip"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text." + default_note(f"{TrainOptions.epochs}, or no limit with --minutes"))] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones)." + default_note("none"))] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation); a new run without --epochs, --max-steps and --dropout above 0 stops sooner where its model stops learning: 4.5 epochs or 1.8 characters per parameter, whichever is more." + default_note("none"))] = None,
+    val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation." + train_default("val_frac"))] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Validate (and keep the best) every N steps." + default_note(f"{DEFAULT_EVAL_EVERY}, or once an epoch if sooner"))] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Save latest.npz every N steps." + train_default("save_every"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews." + train_default("seed"))] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 2% of --lr at the end of the budget, halved for every validation without a new best) or constant." + train_default("lr_schedule"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations without a better loss; 0: never." + train_default("patience"))] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Run directory. [default: runs/<corpus name>, numbered if taken]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory." + default_note("runs/<corpus name>, numbered if taken"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
     encoding: Annotated[str, typer.Option(help="Text encoding of the corpus.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ):
     """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
-    from .options import TrainOptions, check_device, check_text_codec
+    from .options import check_device, check_text_codec
     check_device(device)
     check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
@@ -303,23 +316,23 @@ def _load_model(model: Optional[Path]):
 
 @app.command()
 def sample(
-    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory. [default: the most recent run]")] = None,
-    length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = 500,
-    temperature: Annotated[float, typer.Option(help="Randomness; 0 is greedy.")] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k most likely characters. [default: all]")] = None,
-    top_p: Annotated[float, typer.Option(help="Draw only from the most likely characters whose probability adds up to p.")] = 1.0,
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
+    length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = SampleOptions.length,
+    temperature: Annotated[float, typer.Option(help="Randomness; 0 is greedy.")] = SampleOptions.temperature,
+    top_k: Annotated[Optional[int], typer.Option(help="Draw only from the k most likely characters." + default_note("all"))] = None,
+    top_p: Annotated[float, typer.Option(help="Draw only from the most likely characters whose probability adds up to p.")] = SampleOptions.top_p,
     argmax: Annotated[bool, typer.Option("--argmax", help="Greedy: always the most likely character (same as --temperature 0).")] = False,
-    prime: Annotated[Optional[str], typer.Option(help="Text to start from (it is printed first). Text piped on stdin works too.")] = None,
-    prime_file: Annotated[Optional[Path], typer.Option(help="File whose text to start from ('-': stdin).")] = None,
+    prime: Annotated[Optional[str], typer.Option(help="Text to start from (it is printed first). Text piped on stdin works too." + default_note("none"))] = None,
+    prime_file: Annotated[Optional[Path], typer.Option(help="File whose text to start from ('-': stdin)." + default_note("none"))] = None,
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prime characters the model does not know instead of failing.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text.")] = None,
-    num_samples: Annotated[int, typer.Option(help="Samples to generate, as one batch.")] = 1,
-    stop: Annotated[Optional[str], typer.Option(help=r"End a sample just before this string (escapes like \n work).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Same seed, same text." + default_note("random"))] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples to generate, as one batch.")] = SampleOptions.num_samples,
+    stop: Annotated[Optional[str], typer.Option(help=r"End a sample just before this string (escapes like \n work)." + default_note("none"))] = None,
     separator: Annotated[str, typer.Option(help=r"Written after each sample when there are several.")] = r"\n",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text from a trained model, streaming to stdout."""
-    from .options import SampleOptions, check_device
+    from .options import check_device
     check_device(device)
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
@@ -455,7 +468,7 @@ def eval_(
 
 @app.command()
 def info(
-    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory. [default: the most recent run]")] = None,
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Model configuration, size, vocabulary and training history: of the run (its latest.npz)
@@ -511,20 +524,19 @@ def info(
 
 @app.command()
 def bench(
-    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan.")] = "lstm",
-    layers: Annotated[int, typer.Option(help="Stacked layers.")] = 2,
-    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = 128,
-    batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = 50,
-    seq_len: Annotated[int, typer.Option(help="Characters per window.")] = 50,
-    iters: Annotated[int, typer.Option(help="Training steps per timing.")] = 20,
-    sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = 2000,
-    batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing.")] = 64,
+    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan.")] = BenchConfig.cell,
+    layers: Annotated[int, typer.Option(help="Stacked layers.")] = BenchConfig.layers,
+    hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = BenchConfig.hidden,
+    batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = BenchConfig.batch_size,
+    seq_len: Annotated[int, typer.Option(help="Characters per window.")] = BenchConfig.seq_len,
+    iters: Annotated[int, typer.Option(help="Training steps per timing.")] = BenchConfig.iters,
+    sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = BenchConfig.sample_chars,
+    batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing.")] = BenchConfig.batched_samples,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
 ):
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
-    from .options import BenchConfig
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, iters=iters, sample_chars=sample_chars,
                          batched_samples=batched_samples, device=device)
@@ -569,8 +581,8 @@ def corpus_list():
 @corpus_app.command("get")
 def corpus_get(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name from `charrnn corpus list`.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write it. [default: NAME.txt]")] = None,
-    url: Annotated[Optional[str], typer.Option(help="Fetch from this mirror instead (the sha256 is still checked).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write it." + default_note("NAME.txt"))] = None,
+    url: Annotated[Optional[str], typer.Option(help="Fetch from this mirror instead (the sha256 is still checked)." + default_note("the catalogue's address"))] = None,
 ):
     """Download a classic corpus and check its sha256."""
     from .corpora import download

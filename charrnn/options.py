@@ -21,6 +21,7 @@ MAX_SEED = 2**63 - 1
 # before these)
 MAX_HIDDEN, MAX_LAYERS = 2**20, 2**10
 SCHEDULES = ("cosine", "constant")
+DEFAULT_EVAL_EVERY = 200  # --eval-every, unless an epoch is shorter
 DEVICES = ("auto", "cpu", "cuda")
 ERROR_HANDLERS = ("strict", "replace", "ignore")
 

@@ -23,7 +23,7 @@ from . import memory, sizing
 from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
-from .options import TrainOptions
+from .options import DEFAULT_EVAL_EVERY, TrainOptions
 from .runs import (LOCK, lock_run_dir, make_dirs, record_last_run, remove_new_dirs,
                    remove_stale_temporaries)
 from .sample import SampleOptions, generate
@@ -42,7 +42,6 @@ class TrainingError(Exception):
     """Training cannot go on; one line for the user. What was saved stays as it was."""
 
 
-DEFAULT_EVAL_EVERY = 200
 SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width
 WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
 # 10-minute tinyshakespeare (GRU 2 x 512, 706 steps): 1.442 nats/char against 1.451 with 0.1

@@ -592,3 +592,47 @@ def test_sparkline_scales_and_thins():
     thinned = sparkline(list(range(100)), width=10)
     assert len(thinned) == 10 and thinned[0] == "▁" and thinned[-1] == "█"
     assert sparkline([1.0, 2.0], low=0.0, high=3.5) == "▃▅"
+
+
+COMMANDS = [["train"], ["sample"], ["eval"], ["info"], ["bench"], ["corpus", "get"],
+            ["corpus", "list"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_option_shows_its_default(command, monkeypatch, capsys):
+    """Every option that takes a value says its default in --help, as rendered (Rich markup
+    once swallowed hand-written '[default: ...]' texts), and the defaults typer shows come from
+    the options dataclasses."""
+    import typer
+
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option
+    code, out, _ = call_main(monkeypatch, capsys, *command, "--help")
+    assert code == 0
+    group = typer.main.get_command(app)
+    cmd = group
+    for name in command:
+        cmd = cmd.commands[name]
+    lines = out.splitlines()
+    for param in cmd.params:
+        if param.param_type_name != "option" or param.is_flag or param.name == "version":
+            continue
+        line = next((ln for ln in lines if re.search(rf"│ {re.escape(param.opts[0])}\b", ln)),
+                    None)
+        assert line is not None, (param.opts, out)
+        assert "[default: " in line, f"{param.opts[0]} shows no default: {line.strip()}"
+
+
+def test_typer_defaults_are_the_dataclasses():
+    from charrnn.options import BenchConfig, SampleOptions
+    sample, bench = (typer_command(name) for name in ("sample", "bench"))
+    for param in sample.params:
+        if param.name in ("length", "temperature", "top_p", "num_samples"):
+            assert param.default == getattr(SampleOptions, param.name), param.name
+    for param in bench.params:
+        if hasattr(BenchConfig, param.name):
+            assert param.default == getattr(BenchConfig, param.name), param.name
+
+
+def typer_command(name: str):
+    import typer
+    return typer.main.get_command(app).commands[name]
