@@ -4,8 +4,6 @@ Importing the package is cheap on purpose: nothing here imports numba or compile
 The numerical core lives in charrnn.model and charrnn.kernels.
 """
 
-__version__ = "0.1.0"
+from .cells import CELL_NAMES  # noqa: F401  (the recurrent cells: charrnn/cells.py)
 
-# the recurrent cells (`--cell`); charrnn.model implements them, the CLI validates against this
-CELL_NAMES = ("lstm", "gru", "rnn", "irnn", "lstm-coupled", "lstm-peephole", "gru-classic",
-              "jordan")
+__version__ = "0.1.0"

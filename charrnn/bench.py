@@ -17,6 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from .cells import CELLS
 from .options import BenchConfig
 
 
@@ -46,13 +47,8 @@ TORCH_CELLS = {"lstm", "gru", "rnn"}  # those torch.nn has; the others run witho
 
 
 def flops_per_char(c: BenchConfig) -> float:
-    """Training FLOPs per character: the forward's multiply-adds x 2, and backward twice that.
-    The first layer's input is a row gather (no FLOPs)."""
-    G = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4,
-         "gru-classic": 3, "jordan": 1}[c.cell]
-    GH = G * c.hidden  # every cell's recurrent products total H x GH (gru-classic: 2H + H)
-    macs = c.hidden * GH * c.layers + c.hidden * GH * (c.layers - 1) + c.hidden * c.vocab
-    return 3 * 2 * macs
+    """Training FLOPs per character (cells.CellSpec.flops_per_char)."""
+    return CELLS[c.cell].flops_per_char(c.layers, c.hidden, c.vocab)
 
 
 def gemm_peak_gflops(n: int = 2048) -> float:

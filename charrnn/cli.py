@@ -25,6 +25,7 @@ import typer
 from typer.core import TyperArgument
 
 from . import __version__
+from .cells import CELLS, choices_text
 from .options import DEFAULT_EVAL_EVERY, BenchConfig, SampleOptions, TrainOptions
 
 def _required_argument_metavar(make_metavar):
@@ -137,7 +138,7 @@ def unescape(text: str, option: str) -> str:
 @app.command()
 def train(
     corpus: Annotated[Path, typer.Argument(metavar="CORPUS", help="UTF-8 text file to learn from.")],
-    cell: Annotated[Optional[str], typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan." + train_default("cell"))] = None,
+    cell: Annotated[Optional[str], typer.Option(help=choices_text() + "." + train_default("cell"))] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers." + train_default("layers"))] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer." + default_note("chosen: the widest of 128 to 512 that the corpus and the budget can train"))] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window." + train_default("seq_len"))] = None,
@@ -169,7 +170,7 @@ def train(
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience)
-    if cell == "jordan" and layers is None:
+    if cell in CELLS and CELLS[cell].single_layer and layers is None:
         given["layers"] = 1  # a Jordan network does not stack
     given = {k: v for k, v in given.items() if v is not None}
     TrainOptions(**given)  # every value given is in range, before anything is read or made
@@ -524,7 +525,7 @@ def info(
 
 @app.command()
 def bench(
-    cell: Annotated[str, typer.Option(help="lstm, gru, rnn, irnn, lstm-coupled, lstm-peephole, gru-classic or jordan.")] = BenchConfig.cell,
+    cell: Annotated[str, typer.Option(help=choices_text() + ".")] = BenchConfig.cell,
     layers: Annotated[int, typer.Option(help="Stacked layers.")] = BenchConfig.layers,
     hidden: Annotated[int, typer.Option(help="Hidden units per layer.")] = BenchConfig.hidden,
     batch_size: Annotated[int, typer.Option(help="Streams per training step.")] = BenchConfig.batch_size,

@@ -7,7 +7,7 @@ import os
 import resource
 from pathlib import Path
 
-from .model import STORED_ACTS, ModelConfig, ParamLayout
+from .model import ModelConfig, ParamLayout
 
 SAMPLE_CHUNK = 256  # characters per sampling call (sample.CHUNK): its draws and output ids
 
@@ -21,7 +21,7 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> in
     (model.Workspace) and dropout masks."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
-    workspace = (2 * L * (T + 1) * B * W + L * T * B * STORED_ACTS[config.cell] * H
+    workspace = (2 * L * (T + 1) * B * W + L * T * B * config.spec.stored_acts * H
                  + 3 * T * B * GH + 2 * T * B * H + 3 * T * B * V)
     masks = L * T * B * H if config.dropout else 0
     return itemsize * (4 * ParamLayout(config).size + workspace + masks)
@@ -31,7 +31,7 @@ def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
     """B streams' state and scratch (sample._Stepper) and a chunk's draws and ids."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
-    per_stream = 2 * L * W + 2 * GH + STORED_ACTS[config.cell] * H + 2 * H + V
+    per_stream = 2 * L * W + 2 * GH + config.spec.stored_acts * H + 2 * H + V
     return itemsize * B * per_stream + 12 * SAMPLE_CHUNK * B
 
 

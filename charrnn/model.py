@@ -9,22 +9,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import CELL_NAMES
+from .cells import CELLS, CellSpec
 from .kernels import cpu
 from .parallel import StreamSplitter, row_ranges
-
-CELLS = {"lstm": cpu.LSTM, "gru": cpu.GRU, "rnn": cpu.RNN, "irnn": cpu.IRNN,
-         "lstm-coupled": cpu.LSTM_COUPLED, "lstm-peephole": cpu.LSTM_PEEPHOLE,
-         "gru-classic": cpu.GRU_CLASSIC, "jordan": cpu.JORDAN}
-assert tuple(CELLS) == CELL_NAMES
-GATES = {"lstm": 4, "gru": 3, "rnn": 1, "irnn": 1, "lstm-coupled": 3, "lstm-peephole": 4,
-         "gru-classic": 3, "jordan": 1}
-# H-wide activations kept per step for backward (see the memory note in kernels/cpu.py)
-STORED_ACTS = {"lstm": 5, "gru": 4, "rnn": 0, "irnn": 0, "lstm-coupled": 4, "lstm-peephole": 5,
-               "gru-classic": 3, "jordan": 1}  # jordan keeps h_t here; its state is y
-# the layer's cell-specific array (slot 3): its name and shape for hidden size H
-EXTRA = {"gru": ("b_hn", lambda H: (H,)), "lstm-peephole": ("peep", lambda H: (3 * H,)),
-         "gru-classic": ("W_hn", lambda H: (H, H))}
 
 
 @dataclass(frozen=True)
@@ -47,22 +34,30 @@ class ModelConfig:
             raise ValueError("vocab_size, layers and hidden must be at least 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
-        if self.cell == "jordan" and self.layers != 1:
-            raise ValueError("a jordan network has one layer (its recurrence runs through the "
-                             "output): use --layers 1")
+        if self.spec.single_layer and self.layers != 1:
+            raise ValueError(f"a {self.cell} network has one layer (its recurrence runs through "
+                             f"the output): use --layers 1")
+
+    @property
+    def spec(self) -> CellSpec:
+        return CELLS[self.cell]
+
+    @property
+    def kernel_id(self) -> int:
+        return self.spec.kernel_id
 
     @property
     def gates(self) -> int:
-        return GATES[self.cell]
+        return self.spec.gates
 
     @property
     def has_cell_state(self) -> bool:
-        return self.cell.startswith("lstm")
+        return self.spec.has_cell_state
 
     @property
     def state_width(self) -> int:
-        """Width of the carried state: H, or V for jordan, whose state is the last output."""
-        return self.vocab_size if self.cell == "jordan" else self.hidden
+        """Width of the carried state: H, or V where the recurrence runs through the output."""
+        return self.spec.recurrent_width(self.hidden, self.vocab_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,9 +73,10 @@ class ParamLayout:
     def __init__(self, config: ModelConfig):
         V, H, GH = config.vocab_size, config.hidden, config.gates * config.hidden
         shapes = []
-        extra, extra_shape = EXTRA.get(config.cell, ("extra", lambda H: (0,)))
-        GH_h = 2 * H if config.cell == "gru-classic" else GH  # its n block has its own W_hn
-        rec_in = V if config.cell == "jordan" else H  # jordan's recurrent input is y_{t-1}
+        spec = config.spec
+        extra, extra_shape = spec.extra_name or "extra", spec.extra_shape
+        GH_h = spec.recurrent_columns(H)  # gru-classic: its n block has its own W_hn
+        rec_in = spec.recurrent_width(H, V)  # jordan's recurrent input is y_{t-1}
         for layer in range(config.layers):
             n_in = V if layer == 0 else H
             shapes += [
@@ -135,19 +131,19 @@ def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32)
     W_x0[:] = rng.uniform(-1.0, 1.0, W_x0.shape)
     for layer in range(config.layers):
         W_h, b = views[f"l{layer}.W_h"], views[f"l{layer}.b"]
-        if config.cell == "irnn":
+        spec = config.spec
+        if spec.identity_init:
             W_h[:] = np.eye(H)
             b[:] = 0
             continue
-        if config.cell == "jordan":
+        if spec.output_recurrence:  # W_h is (V, H): no square blocks to make orthogonal
             continue
         for g in range(W_h.shape[1] // H):
             W_h[:, g * H:(g + 1) * H] = orthogonal(rng, H)
-        if config.cell == "gru-classic":
-            views[f"l{layer}.W_hn"][:] = orthogonal(rng, H)
-        forget = {"lstm": 1, "lstm-peephole": 1, "lstm-coupled": 0}.get(config.cell)
-        if forget is not None:  # gate blocks: i, f, g, o (coupled: f, g, o)
-            b[forget * H:(forget + 1) * H] = 1.0
+        if spec.two_gemm_step:
+            views[f"l{layer}.{spec.extra_name}"][:] = orthogonal(rng, H)
+        if spec.forget_block is not None:  # gate blocks: i, f, g, o (coupled: f, g, o)
+            b[spec.forget_block * H:(spec.forget_block + 1) * H] = 1.0
     return flat
 
 
@@ -158,12 +154,12 @@ class Workspace:
         L, H, V = config.layers, config.hidden, config.vocab_size
         GH = config.gates * H
         # cs holds the LSTMs' cell states and the classic GRU's r * h; the others never write it
-        T_c = T + 1 if config.has_cell_state or config.cell == "gru-classic" else 1
+        T_c = T + 1 if config.has_cell_state or config.spec.keeps_cell_buffer else 1
         new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
         W = config.state_width
         self.hs = new(L, T + 1, B, W)
         self.cs = new(L, T_c, B, W)
-        self.acts = new(L, T, B, STORED_ACTS[config.cell] * H)
+        self.acts = new(L, T, B, config.spec.stored_acts * H)
         self.xg = new(T, B, GH)
         self.gates = new(B, GH)
         self.xin = new(T, B, H)
@@ -171,7 +167,7 @@ class Workspace:
         self.probs = new(T * B, V)
         self.dlogits = new(T * B, V)
         self.dX = new(T, B, GH)
-        self.dHG = new(T, B, GH) if config.cell.startswith("gru") else new(1, 1, GH)
+        self.dHG = new(T, B, GH) if config.spec.gate_grad_buffer else new(1, 1, GH)
         self.dH = new(T, B, H)
         self.tmp = new(B, H)
 
@@ -266,7 +262,7 @@ class Model:
         if masks is None:
             masks = np.ones((1, 1, 1, 1), self.dtype)  # never read
         masks = np.asarray(masks, dtype=self.dtype)
-        cell = CELLS[self.config.cell]
+        cell = self.config.kernel_id
         shards = self._shards_for(T, B)
 
         def run(shard: Shard) -> None:
@@ -308,7 +304,7 @@ class Model:
         dhT = zh if dhT is None else np.asarray(dhT, dtype=self.dtype)
         dcT = zc if dcT is None else np.asarray(dcT, dtype=self.dtype)
         dh0, dc0 = self.zero_state(B)
-        cell = CELLS[self.config.cell]
+        cell = self.config.kernel_id
 
         def run(shard: Shard) -> None:
             ws = shard.ws

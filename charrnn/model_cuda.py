@@ -13,7 +13,7 @@ import numpy as np
 from numba import cuda
 
 from .kernels import cuda as K
-from .model import CELLS, EXTRA, STORED_ACTS, ModelConfig, ParamLayout, init_params
+from .model import ModelConfig, ParamLayout, init_params
 
 
 def _on_device(a) -> bool:
@@ -34,7 +34,7 @@ class DeviceWorkspace:
         new = lambda *shape: cuda.to_device(np.zeros(shape, dtype))  # noqa: E731
         self.hs = new(L, T + 1, B, W)  # jordan: y_0 .. y_T
         self.cs = new(L, T + 1, B, W)  # LSTMs: c; classic GRU: r * h_prev
-        self.acts = new(L, T, B, max(STORED_ACTS[config.cell], 1) * H)
+        self.acts = new(L, T, B, max(config.spec.stored_acts, 1) * H)
         self.hw = new(B, GH)
         self.xg = new(T * B, GH)
         self.xin = new(L, T * B, H)  # each layer's output after dropout (the next one's input)
@@ -49,7 +49,7 @@ class DeviceWorkspace:
         self.dh, self.dc = new(B, H), new(B, H)  # backward's running dL/dh_t, dL/dc_t
         self.ids = cuda.to_device(np.zeros(T * B, np.int32))  # the window, copied in per step
         self.targets = cuda.to_device(np.zeros(T * B, np.int32))
-        if config.cell == "gru-classic":  # the weight-gradient operands of its two GEMMs
+        if config.spec.two_gemm_step:  # the weight-gradient operands of its two GEMMs
             self.drz, self.dn = new(T * B, 2 * H), new(T * B, H)
         self.loss = cuda.to_device(np.zeros(1, np.float64))
 
@@ -66,7 +66,7 @@ class CudaModel:
         self.grads = cuda.to_device(np.zeros_like(params))
         self.weights = self.layout.views(self.params)  # device views, no copies
         self.grad_views = self.layout.views(self.grads)
-        self.cell = CELLS[config.cell]
+        self.cell = config.kernel_id
         self._empty = cuda.to_device(np.zeros(1, self.dtype))  # the extra of cells without one
         self.plan = self._persistent_plan() if persistent else None  # None: a launch per step
         self._ws = None
@@ -78,7 +78,7 @@ class CudaModel:
         48 KiB of shared memory). The simulator runs cooperative grids of one block only (its
         grid barrier is a block barrier)."""
         H, GH = self.config.hidden, self.config.gates * self.config.hidden
-        if self.cell in (K.GRU_CLASSIC, K.JORDAN):
+        if not self.config.spec.persistent_cuda:
             return None  # two GEMMs per step, or the output inside the loop: a launch per step
         if K.SIMULATED:
             max_blocks = 1
@@ -92,10 +92,11 @@ class CudaModel:
 
     def _extra(self, layer: int, grads: bool = False):
         """The layer's cell-specific array (GRU b_hn, peepholes, classic GRU W_hn), or a dummy."""
-        if self.config.cell not in EXTRA:
+        name = self.config.spec.extra_name
+        if name is None:
             return self._empty
         views = self.grad_views if grads else self.weights
-        return views[f"l{layer}.{EXTRA[self.config.cell][0]}"]
+        return views[f"l{layer}.{name}"]
 
     def forward(self, ids, targets, h0=None, c0=None, masks=None, loss_sum=None):
         """Model.forward on the device. h0, c0 may be host or device arrays. With loss_sum (a

@@ -13,7 +13,7 @@ import codecs
 import math
 from dataclasses import dataclass
 
-from . import CELL_NAMES
+from .cells import CELL_NAMES, CELLS
 
 MAX_COUNT = 2**31 - 1
 MAX_SEED = 2**63 - 1
@@ -88,9 +88,9 @@ def check_text_codec(encoding: str, errors: str) -> None:
 
 def check_model_shape(cell, layers) -> None:
     check_choice("cell", cell, CELL_NAMES)
-    if cell == "jordan" and layers is not None and layers != 1:
-        raise OptionError("--cell jordan has one layer (its recurrence runs through the "
-                          "output): use --layers 1")
+    if cell is not None and CELLS[cell].single_layer and layers is not None and layers != 1:
+        raise OptionError(f"--cell {cell} has one layer (its recurrence runs through the "
+                          f"output): use --layers 1")
 
 
 @dataclass

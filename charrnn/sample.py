@@ -9,7 +9,7 @@ import numpy as np
 
 from . import memory
 from .kernels import cpu
-from .model import CELLS, STORED_ACTS, Model
+from .model import Model
 from .options import SampleOptions
 from .tokenizer import Vocab
 
@@ -23,11 +23,11 @@ class _Stepper:
     def __init__(self, model: Model, B: int):
         cfg = model.config
         self.model = model
-        self.cell = CELLS[cfg.cell]
+        self.cell = cfg.kernel_id
         self.h, self.c = model.zero_state(B)
         GH, H, dtype = cfg.gates * cfg.hidden, cfg.hidden, model.dtype
         self.scratch = (np.zeros((B, GH), dtype), np.zeros((B, GH), dtype),
-                        np.zeros((B, STORED_ACTS[cfg.cell] * H), dtype),
+                        np.zeros((B, cfg.spec.stored_acts * H), dtype),
                         np.zeros((B, H), dtype), np.zeros((B, H), dtype),
                         np.zeros((B, cfg.vocab_size), dtype))
         self.probs = np.zeros(cfg.vocab_size, np.float64)

@@ -5,7 +5,7 @@ import numpy as np
 from numba import cuda
 
 from .kernels import cuda as K
-from .model import CELLS, Model
+from .model import Model
 
 THREADS = 8 if K.SIMULATED else 256  # per block: each block advances one stream
 
@@ -15,7 +15,7 @@ class CudaStepper:
 
     def __init__(self, model: Model, B: int):
         cfg = model.config
-        self.cell = CELLS[cfg.cell]
+        self.cell = cfg.kernel_id
         self.B = B
         self.params = cuda.to_device(model.params)
         self.offs = cuda.to_device(model.layout.offsets)
