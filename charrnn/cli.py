@@ -6,17 +6,12 @@ imported inside the commands, so `charrnn --help` starts fast.
 """
 
 import codecs
-import contextlib
 import dataclasses
-import errno
 import functools
-import io
 import json
 import os
-import signal
 import stat
 import sys
-import unicodedata
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperArgument
 
-from . import __version__
+from . import __version__, process
 from .cells import CELLS, choices_text
 from .options import DEFAULT_EVAL_EVERY, BenchConfig, SampleOptions, TrainOptions
 
@@ -93,9 +88,9 @@ def emit(text: str) -> None:
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        process.quiet_broken_pipe()
     except UnicodeEncodeError as e:
-        raise Failure(unencodable_output(e)) from None
+        raise Failure(process.unencodable_output(e)) from None
 
 
 class UsageProblem(Exception):
@@ -135,7 +130,15 @@ def unescape(text: str, option: str) -> str:
 # train
 
 
-@app.command()
+def examples(*lines: str) -> str:
+    """A command's help epilog: example command lines, one paragraph each."""
+    return "\n\n".join(["Examples:", *lines])
+
+
+@app.command(epilog=examples(
+    "charrnn train corpus.txt --minutes 10",
+    "cat *.md | charrnn train /dev/stdin --cell lstm --hidden 256 --out runs/notes",
+    "charrnn train corpus.txt --out runs/corpus --resume --max-steps 5000"))
 def train(
     corpus: Annotated[Path, typer.Argument(metavar="CORPUS", help="UTF-8 text file to learn from.")],
     cell: Annotated[Optional[str], typer.Option(help=choices_text() + "." + train_default("cell"))] = None,
@@ -212,7 +215,7 @@ def train(
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     compiling = _compile_notice(quiet)  # choosing the width times a step: it may compile
-    with _terminate_through_clean_ups():
+    with process.terminate_through_clean_ups():
         run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
                   errors=errors, device=chosen, compiling=compiling)
         try:
@@ -222,7 +225,7 @@ def train(
             run.abandon()
             raise
     reporter = _reporter(quiet)
-    stop = _StopOnSignal()
+    stop = process.StopOnSignal()
     try:
         summary = train_loop(run, reporter, should_stop=stop.requested,
                              output_lost=lambda: getattr(sys.stderr, "lost", None))
@@ -253,42 +256,6 @@ def _reporter(quiet: bool):
     return RichReporter(console) if console.is_terminal else PlainReporter(console)
 
 
-@contextlib.contextmanager
-def _terminate_through_clean_ups():
-    """SIGTERM while a run is set up (reading the corpus, compiling) raises SystemExit(143), as
-    Ctrl-C raises KeyboardInterrupt, so that a run that saved nothing removes what it made.
-    Once training runs, _StopOnSignal takes over."""
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class _StopOnSignal:
-    """First SIGINT/SIGTERM: finish the current step, save, exit 130/143. Second: exit at once."""
-
-    def __init__(self):
-        self.signum = 0
-        self.previous = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.signum:
-            os._exit(128 + signum)  # the last complete checkpoint is untouched: saves are atomic
-        self.signum = signum
-
-    def requested(self) -> bool:
-        return bool(self.signum)
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
 # ---------------------------------------------------------------------------------------------
 # sample
 
@@ -315,7 +282,10 @@ def _load_model(model: Optional[Path]):
     return Model(ModelConfig(**ck.config), params=ck.params.astype("float32")), Vocab(ck.vocab), ck
 
 
-@app.command()
+@app.command(epilog=examples(
+    "charrnn sample --temperature 0.8 --length 1000 > out.txt",
+    "charrnn sample runs/names --num-samples 10 --stop '\\n'",
+    "echo 'Once upon a time' | charrnn sample --seed 7 | head -c 300"))
 def sample(
     model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
     length: Annotated[int, typer.Option(help="Characters to generate per sample (after the prime).")] = SampleOptions.length,
@@ -354,9 +324,9 @@ def sample(
         _write_samples(_first_piece_cancels(generate(net, vocab, opts, device=chosen)),
                        num_samples, sep)
     except BrokenPipeError:
-        _quiet_broken_pipe()
+        process.quiet_broken_pipe()
     except UnicodeEncodeError as e:  # an encoding that _check_output_can_write let through
-        raise Failure(unencodable_output(e)) from None
+        raise Failure(process.unencodable_output(e)) from None
 
 
 def _check_output_can_write(text: str) -> None:
@@ -369,7 +339,7 @@ def _check_output_can_write(text: str) -> None:
     try:
         text.encode(encoding, getattr(sys.stdout, "errors", None) or "strict")
     except UnicodeEncodeError as e:
-        raise Failure(unencodable_output(e)) from None
+        raise Failure(process.unencodable_output(e)) from None
 
 
 def _first_piece_cancels(pieces):
@@ -428,7 +398,9 @@ def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
 # eval, info
 
 
-@app.command("eval")
+@app.command("eval", epilog=examples(
+    "charrnn eval runs/corpus held_out.txt",
+    "charrnn eval runs/corpus other.txt --skip-unknown --json"))
 def eval_(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint file or run directory.")],
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Text to score.")],
@@ -467,7 +439,7 @@ def eval_(
               f"characters")
 
 
-@app.command()
+@app.command(epilog=examples("charrnn info", "charrnn info runs/corpus --json"))
 def info(
     model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -523,7 +495,7 @@ def info(
 # bench
 
 
-@app.command()
+@app.command(epilog=examples("charrnn bench", "charrnn bench --cell gru --hidden 512 --json"))
 def bench(
     cell: Annotated[str, typer.Option(help=choices_text() + ".")] = BenchConfig.cell,
     layers: Annotated[int, typer.Option(help="Stacked layers.")] = BenchConfig.layers,
@@ -571,7 +543,7 @@ def bench(
 # corpus
 
 
-@corpus_app.command("list")
+@corpus_app.command("list", epilog=examples("charrnn corpus list"))
 def corpus_list():
     """The classic corpora `charrnn corpus get` can fetch."""
     from .corpora import CATALOGUE
@@ -579,7 +551,9 @@ def corpus_list():
         emit(f"{name}\t{entry['chars']:,} chars\t{entry['description']}")
 
 
-@corpus_app.command("get")
+@corpus_app.command("get", epilog=examples(
+    "charrnn corpus get tinyshakespeare",
+    "charrnn corpus get tinyshakespeare --out data/shakespeare.txt"))
 def corpus_get(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name from `charrnn corpus list`.")],
     out: Annotated[Optional[Path], typer.Option(help="Where to write it." + default_note("NAME.txt"))] = None,
@@ -599,10 +573,10 @@ def main() -> None:
     """Entry point: every failure becomes one line on stderr and an exit status."""
     from .kernels import scipy_blas
     scipy_blas.enable()  # 0.15 s less start-up once the kernels are imported
-    _replace_closed_streams()
-    _file_names_as_given()
+    process.replace_closed_streams()
+    process.file_names_as_given()
     stderr = sys.stderr
-    sys.stderr = MessageStream(stderr)
+    sys.stderr = process.MessageStream(stderr)
     try:
         _run_app()
     finally:
@@ -634,79 +608,6 @@ def _run_app() -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-class MessageStream(io.TextIOBase):
-    """stderr as charrnn uses it: for messages only, so a write that fails (a reader that went
-    away, `2>/dev/full`) must never stop the work. The first failure is kept in `lost` and
-    later messages are dropped; `charrnn train` notes it in metrics.jsonl and trains on."""
-
-    def __init__(self, stream):
-        self.stream = stream
-        self.lost: str | None = None
-
-    def _guard(self, action) -> None:
-        if self.lost is None:
-            try:
-                action()
-            except OSError as e:
-                self.lost = f"stderr could not be written ({e.strerror or e})"
-
-    def write(self, text: str) -> int:
-        self._guard(lambda: self.stream.write(text))
-        return len(text)
-
-    def flush(self) -> None:
-        self._guard(self.stream.flush)
-
-    def isatty(self) -> bool:
-        return self.stream.isatty()
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    @property
-    def encoding(self):
-        return getattr(self.stream, "encoding", "utf-8")
-
-    @property
-    def errors(self):
-        return getattr(self.stream, "errors", "backslashreplace")
-
-
-def unencodable_output(e: UnicodeEncodeError) -> str:
-    return (f"the output's encoding ({e.encoding}) cannot write {e.object[e.start:e.end]!a}: "
-            f"set PYTHONIOENCODING=utf-8 (or utf-8 locale)")
-
-
-class _ClosedStdout(io.TextIOBase):
-    """Stands in for a stdout closed when the process started: data written there is lost,
-    which is an error (EBADF, as a write to the closed descriptor would give)."""
-
-    def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "stdout is closed")
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _file_names_as_given() -> None:
-    """A file name that is not valid UTF-8 reaches Python as lone surrogates; written to stdout
-    (`eval` names its FILE) they become the name's own bytes again instead of an error.
-    charrnn's text never holds lone surrogates otherwise: a checkpoint's vocabulary refuses
-    them."""
-    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="surrogateescape")
-
-
-def _replace_closed_streams() -> None:
-    """Started with stdout or stderr closed (`>&-`), Python gives None for it, and print() to a
-    None stderr would write to stdout. Messages for a closed stderr are dropped; data for a
-    closed stdout is an error."""
-    if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")
-    if sys.stdout is None:
-        sys.stdout = _ClosedStdout()
-
-
 def console_main() -> None:
     """The `charrnn` command: main(), then, once stdout and stderr are flushed, the end of the
     process without the interpreter's teardown. Unloading numba and LLVM module by module takes
@@ -717,55 +618,13 @@ def console_main() -> None:
         main()
         code = 0
     except SystemExit as e:
-        code = exit_status(e)
-    os._exit(_flush_streams(code))
-
-
-def exit_status(e: SystemExit) -> int:
-    """The status Python gives a process that raised e: sys.exit("message") prints the
-    message on stderr and exits 1."""
-    if e.code is None or isinstance(e.code, int):
-        return e.code or 0
-    print(e.code, file=sys.stderr)
-    return 1
-
-
-def _flush_streams(code: int) -> int:
-    """Flush stdout and stderr (never None: main() replaced closed ones) and return the exit
-    status: output that cannot be written is an error unless one was reported already (then the
-    bytes that failed are still in the buffer and fail again)."""
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader went away: a normal end
-        pass
-    except OSError as e:  # the data did not all arrive (a full disk)
-        if code == 0:
-            print(f"charrnn: error: writing the output: {e.strerror or e}", file=sys.stderr)
-            code = 1
-    try:
-        sys.stderr.flush()
-    except OSError:
-        pass
-    return code
-
-
-def one_line(message: str) -> str:
-    """message with its line breaks and other control characters escaped (a file name may hold
-    a newline), so that an error is always one line."""
-    return "".join(c.encode("unicode_escape").decode("ascii")
-                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in message)
+        code = process.exit_status(e)
+    os._exit(process.flush_streams(code))
 
 
 def _fail(message: str, code: int) -> None:
-    print(f"charrnn: error: {one_line(message)}", file=sys.stderr)  # a MessageStream: no raise
+    # stderr is a MessageStream here: a write that fails does not raise
+    print(f"charrnn: error: {process.one_line(message)}", file=sys.stderr)
     sys.exit(code)
 
 
-def _quiet_broken_pipe() -> None:
-    """The reader went away (`charrnn sample | head`): that is a normal end, exit 0."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except OSError:
-        pass
-    sys.exit(0)

@@ -636,3 +636,11 @@ def test_typer_defaults_are_the_dataclasses():
 def typer_command(name: str):
     import typer
     return typer.main.get_command(app).commands[name]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_ends_its_help_with_examples(command, monkeypatch, capsys):
+    code, out, _ = call_main(monkeypatch, capsys, *command, "--help")
+    after = out.split("Examples:", 1)
+    assert code == 0 and len(after) == 2, out
+    assert any(line.strip().startswith(f"charrnn {command[0]}") for line in after[1].splitlines())

@@ -84,7 +84,8 @@ from hypothesis import strategies as st
 
 from charrnn import CELL_NAMES
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli import app, exit_status, main
+from charrnn.cli import app, main
+from charrnn.process import exit_status
 from charrnn.corpora import CATALOGUE
 from charrnn.device import cuda_problem
 from charrnn.synthetic import MarkovSource
