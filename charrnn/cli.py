@@ -182,7 +182,7 @@ def train(
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
-    from .train import Run, options_from_checkpoint
+    from .train import Run, options_from_checkpoint, schedule_change
     from .train import train as train_loop
 
     resumed = None
@@ -202,6 +202,8 @@ def train(
         if opts.epochs is not None and epoch >= opts.epochs:
             raise UsageProblem(f"the run already did {epoch} epochs; pass a larger --epochs "
                                f"to go on")
+        if not quiet and (note := schedule_change(resumed.train["options"], opts)):
+            say(note)
     else:
         run_dir = out or new_run_dir(corpus)
         if (Path(run_dir) / ckpt_io.LATEST).exists():

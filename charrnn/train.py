@@ -719,6 +719,27 @@ def _evaluate(run: Run, record: dict) -> float | None:
     return val
 
 
+BUDGETS = ("max_steps", "epochs", "minutes")
+
+
+def schedule_change(saved: dict, opts: TrainOptions) -> str | None:
+    """The line a resumed run prints when its new budget moves the cosine schedule's horizon
+    (the learning rate decays to the end of the budget): from there on it is not the run a
+    straight one with that budget would have been. None when nothing moved."""
+    changed = [f"--{name.replace('_', '-')} {_shown(saved.get(name))} -> "
+               f"{_shown(getattr(opts, name))}"
+               for name in BUDGETS if saved.get(name) != getattr(opts, name)]
+    if opts.lr_schedule != "cosine" or not changed:
+        return None
+    return (f"note: the budget changed ({', '.join(changed)}): the cosine schedule now decays "
+            f"to the new end, so the steps from here differ from a straight run's with either "
+            f"budget (--lr-schedule constant resumes exactly)")
+
+
+def _shown(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def options_from_checkpoint(ck: ckpt_io.Checkpoint, given: dict) -> TrainOptions:
     """The saved options of a run being resumed, with the budget and cadence options the user
     gave now; refuses changes to what shapes the model or the data stream."""

@@ -303,6 +303,34 @@ def test_stopped_and_resumed_run_equals_the_straight_run(how, corpus, tmp_path, 
     assert_same_training(split, straight, end)
 
 
+def test_a_stop_resumed_with_the_same_budget_is_exact_under_cosine(corpus, tmp_path):
+    """The cosine schedule decays to the end of the budget: a run stopped (as by Ctrl-C) and
+    resumed with the same --max-steps is the straight run, bit for bit."""
+    opts = dict(SMALL, lr_schedule="cosine", max_steps=30)
+    split, straight = tmp_path / "split", tmp_path / "straight"
+    train(Run(corpus, straight, TrainOptions(**opts)), Quiet())
+    run = Run(corpus, split, TrainOptions(**opts))
+    summary = train(run, Quiet(), should_stop=lambda: run.step >= 13)
+    assert summary["stopped_by"] == "interrupted" and summary["step"] == 13
+    ck = latest(split)
+    train(Run(corpus, split, options_from_checkpoint(ck, {}), resume=ck), Quiet())
+    assert_same_training(split, straight, 30)
+
+
+@pytest.mark.parametrize("schedule,noted", [("cosine", True), ("constant", False)])
+def test_a_new_budget_that_moves_the_schedule_is_said(schedule, noted, corpus, tmp_path,
+                                                        monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    args = ["--out", run_dir, *model_args(), "--lr-schedule", schedule]
+    code, _, err = call_main(monkeypatch, capsys, "train", corpus, *args, "--max-steps", "10",
+                             "-q")
+    assert code == 0, err
+    code, _, err = call_main(monkeypatch, capsys, "train", corpus, "--out", run_dir,
+                             "--resume", "--max-steps", "20")
+    assert code == 0, err
+    assert ("note: the budget changed (--max-steps 10 -> 20)" in err) == noted, err
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. a second Ctrl-C exits at once
 
