@@ -91,11 +91,6 @@ class ParamLayout:
         self.shapes = dict(shapes)
         self.size = int(self.offsets[-1])
 
-    @property
-    def names(self) -> list[str]:
-        """The names of the non-empty arrays, in buffer order."""
-        return [name for name, shape in self.shapes.items() if np.prod(shape) > 0]
-
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named views (no copies) into ``flat``."""
         out = {}

@@ -52,8 +52,6 @@ class SGD:
         self.steps = int(state["steps"])
 
 
-OPTIMIZERS = {"adam": Adam, "sgd": SGD}
-
 
 def clip_grad_norm(grads: np.ndarray, max_norm: float) -> float:
     """Scale grads in place to global norm <= max_norm; return the norm before clipping."""

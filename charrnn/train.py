@@ -485,7 +485,7 @@ class Run:
                                 f"{self.step}; stopped without saving them (try a lower --lr)")
         self.loss_sum += total
 
-    def host_model(self) -> Model:
+    def synced_host_model(self) -> Model:
         """The model with the current weights (and the run its carried state and loss sum) on
         the host, copied back from the GPU."""
         if self.gpu is not None and self._pulled_at != self.step:
@@ -514,7 +514,7 @@ class Run:
         if not self.opts.preview_chars:
             return ""
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8, seed=self.step)
-        return "".join(piece for _, piece in generate(self.host_model(), self.vocab, opts))
+        return "".join(piece for _, piece in generate(self.synced_host_model(), self.vocab, opts))
 
     def _check_savable(self) -> None:
         """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,
@@ -532,7 +532,7 @@ class Run:
                                 f"latest; try a lower --lr)")
 
     def save(self, name: str) -> None:
-        self.host_model()
+        self.synced_host_model()
         self._check_savable()
         path = self.run_dir / name
         before = "the previous one is intact" if path.exists() else "it was not written"
@@ -664,7 +664,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, output_lost,
             run.loss_sum, run.loss_count = 0.0, 0
             chars_since, seconds_since = 0, 0.0
             if eval_now:
-                record["val_loss"] = _evaluate(run, record)
+                record["val_loss"] = _validate_and_keep_best(run, record)
                 evaluated_at = run.step
                 if o.patience and run.evals_without_improvement() >= o.patience:
                     early = (f"no better validation loss in {o.patience} evaluations "
@@ -685,7 +685,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, output_lost,
         # Off the --eval-every cadence it stays out of the history, which the schedule and
         # early stopping read, or a run stopped here and resumed would train differently from
         # one never stopped; it can still be the best validation, kept in best.npz.
-        val = evaluate(run.host_model(), run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
+        val = evaluate(run.synced_host_model(), run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step {run.step}; "
                                 f"stopped without saving (try a lower --lr)")
@@ -704,11 +704,11 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, output_lost,
     return summary
 
 
-def _evaluate(run: Run, record: dict) -> float | None:
+def _validate_and_keep_best(run: Run, record: dict) -> float | None:
     """Validation loss; saves best.npz when it improves. None without a validation set."""
     if len(run.val_ids) < 2:
         return None
-    val = evaluate(run.host_model(), run.val_ids, run.opts.batch_size, run.opts.seq_len,
+    val = evaluate(run.synced_host_model(), run.val_ids, run.opts.batch_size, run.opts.seq_len,
                    MAX_EVAL_CHARS)
     if not math.isfinite(val):
         raise TrainingError(f"the validation loss became {val} at step {run.step}; stopped "
