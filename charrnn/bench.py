@@ -82,7 +82,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
     if c.device == "cuda":  # the trainer's step on the GPU; timed once the GPU is done
         from numba import cuda
 
-        from .train_cuda import DeviceTrainer
+        from .cuda.train import DeviceTrainer
         trainer = DeviceTrainer(model, opt, *model.zero_state(c.batch_size))
 
         def train_iters(n):

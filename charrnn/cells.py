@@ -3,7 +3,7 @@ parameter layout, workspace, initialisation, validation, help and cost) without 
 kernels. Plain Python: the command line reads it for its choices and help without numba.
 
 The kernels dispatch on `kernel_id`, an integer they define themselves (charrnn/kernels/cpu.py
-and cuda.py): numba's disk cache does not notice a changed global of another file, so the ids
+and charrnn/cuda/kernels.py): numba's disk cache does not notice a changed global of another file, so the ids
 are written there as literals and tests/test_cells.py checks them against this registry. Ids are
 append-only: a new cell takes the next one. Equations: docs/model.md; how to add a cell:
 docs/adding-a-cell.md.

@@ -83,7 +83,7 @@ def _pieces(model: Model, vocab: Vocab, opts: SampleOptions, device: str, ids: n
             printed_prime: str) -> Iterator[tuple[int, str]]:
     B = opts.num_samples
     if device == "cuda":
-        from .sample_cuda import CudaStepper
+        from .cuda.sample import CudaStepper
         stepper = CudaStepper(model, B)
     else:
         stepper = _Stepper(model, B)

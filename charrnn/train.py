@@ -130,7 +130,7 @@ class Run:
             with compiling:  # a width chosen by timing a step compiles the kernels first
                 self._build(train_ids, opts, resume)
             if device == "cuda":
-                from .train_cuda import DeviceTrainer
+                from .cuda.train import DeviceTrainer
                 self.gpu = DeviceTrainer(self.model, self.optimizer, self.h, self.c)
         except BaseException:
             self.abandon()

@@ -21,7 +21,7 @@ def constant_name(cell: str) -> str:
 
 def kernel_ids(path: Path) -> dict[str, int]:
     """The module-level integer constants of a kernel file, read from its source (importing
-    kernels/cuda.py needs numba-cuda): `LSTM = 0` and `LSTM, GRU = range(2)` alike."""
+    cuda/kernels.py needs numba-cuda): `LSTM = 0` and `LSTM, GRU = range(2)` alike."""
     ids = {}
     for node in ast.parse(path.read_text()).body:
         if not isinstance(node, ast.Assign) or len(node.targets) != 1:
@@ -37,9 +37,9 @@ def kernel_ids(path: Path) -> dict[str, int]:
     return ids
 
 
-@pytest.mark.parametrize("kernel_file", ["cpu.py", "cuda.py"])
+@pytest.mark.parametrize("kernel_file", ["kernels/cpu.py", "cuda/kernels.py"])
 def test_registry_ids_are_the_kernels(kernel_file):
-    ids = kernel_ids(ROOT / "charrnn" / "kernels" / kernel_file)
+    ids = kernel_ids(ROOT / "charrnn" / kernel_file)
     for name, spec in CELLS.items():
         assert ids.get(constant_name(name)) == spec.kernel_id, (kernel_file, name)
 

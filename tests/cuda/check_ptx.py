@@ -13,7 +13,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 from numba import cuda  # noqa: E402
 import numba.cuda.dispatcher  # noqa: E402
 
-from charrnn.kernels import cuda as K  # noqa: E402
+from charrnn.cuda import kernels as K  # noqa: E402
 
 CC = (9, 0)
 

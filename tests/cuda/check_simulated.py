@@ -16,10 +16,10 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
     pytest.skip("runs under the CUDA simulator only (tests/test_cuda.py starts it)",
                 allow_module_level=True)
 
-from charrnn.kernels import cuda as K  # noqa: E402
+from charrnn.cuda import kernels as K  # noqa: E402
 from charrnn.model import Model, ModelConfig  # noqa: E402
 from charrnn import CELL_NAMES  # noqa: E402
-from charrnn.model_cuda import CudaModel  # noqa: E402
+from charrnn.cuda.model import CudaModel  # noqa: E402
 from numba import cuda  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""CUDA kernels (numba-cuda): the same model as kernels/cpu.py, on an NVIDIA GPU.
+"""CUDA kernels (numba-cuda): the same model as charrnn/kernels/cpu.py, on an NVIDIA GPU.
 
 Imported only for ``--device cuda`` and by the tests (which run it under numba's CUDA simulator,
 NUMBA_ENABLE_CUDASIM=1, and compile every kernel to PTX for sm_90 without a GPU).

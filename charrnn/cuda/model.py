@@ -3,7 +3,7 @@ with weights, gradients and activations resident on the device.
 
 ``CudaModel`` has Model's interface: ``forward`` returns the mean loss of a (T, B) window,
 ``backward`` adds the gradients into the device buffer ``grads`` and returns (dh0, dc0).
-Each layer's time loop is one persistent cooperative launch (kernels.cuda,
+Each layer's time loop is one persistent cooperative launch (cuda/kernels.py,
 layer_forward_persistent / layer_backward_persistent) when its slice of W_h fits in a block's
 shared memory; otherwise one tiled GEMM (h_{t-1} @ W_h) and one fused cell kernel per step. The
 input projections and weight gradients are GEMMs over all T*B rows.
@@ -12,8 +12,8 @@ input projections and weight gradients are GEMMs over all T*B rows.
 import numpy as np
 from numba import cuda
 
-from .kernels import cuda as K
-from .model import ModelConfig, ParamLayout, init_params
+from ..model import ModelConfig, ParamLayout, init_params
+from . import kernels as K
 
 
 def _on_device(a) -> bool:

@@ -15,10 +15,10 @@ import math
 import numpy as np
 from numba import cuda
 
-from .kernels import cuda as K
-from .model import Model
-from .model_cuda import CudaModel
-from .optim import Adam
+from ..model import Model
+from ..optim import Adam
+from . import kernels as K
+from .model import CudaModel
 
 
 class DeviceTrainer:
