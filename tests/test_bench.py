@@ -48,3 +48,12 @@ def test_batched_sampling_takes_its_number_of_streams():
     bad = subprocess.run([sys.executable, "-m", "charrnn", "bench", "--batched-samples", "0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--batched-samples" in bad.stderr
+
+
+def test_the_gpu_check_script_parses():
+    """benchmarks/gpu_check.sh runs only where a GPU is lent; here it must at least parse."""
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"
+    run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr

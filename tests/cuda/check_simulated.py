@@ -1,7 +1,9 @@
-"""The CUDA kernels against the CPU kernels, under numba's CUDA simulator.
+"""The CUDA kernels against the CPU kernels, under numba's CUDA simulator, or on a real GPU.
 
 Run by tests/test_cuda.py in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the simulator must be
-chosen before numba is imported), as ``python -m pytest tests/cuda/check_simulated.py``.
+chosen before numba is imported), as ``python -m pytest tests/cuda/check_simulated.py``; on a
+machine with an NVIDIA GPU, benchmarks/gpu_check.sh runs it on the device with
+CHARRNN_CUDA_DEVICE=1, where the persistent time loops span several blocks.
 """
 
 import json
@@ -12,8 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
-    pytest.skip("runs under the CUDA simulator only (tests/test_cuda.py starts it)",
+ON_DEVICE = os.environ.get("CHARRNN_CUDA_DEVICE") == "1"
+if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and not ON_DEVICE:
+    pytest.skip("runs under the CUDA simulator (tests/test_cuda.py starts it) or, with "
+                "CHARRNN_CUDA_DEVICE=1, on a GPU (benchmarks/gpu_check.sh)",
                 allow_module_level=True)
 
 from charrnn.cuda import kernels as K  # noqa: E402
@@ -53,8 +57,10 @@ def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout, pe
     so several blocks are checked only on a GPU) and a launch per step."""
     cpu, gpu, window, upstream = problem(cell, layers, dropout, np.float64,
                                          persistent=persistent)
-    if gpu.plan is not None:
+    if gpu.plan is not None and K.SIMULATED:
         assert gpu.plan == (1, gpu.config.hidden)
+    elif gpu.plan is not None:  # a GPU: one unit per block, five blocks and a grid barrier
+        assert gpu.plan[0] > 1
     loss_cpu = cpu.forward(*window)
     loss_gpu = gpu.forward(*window)
     assert abs(loss_cpu - loss_gpu) < 1e-12
@@ -69,6 +75,21 @@ def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout, pe
     np.testing.assert_allclose(dh_gpu, dh_cpu, rtol=0, atol=1e-12)
     np.testing.assert_allclose(dc_gpu, dc_cpu, rtol=0, atol=1e-12)
     assert np.abs(grads).max() > 0
+
+
+@pytest.mark.skipif(K.SIMULATED, reason="several units per block: a GPU only (slow simulated)")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lstm-peephole"])
+def test_persistent_loops_of_many_blocks_match_the_cpu(cell):
+    """A width that spreads over every multiprocessor with several units per block."""
+    cpu, gpu, window, upstream = problem(cell, 2, 0.5, np.float64, T=6, B=4, H=300, V=40)
+    assert gpu.plan is not None and gpu.plan[0] > 1 and gpu.plan[1] > 1, gpu.plan
+    assert abs(cpu.forward(*window) - gpu.forward(*window)) < 1e-10
+    cpu.backward(*upstream)
+    gpu.backward(*upstream)
+    grads = gpu.grads.copy_to_host()
+    for name, view in cpu.layout.views(grads).items():
+        np.testing.assert_allclose(view, cpu.grad_views[name], rtol=1e-9, atol=1e-10,
+                                   err_msg=name)
 
 
 def test_float32_matches_the_cpu_within_float32_rounding():
