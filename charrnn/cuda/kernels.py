@@ -416,16 +416,18 @@ def jordan_dhidden(dhd, h, mask, use_mask, dA):
 # Forward, a step reads all of h_{t-1}, so the grid synchronises once per step; backward, each
 # block's units feed only its own units' next step, and the grid synchronises once per step
 # so that every unit's pre-activation gradients are in before any block forms dh_{t-1}.
-# Where the slice does not fit (SMEM elements), the caller launches per step instead.
+# Where the slice does not fit (SMEM_BYTES), the caller launches per step instead.
 
-SMEM = 12 * 1024  # elements of shared memory per block for the W_h slice (48 KiB in float32)
+SMEM_BYTES = 48 * 1024  # static shared memory per block for the W_h slice: the CUDA limit
 
 
 def _make_persistent(dtype):
+    smem = SMEM_BYTES * 8 // dtype.bitwidth  # elements: 12K in float32, 6K in float64
+
     def layer_forward_persistent(cell, xg, W_h, extra, hs, cs, acts, hw, units):
         """xg (T*B, GH) input projection with bias; W_h (H, GH); hs, cs (T+1, B, H) with the
         initial state in [0]; acts (T, B, S*H) out; hw (B, GH) scratch."""
-        sW = cuda.shared.array(SMEM, dtype)
+        sW = cuda.shared.array(smem, dtype)
         grid = cuda.cg.this_grid()
         T, B, H = acts.shape[0], hs.shape[1], hs.shape[2]
         GH = W_h.shape[1]
@@ -459,7 +461,7 @@ def _make_persistent(dtype):
         """dH (T*B, H): gradient from above (becomes dL/dh_t); dX, dHG (T*B, GH) out;
         dh_next, dc_next (B, H): in, the gradients w.r.t. the final state; out, w.r.t. the
         initial state."""
-        sW = cuda.shared.array(SMEM, dtype)
+        sW = cuda.shared.array(smem, dtype)
         grid = cuda.cg.this_grid()
         T, B, H = acts.shape[0], hs.shape[1], hs.shape[2]
         GH = W_h.shape[1]
@@ -504,11 +506,13 @@ SIGNATURES["layer_backward_persistent"] = (
 PERSISTENT_THREADS = 4 if SIMULATED else 128
 
 
-def persistent_plan(H: int, GH: int, max_blocks: int) -> tuple[int, int] | None:
+def persistent_plan(H: int, GH: int, max_blocks: int,
+                    itemsize: int = 4) -> tuple[int, int] | None:
     """(blocks, units per block) for a persistent launch over H units, or None where W_h's
-    slice per block cannot fit in SMEM with at most max_blocks co-resident blocks."""
+    slice per block (itemsize bytes an element) cannot fit in SMEM_BYTES with at most
+    max_blocks co-resident blocks."""
     units = max(1, -(-H // max_blocks))
-    if units * GH > SMEM:
+    if units * GH * itemsize > SMEM_BYTES:
         return None
     return -(-H // units), units
 

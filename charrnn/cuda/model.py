@@ -84,7 +84,7 @@ class CudaModel:
             max_blocks = 1
         else:
             max_blocks = cuda.get_current_device().MULTIPROCESSOR_COUNT
-        return K.persistent_plan(H, GH, max_blocks)
+        return K.persistent_plan(H, GH, max_blocks, self.dtype.itemsize)
 
     def zero_state(self, B: int):
         shape = (self.config.layers, B, self.config.state_width)

@@ -92,6 +92,12 @@ def test_persistent_loops_of_many_blocks_match_the_cpu(cell):
                                    err_msg=name)
 
 
+def test_the_persistent_slice_fits_the_static_shared_memory_of_its_dtype():
+    """48 KiB a block: a slice of 8,000 elements fits in float32, not in float64."""
+    assert K.persistent_plan(2000, 8000, 2000, itemsize=4) == (2000, 1)
+    assert K.persistent_plan(2000, 8000, 2000, itemsize=8) is None
+
+
 def test_float32_matches_the_cpu_within_float32_rounding():
     cpu, gpu, window, upstream = problem("lstm", 2, 0.0, np.float32)
     assert abs(cpu.forward(*window) - gpu.forward(*window)) < 1e-5
