@@ -3,10 +3,10 @@ parameter layout, workspace, initialisation, validation, help and cost) without 
 kernels. Plain Python: the command line reads it for its choices and help without numba.
 
 The kernels dispatch on `kernel_id`, an integer they define themselves (charrnn/kernels/cpu.py
-and charrnn/cuda/kernels.py): numba's disk cache does not notice a changed global of another file, so the ids
-are written there as literals and tests/test_cells.py checks them against this registry. Ids are
-append-only: a new cell takes the next one. Equations: docs/model.md; how to add a cell:
-docs/adding-a-cell.md.
+and charrnn/cuda/kernels.py): numba's disk cache does not notice a changed global of another
+file, so the ids are written there as literals and tests/test_cells.py checks them against this
+registry. Ids are append-only: a new cell takes the next one. Equations: docs/model.md; how
+to add a cell: docs/architecture.md.
 """
 
 from dataclasses import dataclass
@@ -79,10 +79,6 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
 )}
 
 CELL_NAMES = tuple(CELLS)
-
-
-def spec(name: str) -> CellSpec:
-    return CELLS[name]
 
 
 def choices_text() -> str:

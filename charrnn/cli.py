@@ -21,7 +21,8 @@ from typer.core import TyperArgument
 
 from . import __version__, process
 from .cells import CELLS, choices_text
-from .options import DEFAULT_EVAL_EVERY, BenchConfig, SampleOptions, TrainOptions
+from .options import (DEFAULT_EVAL_EVERY, BenchConfig, OptionError, SampleOptions, TrainOptions,
+                      check_device, check_text_codec)
 
 def _required_argument_metavar(make_metavar):
     """typer 0.28 writes a required argument as `{CORPUS}` in the usage line, a syntax no
@@ -166,7 +167,6 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ):
     """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
-    from .options import check_device, check_text_codec
     check_device(device)
     check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
@@ -176,7 +176,7 @@ def train(
     if cell in CELLS and CELLS[cell].single_layer and layers is None:
         given["layers"] = 1  # a Jordan network does not stack
     given = {k: v for k, v in given.items() if v is not None}
-    TrainOptions(**given)  # every value given is in range, before anything is read or made
+    new_opts = TrainOptions(**given)  # every value given is in range before anything is made
     if out is not None and out.exists() and not out.is_dir():
         raise Failure(f"--out {out} is a file; a run directory is needed")
 
@@ -209,7 +209,7 @@ def train(
         if (Path(run_dir) / ckpt_io.LATEST).exists():
             raise Failure(f"{run_dir} already holds a run; pass --resume to continue it or "
                           f"another --out")
-        opts = TrainOptions(**given)
+        opts = new_opts
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
@@ -305,7 +305,6 @@ def sample(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text from a trained model, streaming to stdout."""
-    from .options import check_device
     check_device(device)
     if prime is not None and prime_file is not None:
         raise UsageProblem("give --prime or --prime-file, not both")
@@ -412,7 +411,6 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ):
     """Loss of MODEL on FILE, in nats and bits per character."""
-    from .options import check_text_codec
     check_text_codec(encoding, errors)
     from collections import Counter
 
@@ -586,7 +584,6 @@ def main() -> None:
 
 
 def _run_app() -> None:
-    from .options import OptionError
     try:
         rv = app(standalone_mode=False)  # returns the exit code of --help and typer.Exit
     except (UsageProblem, OptionError) as e:

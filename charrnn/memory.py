@@ -10,6 +10,9 @@ from pathlib import Path
 from .model import ModelConfig, ParamLayout
 
 SAMPLE_CHUNK = 256  # characters per sampling call (sample.CHUNK): its draws and output ids
+# Needs up to this much are taken to fit without reading the system's figures: a preview, a
+# sample or a bench repeat asks every time, and no machine that runs charrnn lacks this much.
+ALWAYS_FITS = 64 << 20
 
 
 class NotEnoughMemory(Exception):
@@ -68,16 +71,30 @@ def _read_kib(path: str, key: str) -> int | None:
     return None
 
 
-def _cgroup_room() -> int | None:
-    """memory.max - memory.current of this process's cgroup (v2), when it has a limit."""
+def _cgroup_room(base: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """What this process's cgroup (v2) can still give, when it has a limit: memory.max less
+    memory.current, whose page cache the kernel reclaims before it refuses memory (the inactive
+    file pages of memory.stat; a memory-mapped corpus and written checkpoints fill it)."""
     try:
-        base = Path("/sys/fs/cgroup")
         limit = (base / "memory.max").read_text().strip()
         if limit == "max":
             return None
-        return max(0, int(limit) - int((base / "memory.current").read_text()))
+        used = int((base / "memory.current").read_text())
     except (OSError, ValueError):
         return None
+    return max(0, int(limit) - used + (_stat_bytes(base / "memory.stat", "inactive_file") or 0))
+
+
+def _stat_bytes(path: Path, key: str) -> int | None:
+    """A 'key N' line of a cgroup stat file (bytes)."""
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def size_text(n: int) -> str:
@@ -89,6 +106,8 @@ def size_text(n: int) -> str:
 def check_fits(needed: int, what: str, smaller: str) -> None:
     """Raise NotEnoughMemory unless `needed` bytes fit; `what` needs them, `smaller` says which
     options make it smaller."""
+    if needed <= ALWAYS_FITS:
+        return
     room = available_bytes()
     if room is not None and needed > room:
         raise NotEnoughMemory(f"{what} needs about {size_text(needed)} of memory and "

@@ -87,9 +87,8 @@ def record_last_run(run_dir: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
         tmp.write_bytes(os.fsencode(Path(run_dir).resolve()) + b"\n")
         os.replace(tmp, d / "last_run")
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only home must not stop training; `sample RUN`
-        # still works
+    except OSError:  # a read-only home must not stop training; `sample RUN` still works
+        tmp.unlink(missing_ok=True)
 
 
 def last_run() -> Path | None:

@@ -23,7 +23,7 @@ from . import memory, sizing
 from .batches import stream_matrix, window, windows
 from .model import Model, ModelConfig
 from .optim import Adam, clip_grad_norm
-from .options import DEFAULT_EVAL_EVERY, TrainOptions
+from .options import DEFAULT_EVAL_EVERY, TrainOptions, flag
 from .runs import (LOCK, lock_run_dir, make_dirs, record_last_run, remove_new_dirs,
                    remove_stale_temporaries)
 from .sample import SampleOptions, generate
@@ -143,15 +143,16 @@ class Run:
         found the directory locked by another trainer touches nothing of it."""
         if self._lock is None:
             return
-        if not any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST)):
+        saved = any((self.run_dir / name).exists() for name in (ckpt_io.LATEST, ckpt_io.BEST))
+        if not saved:
             # removed while the lock is held, the lock file last: a trainer that opened it
             # meanwhile finds it gone once it has the lock, and opens a new one
             for name in RUN_FILES:
                 if name not in self._old_files:
                     (self.run_dir / name).unlink(missing_ok=True)
-            self.release()
-            remove_new_dirs(self._new_dirs)
         self.release()
+        if not saved:
+            remove_new_dirs(self._new_dirs)
 
     def _load_corpus(self, opts, resume, encoding, errors) -> np.ndarray:
         """Read and split the corpus (with the resumed run's vocabulary); returns the training
@@ -514,7 +515,8 @@ class Run:
         if not self.opts.preview_chars:
             return ""
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8, seed=self.step)
-        return "".join(piece for _, piece in generate(self.synced_host_model(), self.vocab, opts))
+        model = self.synced_host_model()
+        return "".join(piece for _, piece in generate(model, self.vocab, opts))
 
     def _check_savable(self) -> None:
         """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,
@@ -542,6 +544,16 @@ class Run:
             raise TrainingError(f"could not save {path}: {e.strerror or e}; {before}") \
                 from None
         record_last_run(self.run_dir)
+
+    def validation_loss(self) -> float:
+        """The loss on (the first MAX_EVAL_CHARS of) the held-out text; a non-finite one stops
+        the run."""
+        val = evaluate(self.synced_host_model(), self.val_ids, self.opts.batch_size,
+                       self.opts.seq_len, MAX_EVAL_CHARS)
+        if not math.isfinite(val):
+            raise TrainingError(f"the validation loss became {val} at step {self.step}; "
+                                f"stopped without saving (try a lower --lr)")
+        return val
 
     def keep_if_best(self, val: float) -> None:
         """best.npz holds the weights of the lowest validation loss ever measured: those of
@@ -685,10 +697,7 @@ def _train_loop(run: Run, reporter: Reporter, should_stop, output_lost,
         # Off the --eval-every cadence it stays out of the history, which the schedule and
         # early stopping read, or a run stopped here and resumed would train differently from
         # one never stopped; it can still be the best validation, kept in best.npz.
-        val = evaluate(run.synced_host_model(), run.val_ids, o.batch_size, o.seq_len, MAX_EVAL_CHARS)
-        if not math.isfinite(val):
-            raise TrainingError(f"the validation loss became {val} at step {run.step}; "
-                                f"stopped without saving (try a lower --lr)")
+        val = run.validation_loss()
         record = {"step": run.step, "epoch": run.epoch, "elapsed_s": run.elapsed,
                   "val_loss": val, "final": True}
         run.keep_if_best(val)
@@ -708,11 +717,7 @@ def _validate_and_keep_best(run: Run, record: dict) -> float | None:
     """Validation loss; saves best.npz when it improves. None without a validation set."""
     if len(run.val_ids) < 2:
         return None
-    val = evaluate(run.synced_host_model(), run.val_ids, run.opts.batch_size, run.opts.seq_len,
-                   MAX_EVAL_CHARS)
-    if not math.isfinite(val):
-        raise TrainingError(f"the validation loss became {val} at step {run.step}; stopped "
-                            f"without saving (try a lower --lr)")
+    val = run.validation_loss()
     run.history.append({"step": run.step, "train_loss": record.get("train_loss"),
                         "val_loss": val})
     run.keep_if_best(val)
@@ -726,8 +731,7 @@ def schedule_change(saved: dict, opts: TrainOptions) -> str | None:
     """The line a resumed run prints when its new budget moves the cosine schedule's horizon
     (the learning rate decays to the end of the budget): from there on it is not the run a
     straight one with that budget would have been. None when nothing moved."""
-    changed = [f"--{name.replace('_', '-')} {_shown(saved.get(name))} -> "
-               f"{_shown(getattr(opts, name))}"
+    changed = [f"{flag(name)} {_shown(saved.get(name))} -> {_shown(getattr(opts, name))}"
                for name in BUDGETS if saved.get(name) != getattr(opts, name)]
     if opts.lr_schedule != "cosine" or not changed:
         return None
@@ -753,7 +757,7 @@ def options_from_checkpoint(ck: ckpt_io.Checkpoint, given: dict) -> TrainOptions
         if value is None:
             continue
         if name in FIXED_ON_RESUME and saved.get(name) != value:
-            raise ValueError(f"--{name.replace('_', '-')} cannot change when resuming "
+            raise ValueError(f"{flag(name)} cannot change when resuming "
                              f"(the run uses {saved.get(name)})")
         saved[name] = value
     try:
