@@ -61,8 +61,9 @@ def gemm_peak_gflops(n: int = 2048) -> float:
 
 
 def bench_charrnn(c: BenchConfig) -> dict:
+    from .engine import make_engine
     from .model import Model, ModelConfig
-    from .optim import Adam, clip_grad_norm
+    from .optim import Adam
     from .sample import SampleOptions, generate
     from .tokenizer import Vocab
 
@@ -79,24 +80,13 @@ def bench_charrnn(c: BenchConfig) -> dict:
     x = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
     y = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
 
-    if c.device == "cuda":  # the trainer's step on the GPU; timed once the GPU is done
-        from numba import cuda
+    # the training run's engine: the same step `charrnn train` takes on this device
+    engine = make_engine(c.device, model, opt, *model.zero_state(c.batch_size))
 
-        from .cuda.train import DeviceTrainer
-        trainer = DeviceTrainer(model, opt, *model.zero_state(c.batch_size))
-
-        def train_iters(n):
-            for _ in range(n):
-                trainer.step(x, y, None, 5.0)
-            cuda.synchronize()
-    else:
-        def train_iters(n):
-            for _ in range(n):
-                model.forward(x, y)
-                model.grads[:] = 0
-                model.backward()
-                clip_grad_norm(model.grads, 5.0)
-                opt.step(model.params, model.grads)
+    def train_iters(n):
+        for _ in range(n):
+            engine.step(x, y, None, 2e-3, 5.0)
+        engine.take_loss()  # the GPU's steps are done once their loss has come back
 
     train_iters(3)
     dt = best_time(lambda: train_iters(c.iters), c.repeats) / c.iters

@@ -137,7 +137,8 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         specs = meta.get("arrays")
         if not isinstance(specs, dict) or not all(isinstance(v, dict) for v in specs.values()):
             raise CheckpointError(f"{path}: malformed array list in the metadata")
-        if not _valid_train_meta(meta.get("train", {})):
+        from .train_state import readable_meta  # the training schema's owner
+        if not readable_meta(meta.get("train", {})):
             raise CheckpointError(f"{path}: malformed training state in the metadata")
         arrays = {name: npz[name] for name in specs}
     for name, a in arrays.items():
@@ -147,24 +148,6 @@ def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         if _crc(a) != spec.get("crc32"):
             raise CheckpointError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
     return meta, arrays
-
-
-def _is_number(x, optional=False) -> bool:
-    return (x is None and optional) or (type(x) in (int, float))
-
-
-def _valid_train_meta(train) -> bool:
-    """The parts of the training state that `info` and `sample` read: a dict, a history of
-    {step, train_loss, val_loss} numbers, a best loss that is a number or None."""
-    if not isinstance(train, dict):
-        return False
-    history = train.get("history", [])
-    return (isinstance(history, list)
-            and all(isinstance(h, dict) and type(h.get("step")) is int
-                    and _is_number(h.get("train_loss"), True)
-                    and _is_number(h.get("val_loss"), True) for h in history)
-            and _is_number(train.get("best_val_loss"), True)
-            and all(type(train.get(k, 0)) is int for k in ("step", "epoch")))
 
 
 def _short(e: Exception) -> str:

@@ -182,8 +182,10 @@ def train(
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
-    from .train import Run, options_from_checkpoint, schedule_change
+    from .schedule import schedule_change
+    from .train import Run
     from .train import train as train_loop
+    from .train_state import options_from_checkpoint
 
     resumed = None
     if resume:
@@ -191,17 +193,7 @@ def train(
         if run_dir is None:
             raise Failure("--resume: no run to resume; pass --out RUN_DIR")
         resumed = ckpt_io.load(Path(run_dir) / ckpt_io.LATEST)
-        try:
-            opts = options_from_checkpoint(resumed, given)
-        except ValueError as e:
-            raise UsageProblem(str(e)) from None
-        step, epoch = resumed.train.get("step", 0), resumed.train.get("epoch", 0)
-        if opts.max_steps is not None and step >= opts.max_steps:
-            raise UsageProblem(f"the run already did {step} steps (--max-steps "
-                               f"{opts.max_steps}); pass a larger --max-steps to go on")
-        if opts.epochs is not None and epoch >= opts.epochs:
-            raise UsageProblem(f"the run already did {epoch} epochs; pass a larger --epochs "
-                               f"to go on")
+        opts = options_from_checkpoint(resumed, given)
         if not quiet and (note := schedule_change(resumed.train["options"], opts)):
             say(note)
     else:
@@ -216,16 +208,10 @@ def train(
     chosen = devices.resolve(device)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
-    compiling = _compile_notice(quiet)  # choosing the width times a step: it may compile
-    with process.terminate_through_clean_ups():
+    compiling = _compile_notice(quiet)
+    with process.terminate_through_clean_ups():  # sizing and warming up may compile
         run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
                   errors=errors, device=chosen, compiling=compiling)
-        try:
-            with compiling:
-                run.warm_up()
-        except BaseException:  # Ctrl-C during the first run's compile
-            run.abandon()
-            raise
     reporter = _reporter(quiet)
     stop = process.StopOnSignal()
     try:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .cells import CELLS, CellSpec
+from .cells import CELLS, DEFAULT_CELL, CellSpec
 from .kernels import cpu
 from .parallel import StreamSplitter, row_ranges
 
@@ -17,7 +17,7 @@ from .parallel import StreamSplitter, row_ranges
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
-    cell: str = "lstm"
+    cell: str = DEFAULT_CELL
     layers: int = 2
     hidden: int = 128
     dropout: float = 0.0

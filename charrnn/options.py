@@ -13,7 +13,7 @@ import codecs
 import math
 from dataclasses import dataclass
 
-from .cells import CELL_NAMES, CELLS
+from .cells import CELL_NAMES, CELLS, DEFAULT_CELL
 
 MAX_COUNT = 2**31 - 1
 MAX_SEED = 2**63 - 1
@@ -95,7 +95,7 @@ def check_model_shape(cell, layers) -> None:
 
 @dataclass
 class TrainOptions:
-    cell: str = "gru"  # learnt more per second than LSTM at 2 x 512 (BENCHMARKS.md)
+    cell: str = DEFAULT_CELL
     layers: int = 2
     hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
     dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
@@ -158,7 +158,7 @@ class SampleOptions:
 
 @dataclass
 class BenchConfig:
-    cell: str = "lstm"
+    cell: str = DEFAULT_CELL
     layers: int = 2
     hidden: int = 128
     batch_size: int = 50

@@ -1,51 +1,35 @@
-"""The model's width and dropout when --hidden and --dropout are not given, and where a --minutes
-run stops, from the run's budget.
+"""What a run's budget chooses where the options leave it open: the model's width (--hidden), its
+dropout, and where a --minutes run without dropout stops; and the batch and window a small text
+can fill. Pure functions of the budget: the training speed they need is given to them
+(engine.training_speed), so a run over several processes can choose once and share the result.
 
-A wider model learns more per character but sees fewer characters in the same time. In 10-minute
-runs on tinyshakespeare (BENCHMARKS.md, "Choosing the defaults"), a GRU 2 x 512 that saw 1.9
-characters per parameter reached 1.447 nats/char, a 2 x 384 that saw 6.3 reached 1.480 and then
-overfitted. So the rule is: the widest candidate for which
+The rules (the measurements behind each threshold: BENCHMARKS.md, "Choosing the defaults" and
+"60 minutes"):
 
-    characters the budget allows at that width >= CHARS_PER_PARAM * its parameters
-
-where the budget is the smallest of --epochs x the training text, --max-steps x B x T, and
---minutes x the measured training speed at that width (`chars_per_second`, None when the
-speed is not known: then time does not limit the choice). Widths above 512 were not measured,
-so they are not candidates.
-
-Dropout slows early learning and pays only once the model has had time to memorise the text, so
-it is on (LONG_RUN_DROPOUT) only when the budget at the chosen width covers both
-DROPOUT_FROM_EPOCHS passes over the text and DROPOUT_FROM_CHARS_PER_PARAM characters per
-parameter. Measured: a 60-minute GRU 2 x 512 on tinyshakespeare (about 26 epochs, 11 characters
-per parameter) overfitted from its 4th epoch without dropout and early-stopped at 1.498
-nats/char, while with 0.3 it reached 1.463 (at 20 minutes; early-stopped at 28). In 10 minutes
-(4.5 epochs, 1.9 per parameter) 0.1 was no better than none (1.451 against 1.447). A bare run on
-corpora/markov.txt (10 epochs, 5.7 per parameter) reached 1.4627 with 0.3 against 1.4469 without.
-The thresholds sit between those points; nothing between them was measured.
-
-A --minutes run without dropout stops where its model stops learning: at `useful_steps`, the
-larger of USEFUL_EPOCHS epochs and USEFUL_CHARS_PER_PARAM characters per parameter, its schedule
-decaying to that point (so such a run never reaches the dropout rule, which is left to --epochs
-and --max-steps budgets). Measured on tinyshakespeare, GRU 2 x 512 (1.0M training characters,
-2.5M parameters; BENCHMARKS.md, "The 60-minute point"), runs whose schedule ended where they
-stopped: 706 steps (4.5 epochs, 1.8 characters per parameter) reached 1.442 nats/char with the
-cosine decaying to 2% of --lr and 1.451 with it decaying to 10%; 785 steps (5 epochs) 1.452;
-964 steps (6.1 epochs) 1.453; 60 minutes reached 1.463 with dropout 0.3 and 1.498 without. The
-epoch limit is the best of those points; fewer steps were not tried. On that corpus the epochs
-decide; the per-parameter limit (the same point, 1.8, at that width) decides on smaller texts
-and was not measured apart.
+- width: the widest candidate for which the characters the budget allows at that width cover
+  CHARS_PER_PARAM characters per parameter; the budget is the smallest of --epochs x the training
+  text, --max-steps x B x T and --minutes x the training speed at that width (time does not limit
+  the choice where the speed is not timed). Widths above 512 were not measured, so they are not
+  candidates.
+- dropout: LONG_RUN_DROPOUT only when the budget at the chosen width covers DROPOUT_FROM_EPOCHS
+  passes over the text and DROPOUT_FROM_CHARS_PER_PARAM characters per parameter; dropout slows
+  early learning and pays only once the model has had time to memorise the text.
+- stop: a --minutes run without dropout stops at useful_steps (the larger of USEFUL_EPOCHS epochs
+  and USEFUL_CHARS_PER_PARAM characters per parameter), its schedule decaying to that point, so it
+  never reaches the dropout rule (left to --epochs and --max-steps budgets).
 """
 
+import dataclasses
 import math
 from typing import Callable
 
 from .model import ModelConfig, ParamLayout
+from .options import TrainOptions
 
 CANDIDATE_HIDDEN = (128, 256, 384, 512)
 CHARS_PER_PARAM = 1.5
-# Start-up, validation, checkpoints and previews take part of a --minutes budget: 4% in the
-# 10-minute tinyshakespeare runs at 2 x 512 (575-579 s of training), more where validation is
-# slower or more frequent; 10% is allowed for them.
+# Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
+# "Choosing the defaults"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
 DROPOUT_FROM_EPOCHS = 8
 DROPOUT_FROM_CHARS_PER_PARAM = 8
@@ -102,3 +86,63 @@ def choose_dropout(budget: float, n_train: int, params: int) -> float:
     long_run = budget >= DROPOUT_FROM_EPOCHS * n_train and \
         budget >= DROPOUT_FROM_CHARS_PER_PARAM * params
     return LONG_RUN_DROPOUT if long_run else 0.0
+
+
+def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, list[str]]:
+    """Batch size and window length that the training text can fill, shrunk if needed, with
+    the warnings to show. Needs at least 2 characters (one input, one target)."""
+    warnings = []
+    B, T = batch_size, seq_len
+    if n_train < B * (T + 1):
+        B = max(1, n_train // (T + 1))
+        if B == 1 and n_train < T + 1:
+            T = n_train - 1
+        warnings.append(f"the training text ({n_train} characters) is too small for "
+                        f"--batch-size {batch_size} --seq-len {seq_len}; using --batch-size {B} "
+                        f"--seq-len {T}")
+    return B, T, warnings
+
+
+def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per_epoch: int,
+                 chars_per_second: Callable[[int], float] | None
+                 ) -> tuple[TrainOptions, list[str]]:
+    """The options with the width, the dropout and, for a --minutes run without dropout, the
+    step limit chosen where they are None, and the notes that say so. chars_per_second(hidden):
+    the training speed at that width (asked only when --minutes limits the run and a choice
+    needs it), or None when it is not known (a GPU: a CPU timing says nothing of its speed)."""
+    o = dataclasses.replace(opts)
+    notes = []
+
+    def budget(hidden: int) -> float:  # under the limits as they stand at the call
+        return budget_chars(hidden, n_train=n_train, batch_size=o.batch_size,
+                            seq_len=o.seq_len, epochs=o.epochs, max_steps=o.max_steps,
+                            minutes=o.minutes, chars_per_second=chars_per_second)
+
+    if o.hidden is None:
+        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, budget)
+        limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
+                  f"{o.max_steps} steps" if o.max_steps is not None else "",
+                  f"{o.minutes:g} minutes" if o.minutes is not None else ""]
+        notes.append(f"model: {o.layers} x {o.hidden} {o.cell}, the widest that "
+                     f"{' or '.join(filter(None, limits))} on {n_train:,} training "
+                     f"characters can train (--hidden to choose)")
+    params = parameter_count(o.cell, o.layers, o.hidden, vocab_size)
+    time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
+    if time_alone and not o.dropout:
+        chars_per_step = o.batch_size * o.seq_len
+        steps = useful_steps(steps_per_epoch, chars_per_step, params)
+        if budget(o.hidden) > steps * chars_per_step:
+            o.max_steps = steps
+            notes.append(f"stops after {steps:,} steps ({steps / steps_per_epoch:.1f} epochs, "
+                         f"{steps * chars_per_step / params:.1f} characters per parameter) "
+                         f"unless the {o.minutes:g} minutes run out first: past that, this "
+                         f"model without dropout overfits (--max-steps, --epochs, or --dropout "
+                         f"above 0 to train longer)")
+    if o.dropout is None:
+        chars = budget(o.hidden)
+        o.dropout = choose_dropout(chars, n_train, params)
+        if o.dropout:
+            notes.append(f"dropout {o.dropout:g}: the budget allows {chars / n_train:.0f} "
+                         f"epochs, {chars / params:.0f} characters per parameter, enough to "
+                         f"overfit without it (--dropout to choose)")
+    return o, notes

@@ -38,7 +38,8 @@ from charrnn.runs import LOCK, lock_run_dir
 from charrnn.synthetic import MarkovSource
 from charrnn.tokenizer import Vocab, read_corpus
 from charrnn.train import METRICS, Run, TrainingError, TrainOptions, evaluate
-from charrnn.train import options_from_checkpoint, train
+from charrnn.train import train
+from charrnn.train_state import options_from_checkpoint
 
 ERROR = "charrnn: error: "
 TIMEOUT = 120  # per subprocess; a cold numba cache compiles the kernels first
@@ -310,7 +311,7 @@ def test_a_stop_resumed_with_the_same_budget_is_exact_under_cosine(corpus, tmp_p
     split, straight = tmp_path / "split", tmp_path / "straight"
     train(Run(corpus, straight, TrainOptions(**opts)), Quiet())
     run = Run(corpus, split, TrainOptions(**opts))
-    summary = train(run, Quiet(), should_stop=lambda: run.step >= 13)
+    summary = train(run, Quiet(), should_stop=lambda: run.state.step >= 13)
     assert summary["stopped_by"] == "interrupted" and summary["step"] == 13
     ck = latest(split)
     train(Run(corpus, split, options_from_checkpoint(ck, {}), resume=ck), Quiet())

@@ -11,7 +11,9 @@ from charrnn import checkpoint as ckpt_io
 from charrnn import sizing
 from charrnn.model import Model, ModelConfig
 from charrnn.synthetic import MarkovSource
-from charrnn.train import Run, TrainOptions, options_from_checkpoint
+from charrnn.schedule import Pacer
+from charrnn.train import Run, TrainOptions
+from charrnn.train_state import options_from_checkpoint
 
 
 def test_parameter_count_is_the_models():
@@ -162,7 +164,7 @@ def test_a_long_time_budget_stops_where_the_model_stops_learning(corpus, tmp_pat
     # the first step past both limits
     assert steps == max(math.ceil(sizing.USEFUL_EPOCHS * per_epoch),
                         math.ceil(sizing.USEFUL_CHARS_PER_PARAM * params / (4 * 16)))
-    assert run.total_steps() == steps  # so the schedule decays to it
+    assert Pacer(run.opts, per_epoch).total_steps() == steps  # so the schedule decays to it
     assert run.opts.dropout == 0.0
     assert said == [f"stops after {steps:,} steps ({steps / per_epoch:.1f} epochs, "
                     f"{steps * 64 / params:.1f} characters per parameter) unless the 1000 "
@@ -176,19 +178,23 @@ def test_a_time_budget_shorter_than_the_useful_steps_sets_no_step_limit(corpus, 
     assert step_limit_notes(run) == [] and run.opts.max_steps is None
 
 
-def test_an_untimed_budget_gets_the_step_limit(corpus, tmp_path, monkeypatch):
+def test_an_untimed_budget_gets_the_step_limit():
     # a GPU run's speed is not timed: its budget is unknown (inf), so the limit applies
-    monkeypatch.setattr(Run, "_budget", lambda self, n_train: lambda hidden: float("inf"))
-    run = small_timed_run(corpus, tmp_path / "g")
-    run.release()
-    assert len(step_limit_notes(run)) == 1 and run.opts.max_steps is not None
+    opts = TrainOptions(hidden=12, layers=1, seq_len=16, batch_size=4, epochs=None,
+                        minutes=1000.0)
+    chosen, notes = sizing.choose_sizes(opts, n_train=6000, vocab_size=5, steps_per_epoch=90,
+                                        chars_per_second=None)
+    params = sizing.parameter_count(opts.cell, 1, 12, 5)
+    assert chosen.max_steps == sizing.useful_steps(90, 64, params)
+    assert len(notes) == 1 and notes[0].startswith("stops after")
+    assert opts.max_steps is None  # the options given are not changed
 
 
 def test_the_speed_is_timed_only_when_a_choice_needs_it(corpus, tmp_path, monkeypatch):
-    def untimed(self, hidden):
+    def untimed(self, opts, hidden):
         raise AssertionError("the training speed was timed")
 
-    monkeypatch.setattr(Run, "_training_speed", untimed)
+    monkeypatch.setattr(Run, "_speed_at", untimed)
     # width and dropout given: nothing left to choose
     small_timed_run(corpus, tmp_path / "t", dropout=0.2).release()
 
@@ -200,10 +206,10 @@ def test_a_resumed_run_keeps_its_limits_and_is_not_timed(corpus, tmp_path, monke
     first.save(ckpt_io.LATEST)
     first.release()
 
-    def untimed(self, hidden):
+    def untimed(self, opts, hidden):
         raise AssertionError("the training speed was timed on resume")
 
-    monkeypatch.setattr(Run, "_training_speed", untimed)
+    monkeypatch.setattr(Run, "_speed_at", untimed)
     saved = ckpt_io.load(tmp_path / "r" / ckpt_io.LATEST)
     # resumed with a long budget: a fresh run would get a step limit, the resumed one does not
     opts = options_from_checkpoint(saved, {"minutes": 1000.0})

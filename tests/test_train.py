@@ -9,8 +9,10 @@ import pytest
 from charrnn import checkpoint as ckpt_io
 from charrnn.synthetic import MarkovSource
 from charrnn.tokenizer import CorpusError
-from charrnn.train import (Run, TrainOptions, evaluate, fit_sizes, options_from_checkpoint,
-                           train)
+from charrnn.schedule import Pacer
+from charrnn.sizing import fit_sizes
+from charrnn.train import Run, TrainOptions, evaluate, train
+from charrnn.train_state import options_from_checkpoint
 
 
 class Recorder:
@@ -88,9 +90,9 @@ def test_run_directory_contents(corpus, tmp_path):
 
 def test_epochs_budget_and_state_reset(corpus, tmp_path):
     run, summary, _ = run_steps(corpus, tmp_path / "e", None, epochs=1)
-    assert summary["stopped_by"] == "finished 1 epochs" and run.epoch == 1
-    assert run.step == run.steps_per_epoch and run.position == 0
-    assert not run.h.any()  # a new epoch starts from a clean state
+    assert summary["stopped_by"] == "finished 1 epochs" and run.state.epoch == 1
+    assert run.state.step == run.steps_per_epoch and run.state.position == 0
+    assert not run.engine.h.any()  # a new epoch starts from a clean state
 
 
 def test_fit_sizes_shrinks_with_a_warning():
@@ -151,7 +153,7 @@ def test_resume_refuses_another_corpus_and_malformed_state(corpus, tmp_path):
 
 
 def test_the_schedule_warms_up_then_decays_to_two_percent_at_the_end_of_the_budget():
-    from charrnn.train import scheduled_lr
+    from charrnn.schedule import scheduled_lr
     opts = TrainOptions(lr=1e-2)
     total = 1000  # warm-up: 2% = 20 steps
     lrs = [scheduled_lr(opts, s, total, s / total) for s in range(total)]
@@ -173,7 +175,7 @@ def test_a_resumed_run_under_the_schedule_equals_the_straight_one(corpus, tmp_pa
     opts = dict(lr_schedule="cosine")
     straight, _, _ = run_steps(corpus, tmp_path / "straight", 20, **opts)
     run = Run(corpus, tmp_path / "split", TrainOptions(**{**SMALL, "max_steps": 20, **opts}))
-    train(run, Recorder(), should_stop=lambda: run.step >= 12)
+    train(run, Recorder(), should_stop=lambda: run.state.step >= 12)
     resumed, _, _ = run_steps(corpus, tmp_path / "split", 20,
                               resume=ckpt_io.load(tmp_path / "split" / "latest.npz"))
     assert np.array_equal(resumed.model.params, straight.model.params)
@@ -188,7 +190,7 @@ def test_early_stop_when_validation_stops_improving(tmp_path):
     run = Run(corpus, tmp_path / "run", TrainOptions(**{**SMALL, "patience": 2, "lr": 1e-2}))
     summary = train(run, rec)
     assert "early stop" in summary["stopped_by"], summary
-    vals = [h["val_loss"] for h in run.history]
+    vals = [h["val_loss"] for h in run.state.history]
     assert len(vals) >= 3 and min(vals) < min(vals[-2:])  # two evaluations past the best
     best = ckpt_io.load(tmp_path / "run" / "best.npz")
     assert best.train["best_val_loss"] == min(vals)
@@ -198,12 +200,13 @@ def test_the_cosine_schedule_halves_for_each_validation_without_a_new_best(corpu
     run = Run(corpus, tmp_path / "r", TrainOptions(**{**SMALL, "lr_schedule": "cosine",
                                                      "max_steps": 100}))
     run.release()
-    plain = run.learning_rate()
-    run.history = [{"step": 10, "val_loss": 2.0}, {"step": 20, "val_loss": 1.5}]
-    assert run.learning_rate() == pytest.approx(plain)  # every validation a new best
-    run.history.append({"step": 30, "val_loss": 1.5})  # equal is no gain
-    assert run.learning_rate() == pytest.approx(plain / 2)
-    run.history += [{"step": 40, "val_loss": 1.4}, {"step": 50, "val_loss": 1.45}]
-    assert run.learning_rate() == pytest.approx(plain / 4)  # counted over the whole run
+    pacer = Pacer(run.opts, run.steps_per_epoch)
+    plain = pacer.learning_rate(0, [])
+    history = [{"step": 10, "val_loss": 2.0}, {"step": 20, "val_loss": 1.5}]
+    assert pacer.learning_rate(0, history) == pytest.approx(plain)  # every validation a new best
+    history.append({"step": 30, "val_loss": 1.5})  # equal is no gain
+    assert pacer.learning_rate(0, history) == pytest.approx(plain / 2)
+    history += [{"step": 40, "val_loss": 1.4}, {"step": 50, "val_loss": 1.45}]
+    assert pacer.learning_rate(0, history) == pytest.approx(plain / 4)  # over the whole run
     run.opts.lr_schedule = "constant"
-    assert run.learning_rate() == run.opts.lr
+    assert pacer.learning_rate(0, history) == run.opts.lr

@@ -270,7 +270,7 @@ def test_stopped_while_compiling_leaves_nothing(how, corpus, tmp_path, monkeypat
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 1)  # let the handler run here
 
-    monkeypatch.setattr(Run, "warm_up", interrupted)
+    monkeypatch.setattr(Run, "_warm_up", interrupted)
     monkeypatch.chdir(tmp_path)
     code, _, _ = call_main(monkeypatch, capsys, "train", corpus, *SMALL, "--max-steps", "3")
     assert code == (130 if how == "ctrl-c" else 143)

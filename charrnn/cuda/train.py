@@ -1,12 +1,12 @@
-"""A training run's model, Adam state and carried hidden state resident on the GPU
-(`charrnn train --device cuda`).
+"""The training engine on the GPU (`charrnn train --device cuda`; the protocol is
+charrnn/engine.py's): the model, Adam state and carried hidden state resident on the device.
 
 Nothing comes back to the host per step: the loss is summed on the device, the gradient norm
 feeds the clipping and Adam kernels there (a non-finite norm skips the update and raises a flag),
-and the trainer reads the loss sum and the flag once per logging interval (``take_loss``). The
-host copies in the Run (model.params, optimizer.m and .v, the carried state) stay the
-checkpoint's source of truth: ``pull()`` brings the device state back before anything reads
-them (saving, validation, previews). The arithmetic is the CPU trainer's: the same loss,
+and the run reads the loss sum and the flag once per logging interval (``take_loss``). The
+host copies (model.params, optimizer.m and .v, h and c) stay the checkpoint's source of truth:
+``pull()`` brings the device state back before anything reads them (saving, validation,
+previews). The arithmetic is the CPU trainer's: the same loss,
 global-norm clipping (coefficient max_norm / (norm + 1e-6)) and torch's Adam.
 """
 
@@ -15,30 +15,36 @@ import math
 import numpy as np
 from numba import cuda
 
+from ..engine import no_reduction
 from ..model import Model
 from ..optim import Adam
 from . import kernels as K
 from .model import CudaModel
 
 
-class DeviceTrainer:
+class CudaEngine:
     def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray):
-        self.host_model, self.optimizer = model, optimizer
-        self.model = CudaModel(model.config, params=model.params)
+        self.model, self.optimizer, self.h, self.c = model, optimizer, h, c  # host copies
+        self.reduce_gradients = no_reduction  # called with the device's gradient buffer
+        self.device_model = CudaModel(model.config, params=model.params)
         self.m = cuda.to_device(optimizer.m)
         self.v = cuda.to_device(optimizer.v)
-        self.h, self.c = cuda.to_device(h), cuda.to_device(c)  # (L, B, W), carried
+        self.d_h, self.d_c = cuda.to_device(h), cuda.to_device(c)  # (L, B, W), carried
         self._norm_sq = cuda.to_device(np.zeros(1))
         self._loss_sum = cuda.to_device(np.zeros(1))  # sum of the windows' mean losses
         self._bad = cuda.to_device(np.zeros(1, np.int32))
+        self._pulled = True  # whether the host copies hold the device's state
 
-    def pull(self) -> tuple[np.ndarray, np.ndarray]:
-        """Device -> host: weights and Adam moments into the Run's arrays; returns the carried
-        state (h, c)."""
-        self.model.params.copy_to_host(self.host_model.params)
+    def pull(self) -> None:
+        """Device -> host: weights, Adam moments and the carried state into the host copies
+        (once per step however often it is asked: a validation and the save after it)."""
+        if self._pulled:
+            return
+        self.device_model.params.copy_to_host(self.model.params)
         self.m.copy_to_host(self.optimizer.m)
         self.v.copy_to_host(self.optimizer.v)
-        return self.h.copy_to_host(), self.c.copy_to_host()
+        self.h, self.c = self.d_h.copy_to_host(), self.d_c.copy_to_host()
+        self._pulled = True
 
     def take_loss(self) -> tuple[float, bool]:
         """(sum of the mean losses since the last call, whether every step was finite)."""
@@ -49,21 +55,26 @@ class DeviceTrainer:
 
     def reset_state(self) -> None:
         """A new epoch: the streams start again from a zero state."""
-        K.fill[K.grid(self.h.size)](self.h.reshape(self.h.size), 0.0)
-        K.fill[K.grid(self.c.size)](self.c.reshape(self.c.size), 0.0)
+        for d in (self.d_h, self.d_c):
+            K.fill[K.grid(d.size)](d.reshape(d.size), 0.0)
+        self.h, self.c = np.zeros_like(self.h), np.zeros_like(self.c)
 
-    def step(self, x, y, masks, grad_clip: float) -> None:
-        """Forward, backward, clip and Adam on the device; the final state carries over."""
-        model = self.model
-        model.forward(x, y, self.h, self.c, masks, loss_sum=self._loss_sum)
+    def step(self, x, y, masks, lr: float, grad_clip: float) -> None:
+        """Forward, backward, clip and Adam on the device; the final state carries over. The
+        loss stays on the device (take_loss)."""
+        self._pulled = False
+        model = self.device_model
+        model.forward(x, y, self.d_h, self.d_c, masks, loss_sum=self._loss_sum)
         grads = model.grads
         K.fill[K.grid(grads.size)](grads, 0.0)
         model.backward(initial_grads=False)
+        self.reduce_gradients(grads)
         K.fill[1, 1](self._norm_sq, 0.0)
         K.sum_squares[K.grid(min(grads.size, 64 * K.BLOCK))](grads, self._norm_sq)
         K.clip_by_norm[K.grid(grads.size)](grads, self._norm_sq, grad_clip)
         K.note_nonfinite[1, 1](self._norm_sq, self._loss_sum, self._bad)
         opt = self.optimizer
+        opt.lr = lr
         opt.steps += 1
         beta1, beta2 = opt.betas
         K.adam_step[K.grid(grads.size)](model.params, grads, self.m, self.v,
@@ -71,6 +82,6 @@ class DeviceTrainer:
                                         math.sqrt(1.0 - beta2 ** opt.steps), beta1, beta2,
                                         opt.eps, self._norm_sq)
         hs, cs = model.last_states()
-        for layer in range(self.h.shape[0]):  # device to device
-            self.h[layer].copy_to_device(hs[layer])
-            self.c[layer].copy_to_device(cs[layer])
+        for layer in range(self.d_h.shape[0]):  # device to device
+            self.d_h[layer].copy_to_device(hs[layer])
+            self.d_c[layer].copy_to_device(cs[layer])

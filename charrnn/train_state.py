@@ -1,0 +1,170 @@
+"""The training state and its place in a checkpoint: the one owner of the checkpoint's training
+schema (which arrays, which counters, how they are checked and put back).
+
+A checkpoint holds the model (config, vocabulary, weights: checkpoint.py) and, for training to
+go on exactly, the arrays ``adam.m``, ``adam.v``, ``state.h``, ``state.c`` and the JSON object
+``train``: the options, the counters of TrainState, the random generator's state, the history
+of validations and the corpus's name and length. docs/checkpoint.md lists every field.
+
+Numba-free: `charrnn info` and `charrnn sample` read checkpoints without compiling.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from .checkpoint import Checkpoint, CheckpointError
+from .options import OptionError, TrainOptions, flag
+
+ADAM_M, ADAM_V, STATE_H, STATE_C = "adam.m", "adam.v", "state.h", "state.c"
+COUNTERS = ("step", "epoch", "position", "adam_steps", "loss_count")  # non-negative integers
+NUMBERS = ("elapsed_s", "loss_sum")
+# options that shape the model or the data stream: a resumed run must keep them
+FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "seq_len", "batch_size", "val_frac",
+                   "seed")
+
+
+@dataclass
+class TrainState:
+    """Where a run stands, beyond the weights, optimizer moments and carried state: everything
+    else that decides the next step (the data position, the generator for dropout masks, the
+    running loss sum of the current logging interval, the validation history)."""
+
+    rng: np.random.Generator
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # the first row of the next window in the (S, B) stream matrix
+    elapsed: float = 0.0  # seconds spent in training steps, over every invocation
+    best_val: float = math.inf  # the best validation ever made (best.npz holds its weights)
+    best_step: int | None = None
+    loss_sum: float = 0.0  # the losses of the steps since the last log
+    loss_count: int = 0
+    history: list[dict] = field(default_factory=list)  # the --eval-every validations
+
+    @classmethod
+    def fresh(cls, seed: int) -> "TrainState":
+        return cls(rng=np.random.default_rng(seed))
+
+
+def to_checkpoint(state: TrainState, *, config: dict, vocab: np.ndarray, params: np.ndarray,
+                  adam: dict, h: np.ndarray, c: np.ndarray, opts: TrainOptions,
+                  corpus: dict) -> Checkpoint:
+    """The checkpoint of a run: adam is the optimizer's state ({"m", "v", "steps"}), h and c the
+    carried state (L, B, W), corpus {"path", "chars"}."""
+    s = state
+    return Checkpoint(
+        config=config, vocab=vocab, params=params,
+        arrays={ADAM_M: adam["m"], ADAM_V: adam["v"], STATE_H: h, STATE_C: c},
+        train={"options": asdict(opts), "step": s.step, "epoch": s.epoch,
+               "position": s.position, "elapsed_s": s.elapsed,
+               "best_val_loss": None if math.isinf(s.best_val) else s.best_val,
+               "best_step": s.best_step, "adam_steps": adam["steps"],
+               "rng": s.rng.bit_generator.state, "loss_sum": s.loss_sum,
+               "loss_count": s.loss_count, "history": s.history, "corpus": corpus})
+
+
+@dataclass
+class Restored:
+    """What a checkpoint gives back to resume: the state and the arrays to put in place."""
+    state: TrainState
+    adam: dict  # {"m", "v", "steps"}
+    h: np.ndarray
+    c: np.ndarray
+
+
+def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: int
+            ) -> Restored:
+    """The training state of ck, checked against the model it resumes (params_size weights,
+    carried state of state_shape (L, B, W)) and its data (positions rows of windows to start
+    from); anything missing or malformed is refused."""
+    t = ck.train
+
+    def bad(what):
+        return CheckpointError(f"the checkpoint cannot resume training: {what}")
+
+    shapes = {ADAM_M: (params_size,), ADAM_V: (params_size,), STATE_H: state_shape,
+              STATE_C: state_shape}
+    for name, shape in shapes.items():
+        if name not in ck.arrays or ck.arrays[name].shape != shape:
+            raise bad(f"{name} is missing or not of shape {shape}")
+    for name in COUNTERS:
+        if type(t.get(name)) is not int or t[name] < 0:
+            raise bad(f"{name} is missing or not a non-negative integer")
+    if not all(isinstance(t.get(k), (int, float)) for k in NUMBERS):
+        raise bad("elapsed_s or loss_sum is missing or not a number")
+    if t.get("best_val_loss") is not None and not isinstance(t["best_val_loss"], (int, float)):
+        raise bad("best_val_loss is not a number")
+    if t.get("best_step") is not None and type(t["best_step"]) is not int:
+        raise bad("best_step is not an integer")
+    if t["position"] >= positions:
+        raise bad("its data position lies beyond this corpus (was it trained on another "
+                  "text?)")
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = t["rng"]
+    except (KeyError, TypeError, ValueError):
+        raise bad("the random generator state is missing or malformed") from None
+    state = TrainState(
+        rng=rng, step=t["step"], epoch=t["epoch"], position=t["position"],
+        elapsed=float(t["elapsed_s"]),
+        best_val=math.inf if t.get("best_val_loss") is None else float(t["best_val_loss"]),
+        best_step=t.get("best_step"), loss_sum=float(t["loss_sum"]),
+        loss_count=t["loss_count"], history=list(t.get("history", [])))
+    return Restored(state, {"m": ck.arrays[ADAM_M], "v": ck.arrays[ADAM_V],
+                            "steps": t["adam_steps"]},
+                    ck.arrays[STATE_H], ck.arrays[STATE_C])
+
+
+def _is_number(x, optional=False) -> bool:
+    return (x is None and optional) or (type(x) in (int, float))
+
+
+def readable_meta(train) -> bool:
+    """Whether the parts of the training state that `info` and `sample` read are well formed:
+    a dict, a history of {step, train_loss, val_loss} numbers, a best loss that is a number or
+    None, integer step and epoch. (What only resuming reads is checked by restore.)"""
+    if not isinstance(train, dict):
+        return False
+    history = train.get("history", [])
+    return (isinstance(history, list)
+            and all(isinstance(h, dict) and type(h.get("step")) is int
+                    and _is_number(h.get("train_loss"), True)
+                    and _is_number(h.get("val_loss"), True) for h in history)
+            and _is_number(train.get("best_val_loss"), True)
+            and all(type(train.get(k, 0)) is int for k in ("step", "epoch")))
+
+
+def corpus_chars(ck: Checkpoint) -> int | None:
+    """The length in characters of the corpus the checkpoint's run trained on."""
+    return (ck.train.get("corpus") or {}).get("chars")
+
+
+def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
+    """The saved options of a run being resumed, with the budget and cadence options the user
+    gave now. Refuses (OptionError) changes to what shapes the model or the data stream, and a
+    budget the run has already used up."""
+    saved = ck.train.get("options")
+    if not isinstance(saved, dict):
+        raise CheckpointError("the checkpoint has no training options to resume with")
+    known = {f.name for f in fields(TrainOptions)}
+    saved = {k: v for k, v in saved.items() if k in known}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in FIXED_ON_RESUME and saved.get(name) != value:
+            raise OptionError(f"{flag(name)} cannot change when resuming "
+                              f"(the run uses {saved.get(name)})")
+        saved[name] = value
+    try:
+        opts = TrainOptions(**saved)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's training options are malformed: "
+                              f"{e}") from None
+    step, epoch = ck.train.get("step", 0), ck.train.get("epoch", 0)
+    if opts.max_steps is not None and step >= opts.max_steps:
+        raise OptionError(f"the run already did {step} steps (--max-steps {opts.max_steps}); "
+                          f"pass a larger --max-steps to go on")
+    if opts.epochs is not None and epoch >= opts.epochs:
+        raise OptionError(f"the run already did {epoch} epochs; pass a larger --epochs to go on")
+    return opts

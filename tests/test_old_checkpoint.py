@@ -1,0 +1,65 @@
+"""A checkpoint written by an earlier charrnn still loads, samples and resumes exactly.
+
+tests/fixtures/old-lstm-step6.npz was written by commit 6270793 (before the training engine,
+the pacer and the checkpoint's training schema moved into their own modules, and before
+checkpoints recorded best_step), in a directory holding OLD_TEXT as old.txt:
+
+    charrnn train old.txt --cell lstm --layers 1 --hidden 8 --batch-size 4 --seq-len 16 \\
+        --max-steps 6 --save-every 3 --eval-every 3 --lr-schedule constant --out run -q
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from charrnn import checkpoint as ckpt_io
+from charrnn.report import QuietReporter
+from charrnn.train import Run, TrainOptions, train
+from charrnn.train_state import options_from_checkpoint
+
+FIXTURE = Path(__file__).parent / "fixtures" / "old-lstm-step6.npz"
+OLD_TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; pack my box with five "
+                   f"dozen liquor jugs.\n" for i in range(60))
+OPTIONS = dict(cell="lstm", layers=1, hidden=8, batch_size=4, seq_len=16, save_every=3,
+               eval_every=3, lr_schedule="constant")
+
+
+def charrnn(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_info_and_sample_read_it():
+    info = charrnn("info", "--json", FIXTURE)
+    assert info.returncode == 0, info.stderr
+    result = json.loads(info.stdout)
+    assert result["step"] == 6 and result["config"]["cell"] == "lstm"
+    assert set(result["vocabulary"]) == set(OLD_TEXT)
+    sample = charrnn("sample", FIXTURE, "--length", "40", "--seed", "3")
+    assert sample.returncode == 0, sample.stderr
+    assert len(sample.stdout) == 40 and set(sample.stdout) <= set(OLD_TEXT)
+
+
+def test_it_resumes_as_the_straight_run_of_this_version_trains(tmp_path, monkeypatch):
+    """Six steps of the old version, resumed here for three more, give the weights of nine
+    straight steps of this version: the restored state (weights, Adam moments, generator, data
+    position, carried state) and the math are both what they were."""
+    monkeypatch.chdir(tmp_path)
+    Path("old.txt").write_text(OLD_TEXT)
+    Path("run").mkdir()
+    shutil.copy(FIXTURE, Path("run") / ckpt_io.LATEST)
+    ck = ckpt_io.load(Path("run") / ckpt_io.LATEST)
+    assert ck.train["step"] == 6 and "best_step" not in ck.train  # really the old schema
+    resumed = Run(Path("old.txt"), Path("run"), options_from_checkpoint(ck, {"max_steps": 9}),
+                  resume=ck)
+    train(resumed, QuietReporter())
+    straight = Run(Path("old.txt"), Path("straight"), TrainOptions(**OPTIONS, max_steps=9))
+    train(straight, QuietReporter())
+    assert resumed.state.step == straight.state.step == 9
+    assert np.array_equal(resumed.model.params, straight.model.params)
+    assert np.array_equal(resumed.optimizer.v, straight.optimizer.v)
+    assert ckpt_io.load(Path("run") / ckpt_io.LATEST).train["step"] == 9
