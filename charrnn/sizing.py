@@ -29,7 +29,7 @@ from .options import TrainOptions
 CANDIDATE_HIDDEN = (128, 256, 384, 512)
 CHARS_PER_PARAM = 1.5
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
-# "Choosing the defaults"), more where validation is slower or more frequent; 10% is allowed.
+# "Figures behind the code"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
 DROPOUT_FROM_EPOCHS = 8
 DROPOUT_FROM_CHARS_PER_PARAM = 8

@@ -3,9 +3,9 @@
 numba binds np.dot to the BLAS functions exported by the extension module
 scipy.linalg.cython_blas, and imports that module when it first loads or compiles any kernel
 (numba.np.arraymath checks at import that BLAS is there). Imported the usual way, the module
-first runs scipy.linalg's __init__, every decomposition and solver with it: 0.15-0.17 s on the
-development machine, a sixth of `charrnn sample`'s start-up, for one C function table. Loaded
-on its own, the extension takes 5 ms. numba finds it through sys.modules and binds the same
+first runs scipy.linalg's __init__, every decomposition and solver with it, a large share of
+`charrnn sample`'s start-up for one C function table (BENCHMARKS.md, "Start-up"). Loaded on its
+own, the extension costs next to nothing; numba finds it through sys.modules and binds the same
 functions.
 
 A later `import scipy.linalg` still runs that package, and `from scipy.linalg import
