@@ -202,3 +202,26 @@ if __name__ == "__main__":  # the PyTorch side, in its own process
     ap = argparse.ArgumentParser()
     ap.add_argument("--torch", required=True, help="BenchConfig as JSON")
     print(json.dumps(bench_torch(BenchConfig(**json.loads(ap.parse_args().torch)))))
+
+
+def table(result: dict) -> str:
+    """A bench result as `charrnn bench` prints it: one row per figure, PyTorch's beside it
+    with the ratio when it ran, and the fraction of the GEMM peak."""
+    rows = [("train chars/s", "train_chars_per_s"),
+            ("sample chars/s (batch 1)", "sample_chars_per_s"),
+            (f"sample chars/s (batch {result['batched_samples']})", "batched_sample_chars_per_s"),
+            ("ms per training step", "ms_per_iter"), ("peak RSS MB", "peak_rss_mb")]
+    theirs = result.get("pytorch")
+    lines = [f"{result['layers']} x {result['hidden']} {result['cell']}, batch "
+             f"{result['batch_size']} x {result['seq_len']}"
+             + (f"          charrnn      {theirs['impl']}" if theirs else "")]
+    for label, key in rows:
+        line = f"{label:<28}{result[key]:>12,.1f}"
+        if theirs:
+            line += f"{theirs[key]:>12,.1f}   x{result[key] / theirs[key]:.2f}"
+        lines.append(line)
+    if result["fraction_of_peak"] is not None:
+        lines.append(f"training at {result['train_gflops']:.0f} GFLOP/s = "
+                     f"{result['fraction_of_peak']:.0%} of this machine's GEMM peak "
+                     f"({result['gemm_peak_gflops']:.0f} GFLOP/s)")
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ The kernels dispatch on `kernel_id`, an integer they define themselves (charrnn/
 and charrnn/cuda/kernels.py): numba's disk cache does not notice a changed global of another
 file, so the ids are written there as literals and tests/test_cells.py checks them against this
 registry. Ids are append-only: a new cell takes the next one. Equations: docs/model.md; how
-to add a cell: docs/architecture.md.
+to add a cell: docs/adding-a-cell.md.
 """
 
 from dataclasses import dataclass

@@ -72,8 +72,8 @@ def _options_of_every_command(
 
 @functools.cache
 def stderr_console():
-    """The Rich console on stderr, made (and Rich imported, ~30 ms) only when something is said:
-    `charrnn sample` usually says nothing."""
+    """The Rich console on stderr, made (and Rich imported: BENCHMARKS.md, "Start-up") only when
+    something is said: `charrnn sample` usually says nothing."""
     from rich.console import Console
     return Console(stderr=True)
 
@@ -248,28 +248,6 @@ def _reporter(quiet: bool):
 # sample
 
 
-def _model_path(model: Optional[Path]) -> Path:
-    """MODEL as given, else the most recent run."""
-    from .runs import last_run
-    if model is None:
-        model = last_run()
-        if model is None:
-            raise Failure("no MODEL given and no recent run recorded: train one first "
-                          "(charrnn train corpus.txt) or name a checkpoint or run directory")
-    return Path(model)
-
-
-def _load_model(model: Optional[Path]):
-    """(Model, Vocab, Checkpoint) from a checkpoint file, a run directory (its best.npz, else
-    latest.npz) or the last run."""
-    from . import checkpoint as ckpt_io
-    from .model import Model, ModelConfig
-    from .tokenizer import Vocab
-
-    ck = ckpt_io.load(ckpt_io.resolve(_model_path(model)))
-    return Model(ModelConfig(**ck.config), params=ck.params.astype("float32")), Vocab(ck.vocab), ck
-
-
 @app.command(epilog=examples(
     "charrnn sample --temperature 0.8 --length 1000 > out.txt",
     "charrnn sample runs/names --num-samples 10 --stop '\\n'",
@@ -299,8 +277,9 @@ def sample(
                          stop=None if stop is None else unescape(stop, "--stop"),
                          skip_unknown=skip_unknown)
     sep = unescape(separator, "--separator")
+    from .loading import load_model
     from .sample import generate
-    net, vocab, _ = _load_model(model)
+    net, vocab, _ = load_model(model)
     _check_output_can_write(vocab.chars + (sep if num_samples > 1 else ""))
     from . import device as devices
     chosen = devices.resolve(device)
@@ -400,11 +379,12 @@ def eval_(
     check_text_codec(encoding, errors)
     from collections import Counter
 
+    from .loading import load_model
     from .report import LN2
     from .tokenizer import UnknownCharacters, read_corpus
     from .train import evaluate
 
-    net, vocab, _ = _load_model(model)
+    net, vocab, _ = load_model(model)
     skipped = Counter()
     _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown, encoding=encoding,
                          errors=errors, skipped=skipped)
@@ -434,11 +414,12 @@ def info(
     and its best validation (best.npz, what sample and eval use) for a run directory, of the
     checkpoint itself for a file."""
     from . import checkpoint as ckpt_io
+    from .loading import model_path
     from .report import curve_lines, loss_text
     from .tokenizer import Vocab
     from .words import plural
 
-    path = _model_path(model)
+    path = model_path(model)
     best_path = path / ckpt_io.BEST if path.is_dir() else None
     if best_path is not None and (path / ckpt_io.LATEST).exists():
         path = path / ckpt_io.LATEST
@@ -499,7 +480,8 @@ def bench(
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, iters=iters, sample_chars=sample_chars,
                          batched_samples=batched_samples, device=device)
-    from .bench import TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess, torch_available
+    from .bench import (TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess, table,
+                        torch_available)
     if device == "cuda":
         from .device import resolve
         resolve("cuda")  # a clear error where CUDA cannot run
@@ -507,22 +489,7 @@ def bench(
     if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)
         result = {**result, **ratios(result, theirs), "pytorch": theirs}
-    if as_json:
-        emit(json.dumps(result))
-        return
-    rows = [("train chars/s", "train_chars_per_s"), ("sample chars/s (batch 1)", "sample_chars_per_s"),
-            (f"sample chars/s (batch {config.batched_samples})", "batched_sample_chars_per_s"),
-            ("ms per training step", "ms_per_iter"), ("peak RSS MB", "peak_rss_mb")]
-    theirs = result.get("pytorch")
-    emit(f"{layers} x {hidden} {cell}, batch {batch_size} x {seq_len}"
-         + (f"          charrnn      {theirs['impl']}" if theirs else ""))
-    for label, key in rows:
-        line = f"{label:<28}{result[key]:>12,.1f}"
-        if theirs:
-            line += f"{theirs[key]:>12,.1f}   x{result[key] / theirs[key]:.2f}"
-        emit(line)
-    emit(f"training at {result['train_gflops']:.0f} GFLOP/s = {result['fraction_of_peak']:.0%} "
-         f"of this machine's GEMM peak ({result['gemm_peak_gflops']:.0f} GFLOP/s)")
+    emit(json.dumps(result) if as_json else table(result))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,7 +525,7 @@ def corpus_get(
 def main() -> None:
     """Entry point: every failure becomes one line on stderr and an exit status."""
     from .kernels import scipy_blas
-    scipy_blas.enable()  # 0.15 s less start-up once the kernels are imported
+    scipy_blas.enable()  # less start-up once the kernels are imported (see scipy_blas.py)
     process.replace_closed_streams()
     process.file_names_as_given()
     stderr = sys.stderr
@@ -595,8 +562,8 @@ def _run_app() -> None:
 
 def console_main() -> None:
     """The `charrnn` command: main(), then, once stdout and stderr are flushed, the end of the
-    process without the interpreter's teardown. Unloading numba and LLVM module by module takes
-    0.15-0.2 s after the work is done, a fifth of a short `charrnn sample`. Nothing is lost by
+    process without the interpreter's teardown: unloading numba and LLVM module by module is a
+    large part of a short `charrnn sample` (BENCHMARKS.md, "Start-up"). Nothing is lost by
     skipping it: every file charrnn writes is closed (checkpoints fsynced) before main()
     returns, the run lock is the OS's to release, and the worker threads are idle."""
     try:

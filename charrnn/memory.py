@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .model import ModelConfig, ParamLayout
 
-SAMPLE_CHUNK = 256  # characters per sampling call (sample.CHUNK): its draws and output ids
+SAMPLE_CHUNK = 256  # characters per sampling call (stepper.CHUNK): its draws and output ids
 # Needs up to this much are taken to fit without reading the system's figures: a preview, a
 # sample or a bench repeat asks every time, and no machine that runs charrnn lacks this much.
 ALWAYS_FITS = 64 << 20
@@ -31,7 +31,7 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> in
 
 
 def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
-    """B streams' state and scratch (sample._Stepper) and a chunk's draws and ids."""
+    """B streams' state and scratch (stepper.CpuStepper) and a chunk's draws and ids."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
     per_stream = 2 * L * W + 2 * GH + config.spec.stored_acts * H + 2 * H + V

@@ -1,5 +1,6 @@
 """The sampler: the draw follows the intended distribution, and generation honours the prime,
-the seed, stop strings and batches."""
+the seed, stop strings and batches; slots with their own options, filled and freed mid-run,
+each get the text they get alone."""
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from charrnn import CELL_NAMES
 from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.sample import SampleOptions, generate
+from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots
 from charrnn.tokenizer import UnknownCharacters, Vocab
 
 LOGITS = np.array([2.0, -1.0, 0.5, 1.5, 0.0, -3.0], np.float32)
@@ -118,3 +120,199 @@ def test_unknown_prime_characters_are_named_or_skipped(toy):
 def test_options_out_of_range(bad):
     with pytest.raises(ValueError):
         SampleOptions(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# slots: per-slot options, filled and freed between chunks
+
+
+@pytest.fixture(scope="module")
+def strong():
+    """Strong weights: the text depends on the input and the state, so a slot given another
+    row's state (or options) would show it."""
+    vocab = Vocab.from_text("abc\n")
+    model = Model(ModelConfig(vocab_size=4, cell="gru", layers=2, hidden=8), seed=3)
+    model.params[:] *= 4
+    return model, vocab
+
+
+class Recorder(CpuStepper):
+    """The CPU stepper, noting the rows and characters of every chunk."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.chunks = []  # (rows, characters) of each generate call
+
+    def generate(self, x, temperature, top_k, top_p, uniforms):
+        self.chunks.append((x.size, uniforms.shape[0]))
+        return super().generate(x, temperature, top_k, top_p, uniforms)
+
+
+def drive(slots, plan=None):
+    """Step slots until none is active and plan has nothing left; plan {k: action(slots)} runs
+    before step k. Returns each slot's text, finish reason and pieces."""
+    plan = dict(plan or {})
+    texts, reasons, pieces = {}, {}, {}
+    k = 0
+    while slots.active or any(j >= k for j in plan):
+        if k in plan:
+            plan[k](slots)
+        for p in slots.step():
+            assert p.slot not in reasons, "a piece after the slot's last"
+            texts[p.slot] = texts.get(p.slot, "") + p.text
+            pieces.setdefault(p.slot, []).append(p)
+            if p.finish_reason:
+                reasons[p.slot] = p.finish_reason
+        k += 1
+    return texts, reasons, pieces
+
+
+def alone(model, vocab, opts, seed):
+    """A slot's text and finish reason when it is the only one."""
+    slots = Slots(CpuStepper(model), vocab)
+    slot = slots.fill(opts, np.random.default_rng(seed))
+    texts, reasons, _ = drive(slots)
+    return texts[slot], reasons[slot]
+
+
+MIXED = [SampleOptions(length=300, temperature=0.7, prime="ab"),
+         SampleOptions(length=250, top_k=2, prime="c\n"),
+         SampleOptions(length=320, top_p=0.6, temperature=1.3),
+         SampleOptions(length=200, temperature=0.0, prime="ba")]
+
+
+def test_slots_in_one_batch_each_get_the_text_they_get_alone(strong):
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1])
+    handles = [slots.fill(opts, np.random.default_rng(seed)) for seed, opts in enumerate(MIXED)]
+    texts, reasons, _ = drive(slots)
+    for seed, (slot, opts) in enumerate(zip(handles, MIXED)):
+        assert (texts[slot], reasons[slot]) == alone(*strong, opts, seed)
+        assert texts[slot].startswith(opts.prime) and reasons[slot] == "length"
+        assert len(texts[slot]) == len(opts.prime) + opts.length
+    assert len(set(texts.values())) == len(MIXED)
+    # every slot in one batch, then only the slots still going (lengths 200, 250, 300, 320)
+    assert [r for r, _ in stepper.chunks] == [4, 4, 2]
+    done = 0
+    for r, n in stepper.chunks:
+        assert r == sum(o.length > done for o in MIXED)
+        done += n
+
+
+def test_a_slot_filled_mid_run_gets_the_text_it_gets_alone(strong):
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1])
+    first_opts = [SampleOptions(length=700, top_k=3, prime=p) for p in ("a", "bc")]
+    first = [slots.fill(o, np.random.default_rng(10 + i)) for i, o in enumerate(first_opts)]
+    late_opts = SampleOptions(length=300, temperature=0.9, top_p=0.9, prime="cab", stop="ccc")
+    late = []
+    texts, reasons, _ = drive(slots, {3: lambda s: late.append(
+        s.fill(late_opts, np.random.default_rng(99)))})
+    assert (texts[late[0]], reasons[late[0]]) == alone(*strong, late_opts, 99)
+    for i, slot in enumerate(first):
+        assert (texts[slot], reasons[slot]) == alone(*strong, first_opts[i], 10 + i)
+    # chunks 16, 256, 256 for the first two; the newcomer's first chunk is a short one again
+    assert stepper.chunks[:4] == [(2, FIRST_CHUNK), (2, CHUNK), (2, CHUNK), (3, FIRST_CHUNK)]
+
+
+def test_freeing_a_slot_leaves_the_others_texts_alone(strong):
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1])
+    opts = [SampleOptions(length=600, temperature=t, prime="ab") for t in (0.5, 1.0, 1.5)]
+    handles = [slots.fill(o, np.random.default_rng(i)) for i, o in enumerate(opts)]
+    never = slots.fill(opts[0], np.random.default_rng(7))
+    slots.free(never)  # freed before its first step: it never gets a row
+    texts, reasons, _ = drive(slots, {2: lambda s: s.free(handles[1])})
+    assert never not in texts and handles[1] not in reasons
+    assert stepper.chunks[0][0] == 3 and stepper.chunks[2][0] == 2
+    for i in (0, 2):
+        assert (texts[handles[i]], reasons[handles[i]]) == alone(*strong, opts[i], i)
+    cut = texts[handles[1]]  # what it said before it was freed: the start of its text
+    assert len(cut) == 2 + FIRST_CHUNK + CHUNK and alone(*strong, opts[1], 1)[0].startswith(cut)
+    assert slots.active == []
+    slots.free(handles[0])  # finished already: nothing to do
+
+
+def test_each_slot_ends_before_its_own_stop_string_with_its_reason(strong):
+    seeds = [21, 22, 23, 24]
+    base = SampleOptions(length=400, temperature=1.2, prime="b")
+    full = [alone(*strong, base, s)[0][1:] for s in seeds]  # the generated text, no stop
+    stops = ["cb", "c\na", None, "cc"]
+    assert all(stop in f for stop, f in zip(stops[:2], full[:2])), "pick stops they hold"
+    assert stops[3] not in full[3]
+    slots = Slots(CpuStepper(strong[0]), strong[1])
+    handles = [slots.fill(SampleOptions(length=400, temperature=1.2, prime="b", stop=stop),
+                          np.random.default_rng(s)) for s, stop in zip(seeds, stops)]
+    texts, reasons, _ = drive(slots)
+    for slot, stop, f in zip(handles, stops, full):
+        if stop is not None and stop in f:
+            assert texts[slot] == "b" + f[:f.index(stop)] and reasons[slot] == "stop"
+        else:
+            assert texts[slot] == "b" + f and reasons[slot] == "length"
+
+
+def test_only_text_that_may_start_the_stop_string_is_held_back(strong):
+    """After each chunk a slot has said all it generated but the longest end that is the start
+    of its stop string (not a fixed len(stop) - 1 characters)."""
+    stop = "\n\nx"  # x is not in the vocabulary: the stop never comes, the sample runs its length
+    opts = SampleOptions(length=900, temperature=1.2, stop=stop)
+    full = alone(*strong, SampleOptions(length=900, temperature=1.2), 5)[0]
+    slots = Slots(CpuStepper(strong[0]), strong[1])
+    slot = slots.fill(opts, np.random.default_rng(5))
+    said, generated, held_back = "", 0, []
+    for n in (FIRST_CHUNK, CHUNK, CHUNK, CHUNK):
+        generated += n
+        said += "".join(p.text for p in slots.step())
+        held = next(k for k in (2, 1, 0) if full[:generated].endswith(stop[:k]))
+        assert said == full[:generated - held]
+        held_back.append(held)
+    assert 0 in held_back and 2 in held_back, "pick a seed whose chunks end both ways"
+    assert slots.step() == [Piece(slot, full[len(said):], "length")]
+
+
+def reference_sample(model, vocab, opts):
+    """One sample the slow way, as `generate` always made it: the prime one step at a time,
+    then a step and a draw per character, with default_rng(seed)'s uniforms in order."""
+    cfg = model.config
+    H, GH = cfg.hidden, cfg.gates * cfg.hidden
+    dtype = model.dtype
+    scratch = (np.zeros((1, GH), dtype), np.zeros((1, GH), dtype),
+               np.zeros((1, cfg.spec.stored_acts * H), dtype), np.zeros((1, H), dtype),
+               np.zeros((1, H), dtype), np.zeros((1, cfg.vocab_size), dtype))
+    h, c = model.zero_state(1)
+    ids = vocab.encode(opts.prime) if opts.prime else np.array([vocab.chars.index("\n")])
+    step = lambda i: cpu._step(cfg.kernel_id, model.params, model.layout.offsets,  # noqa: E731
+                               np.array([i], np.int32), h, c, *scratch)
+    for i in ids[:-1]:
+        step(i)
+    uniforms = np.random.default_rng(opts.seed).random(opts.length)
+    x, out, probs = ids[-1], [], np.zeros(cfg.vocab_size)
+    for u in uniforms:
+        step(x)
+        x = cpu._draw(scratch[-1][0], opts.temperature, opts.top_k or 0, opts.top_p, u, probs)
+        out.append(x)
+    text = vocab.decode(np.array(out))
+    if opts.stop is not None and opts.stop in text:
+        text = text[:text.index(opts.stop)]
+    return opts.prime + text
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("kw", [dict(length=300, seed=5),
+                                dict(length=400, seed=8, prime="cab", temperature=0.8,
+                                     top_k=3, top_p=0.9, stop="aa")])
+def test_one_sample_with_a_seed_is_the_text_it_always_was(cell, kw):
+    vocab = Vocab.from_text("abc\n")
+    model = Model(ModelConfig(vocab_size=4, cell=cell, layers=1 if cell == "jordan" else 2,
+                              hidden=8), seed=3)
+    model.params[:] *= 3
+    assert text(model, vocab, **kw)[0] == reference_sample(model, vocab, SampleOptions(**kw))
+
+
+def test_batched_samples_are_slots_with_their_own_generators(strong):
+    kw = dict(length=150, seed=4, prime="ab", top_k=3)
+    samples = text(*strong, num_samples=3, **kw)
+    assert samples[0] == text(*strong, **kw)[0]  # sample 0: the single sample's text
+    for b, sample in enumerate(samples):
+        assert sample == alone(*strong, SampleOptions(**kw), [4, b] if b else 4)[0]
+    assert len(set(samples)) == 3 and samples == text(*strong, num_samples=3, **kw)

@@ -18,6 +18,7 @@ SIMULATED = bool(config.ENABLE_CUDASIM)
 TILE = 4 if SIMULATED else 16  # GEMM tile edge: TILE x TILE threads, two TILE x TILE tiles
 BLOCK = 8 if SIMULATED else 256  # threads per block of the elementwise kernels
 
+# The cells' kernel ids, as in kernels/cpu.py (charrnn/cells.py's `kernel_id`s; append-only).
 LSTM, GRU, RNN, IRNN, LSTM_COUPLED, LSTM_PEEPHOLE, GRU_CLASSIC, JORDAN = range(8)
 
 SIGNATURES: dict = {}  # kernel name -> (kernel, float32 argument types as a numba signature)
@@ -159,6 +160,9 @@ def mul(x, m, out):
 # ---------------------------------------------------------------------------------------------
 # one time step of a cell: hw (B, G*H) = h_prev @ W_h from the GEMM; xg (B, G*H) the input
 # projection with bias; one thread per (stream, hidden unit). act as kernels/cpu.py stores it.
+# A new cell's CUDA code is a branch in _cell_unit and in _cell_unit_backward (and, storing
+# 1 to 3 activations, in _store_acts, which stores only 4 or 5): docs/adding-a-cell.md. An id
+# without a branch runs the Elman step: nothing here raises for it.
 
 
 @cuda.jit(device=True, inline=True)
@@ -195,6 +199,7 @@ def _cell_unit(cell, xg, hw, extra, hp, cp, j, H):
         hn = hw[2 * H + j] + extra[j]
         n = math.tanh(xg[2 * H + j] + r * hn)
         return n + z * (hp - n), 0.0 * n, r, z, n, hn, 0.0 * n
+    # a new cell's branch goes here: the else below is the Elman step, for any other id
     if cell == IRNN:
         h = max(xg[j] + hw[j], 0.0 * hp)
     else:
@@ -274,6 +279,7 @@ def _cell_unit_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra
         dh_next[b, j] = d * z
     elif cell == IRNN:
         dx[b, j] = d if h_new[b, j] > 0.0 else 0.0
+    # a new cell's branch goes here: the else below is the Elman backward, for any other id
     else:
         h = h_new[b, j]
         dx[b, j] = d * (1.0 - h * h)
@@ -797,15 +803,15 @@ def _jordan_sample_step(params, offs, xt, y, hid, logits, b, tid, nthreads):
 
 
 @_kernel(f"void(int64, {F1}, int64[:], int32[:], float32[:, :, :], float32[:, :, :], "
-         f"int32[:, :], int64, float64, int64, float64, float64[:, :], int32[:, :], {F2}, "
-         f"{F2}, {F2}, float64[:, :], int32[:, :])")
+         f"int32[:, :], int64, float64[:], int64[:], float64[:], float64[:, :], int32[:, :], "
+         f"{F2}, {F2}, {F2}, float64[:, :], int32[:, :])")
 def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, top_k, top_p,
                  uniforms, out, xg, hw, logits, probs, taken):
     """n steps for every stream; grid: one block per stream. feeding=1: step through feed_ids
     (n, B) (a prime text) and draw nothing; feeding=0: step on x (B,), draw the next id from
-    the prediction with uniforms (n, B), write it to out (n, B) and x. h, c (L, B, H): the
-    state, advanced in place. xg, hw (B, G*H), logits (B, V), probs (B, V), taken (B, V):
-    scratch."""
+    the prediction with stream b's temperature[b], top_k[b] (0: all) and top_p[b] (each (B,))
+    and uniforms (n, B), write it to out (n, B) and x. h, c (L, B, H): the state, advanced in
+    place. xg, hw (B, G*H), logits (B, V), probs (B, V), taken (B, V): scratch."""
     b = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
@@ -832,7 +838,8 @@ def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, to
         if feeding:
             continue
         if tid == 0:
-            nxt = _draw(logits[b], temperature, top_k, top_p, uniforms[t, b], probs[b], taken[b])
+            nxt = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b], probs[b],
+                        taken[b])
             x[b] = nxt
             out[t, b] = nxt
         cuda.syncthreads()

@@ -51,6 +51,9 @@ from numba.extending import overload  # noqa: E402
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
 kernel = functools.partial(njit, cache=True, nogil=True, error_model="numpy")
 
+# The cells' kernel ids: charrnn/cells.py's `kernel_id`s, written here as literals because numba's
+# disk cache does not notice a changed global of another file (tests/test_cells.py checks them).
+# Append-only: a new cell takes the next id (docs/adding-a-cell.md).
 LSTM = 0
 GRU = 1
 RNN = 2
@@ -145,7 +148,8 @@ def _one_impl(x):
 # ---------------------------------------------------------------------------------------------
 # One time step of each cell. Per stream b, several short loops over the hidden units, each
 # touching two or three arrays: LLVM vectorises those (a single fused loop over six arrays needs
-# too many runtime alias checks and stays scalar: 5x slower, measured).
+# too many runtime alias checks and stays scalar and far slower: BENCHMARKS.md, "Figures behind
+# the code").
 #
 # Forward: gates (B, G*H) holds h_prev @ W_h on entry and is used as scratch.
 
@@ -291,6 +295,11 @@ def _gru_classic_step(xg, W_h, W_hn_flat, h_prev, h_out, rh, act, gates):
             ho[j] = hp[j] + s[H + j] * (s[2 * H + j] - hp[j])
 
 
+# ---- end of the cells' forward steps: a new cell's step function goes above this line ----
+# (docs/adding-a-cell.md). Then, if it carries c, its id in has_cell_state; and its branch in
+# _cell_step.
+
+
 @kernel
 def has_cell_state(cell):
     return cell == LSTM or cell == LSTM_COUPLED or cell == LSTM_PEEPHOLE
@@ -310,6 +319,7 @@ def _cell_step(cell, xg, gates, extra, h_prev, c_prev, h_out, c_out, act):
         _gru_step(xg, gates, extra, h_prev, h_out, act)
     elif cell == IRNN:
         _irnn_step(xg, gates, h_out)
+    # a new cell's branch goes here: the else below runs the Elman step for any other id
     else:
         _rnn_step(xg, gates, h_out)
 
@@ -477,6 +487,11 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
                 dn_[j] += d[j] * (one - s[H + j]) + dq[j] * s[j]
 
 
+# ---- end of the cells' backward steps: a new cell's step backward goes above this line ----
+# (docs/adding-a-cell.md). Then its branch in _layer_backward, and in model_backward the
+# gradient of its extra array, if it has one.
+
+
 # ---------------------------------------------------------------------------------------------
 # the per-step recurrent product (kept in this file: numba's cache only notices changes to the
 # file of the cached function, so a kernel called from here must live here)
@@ -490,9 +505,8 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 # as it is stored and the forward one a transposed copy made once per window. Each output tile of
 # 6 rows x 4 columns keeps 24 accumulators; with reassociation allowed, LLVM vectorises the inner
 # loop over K (16 float32 lanes with AVX-512), and each of the 10 rows a tile reads is reused 4 or
-# 6 times. 6 x 4 trained LSTM 2 x 512 2.6% faster than 4 x 4 (three alternating `charrnn bench`
-# runs each; no difference beyond the noise at 2 x 256). Its speed beside one-thread BLAS:
-# `python benchmarks/per_step_gemm.py` (figures in BENCHMARKS.md).
+# 6 times. Why 6 x 4 and not 4 x 4 (BENCHMARKS.md, "fourth session: 6 x 4 tiles"), and its
+# speed beside one-thread BLAS (`python benchmarks/per_step_gemm.py`): BENCHMARKS.md.
 
 # reassoc: the sums may be reordered (what lets LLVM vectorise a reduction); contract: fused
 # multiply-add. Not the full fastmath: NaN and inf keep propagating as they do through BLAS.
@@ -585,7 +599,7 @@ def matmul_nt(A, Bt, C):
 
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
 # one row against a matrix larger than this is bound by memory bandwidth, and OpenBLAS's gemv
-# streams it with every core: faster than one core here (H = 512, 4H columns: 46 us against 67,
+# streams it with every core, faster than one core (BENCHMARKS.md, "Sampling a few streams";
 # benchmarks/few_rows_product.py)
 ONE_ROW_MAX_BYTES = 1 << 20
 
@@ -685,6 +699,7 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
             for b in range(B):
                 for j in range(H):
                     dh_next[b, j] += tmp[b, j]
+        # a new cell's branch goes here: the else below runs the Elman backward for any other id
         else:
             _rnn_step_back(dh, hs[t + 1], dX[t])
             matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
@@ -1113,12 +1128,14 @@ def generate(cell, params, offs, x, h, c, temperature, top_k, top_p, uniforms, o
              xg, gates, act, h_new, c_new, logits, probs):
     """Generate out.shape[0] characters per stream into out (n, B), each drawn from the
     prediction after the previous one. x (B,): the last character so far, updated in place;
-    h, c (L, B, H): the state after the characters before x, updated. uniforms: (n, B) in [0, 1)."""
+    h, c (L, B, H): the state after the characters before x, updated. temperature (B,)
+    float64, top_k (B,) int64 (0: all), top_p (B,) float64: each stream's draw options.
+    uniforms: (n, B) in [0, 1)."""
     n, B = out.shape
     for t in range(n):
         _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
         for b in range(B):
-            x[b] = _draw(logits[b], temperature, top_k, top_p, uniforms[t, b], probs)
+            x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b], probs)
             out[t, b] = x[b]
 
 

@@ -236,3 +236,77 @@ def test_bench_times_the_gpu_training_step_and_sampler():
     assert result["device"] == "cuda" and result["gemm_peak_gflops"] is None
     for key in ("train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s"):
         assert result[key] > 0, key
+
+
+def sampling_model(cell):
+    from charrnn.tokenizer import Vocab
+    vocab = Vocab.from_text("abcdefg \n")
+    config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=1 if cell == "jordan" else 2,
+                         hidden=5)
+    model = Model(config, dtype=np.float64)
+    model.params[:] = np.random.default_rng(3).normal(0, 1.0, model.params.size)  # peaked
+    return model, vocab
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru-classic", "jordan"])
+def test_the_device_stepper_gives_the_cpu_ids_with_options_per_row(cell):
+    """The Stepper protocol on both devices: rows with their own options, then rows dropped,
+    reordered and added (a prime fed on the device) between chunks."""
+    from charrnn.cuda.sample import CudaStepper
+    from charrnn.stepper import CpuStepper
+    model, vocab = sampling_model(cell)
+    primes = [np.array(p, np.int32) for p in ([1, 2, 3], [], [4, 0], [1, 2, 3])]
+    ids = {}
+    for name, stepper in (("cpu", CpuStepper(model)), ("cuda", CudaStepper(model))):
+        draws = np.random.default_rng(6)
+        stepper.arrange([], primes)
+        x = np.array([5, 6, 7, 8], np.int32)
+        options = (np.array([0.8, 1.0, 0.0, 1.3]), np.array([0, 3, 0, 2], np.int64),
+                   np.array([1.0, 0.9, 1.0, 0.7]))
+        got = [stepper.generate(x, *options, draws.random((7, 4)))]
+        stepper.arrange([3, 0], [np.array([2, 2, 5], np.int32)])  # rows 3, 0, then a new one
+        x = np.array([x[3], x[0], 1], np.int32)
+        options = tuple(np.array([o[3], o[0], v]) for o, v in zip(options, (0.9, 4, 0.8)))
+        got.append(stepper.generate(x, *options, draws.random((9, 3))))
+        ids[name] = got
+    for cpu_ids, gpu_ids in zip(ids["cpu"], ids["cuda"]):
+        np.testing.assert_array_equal(gpu_ids, cpu_ids)
+    assert len(np.unique(ids["cpu"][0])) > 3  # the draws are not all one id
+
+
+def test_a_device_stepper_uploads_the_weights_once_for_every_slot_and_run(monkeypatch):
+    """Two runs of slots (filled, one freed, run to their ends) on one CudaStepper: the texts of
+    the CPU, and the weights uploaded once, when the stepper was made."""
+    from charrnn.cuda.sample import CudaStepper
+    from charrnn.sample import SampleOptions
+    from charrnn.stepper import CpuStepper, Slots
+    model, vocab = sampling_model("gru")
+    uploads = []
+    to_device = cuda.to_device
+    monkeypatch.setattr(cuda, "to_device", lambda a, *args, **kw: (uploads.append(a),
+                                                                  to_device(a, *args, **kw))[1])
+    runs = [[SampleOptions(length=20, temperature=0.9, top_k=3, prime="ab", seed=1),
+             SampleOptions(length=18, top_p=0.8, stop="e", seed=2),
+             SampleOptions(length=24, temperature=0.0, prime="g", seed=3)],
+            [SampleOptions(length=17, temperature=1.2, prime="dd", seed=4)]]
+
+    def run(stepper):
+        texts, reasons = [], []
+        for batch in runs:
+            slots = Slots(stepper, vocab)
+            handles = [slots.fill(o) for o in batch]
+            got, ends, k = {}, {}, 0
+            while slots.active:
+                if k == 1 and len(handles) > 1:
+                    slots.free(handles[1])
+                for p in slots.step():
+                    got[p.slot] = got.get(p.slot, "") + p.text
+                    ends[p.slot] = p.finish_reason
+                k += 1
+            texts.append([got.get(h) for h in handles])
+            reasons.append([ends.get(h) for h in handles])
+        return texts, reasons
+
+    gpu = CudaStepper(model)
+    assert run(gpu) == run(CpuStepper(model))
+    assert sum(a is model.params for a in uploads) == 1

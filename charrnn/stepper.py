@@ -1,0 +1,261 @@
+"""Sampling streams as slots: each with its own prime, temperature, top-k, top-p, random
+generator, stop string and length, filled and freed between chunks of characters (a server adds
+and drops requests mid-run).
+
+Two layers:
+
+- A `Stepper` holds one model's weights (a CUDA stepper uploads them once, at its making, and
+  keeps them for every chunk and every slot) and the state of its rows, the active streams, kept
+  contiguous: only active streams are computed. `CpuStepper` here, `cuda.sample.CudaStepper` on
+  a GPU (imported only by `make_stepper(model, "cuda")`).
+- `Slots` gives stable handles to callers, turns ids into text pieces and finish reasons, and
+  rearranges the stepper's rows when the set of slots changes.
+
+A slot's text depends only on its own options, generator and prime, not on the other slots:
+every kernel computes each row on its own. On the CPU a batch of more than FEW_ROWS rows
+(kernels/cpu.py) goes through BLAS, whose rounding may differ from the few-rows product in the
+last bit; that changes a draw only where a uniform falls within rounding of a boundary.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from . import memory
+from .kernels import cpu
+from .model import Model
+from .options import SampleOptions
+from .tokenizer import Vocab
+
+FIRST_CHUNK = 16  # a new slot's first chunk is small: its first characters appear at once
+CHUNK = memory.SAMPLE_CHUNK
+
+
+class Stepper(Protocol):
+    """One model's sampling state on one device: the weights and rows of (L, B, W) state."""
+
+    def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
+        """Make the rows: the current rows `keep`, in that order, then one new row per entry
+        of primes (int32 (n,) ids, n >= 0), its state that after those ids from zero."""
+
+    def generate(self, x: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
+                 top_p: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """(n, B) new ids for the B rows, drawn with row b's temperature[b] (float64),
+        top_k[b] (int64, 0: all) and top_p[b] (float64) and uniforms (n, B); x (B,) int32,
+        the last id of each row, is updated to the last of them."""
+
+
+def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], primes: Sequence[np.ndarray],
+             fed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Stepper.arrange on host arrays: (h, c) (L, len(keep) + len(primes), W), contiguous, from
+    rows keep of h, c (L, B, W) and fed(ids) -> (h, c) (L, 1, W), the state after a prime. A
+    prime shared by several new rows (the samples of one command) is fed once."""
+    states: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+    for ids in primes:
+        if ids.tobytes() not in states:
+            states[ids.tobytes()] = fed(ids)
+    new = [states[ids.tobytes()] for ids in primes]
+    rows = np.asarray(keep, np.intp)
+    # made C-contiguous: numpy lays rows picked from the middle axis out in another order, and
+    # the kernels are compiled for C-contiguous state
+    return (np.ascontiguousarray(np.concatenate([h[:, rows], *(s[0] for s in new)], axis=1)),
+            np.ascontiguousarray(np.concatenate([c[:, rows], *(s[1] for s in new)], axis=1)))
+
+
+class CpuStepper:
+    """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's own weights
+    (read where they are, so a model trained further samples with its new weights)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.h, self.c = model.zero_state(0)  # (L, B, W)
+        self.scratch = self._scratch(0)
+        self._one = self._scratch(1)  # for feeding a prime alone
+
+    def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
+        """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (B, V), probs (V,)."""
+        cfg, dtype = self.model.config, self.model.dtype
+        GH, H = cfg.gates * cfg.hidden, cfg.hidden
+        return (np.zeros((B, GH), dtype), np.zeros((B, GH), dtype),
+                np.zeros((B, cfg.spec.stored_acts * H), dtype), np.zeros((B, H), dtype),
+                np.zeros((B, H), dtype), np.zeros((B, cfg.vocab_size), dtype),
+                np.zeros(cfg.vocab_size, np.float64))
+
+    def _fed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, c = self.model.zero_state(1)
+        if len(ids):  # no prime to feed: skip loading the feed kernel (~40 ms of start-up)
+            m = self.model
+            cpu.feed(m.config.kernel_id, m.params, m.layout.offsets,
+                     np.ascontiguousarray(ids[:, None], np.int32), h, c, *self._one[:-1])
+        return h, c
+
+    def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
+        self.h, self.c = arranged(self.h, self.c, keep, primes, self._fed)
+        self.scratch = self._scratch(self.h.shape[1])
+
+    def generate(self, x, temperature, top_k, top_p, uniforms) -> np.ndarray:
+        m = self.model
+        out = np.zeros(uniforms.shape, np.int32)
+        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, x, self.h, self.c,
+                     temperature, top_k, top_p, uniforms, out, *self.scratch)
+        return out
+
+
+def make_stepper(model: Model, device: str = "cpu") -> Stepper:
+    """The stepper of `device` ("cpu" or "cuda") for model; make it once and keep it."""
+    if device == "cuda":
+        from .cuda.sample import CudaStepper
+        return CudaStepper(model)
+    return CpuStepper(model)
+
+
+def start_ids(vocab: Vocab, prime: str, skip_unknown: bool) -> tuple[np.ndarray, str]:
+    """The ids the sample starts from and the text to print first: the prime as the model sees
+    it (unknown characters dropped with skip_unknown), else a newline (or id 0 if the
+    vocabulary has none), which is not printed. Raises UnknownCharacters."""
+    if prime:
+        ids = vocab.encode(prime, skip_unknown=skip_unknown)
+        if len(ids):
+            return ids.astype(np.int32), vocab.decode(ids)
+    nl = np.searchsorted(vocab.codepoints, ord("\n"))
+    has_nl = nl < len(vocab) and vocab.codepoints[nl] == ord("\n")
+    return np.array([nl if has_nl else 0], np.int32), ""
+
+
+class Piece(NamedTuple):
+    """Text of one slot; finish_reason ("length" or "stop", as OpenAI's) on its last piece."""
+
+    slot: int
+    text: str
+    finish_reason: str | None = None
+
+
+def _held_back(text: str, stop: str) -> int:
+    """How many characters at the end of text may be the start of stop (text holds no stop)."""
+    for k in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:k]):
+            return k
+    return 0
+
+
+@dataclass
+class _Slot:
+    opts: SampleOptions
+    rng: np.random.Generator
+    prime_ids: np.ndarray  # (n,) int32: fed when the slot gets its row, all but the last
+    first: int  # the prime's last id: the input of the first step
+    prime_text: str  # the prime as the model saw it, the slot's first piece
+    left: int  # characters still to generate
+    started: bool = False  # has had a chunk
+    held: str = ""  # text held back because it may be the start of the stop string
+
+    def take(self, vocab: Vocab, ids: np.ndarray) -> tuple[str, str | None] | None:
+        """The text for this chunk's ids (n,), of which the first `left` count, and the
+        finish reason when the slot ends. None: nothing to say yet."""
+        ids = ids[:self.left]
+        self.left -= len(ids)
+        self.started = True
+        text = self.held + vocab.decode(ids)
+        stop = self.opts.stop
+        cut = text.find(stop) if stop is not None else -1
+        if cut >= 0:
+            return text[:cut], "stop"
+        if self.left == 0:
+            return text, "length"
+        held = _held_back(text, stop) if stop is not None else 0
+        self.held = text[len(text) - held:]
+        return (text[:len(text) - held], None) if len(text) > held else None
+
+
+class Slots:
+    """Sampling streams over one stepper, each with its own options; filled and freed between
+    calls of step(), which advances every active slot by one chunk of characters.
+
+    A slot's handle (an int, never reused) is stable while other slots come and go. A slot
+    ends after opts.length new characters or just before its stop string; its last piece says
+    why, and its row is released at the next step. B rows need about
+    memory.sampling_bytes(config, B): a caller that fills slots checks it."""
+
+    def __init__(self, stepper: Stepper, vocab: Vocab):
+        self.stepper = stepper
+        self.vocab = vocab
+        self._slots: dict[int, _Slot] = {}  # the active slots, by handle
+        self._rows: list[int] = []  # the handle of each stepper row
+        self._new: list[int] = []  # filled, no row yet
+        self._next = 0
+        self._x = np.zeros(0, np.int32)  # (B,) each row's last id
+        self._options = self._options_of([])
+
+    def fill(self, opts: SampleOptions, rng: np.random.Generator | None = None) -> int:
+        """A new slot: its prime, temperature, top_k, top_p, stop, length and skip_unknown from
+        opts (num_samples is not read: a slot is one stream), its uniforms from rng, else from
+        np.random.default_rng(opts.seed). Its prime is fed and printed at the next step.
+        Raises UnknownCharacters for a prime the model cannot read."""
+        ids, printed = start_ids(self.vocab, opts.prime, opts.skip_unknown)
+        slot = self._next
+        self._next += 1
+        if rng is None:
+            rng = np.random.default_rng(opts.seed)
+        self._slots[slot] = _Slot(opts, rng, ids[:-1], int(ids[-1]), printed, opts.length)
+        self._new.append(slot)
+        return slot
+
+    def free(self, slot: int) -> None:
+        """End a slot now (a request withdrawn): nothing more comes from it, held-back text
+        included. A slot that has finished or was freed already: nothing to do."""
+        if self._slots.pop(slot, None) is not None and slot in self._new:
+            self._new.remove(slot)
+
+    @property
+    def active(self) -> list[int]:
+        """The handles of the slots filled and not yet finished or freed."""
+        return list(self._slots)
+
+    def step(self) -> list[Piece]:
+        """Advance every active slot by one chunk: the primes of slots filled since the last
+        step first, then each slot's new text in row order. A slot with nothing to say yet has
+        no piece; a slot's last piece carries its finish reason, its text maybe empty."""
+        pieces = self._arrange()
+        if not self._rows:
+            return pieces
+        slots = [self._slots[s] for s in self._rows]
+        chunk = CHUNK if all(s.started for s in slots) else FIRST_CHUNK
+        n = min(chunk, max(s.left for s in slots))
+        uniforms = np.empty((n, len(slots)))  # (n, B)
+        for row, s in enumerate(slots):
+            # n in a row from the slot's own generator, the order a single sample always drew
+            # them in: a slot's uniforms depend neither on the chunking nor on other slots
+            uniforms[:, row] = s.rng.random(n)
+        out = self.stepper.generate(self._x, *self._options, uniforms)  # (n, B)
+        for row, (handle, s) in enumerate(zip(self._rows, slots)):
+            taken = s.take(self.vocab, out[:, row])
+            if taken is not None:
+                pieces.append(Piece(handle, *taken))
+                if taken[1] is not None:
+                    del self._slots[handle]
+        return pieces
+
+    def _arrange(self) -> list[Piece]:
+        """The stepper's rows for the active slots (the slots that stay, in their order, then
+        the new ones, their primes fed), when the set changed; the new slots' prime pieces."""
+        keep = [row for row, s in enumerate(self._rows) if s in self._slots]
+        if len(keep) == len(self._rows) and not self._new:
+            return []
+        new = [self._slots[s] for s in self._new]
+        self.stepper.arrange(keep, [s.prime_ids for s in new])
+        self._x = np.concatenate([self._x[keep], np.array([s.first for s in new], np.int32)])
+        self._rows = [self._rows[r] for r in keep] + self._new
+        self._options = self._options_of([self._slots[s].opts for s in self._rows])
+        pieces = [Piece(h, s.prime_text) for h, s in zip(self._new, new) if s.prime_text]
+        self._new = []
+        return pieces
+
+    @staticmethod
+    def _options_of(opts: list[SampleOptions]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row's temperature (B,) float64, top_k (B,) int64 (0: all), top_p (B,) float64."""
+        return (np.array([o.temperature for o in opts], np.float64),
+                np.array([o.top_k or 0 for o in opts], np.int64),
+                np.array([o.top_p for o in opts], np.float64))
