@@ -4,28 +4,36 @@
 measured in the same run, so the ratios hold on a noisy machine).
 
     python benchmarks/speed_table.py [--cells lstm gru] [--sizes 128 256 512] [--repeats 3]
-                                     [--out results.jsonl]
+                                     [--out results.jsonl] [--compare OLD_CHECKOUT]
 
 A single run's ratio moves by 10-20% on this shared machine, so each row is measured --repeats
 times, in rounds over all rows (the repeats of a row are spread over the whole run, not taken in
 one quiet or busy minute), and the table gives each figure's median, with the range of the
 training ratio. Before the first round one untimed run per cell loads or compiles the kernels,
-so no timed process pays for compiling.
+so no timed process pays for compiling. --compare OLD_CHECKOUT measures another checkout too
+(put first on PYTHONPATH), alternating with this one measurement by measurement, and prints a
+table for each: a change's effect on speed, before and after in the same minutes.
 
 Prints one JSON object per measurement, then a Markdown table.
 """
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
+
+HERE = str(Path(__file__).resolve().parents[1])  # this checkout
 
 
-def bench(cell: str, layers: int, hidden: int, *extra: str) -> dict:
+def bench(tree: str, cell: str, layers: int, hidden: int, *extra: str) -> dict:
+    """One `charrnn bench --json` of the checkout at tree."""
     cmd = [sys.executable, "-m", "charrnn", "bench", "--json", "--cell", cell,
            "--layers", str(layers), "--hidden", str(hidden), *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONPATH": tree}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree)
     if done.returncode:
         sys.exit(f"{' '.join(cmd[2:])} failed: {done.stderr.strip()}")
     return json.loads(done.stdout)
@@ -73,20 +81,28 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3, help="measurements of each row")
     ap.add_argument("--out", help="also append the JSON measurements to this file")
+    ap.add_argument("--compare", metavar="OLD_CHECKOUT",
+                    help="also measure this checkout, alternating with this one")
     a = ap.parse_args()
-    for cell in a.cells:  # load or compile the kernels, untimed
-        bench(cell, a.layers, min(a.sizes), "--no-torch", "--iters", "1", "--sample-chars", "16")
-    runs = {(cell, hidden): [] for cell in a.cells for hidden in a.sizes}
+    trees = [HERE] + ([str(Path(a.compare).resolve())] if a.compare else [])
+    for tree in trees:
+        for cell in a.cells:  # load or compile the kernels, untimed
+            bench(tree, cell, a.layers, min(a.sizes), "--no-torch", "--iters", "1",
+                  "--sample-chars", "16")
+    runs = {(tree, cell, hidden): [] for cell in a.cells for hidden in a.sizes
+            for tree in trees}
     for _ in range(a.repeats):
-        for (cell, hidden), done in runs.items():
-            row = bench(cell, a.layers, hidden)
+        for (tree, cell, hidden), done in runs.items():
+            row = {**bench(tree, cell, a.layers, hidden), "tree": tree}
             print(json.dumps(row), flush=True)
             if a.out:
                 with open(a.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
             done.append(row)
-    print()
-    print_table([median_row(done) for done in runs.values()], a.repeats)
+    for tree in trees:
+        print(f"\n{tree}:")
+        print_table([median_row(done) for (t, *_), done in runs.items() if t == tree],
+                    a.repeats)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class CellSpec:
     two_gemm_step: bool = False  # two recurrent products per step (W_h, then W_hn on r * h)
     keeps_cell_buffer: bool = False  # the workspace's cs holds per-step values (r * h) for it
     gate_grad_buffer: bool = False  # backward keeps the recurrent gates' gradients (dHG)
+    cuda_kernels: bool = True  # has its step and backward in cuda/kernels.py (a new cell: False)
     persistent_cuda: bool = True  # a layer's time loop can be one persistent CUDA launch
     identity_init: bool = False  # recurrent matrices the identity, biases 0 (IRNN)
     forget_block: int | None = None  # the gate block whose bias starts at 1 (the LSTMs' forget)

@@ -205,7 +205,7 @@ def train(
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
-    chosen = devices.resolve(device)
+    chosen = devices.resolve(device, opts.cell)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     compiling = _compile_notice(quiet)
@@ -282,7 +282,7 @@ def sample(
     net, vocab, _ = load_model(model)
     _check_output_can_write(vocab.chars + (sep if num_samples > 1 else ""))
     from . import device as devices
-    chosen = devices.resolve(device)
+    chosen = devices.resolve(device, net.config.cell)
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     if chosen == "cuda":
         say(f"sampling on CUDA: {devices.gpu_name()}")
@@ -377,32 +377,16 @@ def eval_(
 ):
     """Loss of MODEL on FILE, in nats and bits per character."""
     check_text_codec(encoding, errors)
-    from collections import Counter
-
     from .loading import load_model
-    from .report import LN2
-    from .tokenizer import UnknownCharacters, read_corpus
-    from .train import evaluate
+    from .scoring import score_file
 
     net, vocab, _ = load_model(model)
-    skipped = Counter()
-    _, ids = read_corpus(file, vocab=vocab, skip_unknown=skip_unknown, encoding=encoding,
-                         errors=errors, skipped=skipped)
-    if skipped:
-        n = skipped.total()
-        say(f"warning: skipped {n:,} of {n + len(ids):,} characters "
-            f"({n / (n + len(ids)):.1%}): {UnknownCharacters(sorted(skipped))}")
-    if len(ids) < 2:
-        raise Failure(f"{file} is too short to score: it needs at least 2 characters")
     with _compile_notice():
-        nats = evaluate(net, ids, batch_size=32, seq_len=100)
-    result = {"file": str(file), "chars": int(len(ids)), "skipped_chars": skipped.total(),
-              "loss_nats": nats, "loss_bits": nats / LN2}
-    if as_json:
-        emit(json.dumps(result))
-    else:
-        emit(f"{file}: {nats:.4f} nats/char ({nats / LN2:.4f} bits/char) over {len(ids):,} "
-              f"characters")
+        result = score_file(net, vocab, file, skip_unknown=skip_unknown, encoding=encoding,
+                            errors=errors, warn=say)
+    emit(json.dumps(result) if as_json else
+         f"{file}: {result['loss_nats']:.4f} nats/char ({result['loss_bits']:.4f} bits/char) "
+         f"over {result['chars']:,} characters")
 
 
 @app.command(epilog=examples("charrnn info", "charrnn info runs/corpus --json"))
@@ -413,49 +397,9 @@ def info(
     """Model configuration, size, vocabulary and training history: of the run (its latest.npz)
     and its best validation (best.npz, what sample and eval use) for a run directory, of the
     checkpoint itself for a file."""
-    from . import checkpoint as ckpt_io
-    from .loading import model_path
-    from .report import curve_lines, loss_text
-    from .tokenizer import Vocab
-    from .words import plural
-
-    path = model_path(model)
-    best_path = path / ckpt_io.BEST if path.is_dir() else None
-    if best_path is not None and (path / ckpt_io.LATEST).exists():
-        path = path / ckpt_io.LATEST
-    path = ckpt_io.resolve(path)
-    ck = ckpt_io.load(path)
-    vocab, t, c = Vocab(ck.vocab), ck.train, ck.config
-    best_step = t.get("best_step")
-    has_best = best_path is not None and best_path.exists() and path != best_path
-    if has_best and best_step is None and t.get("best_val_loss") is not None:
-        best_step = ckpt_io.load(best_path).train.get("step")  # written before best_step was
-    result = {"checkpoint": str(path), "config": c, "parameters": int(ck.params.size),
-              "vocabulary": vocab.chars, "step": t.get("step"), "epoch": t.get("epoch"),
-              "best_val_loss": t.get("best_val_loss"), "options": t.get("options"),
-              "history": t.get("history", []),
-              "best": {"checkpoint": str(best_path), "step": best_step,
-                       "val_loss": t.get("best_val_loss")} if has_best else None}
-    if as_json:
-        emit(json.dumps(result, ensure_ascii=False))
-        return
-    lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
-             f"{ck.params.size:,} parameters",
-             f"vocabulary  {plural(len(vocab), 'character')}: {vocab.chars!r}",
-             f"trained     {plural(t.get('step', 0), 'step')}, "
-             f"{plural(t.get('epoch', 0), 'epoch')} ({path.name})",
-             f"best val    {loss_text(t.get('best_val_loss'))}"]
-    if best_step is not None:
-        lines[-1] += f" at step {best_step}"
-    if has_best:
-        lines[-1] += " (best.npz: the weights sample and eval use)"
-    curve = curve_lines(result["history"])
-    if curve:
-        lines += ["learning curve (loss at each validation)", *curve, "last validations"]
-    for h in result["history"][-10:]:
-        lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
-                     f"val {loss_text(h.get('val_loss'))}")
-    emit("\n".join(lines))
+    from .describe import describe, description_text
+    d = describe(model)
+    emit(json.dumps(d, ensure_ascii=False) if as_json else description_text(d))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +428,7 @@ def bench(
                         torch_available)
     if device == "cuda":
         from .device import resolve
-        resolve("cuda")  # a clear error where CUDA cannot run
+        resolve("cuda", cell)  # a clear error where CUDA cannot run
     result = bench_charrnn(config)
     if torch and torch_available() and cell in TORCH_CELLS:
         theirs = run_torch_subprocess(config)

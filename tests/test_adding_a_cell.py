@@ -25,7 +25,7 @@ TOY = "ugrnn"
 TOUCHED = {"cells.py", "kernels/cpu.py"}
 
 RECORD = '''\
-    CellSpec("ugrnn", 8, gates=2, stored_acts=2, forget_block=0,
+    CellSpec("ugrnn", 8, gates=2, stored_acts=2, forget_block=0, cuda_kernels=False,
              description="update-gate RNN (Collins et al. 2017): h = g*h_prev + (1-g)*c"),
 '''
 
@@ -86,10 +86,11 @@ FORWARD_END = ("# ---- end of the cells' forward steps: a new cell's step functi
                "this line ----\n")
 BACKWARD_END = ("# ---- end of the cells' backward steps: a new cell's step backward goes above "
                 "this line ----\n")
-STEP_ELSE = ("    # a new cell's branch goes here: the else below runs the Elman step for any "
-             "other id\n    else:\n        _rnn_step(xg, gates, h_out)\n")
-BACK_ELSE = ("        # a new cell's branch goes here: the else below runs the Elman backward "
-             "for any other id\n        else:\n            _rnn_step_back(dh, hs[t + 1], dX[t])\n")
+STEP_ELSE = ("    # a new cell's branch goes here: an id without one is refused, never run as "
+             "another cell\n    else:\n        raise ValueError(\"no CPU step for this cell id\")\n")
+BACK_ELSE = ("        # a new cell's branch goes here: an id without one is refused, never run as "
+             "another cell\n        else:\n            raise ValueError(\"no CPU backward step for "
+             "this cell id\")\n")
 
 
 def edits() -> list[tuple[str, str, str, str]]:
@@ -208,8 +209,8 @@ for layers in (1, 2):
     h0 = rng.uniform(-0.9, 0.9, (layers, B, H))
     dhT = rng.normal(size=(layers, B, H))
 
-    # the forward is this cell's: a missing branch in _cell_step would run the Elman step,
-    # whose gradients also match their central differences
+    # the forward is this cell's equations: a branch computing another cell would still have
+    # gradients that match their central differences
     loss = model.forward(ids, targets, h0)
     ref_loss, ref_hT = reference(w, layers, ids, targets, h0)
     assert abs(loss - ref_loss) < 1e-12, (loss, ref_loss)
@@ -279,3 +280,12 @@ def test_the_doc_adds_a_working_cell(tmp_path):
                             text=True, timeout=120)
     assert helped.returncode == 0, helped.stderr
     assert TOY in helped.stdout, helped.stdout  # the real package has no such cell
+
+    # its record says it has no CUDA kernels yet: --device cuda is refused in one line, before
+    # anything is made
+    on_cuda = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), "--cell", TOY, "--device",
+         "cuda", "--out", str(tmp_path / "cuda-run")], check=False, cwd=package.parent,
+        env=cache("numba-help"), capture_output=True, text=True, timeout=120)
+    assert on_cuda.returncode == 1 and "no CUDA kernels" in on_cuda.stderr, on_cuda.stderr
+    assert not (tmp_path / "cuda-run").exists()

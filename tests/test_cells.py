@@ -87,3 +87,19 @@ def test_every_cell_is_told_about(cell, monkeypatch, capsys):
     assert code == 0 and cell in out
     assert f"`{cell}`" in (ROOT / "docs" / "model.md").read_text()
     assert f"`{cell}`" in (ROOT / "README.md").read_text()
+
+
+def test_a_cell_without_cuda_kernels_is_refused_on_cuda_and_runs_on_the_cpu(monkeypatch):
+    """A new cell starts with cuda_kernels=False (docs/adding-a-cell.md): the CUDA kernels
+    cannot refuse an id they do not know, so the host does."""
+    import dataclasses
+
+    from charrnn import cells, device
+    monkeypatch.setitem(cells.CELLS, "gru", dataclasses.replace(cells.CELLS["gru"],
+                                                                cuda_kernels=False))
+    monkeypatch.setattr(device, "cuda_problem", lambda: None)  # as on a machine with a GPU
+    assert device.resolve("auto", "gru") == "cpu"
+    assert device.resolve("auto", "lstm") == "cuda"
+    with pytest.raises(device.DeviceError, match="--cell gru has no CUDA kernels yet"):
+        device.resolve("cuda", "gru")
+    assert device.resolve("cuda", "lstm") == "cuda"

@@ -162,7 +162,8 @@ def mul(x, m, out):
 # projection with bias; one thread per (stream, hidden unit). act as kernels/cpu.py stores it.
 # A new cell's CUDA code is a branch in _cell_unit and in _cell_unit_backward (and, storing
 # 1 to 3 activations, in _store_acts, which stores only 4 or 5): docs/adding-a-cell.md. An id
-# without a branch runs the Elman step: nothing here raises for it.
+# without a branch runs the Elman step (a kernel cannot raise): the host refuses a cell whose
+# record says cuda_kernels=False (cuda.model.require_kernels, device.resolve).
 
 
 @cuda.jit(device=True, inline=True)
@@ -199,7 +200,8 @@ def _cell_unit(cell, xg, hw, extra, hp, cp, j, H):
         hn = hw[2 * H + j] + extra[j]
         n = math.tanh(xg[2 * H + j] + r * hn)
         return n + z * (hp - n), 0.0 * n, r, z, n, hn, 0.0 * n
-    # a new cell's branch goes here: the else below is the Elman step, for any other id
+    # a new cell's branch goes here (the else below is the Elman step: the host refuses a cell
+    # whose record says cuda_kernels=False)
     if cell == IRNN:
         h = max(xg[j] + hw[j], 0.0 * hp)
     else:
@@ -279,7 +281,8 @@ def _cell_unit_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra
         dh_next[b, j] = d * z
     elif cell == IRNN:
         dx[b, j] = d if h_new[b, j] > 0.0 else 0.0
-    # a new cell's branch goes here: the else below is the Elman backward, for any other id
+    # a new cell's branch goes here (the else below is the Elman backward: the host refuses a
+    # cell whose record says cuda_kernels=False)
     else:
         h = h_new[b, j]
         dx[b, j] = d * (1.0 - h * h)

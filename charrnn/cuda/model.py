@@ -12,6 +12,7 @@ input projections and weight gradients are GEMMs over all T*B rows.
 import numpy as np
 from numba import cuda
 
+from ..device import DeviceError
 from ..model import ModelConfig, ParamLayout, init_params
 from . import kernels as K
 
@@ -24,6 +25,11 @@ def _layer_of(state, layer):
     """state[layer] (B, W), from a device array as a view, from the host as a contiguous copy."""
     return state[layer] if _on_device(state) else np.ascontiguousarray(state[layer])
 
+
+def require_kernels(config: ModelConfig) -> None:
+    """Refuse a cell whose step is not written for CUDA: the kernels would not run it."""
+    if not config.spec.cuda_kernels:
+        raise DeviceError(f"--cell {config.cell} has no CUDA kernels yet; use --device cpu")
 
 class DeviceWorkspace:
     """Device arrays for one (T, B) window (as model.Workspace)."""
@@ -57,6 +63,7 @@ class DeviceWorkspace:
 class CudaModel:
     def __init__(self, config: ModelConfig, params: np.ndarray | None = None,
                  dtype=np.float32, seed: int = 0, persistent: bool = True):
+        require_kernels(config)
         self.config = config
         self.layout = ParamLayout(config)
         if params is None:

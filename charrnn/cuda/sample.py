@@ -11,6 +11,7 @@ from numba import cuda
 from ..model import Model
 from ..stepper import arranged
 from . import kernels as K
+from .model import require_kernels
 
 THREADS = 8 if K.SIMULATED else 256  # per block: each block advances one stream
 
@@ -20,6 +21,7 @@ class CudaStepper:
     when it was made."""
 
     def __init__(self, model: Model):
+        require_kernels(model.config)
         self.model = model
         self.cell = model.config.kernel_id
         self.params = cuda.to_device(model.params)

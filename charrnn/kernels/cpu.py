@@ -319,9 +319,11 @@ def _cell_step(cell, xg, gates, extra, h_prev, c_prev, h_out, c_out, act):
         _gru_step(xg, gates, extra, h_prev, h_out, act)
     elif cell == IRNN:
         _irnn_step(xg, gates, h_out)
-    # a new cell's branch goes here: the else below runs the Elman step for any other id
-    else:
+    elif cell == RNN:
         _rnn_step(xg, gates, h_out)
+    # a new cell's branch goes here: an id without one is refused, never run as another cell
+    else:
+        raise ValueError("no CPU step for this cell id")
 
 
 # Backward: dh (B, H) is the gradient w.r.t. h_t (from above plus from step t+1). Each writes
@@ -699,10 +701,12 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
             for b in range(B):
                 for j in range(H):
                     dh_next[b, j] += tmp[b, j]
-        # a new cell's branch goes here: the else below runs the Elman backward for any other id
-        else:
+        elif cell == RNN:
             _rnn_step_back(dh, hs[t + 1], dX[t])
             matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+        # a new cell's branch goes here: an id without one is refused, never run as another cell
+        else:
+            raise ValueError("no CPU backward step for this cell id")
 
 
 @kernel

@@ -1,0 +1,56 @@
+"""What `charrnn info` says about a model: its configuration, size, vocabulary and training
+history, of a run (its latest.npz, and its best validation in best.npz) or of one checkpoint.
+Numba-free: reading a checkpoint's description compiles nothing."""
+
+from pathlib import Path
+
+from . import checkpoint as ckpt_io
+from .loading import model_path
+from .report import curve_lines, loss_text
+from .tokenizer import Vocab
+from .words import plural
+
+
+def describe(model: Path | str | None) -> dict:
+    """The description of MODEL as `info --json` prints it: for a run directory its latest.npz
+    (the run) with its best.npz beside it; for a file the file; for None the most recent run."""
+    path = model_path(model)
+    best_path = path / ckpt_io.BEST if path.is_dir() else None
+    if best_path is not None and (path / ckpt_io.LATEST).exists():
+        path = path / ckpt_io.LATEST
+    path = ckpt_io.resolve(path)
+    ck = ckpt_io.load(path)
+    t = ck.train
+    best_step = t.get("best_step")
+    has_best = best_path is not None and best_path.exists() and path != best_path
+    if has_best and best_step is None and t.get("best_val_loss") is not None:
+        best_step = ckpt_io.load(best_path).train.get("step")  # written before best_step was
+    return {"checkpoint": str(path), "config": ck.config, "parameters": int(ck.params.size),
+            "vocabulary": Vocab(ck.vocab).chars, "step": t.get("step"),
+            "epoch": t.get("epoch"), "best_val_loss": t.get("best_val_loss"),
+            "best_step": best_step, "options": t.get("options"),
+            "history": t.get("history", []),
+            "best": {"checkpoint": str(best_path), "step": best_step,
+                     "val_loss": t.get("best_val_loss")} if has_best else None}
+
+
+def description_text(d: dict) -> str:
+    """describe()'s result as `info` prints it for a person."""
+    c = d["config"]
+    lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
+             f"{d['parameters']:,} parameters",
+             f"vocabulary  {plural(len(d['vocabulary']), 'character')}: {d['vocabulary']!r}",
+             f"trained     {plural(d['step'] or 0, 'step')}, "
+             f"{plural(d['epoch'] or 0, 'epoch')} ({Path(d['checkpoint']).name})",
+             f"best val    {loss_text(d['best_val_loss'])}"]
+    if d["best_step"] is not None:
+        lines[-1] += f" at step {d['best_step']}"
+    if d["best"]:
+        lines[-1] += " (best.npz: the weights sample and eval use)"
+    curve = curve_lines(d["history"])
+    if curve:
+        lines += ["learning curve (loss at each validation)", *curve, "last validations"]
+    for h in d["history"][-10:]:
+        lines.append(f"  step {h['step']:>7}  train {loss_text(h.get('train_loss'))}  "
+                     f"val {loss_text(h.get('val_loss'))}")
+    return "\n".join(lines)
