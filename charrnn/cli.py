@@ -139,9 +139,11 @@ def examples(*lines: str) -> str:
 @app.command(epilog=examples(
     "charrnn train corpus.txt --minutes 10",
     "cat *.md | charrnn train /dev/stdin --cell lstm --hidden 256 --out runs/notes",
-    "charrnn train corpus.txt --out runs/corpus --resume --max-steps 5000"))
+    "charrnn train corpus.txt --out runs/corpus --resume --max-steps 5000",
+    "charrnn train notes/ letters.txt --val-file held_out.txt",
+    "charrnn train names.txt --lines --init-from runs/corpus"))
 def train(
-    corpus: Annotated[Path, typer.Argument(metavar="CORPUS", help="UTF-8 text file to learn from.")],
+    corpus: Annotated[list[Path], typer.Argument(metavar="CORPUS...", help="UTF-8 text files or folders to learn from (folders are read recursively, in sorted order; hidden and binary files are left out).")],
     cell: Annotated[Optional[str], typer.Option(help=choices_text() + "." + train_default("cell"))] = None,
     layers: Annotated[Optional[int], typer.Option(help="Stacked layers." + train_default("layers"))] = None,
     hidden: Annotated[Optional[int], typer.Option(help="Hidden units per layer." + default_note("chosen: the widest of 128 to 512 that the corpus and the budget can train"))] = None,
@@ -159,6 +161,11 @@ def train(
     seed: Annotated[Optional[int], typer.Option(help="Seed for weights, dropout and previews." + train_default("seed"))] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="cosine (warm-up, then decay to 2% of --lr at the end of the budget, halved for every validation without a new best) or constant." + train_default("lr_schedule"))] = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many validations without a better loss; 0: never." + train_default("patience"))] = None,
+    doc_sep: Annotated[Optional[str], typer.Option(help=r"Text put between documents of several files (escapes like \n work)." + default_note(r"\n\n, a blank line"))] = None,
+    val_file: Annotated[Optional[Path], typer.Option(help="Hold out this whole file for validation instead of the last --val-frac of each document." + default_note("none"))] = None,
+    lines: Annotated[bool, typer.Option("--lines", help="Each line is one example (names, titles): the lines are shuffled into the streams afresh every epoch.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option(help="Start a new run from this model's weights (a checkpoint or a run directory): fine-tuning. Its vocabulary grows by the corpus's new characters." + default_note("none"))] = None,
+    keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep the model's vocabulary, dropping the corpus's characters it does not know (counted).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run directory." + default_note("runs/<corpus name>, numbered if taken"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
@@ -172,22 +179,30 @@ def train(
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
                  lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
-                 save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience)
+                 save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience,
+                 doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),
+                 val_file=None if val_file is None else str(val_file), lines=lines or None)
     if cell in CELLS and CELLS[cell].single_layer and layers is None:
         given["layers"] = 1  # a Jordan network does not stack
     given = {k: v for k, v in given.items() if v is not None}
     new_opts = TrainOptions(**given)  # every value given is in range before anything is made
     if out is not None and out.exists() and not out.is_dir():
         raise Failure(f"--out {out} is a file; a run directory is needed")
+    if init_from is not None and resume:
+        raise UsageProblem("--init-from starts a new run and --resume goes on with one: give "
+                           "one of them")
+    if keep_vocab and init_from is None:
+        raise UsageProblem("--keep-vocab keeps the vocabulary of --init-from's model: give "
+                           "--init-from")
 
     from . import checkpoint as ckpt_io
     from .runs import last_run, new_run_dir
     from .schedule import schedule_change
     from .train import Run
     from .train import train as train_loop
-    from .train_state import options_from_checkpoint
+    from .train_state import options_from_checkpoint, options_from_parent, parent_of
 
-    resumed = None
+    resumed = parent = None
     if resume:
         run_dir = out or last_run()
         if run_dir is None:
@@ -197,11 +212,14 @@ def train(
         if not quiet and (note := schedule_change(resumed.train["options"], opts)):
             say(note)
     else:
-        run_dir = out or new_run_dir(corpus)
+        run_dir = out or new_run_dir(corpus[0])
         if (Path(run_dir) / ckpt_io.LATEST).exists():
             raise Failure(f"{run_dir} already holds a run; pass --resume to continue it or "
                           f"another --out")
         opts = new_opts
+        if init_from is not None:
+            parent = parent_of(init_from)
+            opts = options_from_parent(parent, given)
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
@@ -211,7 +229,8 @@ def train(
     compiling = _compile_notice(quiet)
     with process.terminate_through_clean_ups():  # sizing and warming up may compile
         run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
-                  errors=errors, device=chosen, compiling=compiling)
+                  errors=errors, device=chosen, compiling=compiling, parent=parent,
+                  keep_vocab=keep_vocab)
     reporter = _reporter(quiet)
     stop = process.StopOnSignal()
     try:
@@ -221,8 +240,8 @@ def train(
         reporter.close()
         stop.restore()
     if summary["stopped_by"] == "interrupted":
-        say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train {corpus} "
-            f"--out {run_dir} --resume")
+        say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
+            f"{' '.join(map(str, corpus))} --out {run_dir} --resume")
         raise typer.Exit(128 + stop.signum)
 
 
@@ -251,6 +270,7 @@ def _reporter(quiet: bool):
 @app.command(epilog=examples(
     "charrnn sample --temperature 0.8 --length 1000 > out.txt",
     "charrnn sample runs/names --num-samples 10 --stop '\\n'",
+    "charrnn sample runs/names --lines 10 --prime 'Ma' --temperature 0.7",
     "echo 'Once upon a time' | charrnn sample --seed 7 | head -c 300"))
 def sample(
     model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
@@ -266,6 +286,7 @@ def sample(
     num_samples: Annotated[int, typer.Option(help="Samples to generate, as one batch.")] = SampleOptions.num_samples,
     stop: Annotated[Optional[str], typer.Option(help=r"End a sample just before this string (escapes like \n work)." + default_note("none"))] = None,
     separator: Annotated[str, typer.Option(help=r"Written after each sample when there are several.")] = r"\n",
+    lines: Annotated[Optional[int], typer.Option(help="Print N complete lines, one per line, each as soon as it ends; a line that has no newline within --length characters, or is empty, is drawn again. The text of --prime after its last newline starts every line." + default_note("none"))] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ):
     """Generate text from a trained model, streaming to stdout."""
@@ -275,10 +296,10 @@ def sample(
     opts = SampleOptions(length=length, temperature=0.0 if argmax else temperature,
                          top_k=top_k, top_p=top_p, seed=seed, num_samples=num_samples,
                          stop=None if stop is None else unescape(stop, "--stop"),
-                         skip_unknown=skip_unknown)
+                         skip_unknown=skip_unknown, lines=lines)
     sep = unescape(separator, "--separator")
     from .loading import load_model
-    from .sample import generate
+    from .sample import IncompleteLines, generate, generate_lines
     net, vocab, _ = load_model(model)
     _check_output_can_write(vocab.chars + (sep if num_samples > 1 else ""))
     from . import device as devices
@@ -287,12 +308,17 @@ def sample(
     if chosen == "cuda":
         say(f"sampling on CUDA: {devices.gpu_name()}")
     try:
-        _write_samples(_first_piece_cancels(generate(net, vocab, opts, device=chosen)),
-                       num_samples, sep)
+        if lines is None:
+            _write_samples(_first_piece_cancels(generate(net, vocab, opts, device=chosen)),
+                           num_samples, sep)
+        else:
+            _write_lines(_first_piece_cancels(generate_lines(net, vocab, opts, device=chosen)))
     except BrokenPipeError:
         process.quiet_broken_pipe()
     except UnicodeEncodeError as e:  # an encoding that _check_output_can_write let through
         raise Failure(process.unencodable_output(e)) from None
+    except IncompleteLines as e:  # the lines made so far are out: the reader has them
+        raise Failure(str(e)) from None
 
 
 def _check_output_can_write(text: str) -> None:
@@ -332,6 +358,13 @@ def _write_samples(pieces, num_samples: int, separator: str) -> None:
     out.flush()
 
 
+def _write_lines(lines) -> None:
+    """Each line as it comes: it ends with its newline, so a terminal needs none after."""
+    for line in lines:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
 def _stdin_has_text() -> bool:
     """stdin is a pipe or a redirected file (not a terminal, not /dev/null as cron gives)."""
     try:
@@ -366,27 +399,38 @@ def _prime_text(prime: Optional[str], prime_file: Optional[Path]) -> str:
 
 @app.command("eval", epilog=examples(
     "charrnn eval runs/corpus held_out.txt",
+    "charrnn eval runs/corpus chapter1.txt chapter2.txt --json",
     "charrnn eval runs/corpus other.txt --skip-unknown --json"))
 def eval_(
     model: Annotated[Path, typer.Argument(metavar="MODEL", help="Checkpoint file or run directory.")],
-    file: Annotated[Path, typer.Argument(metavar="FILE", help="Text to score.")],
+    files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Texts to score, each on its own and, for several, in total.")],
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop characters the model does not know instead of failing.")] = False,
-    encoding: Annotated[str, typer.Option(help="Text encoding of FILE.")] = "utf-8",
+    encoding: Annotated[str, typer.Option(help="Text encoding of the files.")] = "utf-8",
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: a file's result, or for several the total with each file's under \"files\".")] = False,
 ):
-    """Loss of MODEL on FILE, in nats and bits per character."""
+    """Loss of MODEL on each FILE and, for several, on all of them, in nats and bits per
+    character. Every file is read before any is scored: a bad one fails the command at once."""
     check_text_codec(encoding, errors)
     from .loading import load_model
-    from .scoring import score_file
+    from .scoring import score_files, total
 
     net, vocab, _ = load_model(model)
     with _compile_notice():
-        result = score_file(net, vocab, file, skip_unknown=skip_unknown, encoding=encoding,
-                            errors=errors, warn=say)
-    emit(json.dumps(result) if as_json else
-         f"{file}: {result['loss_nats']:.4f} nats/char ({result['loss_bits']:.4f} bits/char) "
-         f"over {result['chars']:,} characters")
+        results = score_files(net, vocab, files, skip_unknown=skip_unknown, encoding=encoding,
+                              errors=errors, warn=say)
+    if as_json:
+        emit(json.dumps(results[0] if len(results) == 1 else total(results)))
+        return
+    for r in results:
+        emit(_score_line(r["file"], r))
+    if len(results) > 1:
+        emit(_score_line(f"total of {len(results)} files", total(results)))
+
+
+def _score_line(name: str, result: dict) -> str:
+    return (f"{name}: {result['loss_nats']:.4f} nats/char ({result['loss_bits']:.4f} "
+            f"bits/char) over {result['chars']:,} characters")
 
 
 @app.command(epilog=examples("charrnn info", "charrnn info runs/corpus --json"))

@@ -29,6 +29,7 @@ def describe(model: Path | str | None) -> dict:
             "vocabulary": Vocab(ck.vocab).chars, "step": t.get("step"),
             "epoch": t.get("epoch"), "best_val_loss": t.get("best_val_loss"),
             "best_step": best_step, "options": t.get("options"),
+            "corpus": t.get("corpus"), "parent": t.get("parent"),
             "history": t.get("history", []),
             "best": {"checkpoint": str(best_path), "step": best_step,
                      "val_loss": t.get("best_val_loss")} if has_best else None}
@@ -47,6 +48,11 @@ def description_text(d: dict) -> str:
         lines[-1] += f" at step {d['best_step']}"
     if d["best"]:
         lines[-1] += " (best.npz: the weights sample and eval use)"
+    if isinstance(d.get("parent"), dict):
+        p = d["parent"]
+        lines.append(f"started     from {p.get('checkpoint')} (sha256 "
+                     f"{str(p.get('sha256'))[:12]}, step {p.get('step')}, trained on "
+                     f"{p.get('corpus')})")
     curve = curve_lines(d["history"])
     if curve:
         lines += ["learning curve (loss at each validation)", *curve, "last validations"]

@@ -142,6 +142,51 @@ def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32)
     return flat
 
 
+def vocab_axes(config: ModelConfig) -> dict[str, int]:
+    """The parameter arrays with one entry per character, and the axis it lies on: the first
+    layer's input rows, the output layer's columns and biases, and, where the recurrence reads
+    the last output (jordan), the recurrent matrix's rows."""
+    axes = {"l0.W_x": 0, "out.W": 1, "out.b": 0}
+    if config.spec.output_recurrence:
+        axes["l0.W_h"] = 0
+    return axes
+
+
+# the output bias of a character the parent model never saw: with its output weights zero, its
+# probability starts near e^-30 of the others', so the model predicts as its parent did
+NEW_CHAR_BIAS = -30.0
+
+
+def transplant(params: np.ndarray, config: ModelConfig, codepoints: np.ndarray, into: "Model",
+               into_codepoints: np.ndarray) -> None:
+    """Copy a trained model's weights (params of config, over the vocabulary codepoints) into
+    `into`, whose vocabulary into_codepoints holds every one of those characters and maybe
+    more: known characters keep their trained rows and columns, moved to their new ids; a new
+    character keeps its freshly initialised input row, and gets output weights of zero and the
+    bias NEW_CHAR_BIAS. Every other array is copied as it is (the shapes must agree)."""
+    rows = np.searchsorted(into_codepoints, codepoints)  # each old id's new id
+    if len(rows) and (rows.max() >= len(into_codepoints)
+                      or np.any(into_codepoints[rows] != codepoints)):
+        raise ValueError("the new vocabulary must hold every character of the old one")
+    new = np.ones(len(into_codepoints), bool)
+    new[rows] = False
+    old = ParamLayout(config).views(params)
+    axes = vocab_axes(into.config)
+    for name, view in into.weights.items():
+        axis = axes.get(name)
+        if axis is None:
+            view[...] = old[name]
+            continue
+        index = [slice(None)] * view.ndim
+        index[axis] = rows
+        view[tuple(index)] = old[name]
+        if name in ("out.W", "l0.W_h"):  # what a new character sends forward starts at zero
+            index[axis] = new
+            view[tuple(index)] = 0
+        elif name == "out.b":
+            view[new] = NEW_CHAR_BIAS
+
+
 class Workspace:
     """Arrays for one (T, B) window: what forward keeps for backward, and scratch."""
 
@@ -152,7 +197,7 @@ class Workspace:
         T_c = T + 1 if config.has_cell_state or config.spec.keeps_cell_buffer else 1
         new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
         W = config.state_width
-        self.hs = new(L, T + 1, B, W)
+        self.hs = new(L, T + 1, B, W)  # the carried state per step: h (jordan: its output y)
         self.cs = new(L, T_c, B, W)
         self.acts = new(L, T, B, config.spec.stored_acts * H)
         self.xg = new(T, B, GH)

@@ -114,9 +114,18 @@ class TrainOptions:
     preview_chars: int = 200
     lr_schedule: str = "cosine"  # or "constant"
     patience: int = 5  # evaluations without a better validation loss before stopping; 0: never
+    doc_sep: str = "\n\n"  # between documents of several files (documents.py)
+    val_file: str | None = None  # held out whole, instead of the last --val-frac of each file
+    lines: bool = False  # each line an example, shuffled into the streams every epoch
 
     def __post_init__(self):
         check_model_shape(self.cell, self.layers)
+        if type(self.doc_sep) is not str:
+            raise OptionError("--doc-sep must be text")
+        if self.val_file is not None and (type(self.val_file) is not str or not self.val_file):
+            raise OptionError("--val-file must name a file")
+        if type(self.lines) is not bool:
+            raise OptionError("--lines is on or off")
         check_int("layers", self.layers, 1, MAX_LAYERS)
         check_int("hidden", self.hidden, 1, MAX_HIDDEN)
         for name in ("seq_len", "batch_size", "epochs", "max_steps", "eval_every",
@@ -144,6 +153,7 @@ class SampleOptions:
     num_samples: int = 1
     stop: str | None = None
     skip_unknown: bool = False
+    lines: int | None = None  # complete lines to print, each ending at a newline (sample.py)
 
     def __post_init__(self):
         check_int("length", self.length, 1)
@@ -152,8 +162,13 @@ class SampleOptions:
         check_float("top_p", self.top_p, 0, 1, low_open=True)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("num_samples", self.num_samples, 1)
+        check_int("lines", self.lines, 1)
         if self.stop == "":
             raise OptionError("--stop must not be empty")
+        if self.lines is not None and self.num_samples > 1:
+            raise OptionError("give --lines or --num-samples, not both")
+        if self.lines is not None and self.stop is not None:
+            raise OptionError("--lines ends each line at its newline: it takes no --stop")
 
 
 @dataclass

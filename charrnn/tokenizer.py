@@ -141,12 +141,13 @@ class Vocab:
 
 def read_corpus(path, *, encoding="utf-8", errors="strict", vocab: Vocab | None = None,
                 skip_unknown=False, workdir=None, chunk_bytes: int = 64 << 20,
-                skipped: Counter | None = None) -> tuple[Vocab, np.ndarray]:
+                skipped: Counter | None = None,
+                ids_name: str = "corpus.ids") -> tuple[Vocab, np.ndarray]:
     """(vocab, ids) of a text file; the vocabulary is the file's own characters unless given.
 
     The file is decoded in reads of chunk_bytes. A file larger than that, with a workdir, is never
     held whole: one pass collects its vocabulary (when none is given), a second encodes it chunk by
-    chunk into workdir/corpus.ids, and the ids come back as a read-only np.memmap of that file.
+    chunk into workdir/ids_name, and the ids come back as a read-only np.memmap of that file.
     A pipe or a device (`cat a b | charrnn train /dev/stdin`, `<(...)`) cannot be read twice and
     has no size, so it is first copied into a temporary file (in workdir, else the system's
     temporary directory) that is gone once this returns or raises.
@@ -175,17 +176,21 @@ def read_corpus(path, *, encoding="utf-8", errors="strict", vocab: Vocab | None 
         else:
             if vocab is None:
                 vocab = Vocab(reduce(np.union1d, (Vocab.from_text(t).codepoints for t in chunks())))
-            ids = _encode_to_file(vocab, chunks(), Path(workdir) / "corpus.ids", skip_unknown,
+            ids = _encode_to_file(vocab, chunks(), Path(workdir) / ids_name, skip_unknown,
                                   skipped, path)
     if len(ids) == 0:
         raise _nothing_left(path, skip_unknown)
     return vocab, ids
 
 
+class NothingKnown(CorpusError):
+    """A text of which skipping unknown characters leaves nothing."""
+
+
 def _nothing_left(path: Path, skip_unknown: bool) -> CorpusError:
     if skip_unknown:
-        return CorpusError(f"{path} has no character the model knows: --skip-unknown dropped "
-                           f"them all")
+        return NothingKnown(f"{path} has no character the model knows: --skip-unknown dropped "
+                            f"them all")
     return CorpusError(f"{path} has no characters left after decoding")
 
 

@@ -11,7 +11,10 @@ checkpoint holds, so that a resumed run continues exactly.
 import dataclasses
 import functools
 import math
+import os
 import time
+from collections import Counter
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable
@@ -20,23 +23,24 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import memory, sizing
-from .batches import stream_matrix, window, windows
+from .batches import line_bounds, shuffled_lines, stream_matrix, window, windows
+from .documents import CORPUS_IDS, expand, read_documents
 from .engine import NonFinite, make_engine, training_speed
 from .metrics import METRICS, DivergenceWatch, Reporter, truncate_records, write_record
-from .model import Model, ModelConfig
+from .model import Model, ModelConfig, transplant
 from .optim import Adam, clip_grad_norm
-from .options import DEFAULT_EVAL_EVERY, TrainOptions
+from .options import DEFAULT_EVAL_EVERY, OptionError, TrainOptions
 from .runs import (LOCK, lock_run_dir, make_dirs, record_last_run, remove_new_dirs,
                    remove_stale_temporaries)
 from .sample import SampleOptions, generate
 from .schedule import Pacer
-from .tokenizer import CorpusError, Vocab, read_corpus, split
-from .train_state import TrainState, corpus_chars, restore, to_checkpoint
+from .tokenizer import CorpusError, NothingKnown, UnknownCharacters, Vocab
+from .train_state import (Parent, TrainState, corpus_chars, corpus_files, restore,
+                          to_checkpoint)
 from .words import plural
 
 __all__ = ["Run", "TrainingError", "TrainOptions", "evaluate", "train", "METRICS"]
 
-CORPUS_IDS = "corpus.ids"  # the encoded corpus of a large text (tokenizer.read_corpus)
 # what a run writes besides its checkpoints, removed in this order (the lock last) when it
 # fails before saving one
 RUN_FILES = (METRICS, CORPUS_IDS, CORPUS_IDS + ".tmp", LOCK)
@@ -66,23 +70,38 @@ def steps_in_epoch(stream_rows: int, seq_len: int) -> int:
     return math.ceil((stream_rows - 1) / seq_len)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 class Run:
     """One training run: its directory (locked while it trains), corpus, model, engine and
     state. Made ready to train: sized, restored when resumed, its kernels compiled."""
 
-    def __init__(self, corpus: Path, run_dir: Path, opts: TrainOptions,
+    def __init__(self, corpus: Path | Sequence[Path], run_dir: Path, opts: TrainOptions,
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
-                 device: str = "cpu", compiling: AbstractContextManager = nullcontext()):
-        self.corpus, self.run_dir, self.device = Path(corpus), Path(run_dir), device
+                 device: str = "cpu", compiling: AbstractContextManager = nullcontext(),
+                 parent: Parent | None = None, keep_vocab: bool = False):
+        """corpus: a text file, or files and folders (documents.py). resume: the checkpoint
+        of the run to go on with; parent: the model a new run starts from (--init-from), whose
+        vocabulary it extends with the corpus's, or keeps (keep_vocab: the corpus's other
+        characters dropped)."""
+        self.sources = [Path(corpus)] if isinstance(corpus, (str, Path)) else \
+            [Path(p) for p in corpus]
+        self.corpus = " ".join(map(str, self.sources))  # as the user named it
+        self.run_dir, self.device = Path(run_dir), device
         self._lock = None
         self._new_dirs = make_dirs(self.run_dir)
         self._old_files = {p.name for p in self.run_dir.iterdir()}
         try:
             self._lock = lock_run_dir(self.run_dir)
             remove_stale_temporaries(self.run_dir)
-            train_ids = self._load_corpus(opts, resume, encoding, errors)
+            train_ids = self._load_corpus(opts, resume, parent, keep_vocab, encoding, errors)
             with compiling:  # a width chosen by timing a step compiles the kernels first
-                self._build(train_ids, opts, resume)
+                self._build(train_ids, opts, resume, parent)
                 self._warm_up()
         except BaseException:  # a bad corpus or checkpoint, or Ctrl-C during the compile
             self.abandon()
@@ -112,33 +131,99 @@ class Run:
             self._lock.close()
             self._lock = None
 
-    def _load_corpus(self, opts, resume, encoding, errors) -> np.ndarray:
-        """Read and split the corpus (with the resumed run's vocabulary); returns the training
-        ids."""
-        vocab = Vocab(resume.vocab) if resume is not None else None
-        self.vocab, ids = read_corpus(self.corpus, encoding=encoding, errors=errors,
-                                      vocab=vocab, workdir=self.run_dir)
-        self.n_chars = len(ids)
-        train_ids, self.val_ids = split(ids, opts.val_frac)
+    def _load_corpus(self, opts, resume, parent, keep_vocab, encoding, errors) -> np.ndarray:
+        """Read the documents and hold out their validation part (with the resumed run's
+        vocabulary, or the parent's extended or kept); returns the training ids."""
+        files, self.warnings = expand(self.sources, encoding)
+        val_file = Path(opts.val_file) if opts.val_file is not None else None
+        if val_file is not None and any(_same_file(val_file, f) for f in files):
+            raise OptionError(f"--val-file {val_file} is also a training file: hold out "
+                              f"another file, or leave --val-file out")
+        vocab = extra = None
+        if resume is not None:
+            self._check_same_files(resume, [Path(f).name for f in files], None)
+            vocab = Vocab(resume.vocab)
+        elif parent is not None and keep_vocab:
+            vocab = Vocab(parent.checkpoint.vocab)
+        elif parent is not None:
+            extra = parent.checkpoint.vocab
+        skipped = Counter()
+        try:
+            corpus = read_documents(files, val_frac=opts.val_frac, doc_sep=opts.doc_sep,
+                                    val_file=val_file, vocab=vocab, extra_chars=extra,
+                                    encoding=encoding, errors=errors, skip_unknown=keep_vocab,
+                                    skipped=skipped, workdir=self.run_dir)
+        except NothingKnown:
+            raise CorpusError(f"--keep-vocab leaves nothing of {self.corpus}: it has no "
+                              f"character the model of --init-from knows") from None
+        if skipped:
+            n, kept = skipped.total(), corpus.chars
+            self.warnings.append(f"--keep-vocab dropped {n:,} of {n + kept:,} characters "
+                                 f"({n / (n + kept):.1%}) the model does not know: "
+                                 f"{str(UnknownCharacters(sorted(skipped))).split(': ', 1)[1]}")
+        self.vocab, self.val_ids, self.n_chars = corpus.vocab, corpus.val, corpus.chars
+        self.corpus_info = {"path": self.corpus, "chars": corpus.chars, "files": corpus.files}
+        train_ids = corpus.train
         if len(train_ids) < 2:
             raise CorpusError(f"{self.corpus} is too small to train on: "
-                              f"{plural(len(ids), 'character')}, of which {len(train_ids)} "
-                              f"remain for training after --val-frac {opts.val_frac}; at least "
-                              f"2 are needed")
-        if resume is not None and corpus_chars(resume) != self.n_chars:
-            raise ckpt_io.CheckpointError(
-                f"the run was trained on a text of {corpus_chars(resume)} characters; "
-                f"{self.corpus} has {self.n_chars}: resume with the same corpus")
+                              f"{plural(corpus.chars, 'character')}, of which "
+                              f"{len(train_ids)} remain for training after --val-frac "
+                              f"{opts.val_frac}; at least 2 are needed")
+        self._lines = self._line_bounds(train_ids) if opts.lines else None
+        if resume is not None:
+            self._check_same_files(resume, [Path(f["path"]).name for f in corpus.files],
+                                   [f["chars"] for f in corpus.files])
+            if corpus_chars(resume) != corpus.chars:
+                raise ckpt_io.CheckpointError(
+                    f"the run was trained on a text of {corpus_chars(resume)} characters; "
+                    f"{self.corpus} has {corpus.chars}: resume with the same corpus")
         return train_ids
 
-    def _build(self, train_ids: np.ndarray, opts: TrainOptions, resume) -> None:
-        """Streams, model, optimizer, engine and state: fresh, sized by the budget where the
-        options leave it open, or as the resumed checkpoint left them (a resumed run keeps the
-        sizes and limits it was given or chose)."""
-        B, T, self.warnings = sizing.fit_sizes(len(train_ids), opts.batch_size, opts.seq_len)
+    def _line_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each line of the training text starts and ends (--lines)."""
+        newline = np.searchsorted(self.vocab.codepoints, ord("\n"))
+        has_newline = newline < len(self.vocab) and self.vocab.codepoints[newline] == ord("\n")
+        bounds = line_bounds(ids, newline if has_newline else -1)
+        if len(bounds[0]) < 2:
+            raise CorpusError(f"--lines needs a text of several lines to shuffle; the training "
+                              f"part of {self.corpus} is one line")
+        return bounds
+
+    def _check_same_files(self, resume: ckpt_io.Checkpoint, names: list[str],
+                          lengths: list[int] | None) -> None:
+        """A run of several documents resumes on the same ones: their names (checked before
+        they are read) and lengths (after)."""
+        saved = corpus_files(resume, held_out=lengths is not None)
+        if saved is None or (len(saved) == 1 and len(names) == 1):
+            return  # one file, or a checkpoint older than the list: its length decides
+        same = [name for name, _ in saved] == names and \
+            (lengths is None or [n for _, n in saved] == lengths)
+        if not same:
+            shown = ", ".join(name for name, _ in saved[:3]) + (", ..." if len(saved) > 3 else "")
+            raise ckpt_io.CheckpointError(
+                f"the run was trained on {plural(len(saved), 'file')} ({shown}); these are not "
+                f"the same files or lengths: resume with the same files")
+
+    def _streams(self, epoch: int) -> np.ndarray:
+        """The (S, B) streams of an epoch: the training text, or with --lines its lines in an
+        order drawn for that epoch (from the seed and the epoch alone, so a resumed run draws
+        the order a straight one did)."""
+        ids = self.train_ids
+        if self._lines is not None:
+            ids = shuffled_lines(ids, self._lines, np.random.default_rng([self.opts.seed, epoch]))
+        return stream_matrix(ids, self.opts.batch_size)
+
+    def _build(self, train_ids: np.ndarray, opts: TrainOptions, resume, parent) -> None:
+        """Streams, model, optimizer, engine and state: fresh (from the parent's weights when
+        there is one), sized by the budget where the options leave it open, or as the resumed
+        checkpoint left them (a resumed run keeps the sizes and limits it was given or
+        chose)."""
+        B, T, warnings = sizing.fit_sizes(len(train_ids), opts.batch_size, opts.seq_len)
+        self.warnings += warnings
         if resume is None:
             opts = dataclasses.replace(opts, batch_size=B, seq_len=T)
-        self.streams = stream_matrix(train_ids, opts.batch_size)  # (S, B)
+        self.opts, self.train_ids = opts, train_ids
+        self.streams = self._streams(0)  # (S, B)
         per_epoch = steps_in_epoch(self.streams.shape[0], opts.seq_len)
         if opts.eval_every is None:  # a small corpus is validated at least once an epoch
             opts = dataclasses.replace(opts, eval_every=min(DEFAULT_EVAL_EVERY, per_epoch))
@@ -156,12 +241,18 @@ class Run:
         self.optimizer = Adam(self.model.params.size, lr=opts.lr)
         h, c = self.model.zero_state(opts.batch_size)  # (L, B, W)
         self.state = TrainState.fresh(opts.seed)
+        if parent is not None:
+            ck = parent.checkpoint
+            transplant(ck.params.astype(self.model.dtype), ModelConfig(**ck.config), ck.vocab,
+                       self.model, self.vocab.codepoints)
+            self.state.parent = parent.lineage
         if resume is not None:
             restored = restore(resume, params_size=self.model.params.size, state_shape=h.shape,
                                positions=self.streams.shape[0] - 1)
             self.model.params[:] = resume.params
             self.optimizer.load_state(restored.adam)
             h, c, self.state = restored.h.copy(), restored.c.copy(), restored.state
+            self.streams = self._streams(self.state.epoch)
         self.engine = make_engine(self.device, self.model, self.optimizer, h, c)
 
     def _model_config(self, opts: TrainOptions, hidden: int, dropout: float) -> ModelConfig:
@@ -219,6 +310,8 @@ class Run:
             s.epoch += 1
             s.position = 0
             self.engine.reset_state()
+            if self._lines is not None:
+                self.streams = self._streams(s.epoch)
         if loss is not None:  # else the engine keeps it until take_loss
             s.loss_sum += loss
         s.loss_count += 1
@@ -271,7 +364,7 @@ class Run:
                              vocab=self.vocab.codepoints, params=self.model.params,
                              adam=self.optimizer.state(), h=self.engine.h, c=self.engine.c,
                              opts=self.opts,
-                             corpus={"path": str(self.corpus), "chars": self.n_chars})
+                             corpus=self.corpus_info)
 
     def save(self, name: str) -> None:
         """Write the checkpoint `name` atomically; refuse a state that cannot go on."""

@@ -9,8 +9,10 @@ of validations and the corpus's name and length. docs/checkpoint.md lists every 
 Numba-free: `charrnn info` and `charrnn sample` read checkpoints without compiling.
 """
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +24,7 @@ COUNTERS = ("step", "epoch", "position", "adam_steps", "loss_count")  # non-nega
 NUMBERS = ("elapsed_s", "loss_sum")
 # options that shape the model or the data stream: a resumed run must keep them
 FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "seq_len", "batch_size", "val_frac",
-                   "seed")
+                   "seed", "doc_sep", "val_file", "lines")
 
 
 @dataclass
@@ -41,6 +43,7 @@ class TrainState:
     loss_sum: float = 0.0  # the losses of the steps since the last log
     loss_count: int = 0
     history: list[dict] = field(default_factory=list)  # the --eval-every validations
+    parent: dict | None = None  # the model an --init-from run started from (lineage)
 
     @classmethod
     def fresh(cls, seed: int) -> "TrainState":
@@ -61,7 +64,8 @@ def to_checkpoint(state: TrainState, *, config: dict, vocab: np.ndarray, params:
                "best_val_loss": None if math.isinf(s.best_val) else s.best_val,
                "best_step": s.best_step, "adam_steps": adam["steps"],
                "rng": s.rng.bit_generator.state, "loss_sum": s.loss_sum,
-               "loss_count": s.loss_count, "history": s.history, "corpus": corpus})
+               "loss_count": s.loss_count, "history": s.history, "corpus": corpus,
+               **({"parent": s.parent} if s.parent else {})})
 
 
 @dataclass
@@ -110,7 +114,8 @@ def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: 
         elapsed=float(t["elapsed_s"]),
         best_val=math.inf if t.get("best_val_loss") is None else float(t["best_val_loss"]),
         best_step=t.get("best_step"), loss_sum=float(t["loss_sum"]),
-        loss_count=t["loss_count"], history=list(t.get("history", [])))
+        loss_count=t["loss_count"], history=list(t.get("history", [])),
+        parent=t.get("parent") if isinstance(t.get("parent"), dict) else None)
     return Restored(state, {"m": ck.arrays[ADAM_M], "v": ck.arrays[ADAM_V],
                             "steps": t["adam_steps"]},
                     ck.arrays[STATE_H], ck.arrays[STATE_C])
@@ -138,6 +143,53 @@ def readable_meta(train) -> bool:
 def corpus_chars(ck: Checkpoint) -> int | None:
     """The length in characters of the corpus the checkpoint's run trained on."""
     return (ck.train.get("corpus") or {}).get("chars")
+
+
+def corpus_files(ck: Checkpoint, held_out: bool = True) -> list[tuple[str, int]] | None:
+    """The names and lengths of the documents the checkpoint's run read (without held_out: of
+    those it trained on, not its --val-file); None: written before runs kept them."""
+    files = (ck.train.get("corpus") or {}).get("files")
+    if not isinstance(files, list):
+        return None
+    return [(Path(str(f.get("path"))).name, f.get("chars")) for f in files
+            if isinstance(f, dict) and (held_out or not f.get("held_out"))]
+
+
+SHAPE_OPTIONS = ("cell", "layers", "hidden")  # what a model started from another keeps
+
+
+@dataclass
+class Parent:
+    """The model an --init-from run starts from, and its lineage as the new run records it."""
+    checkpoint: Checkpoint
+    lineage: dict  # {"checkpoint", "sha256", "corpus", "step"}
+
+
+def parent_of(path: Path) -> Parent:
+    """The checkpoint at path (a file, or a run directory's best, else latest) as a parent."""
+    from .checkpoint import load, resolve
+    path = resolve(Path(path))
+    ck = load(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    corpus = (ck.train.get("corpus") or {}).get("path")
+    return Parent(ck, {"checkpoint": str(path), "sha256": digest.hexdigest(),
+                       "corpus": corpus if isinstance(corpus, str) else None,
+                       "step": ck.train.get("step")})
+
+
+def options_from_parent(parent: Parent, given: dict) -> TrainOptions:
+    """The options of a new run that starts from parent: the shape (cell, layers, hidden) is the
+    parent's, and a given one that differs is refused (OptionError); the rest as given."""
+    config = parent.checkpoint.config
+    for name in SHAPE_OPTIONS:
+        if given.get(name) is not None and given[name] != config[name]:
+            raise OptionError(f"{flag(name)} {given[name]} conflicts with --init-from's model "
+                              f"({config[name]}): a model started from another keeps its "
+                              f"shape; leave {flag(name)} out")
+    return TrainOptions(**{**given, **{name: config[name] for name in SHAPE_OPTIONS}})
 
 
 def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:

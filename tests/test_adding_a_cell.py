@@ -87,7 +87,8 @@ FORWARD_END = ("# ---- end of the cells' forward steps: a new cell's step functi
 BACKWARD_END = ("# ---- end of the cells' backward steps: a new cell's step backward goes above "
                 "this line ----\n")
 STEP_ELSE = ("    # a new cell's branch goes here: an id without one is refused, never run as "
-             "another cell\n    else:\n        raise ValueError(\"no CPU step for this cell id\")\n")
+             "another cell\n    else:\n        raise ValueError(\"no CPU step for this cell "
+             "id\")\n")
 BACK_ELSE = ("        # a new cell's branch goes here: an id without one is refused, never run as "
              "another cell\n        else:\n            raise ValueError(\"no CPU backward step for "
              "this cell id\")\n")

@@ -15,7 +15,9 @@ The property, for every example (`judge`):
 - no Python traceback on stderr (an exception escaping main() is written as the interpreter
   would, so it fails here with its traceback in the report);
 - status 1 or 2: stderr's last line is `charrnn: error: <message>`, it is the only error line,
-  and stdout is empty. Status 2 (a usage error, found before any work) is exactly that one line.
+  and stdout is empty (but for `sample --lines` giving up: the complete lines it made before,
+  each ending with a newline). Status 2 (a usage error, found before any work) is exactly that
+  one line.
   Status 1 is exactly that one line too, except for the lines a run prints before it fails:
   `charrnn train` without -q/--quiet may have printed its progress, notes, warnings and
   previews (a run that started and then failed: a loss that became NaN), and any command the
@@ -317,8 +319,8 @@ def bounded(argv) -> bool:
                  or (epochs is not None and epochs <= 2)
                  or (minutes is not None and minutes <= 0.02))
         return small
-    if name == "sample":
-        return params["length"] <= 10_000
+    if name == "sample":  # --lines: each line up to --length characters
+        return params["length"] * (params["lines"] or 1) <= 10_000
     if name == "bench":
         return (not params["torch"] and params["iters"] <= 10 and params["sample_chars"] <= 10_000
                 and params["batched_samples"] <= 256)
@@ -369,7 +371,10 @@ def judge(case: Case, r: Result, before: dict, after: dict) -> None:
                            if not line.startswith(("compiling the model's kernels",
                                                    "training on CUDA: ", "sampling on CUDA: "))]
                 assert not earlier, "a one-line error expected, with lines before it" + where
-        assert r.out == "", "a failure printed data on stdout" + where
+        if gave_up_on_lines(name, argv, r):  # the lines made before it gave up are out
+            assert r.out.endswith("\n"), "an incomplete line before giving up" + where
+        else:
+            assert r.out == "", "a failure printed data on stdout" + where
     assert r.rss_growth_mib <= MAX_RSS_GROWTH_MIB, \
         f"the example grew the peak memory by {r.rss_growth_mib:.0f} MiB" + where
     assert r.seconds <= MAX_SECONDS, f"the example took {r.seconds:.0f} s" + where
@@ -410,6 +415,13 @@ def judge(case: Case, r: Result, before: dict, after: dict) -> None:
     left = [p for p in new + changed if not excused(p)]
     assert not left, (f"a failure left behind or changed {left} (new {new}, changed "
                       f"{changed})") + where
+
+
+def gave_up_on_lines(name: str | None, argv, r: Result) -> bool:
+    """`sample --lines` that gave up (too many attempts without a line) after streaming some."""
+    params = parsed(argv) if name == "sample" else None
+    return (params is not None and params["lines"] is not None and r.code == 1 and r.out != ""
+            and lines_of(r.err)[-1].startswith(ERROR + "--lines: gave up"))
 
 
 def saved_step_bytes(data: bytes) -> int | None:
@@ -552,8 +564,11 @@ TRAIN_OPTIONS = {
     "--out": OUT_VALUES,
     "--encoding": ENCODING_VALUES,
     "--errors": ERRORS_VALUES,
+    "--doc-sep": spec(["\\n\\n", "|", "", "\\"], TEXT),
+    "--val-file": spec(["other.txt", "one.txt", "corpus.txt"], READ_PATH_VALUES),
+    "--init-from": spec(MODELS, MODEL_VALUES),
 }
-TRAIN_FLAGS = ["--resume", "-q", "--quiet"]
+TRAIN_FLAGS = ["--resume", "-q", "--quiet", "--lines", "--keep-vocab"]
 
 STOP_TEXTS = ["a", "\\n", " ", "", "\\", "\\x4", "\\x41", "\\u00e9", "\\N{LATIN SMALL LETTER E}",
               "\\N{nope}", "ab", "递归", "é", "\\t\\0", "\\777", "\\U0010ffff", "\\U00110000"]
@@ -575,6 +590,7 @@ SAMPLE_OPTIONS = {
     "--num-samples": int_values(["1", "2", "3"], [TEN_8]),
     "--stop": spec(["a", "\\n", "ab", "é", "\\u00e9"], st.sampled_from(STOP_TEXTS), TEXT),
     "--separator": spec(["a", "\\n", "", "递归", "\\t\\0"], st.sampled_from(STOP_TEXTS), TEXT),
+    "--lines": int_values(["1", "2", "3"]),  # never a valid huge count: slow (bounded())
     "--device": DEVICE_VALUES,
 }
 SAMPLE_FLAGS = ["--argmax", "--skip-unknown"]
@@ -686,12 +702,14 @@ def train_cases(draw) -> Case:
     if out is not None:
         base["--out"] = out
     tokens = draw(option_tokens(TRAIN_OPTIONS, base))
-    tokens += draw(flags(["-q", "--quiet"]))
+    tokens += draw(flags(["-q", "--quiet", "--lines", "--keep-vocab"]))
     if resume:
         tokens.append("--resume")
     tokens = draw(mangled(tokens, TRAIN_OPTIONS))
-    corpus = draw(st.one_of(st.just("corpus.txt"), READ_PATH_VALUES))
-    return Case(tuple(draw(with_positionals(["train"], [corpus], tokens))))
+    # one corpus, or several files and folders
+    corpora = draw(st.lists(st.one_of(st.just("corpus.txt"), READ_PATH_VALUES), min_size=1,
+                            max_size=3))
+    return Case(tuple(draw(with_positionals(["train"], corpora, tokens))))
 
 
 @st.composite
@@ -711,8 +729,9 @@ def eval_cases(draw) -> Case:
     tokens += draw(flags(EVAL_FLAGS))
     tokens = draw(mangled(tokens, EVAL_OPTIONS))
     model = draw(MODEL_VALUES)
-    file = draw(st.one_of(st.just("corpus.txt"), READ_PATH_VALUES))
-    return Case(tuple(draw(with_positionals(["eval"], [model, file], tokens))))
+    files = draw(st.lists(st.one_of(st.just("corpus.txt"), READ_PATH_VALUES), min_size=1,
+                          max_size=3))
+    return Case(tuple(draw(with_positionals(["eval"], [model, *files], tokens))))
 
 
 @st.composite
@@ -827,6 +846,9 @@ def test_train(pretrained, case):
 @example(case=Case(("sample", "runs/base", "--num-samples", TEN_9)))
 @example(case=Case(("sample", "runs/base", "--prime", "ab", "--prime-file", "corpus.txt")))
 @example(case=Case(("sample", "--argmax", "--temperature", "5", "--length", "5")))
+# gives up (exit 1) after printing 6 of the 8 lines (with the pre-trained run of this writing)
+@example(case=Case(("sample", "runs/base", "--lines", "8", "--length", "1", "--prime", "c",
+                    "--seed", "0", "--temperature", "0.1")))
 def test_sample(pretrained, case):
     check(pretrained, case)
 
@@ -901,6 +923,8 @@ def test_the_property_fails_where_it_should(tmp_path):
         train = Case(("train", "corpus.txt", "--out", "runs/new"))
         quiet = Case(("train", "corpus.txt", "--out", "runs/new", "-q"))
         sample = Case(("sample", "runs/base"))
+        lines = Case(("sample", "runs/base", "--lines", "3"))
+        gave_up = ERROR + "--lines: gave up after 30 attempts that made no line\n"
         resume = Case(("train", "corpus.txt", "--out", "runs/base", "--resume"))
         tree = {"corpus.txt": b"abc", "runs": None, "runs/base": None,
                 "runs/base/latest.npz": b"old", "state": None, "state/last_run": b"x"}
@@ -923,6 +947,8 @@ def test_the_property_fails_where_it_should(tmp_path):
             (sample, outcome(1, error + "after\n"), tree, "last line"),
             (sample, outcome(1, ""), tree, "nothing on stderr"),
             (sample, outcome(1, error, out="data"), tree, "stdout"),
+            (lines, outcome(1, error, out="ab\n"), tree, "stdout"),  # not a give-up
+            (lines, outcome(1, gave_up, out="ab\nc"), tree, "incomplete line"),
             (sample, outcome(0, error), tree, "yet exit status 0"),
             (sample, outcome(1, error, rss=4096.0), tree, "peak memory"),
             (sample, outcome(0, ""), {**tree, "new.txt": b""}, "read-only"),
@@ -943,6 +969,7 @@ def test_the_property_fails_where_it_should(tmp_path):
             (sample, outcome(0, "", out="text"), tree),
             (sample, outcome(1, error), tree),
             (sample, outcome(2, error), tree),
+            (lines, outcome(1, gave_up, out="ab\nc\n"), tree),
             (sample, outcome(1, "compiling the model's kernels (first run only)\n" + error),
              tree),
             (train, outcome(1, "training 1 parameters\nstep 2/4\n  | abc\n" + error), tree),
