@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, load, resolve
 from .options import OptionError, TrainOptions, flag
 
 ADAM_M, ADAM_V, STATE_H, STATE_C = "adam.m", "adam.v", "state.h", "state.c"
@@ -167,7 +167,6 @@ class Parent:
 
 def parent_of(path: Path) -> Parent:
     """The checkpoint at path (a file, or a run directory's best, else latest) as a parent."""
-    from .checkpoint import load, resolve
     path = resolve(Path(path))
     ck = load(path)
     digest = hashlib.sha256()
