@@ -4,8 +4,6 @@ assembly equal to the in-memory one, resume refused on other files, and --lines:
 streams hold the same lines in a new order, drawn so that a resumed run trains as a straight
 one."""
 
-import io
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,25 +12,15 @@ import pytest
 from charrnn import checkpoint as ckpt_io
 from charrnn import documents
 from charrnn.batches import line_bounds, shuffled_lines
-from charrnn.cli import main
 from charrnn.documents import expand, read_documents
 from charrnn.report import QuietReporter
 from charrnn.tokenizer import CorpusError
 from charrnn.train import Run, TrainOptions, train
 from charrnn.train_state import options_from_checkpoint
+from .main_call import call_main
 
 ERROR = "charrnn: error: "
 SMALL = ["--hidden", "8", "--layers", "1", "--batch-size", "4", "--seq-len", "8", "-q"]
-
-
-def call_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["charrnn", *map(str, args)])
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8"))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 def write(path: Path, text: str | bytes) -> Path:

@@ -5,9 +5,7 @@ ids) and new ones start improbable, so the model predicts the old characters as 
 line each, and nothing is created."""
 
 import hashlib
-import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +13,15 @@ import pytest
 
 from charrnn import CELL_NAMES
 from charrnn import checkpoint as ckpt_io
-from charrnn.cli import main
 from charrnn.model import Model, ModelConfig, transplant
 from charrnn.tokenizer import Vocab
 from charrnn.train import Run, evaluate
 from charrnn.train_state import options_from_parent, parent_of
+from .main_call import call_main
 
 ERROR = "charrnn: error: "
 SMALL = ["--batch-size", "4", "--seq-len", "8", "-q"]
 OLD_TEXT = "abc cab\nbad cab\n" * 40
-
-
-def call_main(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["charrnn", *map(str, args)])
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b""), encoding="utf-8"))
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code or 0, out, err
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
