@@ -17,6 +17,7 @@ from charrnn.report import QuietReporter
 from charrnn.tokenizer import CorpusError
 from charrnn.train import Run, TrainOptions, train
 from charrnn.train_state import options_from_checkpoint
+
 from .main_call import call_main
 
 ERROR = "charrnn: error: "

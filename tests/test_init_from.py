@@ -17,6 +17,7 @@ from charrnn.model import Model, ModelConfig, transplant
 from charrnn.tokenizer import Vocab
 from charrnn.train import Run, evaluate
 from charrnn.train_state import options_from_parent, parent_of
+
 from .main_call import call_main
 
 ERROR = "charrnn: error: "
