@@ -21,8 +21,8 @@ from typer.core import TyperArgument
 
 from . import __version__, process
 from .cells import CELLS, choices_text
-from .options import (DEFAULT_EVAL_EVERY, BenchConfig, OptionError, SampleOptions, TrainOptions,
-                      check_device, check_text_codec)
+from .options import (DEFAULT_EVAL_EVERY, BenchConfig, OptionError, SampleOptions, ServeOptions,
+                      TrainOptions, check_device, check_text_codec)
 
 def _required_argument_metavar(make_metavar):
     """typer 0.28 writes a required argument as `{CORPUS}` in the usage line, a syntax no
@@ -111,9 +111,10 @@ def _user_errors():
     from .parallel import ThreadsSettingError
     from .runs import RunLocked
     from .tokenizer import CorpusError
+    from .serve_process import ServeError
     from .train import TrainingError
     return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked,
-            ThreadsSettingError, DeviceError, NotEnoughMemory, Failure)
+            ThreadsSettingError, DeviceError, NotEnoughMemory, ServeError, Failure)
 
 
 def unescape(text: str, option: str) -> str:
@@ -481,7 +482,41 @@ def bench(
 
 
 # ---------------------------------------------------------------------------------------------
-# corpus
+# serve
+
+
+@app.command(epilog=examples(
+    "charrnn serve runs/corpus",
+    "CHARRNN_API_KEY=secret charrnn serve runs/corpus --port 8080",
+    "curl -s localhost:8000/v1/completions -d '{\"prompt\": \"The \", \"max_tokens\": 80}'"))
+def serve(
+    model: Annotated[Optional[Path], typer.Argument(metavar="MODEL", help="Checkpoint file or run directory." + default_note("the most recent run"))] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (another than loopback lets other machines in).")] = ServeOptions.host,
+    port: Annotated[int, typer.Option(help="Port to listen on; 0: any free one (it says which).")] = ServeOptions.port,
+    max_batch: Annotated[int, typer.Option(help="Streams sampled together in one batch.")] = ServeOptions.max_batch,
+    max_waiting: Annotated[int, typer.Option(help="Requests that may wait for room in the batch; more are told to retry (429).")] = ServeOptions.max_waiting,
+    max_tokens: Annotated[int, typer.Option(help="The most characters one completion may ask for.")] = ServeOptions.max_tokens,
+    api_key: Annotated[Optional[str], typer.Option(envvar="CHARRNN_API_KEY", help="Require Authorization: Bearer KEY on the API and /metrics (the page and /health stay open; or set CHARRNN_API_KEY)." + default_note("none"))] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+):
+    """Answer many programs at once over HTTP: an OpenAI-compatible completions API (/v1),
+    health, metrics and a playground page (/), concurrent requests sampled as one batch."""
+    check_device(device)
+    opts = ServeOptions(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting,
+                        max_tokens=max_tokens)
+    from . import device as devices
+    from .loading import load_model, model_path
+    from .serve_process import bind, run, served_name
+
+    path = model_path(model)
+    net, vocab, ck = load_model(path)
+    chosen = devices.resolve(device, net.config.cell)
+    sock = bind(opts.host, opts.port)  # a port in use is one line, before anything compiles
+    run(net, vocab, ck, served_name(path), sock, opts, api_key, chosen, say,
+        compiling=_compile_notice())
+
+
+
 
 
 @corpus_app.command("list", epilog=examples("charrnn corpus list"))

@@ -196,3 +196,20 @@ class BenchConfig:
         check_int("sample_chars", self.sample_chars, 16)
         check_float("temperature", self.temperature, 0, math.inf)
         check_choice("device", self.device, ("cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = "127.0.0.1"  # loopback unless the user says otherwise
+    port: int = 8000  # 0: any free port (the server says which)
+    max_batch: int = 64  # streams sampled in one batch
+    max_waiting: int = 256  # requests waiting for room; more are told to retry (429)
+    max_tokens: int = 4096  # the most characters one completion may ask for
+
+    def __post_init__(self):
+        if not isinstance(self.host, str) or not self.host:
+            raise OptionError("--host must name an address")
+        check_int("port", self.port, 0, 65535)
+        check_int("max_batch", self.max_batch, 1, 4096)
+        check_int("max_waiting", self.max_waiting, 0)
+        check_int("max_tokens", self.max_tokens, 1)

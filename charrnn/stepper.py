@@ -150,7 +150,8 @@ class _Slot:
     prime_text: str  # the prime as the model saw it, the slot's first piece
     left: int  # characters still to generate
     started: bool = False  # has had a chunk
-    held: str = ""  # text held back because it may be the start of the stop string
+    held: str = ""  # text held back because it may be the start of a stop string
+    stops: tuple[str, ...] = ()  # the slot ends just before the first of these
 
     def take(self, vocab: Vocab, ids: np.ndarray) -> tuple[str, str | None] | None:
         """The text for this chunk's ids (n,), of which the first `left` count, and the
@@ -159,13 +160,12 @@ class _Slot:
         self.left -= len(ids)
         self.started = True
         text = self.held + vocab.decode(ids)
-        stop = self.opts.stop
-        cut = text.find(stop) if stop is not None else -1
-        if cut >= 0:
-            return text[:cut], "stop"
+        cuts = [cut for cut in (text.find(stop) for stop in self.stops) if cut >= 0]
+        if cuts:
+            return text[:min(cuts)], "stop"
         if self.left == 0:
             return text, "length"
-        held = _held_back(text, stop) if stop is not None else 0
+        held = max((_held_back(text, stop) for stop in self.stops), default=0)
         self.held = text[len(text) - held:]
         return (text[:len(text) - held], None) if len(text) > held else None
 
@@ -175,13 +175,15 @@ class Slots:
     calls of step(), which advances every active slot by one chunk of characters.
 
     A slot's handle (an int, never reused) is stable while other slots come and go. A slot
-    ends after opts.length new characters or just before its stop string; its last piece says
-    why, and its row is released at the next step. B rows need about
-    memory.sampling_bytes(config, B): a caller that fills slots checks it."""
+    ends after opts.length new characters or just before its first stop string; its last piece
+    says why, and its row is released at the next step. A step is `chunk` characters (a new
+    slot's first, FIRST_CHUNK). B rows need about memory.sampling_bytes(config, B): a caller
+    that fills slots checks it."""
 
-    def __init__(self, stepper: Stepper, vocab: Vocab):
+    def __init__(self, stepper: Stepper, vocab: Vocab, chunk: int = CHUNK):
         self.stepper = stepper
         self.vocab = vocab
+        self.chunk = chunk
         self._slots: dict[int, _Slot] = {}  # the active slots, by handle
         self._rows: list[int] = []  # the handle of each stepper row
         self._new: list[int] = []  # filled, no row yet
@@ -189,17 +191,22 @@ class Slots:
         self._x = np.zeros(0, np.int32)  # (B,) each row's last id
         self._options = self._options_of([])
 
-    def fill(self, opts: SampleOptions, rng: np.random.Generator | None = None) -> int:
+    def fill(self, opts: SampleOptions, rng: np.random.Generator | None = None,
+             stops: tuple[str, ...] | None = None, echo: bool = True) -> int:
         """A new slot: its prime, temperature, top_k, top_p, stop, length and skip_unknown from
         opts (num_samples is not read: a slot is one stream), its uniforms from rng, else from
-        np.random.default_rng(opts.seed). Its prime is fed and printed at the next step.
-        Raises UnknownCharacters for a prime the model cannot read."""
+        np.random.default_rng(opts.seed). stops, when given, replaces opts.stop (several stop
+        strings, as OpenAI's API has). Its prime is fed at the next step, and is its first
+        piece unless not echo. Raises UnknownCharacters for a prime the model cannot read."""
         ids, printed = start_ids(self.vocab, opts.prime, opts.skip_unknown)
         slot = self._next
         self._next += 1
         if rng is None:
             rng = np.random.default_rng(opts.seed)
-        self._slots[slot] = _Slot(opts, rng, ids[:-1], int(ids[-1]), printed, opts.length)
+        if stops is None:
+            stops = () if opts.stop is None else (opts.stop,)
+        self._slots[slot] = _Slot(opts, rng, ids[:-1], int(ids[-1]), printed if echo else "",
+                                  opts.length, stops=tuple(stops))
         self._new.append(slot)
         return slot
 
@@ -222,7 +229,9 @@ class Slots:
         if not self._rows:
             return pieces
         slots = [self._slots[s] for s in self._rows]
-        chunk = CHUNK if all(s.started for s in slots) else FIRST_CHUNK
+        # a batch that is all new starts with a small chunk, so its first characters come out
+        # at once; one joining a running batch does not shrink the others' chunk
+        chunk = self.chunk if any(s.started for s in slots) else min(self.chunk, FIRST_CHUNK)
         n = min(chunk, max(s.left for s in slots))
         uniforms = np.empty((n, len(slots)))  # (n, B)
         for row, s in enumerate(slots):
