@@ -31,7 +31,7 @@ MAX_BODY = 1 << 20  # bytes of a request body
 OPEN_PATHS = ("/", "/health")  # answered without the API key
 MAX_STOPS = 4  # as OpenAI's API
 # A prompt is fed on the engine thread before its slot joins the batch, and the other streams
-# wait meanwhile: this bounds that wait (about a second at 2 x 512 on two cores).
+# wait meanwhile: this bounds that wait (measured: the Serving section of BENCHMARKS.md).
 MAX_PROMPT = 4096
 RETRY_AFTER_S = 1
 # the engine's finish reasons for a stream it could not finish: (error type, HTTP status)

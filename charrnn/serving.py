@@ -15,7 +15,7 @@ prime. Batching changes only when its characters come out.
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,7 +52,6 @@ class Completion:
     deliver: Callable[[int, str, str | None], None]
     cancelled: bool = False
     handles: dict[int, int] = field(default_factory=dict)  # slot handle -> choice index
-    left: int = 0  # streams not finished yet
 
 
 class BatchEngine:
@@ -75,7 +74,6 @@ class BatchEngine:
         self._cut_at: float | None = None
         # written by the engine thread only; read (an int or a dict lookup) by the event loop
         self.generated = 0  # characters delivered, for /metrics
-        self.finished = Counter()  # finish reasons, for /metrics
         self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
 
     def start(self) -> None:
@@ -151,7 +149,6 @@ class BatchEngine:
             if len(self._running) + request.n > self.max_batch:
                 break
             self._waiting.popleft()
-            request.left = request.n
             for index in range(request.n):
                 try:
                     handle = self.slots.fill(request.opts, sample_rng(request.opts.seed, index),
@@ -205,8 +202,6 @@ class BatchEngine:
                 self.generated += len(piece.text)
                 if piece.finish_reason is not None:
                     del self._running[piece.slot]
-                    request.left -= 1
-                    self.finished[piece.finish_reason] += 1
                 if not request.cancelled:
                     _tell(request, request.handles[piece.slot], piece.text, piece.finish_reason)
 

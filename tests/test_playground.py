@@ -9,11 +9,7 @@ Skips, saying why, where selenium, chromium or chromedriver is missing (`.ci/run
 them, so CI runs these tests). Nothing here talks to anything but 127.0.0.1.
 """
 
-import re
 import shutil
-import signal
-import subprocess
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,7 +17,8 @@ import pytest
 
 from charrnn.synthetic import MarkovSource
 
-from .test_cli import cli_command, cli_env, run_cli
+from .served import Served
+from .test_cli import cli_env, run_cli
 
 try:
     from selenium import webdriver
@@ -38,9 +35,7 @@ ALPHABET = "abcé \n"  # a non-ASCII letter: the page must decode the stream as 
 # characters, and long enough not to be drawn again by chance
 PROMPT = "cab bac acab ca"
 LENGTH = 250
-START_TIMEOUT_S = 300  # a cold numba cache compiles the sampling kernels before it listens
 GENERATE_TIMEOUT_S = 60
-STOP_TIMEOUT_S = 15  # the server gives in-flight requests 5 s after SIGTERM
 API_KEY = "playground-test-key"
 
 
@@ -87,68 +82,21 @@ def trained(tmp_path_factory):
                            "--layers", "1", "--max-steps", "20", "--out", "RUN",
                            cwd=work, state_dir=state)
     assert code == 0, f"training failed (exit {code}):\n{err}"
-    return SimpleNamespace(work=work, state=state, run=work / "RUN", vocab=set(text))
-
-
-class ServeProcess:
-    """`charrnn serve MODEL --port 0 ARGS` in a subprocess; its stderr read by a thread."""
-
-    LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+)")
-
-    def __init__(self, trained, *args, api_key=None):
-        env = cli_env(trained.state)
-        env.pop("CHARRNN_API_KEY", None)  # the user's own key must not change these tests
-        if api_key:
-            env["CHARRNN_API_KEY"] = api_key
-        self.proc = subprocess.Popen([*cli_command(), "serve", str(trained.run), "--port", "0",
-                                      *args], cwd=trained.work, env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        self.lines: list[str] = []
-        self._port = threading.Event()
-        self.port = None
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._port.wait(START_TIMEOUT_S) or self.port is None:
-            self.stop()
-            pytest.fail(f"charrnn serve did not say where it listens within {START_TIMEOUT_S} s "
-                        f"(exit {self.proc.returncode}):\n{self.stderr}")
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def _read(self) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace")
-            self.lines.append(line)
-            if self.port is None and (m := self.LISTENING.search(line)):
-                self.port = int(m.group(1))
-                self._port.set()
-        self._port.set()  # the process ended: stop waiting
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int | None:
-        """SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT_S; the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(STOP_TIMEOUT_S)
-        return self.proc.returncode
+    env = cli_env(state)
+    env.pop("CHARRNN_API_KEY", None)  # the user's own key must not change these tests
+    return SimpleNamespace(work=work, state=state, run=work / "RUN", vocab=set(text), env=env)
 
 
 @pytest.fixture(scope="module")
 def server(trained):
-    serving = ServeProcess(trained)
+    serving = Served(trained)
     yield serving
     serving.stop()
 
 
 @pytest.fixture(scope="module")
 def keyed_server(trained):
-    serving = ServeProcess(trained, api_key=API_KEY)
+    serving = Served(trained, env={**trained.env, "CHARRNN_API_KEY": API_KEY})
     yield serving
     serving.stop()
 

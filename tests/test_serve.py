@@ -10,11 +10,9 @@ contacted; every loop is bounded in count and in time.
 
 import concurrent.futures
 import http.client
-import itertools
 import json
 import os
 import queue
-import re
 import signal
 import socket
 import subprocess
@@ -28,6 +26,8 @@ import pytest
 
 from charrnn.synthetic import MarkovSource
 
+from .served import START_TIMEOUT, STOP_TIMEOUT, Served
+
 HOST = "127.0.0.1"
 NAME = "tinymodel"  # the run directory's name: the model's name in the API
 ALPHABET = "abcé \n"  # a two-byte letter: usage must count characters, not bytes
@@ -35,12 +35,9 @@ VOCAB = set(ALPHABET)
 TRAIN_ARGS = ["--cell", "lstm", "--hidden", "16", "--layers", "1", "--batch-size", "4",
               "--seq-len", "16", "--max-steps", "20", "--eval-every", "10"]
 LONG = 100_000_000  # the shared server's --max-tokens: a stream this long runs for minutes
-START_TIMEOUT = 300  # s: a cold numba cache compiles the sampling kernels before it listens
 HTTP_TIMEOUT = 30  # s, for one socket operation
-STOP_TIMEOUT = 15  # s: a signalled server is gone within this
 MAX_BODY = 1 << 20  # server.MAX_BODY; not imported: this file needs no starlette
 MAX_BATCH = 64  # the default --max-batch
-_count = itertools.count()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,51 +58,6 @@ def model(tmp_path_factory):
                        timeout=START_TIMEOUT)
     assert p.returncode == 0, p.stderr.decode()
     return SimpleNamespace(run=work / NAME, env=env, work=work)
-
-
-class Served:
-    """`charrnn serve MODEL --port 0 FLAGS` as a subprocess; stderr and stdout go to files, so
-    that nothing blocks on a full pipe and the tests can read them at any time."""
-
-    def __init__(self, model, *flags, env=None):
-        n = next(_count)
-        self.err_path = model.work / f"serve-{n}.err"
-        self.out_path = model.work / f"serve-{n}.out"
-        with open(self.err_path, "wb") as err, open(self.out_path, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "charrnn", "serve", str(model.run), "--port", "0",
-                 *flags], stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=env or model.env, cwd=model.work)
-        self.port = self._wait_ready()
-
-    def _wait_ready(self) -> int:
-        """The port the server says it listens on, once it says so."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            found = re.search(r"on http://127\.0\.0\.1:(\d+)\b", self.stderr)
-            if found:
-                return int(found.group(1))
-            if self.proc.poll() is not None:
-                pytest.fail(f"the server exited {self.proc.returncode}:\n{self.stderr}")
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail(f"the server did not say where it listens in {START_TIMEOUT} s")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text("utf-8", errors="replace")
-
-    def assert_no_traceback(self) -> None:
-        assert "Traceback" not in self.stderr, self.stderr
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
