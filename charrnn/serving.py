@@ -1,10 +1,11 @@
 """Continuous batching for `charrnn serve`: one engine thread owns the model and advances every
 active request in one batched step, chunk after chunk.
 
-A request joins at the next chunk boundary (its prompt fed, then it draws with the others),
-leaves when it is done, when a stop string appears, or when it is cancelled (its client went
-away), and its pieces are handed to the request's `deliver` callback from the engine thread (the
-web server's callback hands them to its event loop). The kernels release the GIL, so the event
+A request joins at the next chunk boundary; in each batched step its row takes the next
+character of its prompt until the prompt is fed, then draws with the others (a long prompt holds
+no one up). It leaves when it is done, when a stop string appears, or when it is cancelled (its
+client went away), and its pieces are handed to the request's `deliver` callback from the engine
+thread (the web server's callback hands them to its event loop). The kernels release the GIL, so the event
 loop keeps answering while a chunk is computed.
 
 A request's text depends only on its own prompt, options and seed (each slot draws from its own
@@ -63,7 +64,7 @@ class BatchEngine:
         memory.check_fits(memory.sampling_bytes(model.config, max_batch),
                           f"serving {max_batch:,} streams at once", "--max-batch")
         self.vocab = vocab
-        self.slots = Slots(make_stepper(model, device), vocab, chunk=chunk)
+        self.slots = Slots(make_stepper(model, device), vocab, chunk=chunk, primes_in_steps=True)
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self._waiting: deque[Completion] = deque()
         self._running: dict[int, Completion] = {}  # slot handle -> its request
@@ -214,7 +215,8 @@ class BatchEngine:
         with self._wake:
             self._end_all("error", "the server failed to compute this completion",
                           waiting=False)
-            self.slots = Slots(self.slots.stepper, self.vocab, chunk=self.slots.chunk)
+            self.slots = Slots(self.slots.stepper, self.vocab, chunk=self.slots.chunk,
+                               primes_in_steps=True)
 
 
 def _tell(request: Completion, index: int, text: str, finish: str | None) -> None:

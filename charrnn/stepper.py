@@ -40,11 +40,23 @@ class Stepper(Protocol):
         """Make the rows: the current rows `keep`, in that order, then one new row per entry
         of primes (int32 (n,) ids, n >= 0), its state that after those ids from zero."""
 
-    def generate(self, x: np.ndarray, temperature: np.ndarray, top_k: np.ndarray,
-                 top_p: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-        """(n, B) new ids for the B rows, drawn with row b's temperature[b] (float64),
-        top_k[b] (int64, 0: all) and top_p[b] (float64) and uniforms (n, B); x (B,) int32,
-        the last id of each row, is updated to the last of them."""
+    def generate(self, x: np.ndarray, forced: np.ndarray, temperature: np.ndarray,
+                 top_k: np.ndarray, top_p: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """(n, B) next ids for the B rows: forced[t, b] (int32 (n, B)) where that is >= 0 (a
+        prompt fed inside the batch), else drawn with row b's temperature[b] (float64),
+        top_k[b] (int64, 0: all), top_p[b] (float64) and uniforms[t, b]; x (B,) int32, the
+        last id of each row, is updated to the last of them."""
+
+
+# the draw options of a one-row generate call that draws nothing (it only feeds a prime)
+NO_OPTIONS = (np.ones(1), np.zeros(1, np.int64), np.ones(1))
+
+
+def feeding(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x (1,) and forced (n, 1) int32 for a one-row generate call that feeds ids (n,), n >= 1:
+    afterwards the row's state is that after all of ids (its x, the last forced id, unused)."""
+    forced = np.append(ids[1:], ids[:1]).astype(np.int32)[:, None]
+    return ids[:1].astype(np.int32), forced
 
 
 def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], primes: Sequence[np.ndarray],
@@ -86,21 +98,22 @@ class CpuStepper:
 
     def _fed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, c = self.model.zero_state(1)
-        if len(ids):  # no prime to feed: skip loading the feed kernel (~40 ms of start-up)
+        if len(ids):
             m = self.model
-            cpu.feed(m.config.kernel_id, m.params, m.layout.offsets,
-                     np.ascontiguousarray(ids[:, None], np.int32), h, c, *self._one[:-1])
+            x, forced = feeding(ids)
+            cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, x, h, c, forced,
+                         *NO_OPTIONS, np.zeros(forced.shape), np.zeros_like(forced), *self._one)
         return h, c
 
     def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
         self.h, self.c = arranged(self.h, self.c, keep, primes, self._fed)
         self.scratch = self._scratch(self.h.shape[1])
 
-    def generate(self, x, temperature, top_k, top_p, uniforms) -> np.ndarray:
+    def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
         m = self.model
         out = np.zeros(uniforms.shape, np.int32)
         cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, x, self.h, self.c,
-                     temperature, top_k, top_p, uniforms, out, *self.scratch)
+                     forced, temperature, top_k, top_p, uniforms, out, *self.scratch)
         return out
 
 
@@ -145,8 +158,9 @@ def _held_back(text: str, stop: str) -> int:
 class _Slot:
     opts: SampleOptions
     rng: np.random.Generator
-    prime_ids: np.ndarray  # (n,) int32: fed when the slot gets its row, all but the last
-    first: int  # the prime's last id: the input of the first step
+    prime_ids: np.ndarray  # (n,) int32: fed when the slot gets its row
+    first: int  # the input of the slot's first step
+    pending: np.ndarray  # (m,) int32: prime ids still to feed inside the batched steps
     prime_text: str  # the prime as the model saw it, the slot's first piece
     left: int  # characters still to generate
     started: bool = False  # has had a chunk
@@ -177,13 +191,22 @@ class Slots:
     A slot's handle (an int, never reused) is stable while other slots come and go. A slot
     ends after opts.length new characters or just before its first stop string; its last piece
     says why, and its row is released at the next step. A step is `chunk` characters (a new
-    slot's first, FIRST_CHUNK). B rows need about memory.sampling_bytes(config, B): a caller
-    that fills slots checks it."""
+    slot's first, FIRST_CHUNK after its prime). B rows need about
+    memory.sampling_bytes(config, B): a caller that fills slots checks it.
 
-    def __init__(self, stepper: Stepper, vocab: Vocab, chunk: int = CHUNK):
+    Primes: by default a new slot's prime is fed when it gets its row, before the step draws,
+    once for all the new slots that share it (the samples of one command). With
+    primes_in_steps (a server, whose requests join a running batch) each slot's prime is fed
+    inside the batched steps instead: in each step a row either takes its next prime character
+    or draws, so a long prompt never holds up the other streams. Either way a slot's text is
+    the same, to the rounding of the batch's product (module docstring)."""
+
+    def __init__(self, stepper: Stepper, vocab: Vocab, chunk: int = CHUNK,
+                 primes_in_steps: bool = False):
         self.stepper = stepper
         self.vocab = vocab
         self.chunk = chunk
+        self.primes_in_steps = primes_in_steps
         self._slots: dict[int, _Slot] = {}  # the active slots, by handle
         self._rows: list[int] = []  # the handle of each stepper row
         self._new: list[int] = []  # filled, no row yet
@@ -205,7 +228,11 @@ class Slots:
             rng = np.random.default_rng(opts.seed)
         if stops is None:
             stops = () if opts.stop is None else (opts.stop,)
-        self._slots[slot] = _Slot(opts, rng, ids[:-1], int(ids[-1]), printed if echo else "",
+        if self.primes_in_steps and opts.length:
+            fed, first, pending = ids[:0], ids[0], ids[1:]
+        else:
+            fed, first, pending = ids[:-1], ids[-1], ids[:0]
+        self._slots[slot] = _Slot(opts, rng, fed, int(first), pending, printed if echo else "",
                                   opts.length, stops=tuple(stops))
         self._new.append(slot)
         return slot
@@ -229,18 +256,26 @@ class Slots:
         if not self._rows:
             return pieces
         slots = [self._slots[s] for s in self._rows]
-        # a batch that is all new starts with a small chunk, so its first characters come out
-        # at once; one joining a running batch does not shrink the others' chunk
-        chunk = self.chunk if any(s.started for s in slots) else min(self.chunk, FIRST_CHUNK)
-        n = min(chunk, max(s.left for s in slots))
-        uniforms = np.empty((n, len(slots)))  # (n, B)
+        # a batch that is all new starts with a small chunk after its primes, so its first
+        # characters come out at once; one joining a running batch does not shrink the others'
+        chunk = self.chunk
+        if not any(s.started for s in slots):
+            chunk = min(chunk, max(len(s.pending) for s in slots) + FIRST_CHUNK)
+        n = min(chunk, max(len(s.pending) + s.left for s in slots))
+        forced = np.full((n, len(slots)), -1, np.int32)  # (n, B): -1 where the row draws
+        uniforms = np.zeros((n, len(slots)))  # (n, B)
+        fed = []
         for row, s in enumerate(slots):
-            # n in a row from the slot's own generator, the order a single sample always drew
-            # them in: a slot's uniforms depend neither on the chunking nor on other slots
-            uniforms[:, row] = s.rng.random(n)
-        out = self.stepper.generate(self._x, *self._options, uniforms)  # (n, B)
+            k = min(n, len(s.pending))
+            forced[:k, row], s.pending = s.pending[:k], s.pending[k:]
+            # then n - k in a row from the slot's own generator, the order a single sample
+            # always drew them in: a slot's uniforms depend neither on the chunking nor on
+            # other slots
+            uniforms[k:, row] = s.rng.random(n - k)
+            fed.append(k)
+        out = self.stepper.generate(self._x, forced, *self._options, uniforms)  # (n, B)
         for row, (handle, s) in enumerate(zip(self._rows, slots)):
-            taken = s.take(self.vocab, out[:, row])
+            taken = s.take(self.vocab, out[fed[row]:, row])
             if taken is not None:
                 pieces.append(Piece(handle, *taken))
                 if taken[1] is not None:

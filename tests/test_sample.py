@@ -142,10 +142,17 @@ class Recorder(CpuStepper):
     def __init__(self, model):
         super().__init__(model)
         self.chunks = []  # (rows, characters) of each generate call
+        self.forced = []  # (B,) prime ids each row was fed inside each generate call
+        self.fed_before = []  # the length of every prime fed by arrange, before the steps
 
-    def generate(self, x, temperature, top_k, top_p, uniforms):
+    def arrange(self, keep, primes):
+        self.fed_before += [len(p) for p in primes]
+        super().arrange(keep, primes)
+
+    def generate(self, x, forced, temperature, top_k, top_p, uniforms):
         self.chunks.append((x.size, uniforms.shape[0]))
-        return super().generate(x, temperature, top_k, top_p, uniforms)
+        self.forced.append((forced >= 0).sum(axis=0))
+        return super().generate(x, forced, temperature, top_k, top_p, uniforms)
 
 
 def drive(slots, plan=None):
@@ -214,6 +221,54 @@ def test_a_slot_filled_mid_run_gets_the_text_it_gets_alone(strong):
     # chunks 16, 256, 256 for the first two; a newcomer joins the running batch's full chunk
     # (a short one would slow every stream of a busy server each time a request joins)
     assert stepper.chunks[:4] == [(2, FIRST_CHUNK), (2, CHUNK), (2, CHUNK), (3, CHUNK)]
+
+
+def test_primes_fed_inside_the_steps_give_the_texts_fed_before(strong):
+    """A server's slots take their primes inside the batched steps; each text is the one its
+    options and seed give alone with the prime fed before drawing."""
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1], primes_in_steps=True)
+    opts = MIXED[:3] + [SampleOptions(length=200, temperature=0.0, prime="bca" * 30)]
+    handles = [slots.fill(o, np.random.default_rng(seed)) for seed, o in enumerate(opts)]
+    texts, reasons, _ = drive(slots)
+    for seed, (slot, o) in enumerate(zip(handles, opts)):
+        assert (texts[slot], reasons[slot]) == alone(*strong, o, seed)
+    assert not any(stepper.fed_before), "no prime was fed outside the steps"
+    # each row was fed its prime but its last character (the first step's input) in the steps
+    assert sum(stepper.forced).tolist() == [len(o.prime) - 1 if o.prime else 0 for o in opts]
+    # an all-new batch's first chunk: its longest prime, then FIRST_CHUNK draws
+    assert stepper.chunks[0] == (4, 89 + FIRST_CHUNK)
+
+
+def test_a_long_prompt_joining_holds_up_no_running_slot(strong):
+    """A slot whose prime is three chunks long joins a running batch: the running slot gets a
+    full chunk of text at every step while the newcomer is fed, and the newcomer's text is
+    its text alone."""
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1], primes_in_steps=True)
+    running = slots.fill(SampleOptions(length=2000, top_k=3, prime="a"),
+                         np.random.default_rng(1))
+    late_opts = SampleOptions(length=400, temperature=0.9,
+                              prime="abc\n" * (3 * CHUNK // 4) + "cab")
+    late, said, text = [], {}, ""
+
+    def join(s):
+        late.append(s.fill(late_opts, np.random.default_rng(2)))
+
+    for k in range(7):
+        if k == 3:
+            join(slots)
+        for p in slots.step():
+            said.setdefault(k, {})[p.slot] = len(p.text)
+            text += p.text if p.slot != running else ""
+    # steps 3, 4, 5 feed the newcomer CHUNK prime characters each; its first text comes in
+    # step 6 (its last 2 prime characters fed, then CHUNK - 2 draws), and the running slot says
+    # a full chunk in every one of them
+    assert [f.tolist() for f in stepper.forced[3:7]] == [[0, CHUNK]] * 3 + [[0, 2]]
+    assert all(said[k][running] >= CHUNK - 2 for k in range(3, 7))
+    assert late[0] not in said[5] and said[6][late[0]] == CHUNK - 2
+    texts, _, _ = drive(slots)
+    assert text + texts[late[0]] == alone(*strong, late_opts, 2)[0]
 
 
 def test_freeing_a_slot_leaves_the_others_texts_alone(strong):

@@ -806,43 +806,44 @@ def _jordan_sample_step(params, offs, xt, y, hid, logits, b, tid, nthreads):
 
 
 @_kernel(f"void(int64, {F1}, int64[:], int32[:], float32[:, :, :], float32[:, :, :], "
-         f"int32[:, :], int64, float64[:], int64[:], float64[:], float64[:, :], int32[:, :], "
+         f"int32[:, :], float64[:], int64[:], float64[:], float64[:, :], int32[:, :], "
          f"{F2}, {F2}, {F2}, float64[:, :], int32[:, :])")
-def sample_steps(cell, params, offs, x, h, c, feed_ids, feeding, temperature, top_k, top_p,
-                 uniforms, out, xg, hw, logits, probs, taken):
-    """n steps for every stream; grid: one block per stream. feeding=1: step through feed_ids
-    (n, B) (a prime text) and draw nothing; feeding=0: step on x (B,), draw the next id from
-    the prediction with stream b's temperature[b], top_k[b] (0: all) and top_p[b] (each (B,))
-    and uniforms (n, B), write it to out (n, B) and x. h, c (L, B, H): the state, advanced in
-    place. xg, hw (B, G*H), logits (B, V), probs (B, V), taken (B, V): scratch."""
+def sample_steps(cell, params, offs, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
+                 xg, hw, logits, probs, taken):
+    """n = out.shape[0] steps for every stream; grid: one block per stream. Step t advances
+    stream b on x[b] and writes its next id to out[t, b] and x[b]: forced[t, b] (n, B) where
+    that is >= 0 (a prompt character; the output layer is skipped), else one drawn from the
+    prediction with temperature[b], top_k[b] (0: all) and top_p[b] (each (B,)) and
+    uniforms[t, b]. h, c (L, B, H): the state, advanced in place. xg, hw (B, G*H), logits
+    (B, V), probs (B, V), taken (B, V): scratch."""
     b = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
     L, B, H = h.shape
     V = logits.shape[1]
-    n = feed_ids.shape[0] if feeding else out.shape[0]
-    for t in range(n):
-        xt = feed_ids[t, b] if feeding else x[b]
+    for t in range(out.shape[0]):
+        xt = x[b]
+        feeding = forced[t, b] >= 0
         if cell == JORDAN:  # the state is y; the output layer is part of the step
             _jordan_sample_step(params, offs, xt, h, xg, logits, b, tid, nthreads)
         else:
             for layer in range(L):
                 _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads)
-            if feeding:
-                continue
-            s = 4 * L
-            W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
-            for k in range(tid, V, nthreads):
-                a = b_y[k]
-                for i in range(H):
-                    a += h[L - 1, b, i] * W_y[i * V + k]
-                logits[b, k] = a
-            cuda.syncthreads()
-        if feeding:
-            continue
+            if not feeding:
+                s = 4 * L
+                W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
+                for k in range(tid, V, nthreads):
+                    a = b_y[k]
+                    for i in range(H):
+                        a += h[L - 1, b, i] * W_y[i * V + k]
+                    logits[b, k] = a
+                cuda.syncthreads()
         if tid == 0:
-            nxt = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b], probs[b],
-                        taken[b])
+            if feeding:
+                nxt = forced[t, b]
+            else:
+                nxt = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b],
+                            probs[b], taken[b])
             x[b] = nxt
             out[t, b] = nxt
         cuda.syncthreads()

@@ -9,7 +9,7 @@ import numpy as np
 from numba import cuda
 
 from ..model import Model
-from ..stepper import arranged
+from ..stepper import NO_OPTIONS, arranged, feeding
 from . import kernels as K
 from .model import require_kernels
 
@@ -29,12 +29,6 @@ class CudaStepper:
         self.rows = 0
         self.h = self.c = None  # (L, B, W) on the device while there are rows
         self.scratch = None
-        # stand-ins for the arguments a launch does not read: the draw's while feeding, the
-        # feed's while drawing
-        self._no_options = (self._zeros(1, np.float64), self._zeros(1, np.int64),
-                            self._zeros(1, np.float64))
-        self._no_uniforms = self._zeros((1, 1), np.float64)
-        self._no_ids = self._zeros((1, 1), np.int32)
 
     @staticmethod
     def _zeros(shape, dtype):
@@ -52,11 +46,13 @@ class CudaStepper:
         h, c = self.model.zero_state(1)
         if len(ids):
             d_h, d_c = cuda.to_device(h), cuda.to_device(c)
-            x, *scratch = self._scratch(1)
+            d_x, *scratch = self._scratch(1)
+            x, forced = feeding(ids)
+            d_x.copy_to_device(x)
             K.sample_steps[1, THREADS](
-                self.cell, self.params, self.offs, x, d_h, d_c,
-                cuda.to_device(np.ascontiguousarray(ids[:, None], np.int32)), 1,
-                *self._no_options, self._no_uniforms, self._no_ids, *scratch)
+                self.cell, self.params, self.offs, d_x, d_h, d_c, cuda.to_device(forced),
+                *map(cuda.to_device, NO_OPTIONS), cuda.to_device(np.zeros(forced.shape)),
+                cuda.device_array(forced.shape, np.int32), *scratch)
             h, c = d_h.copy_to_host(), d_c.copy_to_host()
         return h, c
 
@@ -71,12 +67,12 @@ class CudaStepper:
         else:
             self.h = self.c = self.scratch = None
 
-    def generate(self, x, temperature, top_k, top_p, uniforms) -> np.ndarray:
+    def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
         d_x, *scratch = self.scratch
         d_x.copy_to_device(np.ascontiguousarray(x, np.int32))
         out = cuda.device_array(uniforms.shape, np.int32)
         K.sample_steps[self.rows, THREADS](
-            self.cell, self.params, self.offs, d_x, self.h, self.c, self._no_ids, 0,
+            self.cell, self.params, self.offs, d_x, self.h, self.c, cuda.to_device(forced),
             cuda.to_device(temperature), cuda.to_device(top_k), cuda.to_device(top_p),
             cuda.to_device(uniforms), out, *scratch)
         ids = out.copy_to_host()

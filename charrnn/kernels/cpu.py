@@ -1120,26 +1120,22 @@ def _draw(logits, temperature, top_k, top_p, u, probs):
 
 
 @kernel
-def feed(cell, params, offs, ids, h, c, xg, gates, act, h_new, c_new, logits):
-    """Advance the state through ids (n, B) (a prime text); logits then hold the prediction
-    that follows the last of them."""
-    for t in range(ids.shape[0]):
-        _step(cell, params, offs, ids[t], h, c, xg, gates, act, h_new, c_new, logits)
-
-
-@kernel
-def generate(cell, params, offs, x, h, c, temperature, top_k, top_p, uniforms, out,
+def generate(cell, params, offs, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
              xg, gates, act, h_new, c_new, logits, probs):
-    """Generate out.shape[0] characters per stream into out (n, B), each drawn from the
-    prediction after the previous one. x (B,): the last character so far, updated in place;
-    h, c (L, B, H): the state after the characters before x, updated. temperature (B,)
-    float64, top_k (B,) int64 (0: all), top_p (B,) float64: each stream's draw options.
-    uniforms: (n, B) in [0, 1)."""
+    """Step every stream out.shape[0] times, each step on its last id x[b], and write the
+    stream's next id to out (n, B) and x: forced[t, b] where that is >= 0 (a prompt character
+    fed in the same batched step as the other streams' draws), else an id drawn from the
+    prediction with temperature[b] (float64), top_k[b] (int64, 0: all), top_p[b] (float64) and
+    uniforms[t, b] in [0, 1). h, c (L, B, H): the state after the ids before x, updated."""
     n, B = out.shape
     for t in range(n):
         _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
         for b in range(B):
-            x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b], probs)
+            if forced[t, b] >= 0:
+                x[b] = forced[t, b]
+            else:
+                x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b],
+                             probs)
             out[t, b] = x[b]
 
 

@@ -251,7 +251,8 @@ def sampling_model(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru-classic", "jordan"])
 def test_the_device_stepper_gives_the_cpu_ids_with_options_per_row(cell):
     """The Stepper protocol on both devices: rows with their own options, then rows dropped,
-    reordered and added (a prime fed on the device) between chunks."""
+    reordered and added (a prime fed on the device) between chunks, and a row fed a prompt
+    inside the batched steps while the others draw."""
     from charrnn.cuda.sample import CudaStepper
     from charrnn.stepper import CpuStepper
     model, vocab = sampling_model(cell)
@@ -263,11 +264,15 @@ def test_the_device_stepper_gives_the_cpu_ids_with_options_per_row(cell):
         x = np.array([5, 6, 7, 8], np.int32)
         options = (np.array([0.8, 1.0, 0.0, 1.3]), np.array([0, 3, 0, 2], np.int64),
                    np.array([1.0, 0.9, 1.0, 0.7]))
-        got = [stepper.generate(x, *options, draws.random((7, 4)))]
+        no_forcing = np.full((7, 4), -1, np.int32)
+        got = [stepper.generate(x, no_forcing, *options, draws.random((7, 4)))]
         stepper.arrange([3, 0], [np.array([2, 2, 5], np.int32)])  # rows 3, 0, then a new one
         x = np.array([x[3], x[0], 1], np.int32)
         options = tuple(np.array([o[3], o[0], v]) for o, v in zip(options, (0.9, 4, 0.8)))
-        got.append(stepper.generate(x, *options, draws.random((9, 3))))
+        forced = np.full((9, 3), -1, np.int32)
+        forced[:4, 2] = [3, 1, 4, 1]  # the new row takes a prompt's next ids, then draws
+        got.append(stepper.generate(x, forced, *options, draws.random((9, 3))))
+        np.testing.assert_array_equal(got[-1][:4, 2], [3, 1, 4, 1])
         ids[name] = got
     for cpu_ids, gpu_ids in zip(ids["cpu"], ids["cuda"]):
         np.testing.assert_array_equal(gpu_ids, cpu_ids)
