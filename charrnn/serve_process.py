@@ -7,6 +7,7 @@ completion is a 503) and the command exits 0. A second signal cuts them at once;
 waiting for clients that do not read what they are sent.
 """
 
+import asyncio
 import contextlib
 import errno
 import signal
@@ -77,7 +78,6 @@ def run(model, vocab, ck, name: str, sock: socket.socket, opts: ServeOptions,
     server = Server(engine, name, opts.max_tokens, api_key,
                     {"charrnn": {"cell": c.cell, "layers": c.layers, "hidden": c.hidden,
                                  "vocabulary": len(vocab), "step": ck.train.get("step")}})
-    engine.start()
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
 
@@ -116,6 +116,8 @@ def _uvicorn_server(config, engine, ready: Callable[[], None]):
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)
             if not self.should_exit:  # (set when the start failed)
+                # the engine hands each chunk's pieces to this loop in one call
+                self.engine.start(asyncio.get_running_loop().call_soon_threadsafe)
                 ready()
 
         @contextlib.contextmanager

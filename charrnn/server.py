@@ -30,8 +30,8 @@ from .tokenizer import UnknownCharacters
 MAX_BODY = 1 << 20  # bytes of a request body
 OPEN_PATHS = ("/", "/health")  # answered without the API key
 MAX_STOPS = 4  # as OpenAI's API
-# A prompt is fed on the engine thread before its slot joins the batch, and the other streams
-# wait meanwhile: this bounds that wait (measured: the Serving section of BENCHMARKS.md).
+# A prompt is fed inside the batched steps, a character per step: this bounds the steps a
+# request may take before it draws (the time: the Serving section of BENCHMARKS.md).
 MAX_PROMPT = 4096
 RETRY_AFTER_S = 1
 # the engine's finish reasons for a stream it could not finish: (error type, HTTP status)
@@ -120,14 +120,10 @@ class Server:
         except BadRequest as e:
             return error(str(e), e.status, e.param, e.kind, e.code)
         prompt_chars = len(opts.prime)
-        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
-        def deliver(index: int, text: str, finish: str | None) -> None:  # the engine's thread
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, (index, text, finish))
-            except RuntimeError:  # the loop has closed (the server stopped): no one listens
-                pass
+        def deliver(index: int, text: str, finish: str | None) -> None:  # on the event loop
+            queue.put_nowait((index, text, finish))
 
         job = Completion(opts, n, stops, deliver)
         try:

@@ -4,8 +4,9 @@ active request in one batched step, chunk after chunk.
 A request joins at the next chunk boundary; in each batched step its row takes the next
 character of its prompt until the prompt is fed, then draws with the others (a long prompt holds
 no one up). It leaves when it is done, when a stop string appears, or when it is cancelled (its
-client went away), and its pieces are handed to the request's `deliver` callback from the engine
-thread (the web server's callback hands them to its event loop). The kernels release the GIL, so the event
+client went away), and its pieces are handed to the request's `deliver` callback where the engine's `post`
+runs them: the web server's event loop, all of a chunk's pieces in one call (one wake-up of the
+loop per chunk, not one per stream). The kernels release the GIL, so the event
 loop keeps answering while a chunk is computed.
 
 A request's text depends only on its own prompt, options and seed (each slot draws from its own
@@ -43,7 +44,8 @@ class ShuttingDown(Exception):
 @dataclass
 class Completion:
     """One request: n streams of one prompt and options. deliver(index, text, finish_reason)
-    is called from the engine thread for every piece (finish_reason None but on the last).
+    is called for every piece (finish_reason None but on the last), in order, through the
+    engine's post (BatchEngine.start).
     A stream that fails ends with finish_reason "error" (the batch failed) or "shutdown" (cut
     by the server's end), its text then the message for the client."""
 
@@ -76,8 +78,12 @@ class BatchEngine:
         # written by the engine thread only; read (an int or a dict lookup) by the event loop
         self.generated = 0  # characters delivered, for /metrics
         self._thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+        self._post: Callable[[Callable[[], None]], object] = _call
 
-    def start(self) -> None:
+    def start(self, post: Callable[[Callable[[], None]], object] | None = None) -> None:
+        """Start the engine thread. post(fn) runs fn where the requests' deliver callbacks are
+        to run (an event loop's call_soon_threadsafe); without it, on the engine thread."""
+        self._post = post or _call
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -85,7 +91,8 @@ class BatchEngine:
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        self._thread.join(timeout)
+        if self._thread.ident is not None:  # (started)
+            self._thread.join(timeout)
 
     def drain(self, grace: float) -> None:
         """The server is stopping: refuse new requests, and cut the streams still running
@@ -150,15 +157,17 @@ class BatchEngine:
             if len(self._running) + request.n > self.max_batch:
                 break
             self._waiting.popleft()
+            failed = []
             for index in range(request.n):
                 try:
                     handle = self.slots.fill(request.opts, sample_rng(request.opts.seed, index),
                                              stops=request.stops, echo=False)
                 except Exception as e:  # noqa: BLE001 - checked at submit; never kill the engine
-                    _tell(request, index, str(e), "error")
+                    failed.append((request, index, str(e), "error"))
                     continue
                 request.handles[handle] = index
                 self._running[handle] = request
+            self._deliver(failed)
 
     def _end_all(self, reason: str, message: str, waiting: bool = True) -> None:
         """Under the lock: end every request in the batch (and, if waiting, in the queue), each
@@ -172,10 +181,8 @@ class BatchEngine:
             for request in self._waiting:
                 ended.setdefault(id(request), (request, []))[1].extend(range(request.n))
             self._waiting.clear()
-        for request, indices in ended.values():
-            if not request.cancelled:
-                for index in indices:
-                    _tell(request, index, message, reason)
+        self._deliver([(request, index, message, reason)
+                       for request, indices in ended.values() for index in indices])
 
     def _run(self) -> None:
         while True:
@@ -196,6 +203,7 @@ class BatchEngine:
             except Exception as e:  # noqa: BLE001 - the engine outlives a failed batch
                 self._failed(e)
                 continue
+            delivered = []
             for piece in pieces:
                 request = self._running.get(piece.slot)
                 if request is None:  # cancelled meanwhile
@@ -203,8 +211,25 @@ class BatchEngine:
                 self.generated += len(piece.text)
                 if piece.finish_reason is not None:
                     del self._running[piece.slot]
+                delivered.append((request, request.handles[piece.slot], piece.text,
+                                  piece.finish_reason))
+            self._deliver(delivered)
+
+    def _deliver(self, pieces: list[tuple[Completion, int, str, str | None]]) -> None:
+        """Hand (request, index, text, finish_reason) pieces to their requests, in order, in
+        one post."""
+        if not pieces:
+            return
+
+        def run() -> None:
+            for request, index, text, finish in pieces:
                 if not request.cancelled:
-                    _tell(request, request.handles[piece.slot], piece.text, piece.finish_reason)
+                    _tell(request, index, text, finish)
+        try:
+            self._post(run)
+        except RuntimeError:  # the event loop has closed (the server stopped): no one listens
+            for request, *_ in pieces:
+                request.cancelled = True
 
     def _failed(self, e: Exception) -> None:
         """A batched step raised: the requests in it end with an error, the engine goes on with
@@ -219,9 +244,13 @@ class BatchEngine:
                                primes_in_steps=True)
 
 
+def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
 def _tell(request: Completion, index: int, text: str, finish: str | None) -> None:
-    """request.deliver, from the engine thread, which a failing callback must not end: the
-    request is cancelled instead (its streams leave the batch at the next chunk)."""
+    """request.deliver, which a failing callback must not end (nor the event loop it runs on):
+    the request is cancelled instead (its streams leave the batch at the next chunk)."""
     try:
         request.deliver(index, text, finish)
     except Exception:  # noqa: BLE001 - e.g. the event loop closed while the server stops
