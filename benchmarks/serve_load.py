@@ -18,14 +18,16 @@ vocabulary). Each level runs --repeats times: its best characters/s is kept (as 
 its best time), TTFC is over every request of every run. Beside it: --sequential
 `charrnn sample --length MAX_TOKENS` processes one after another (aggregate characters/s,
 start-up included, as a script calling the CLI pays it), and `charrnn bench
---batched-samples 64 --json`'s batched_sample_chars_per_s for the same shape.
+--batched-samples 64 --json`'s batched_sample_chars_per_s for the same shape. Then a
+2,000-character prompt joins 4 running streams (prompt_stall): how long they wait between
+pieces while the prompt is fed, and the prompt's time to first character.
 
 --soak MINUTES (0: none) then runs a fresh 2 x SOAK_HIDDEN server with a small batch and queue
 (--max-batch 8 --max-waiting 4, so 429 happens) under --soak-clients workers sending a mix of
 good requests (plain, streamed, n=2, stop strings, seeds; a 429 is retried after Retry-After,
-at most 3 times) and bad ones (malformed JSON, wrong types, out-of-range values, unknown prompt
-characters, max_tokens above the limit, a body over 1 MiB, an unknown model, a client that
-goes away mid-stream), at most --soak-requests of them. The server's RSS (VmRSS of
+at most RETRIES_429 times) and bad ones (malformed JSON, wrong types, out-of-range values, unknown prompt
+characters, max_tokens above the limit, a body said to be over 1 MiB, an unknown model, a
+client that goes away mid-stream), at most --soak-requests of them. The server's RSS (VmRSS of
 /proc/PID/status) is sampled every second: growth is the median of the last tenth of the soak
 over the median of its first tenth. Reported: good requests that failed, bad requests answered
 with the wrong status, tracebacks on the server's stderr, streams left in the batch after the
@@ -65,6 +67,7 @@ ALPHABET = "".join(chr(c) for c in range(32, 32 + 65))  # bench's vocabulary siz
 TEMPERATURE = 0.8  # bench's
 REQUEST_TIMEOUT_S = 120  # one completion, however loaded the machine
 START_TIMEOUT_S = 300  # a cold numba cache compiles the kernels before the server listens
+RETRIES_429 = 8  # a good request refused this many more times in a row counts as failed
 LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+)")
 
 
@@ -191,11 +194,13 @@ class Response:
 
 
 async def request(port: int, method: str, path: str, body: bytes = b"",
-                  content_type: str = "application/json"):
-    """(Response, writer): the caller reads the response, then closes the writer."""
+                  content_type: str = "application/json", length: int | None = None):
+    """(Response, writer): the caller reads the response, then closes the writer. length: the
+    Content-Length to declare, when not len(body) (a body said to be larger than it is)."""
     reader, writer = await asyncio.open_connection(HOST, port)
+    length = len(body) if length is None else length
     head = (f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n"
-            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n")
     writer.write(head.encode("latin-1") + body)
     await writer.drain()
     status_line = await reader.readline()
@@ -294,6 +299,46 @@ async def load_level(port: int, clients: int, completions: int, max_tokens: int,
             "ttfc": ttfc}
 
 
+async def prompt_stall(port: int, prompt_chars: int, vocab: set[str], running: int = 4) -> dict:
+    """A long prompt joining running streams: `running` streams of 4,096 characters run, and
+    once each has said a piece a request with a prompt of prompt_chars characters joins (16
+    characters, streamed). Reported: the longest wait of a running stream between two pieces
+    while the prompt is fed (from its sending to its first character) beside the longest wait
+    before it, and the prompted request's time to first character. (prompt_chars must stay
+    well under 4,096: the running streams draw a character per step as the prompt is fed.)"""
+    arrivals: list[list[float]] = [[] for _ in range(running)]
+    said = [asyncio.Event() for _ in range(running)]
+
+    async def run(index: int) -> None:
+        response, writer = await request(port, "POST", "/v1/completions", json.dumps(
+            {"max_tokens": 4096, "temperature": TEMPERATURE, "seed": index,
+             "stream": True}).encode())
+        try:
+            async for _ in response.blocks():
+                arrivals[index].append(time.perf_counter())
+                said[index].set()
+        finally:
+            writer.close()
+
+    runners = [asyncio.ensure_future(run(i)) for i in range(running)]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in said)), REQUEST_TIMEOUT_S)
+    await asyncio.sleep(0.05)  # a little time running together: the "before"
+    prompt = "".join(random.Random(0).choice(ALPHABET) for _ in range(prompt_chars))
+    t0 = time.perf_counter()
+    joined = await asyncio.wait_for(stream_completion(
+        port, {"prompt": prompt, "max_tokens": 16, "temperature": TEMPERATURE, "seed": 99},
+        vocab), REQUEST_TIMEOUT_S)
+    first = t0 + (joined["ttfc"] or 0)
+    await asyncio.wait_for(asyncio.gather(*runners), REQUEST_TIMEOUT_S)
+    gaps = [(b, b - a) for times in arrivals for a, b in zip(times, times[1:])]
+    before = [gap for at, gap in gaps if at <= t0]
+    during = [gap for at, gap in gaps if t0 < at <= first + 0.001]
+    return {"prompt_chars": prompt_chars, "running": running, "ok": joined["ok"],
+            "error": joined["error"], "prompt_ttfc_ms": ms(joined["ttfc"]),
+            "running_gap_before_max_ms": ms(max(before)) if before else None,
+            "running_gap_during_max_ms": ms(max(during)) if during else None}
+
+
 def best_of(repeats: int, *level) -> dict:
     """load_level(*level) run `repeats` times: the highest characters/s (as bench's best
     time), the time to first character over every request of every repeat, the errors of all."""
@@ -367,7 +412,10 @@ def soak_cases(vocab_chars: str, max_tokens: int):
         ("unknown-character", {"prompt": "\u2603 snow"}, 400),
         ("max-tokens-too-many", {"prompt": "", "max_tokens": 10 ** 9}, 400),
         ("unknown-model", {"prompt": "", "model": "../../etc/passwd"}, 404),
-        ("oversized-body", b'{"prompt": "' + b"a" * (1 << 20) + b'"}', 413),
+        # said to be over 1 MiB, its start sent: the server answers before the rest comes (a
+        # whole 1 MiB body would race the answer: the server closes the connection after it,
+        # and unread bytes make the close a reset that may reach the client first)
+        ("oversized-body", (b'{"prompt": "', (1 << 20) + 1), 413),
     ]
     return good, bad
 
@@ -391,13 +439,13 @@ async def soak(port: int, server: Server, minutes: float, clients: int, limit: i
             await asyncio.sleep(1)
 
     async def one_good(name, payload, options) -> None:
-        for attempt in range(4):
+        for attempt in range(RETRIES_429 + 1):
             if payload.get("stream"):
                 r = await stream_completion(port, payload, vocab,
                                             leave_after_first=options.get("leave", False))
             else:
                 r = await plain_completion(port, payload, vocab)
-            if r.get("status") == 429 and attempt < 3:
+            if r.get("status") == 429 and attempt < RETRIES_429:
                 counts["retried_429"] += 1
                 await asyncio.sleep(min(float(r.get("retry_after") or 1), 1.0))
                 continue
@@ -409,9 +457,12 @@ async def soak(port: int, server: Server, minutes: float, clients: int, limit: i
             failures.append(f"{name}: {r['error']}")
 
     async def one_bad(name, payload, status) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        body, length = payload if isinstance(payload, tuple) else (payload, None)
+        if not isinstance(body, bytes):
+            body = json.dumps(body).encode()
         try:
-            response, writer = await request(port, "POST", "/v1/completions", body)
+            response, writer = await request(port, "POST", "/v1/completions", body,
+                                             length=length)
             try:
                 text = await response.body()
             finally:
@@ -562,6 +613,10 @@ def main() -> None:
                            "max_tokens": args.max_tokens, **level}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
+                row = {"measure": "prompt-stall", "model": shape,
+                       **asyncio.run(prompt_stall(server.port, 2000, set(ALPHABET)))}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
                 tracebacks = server.stderr.count("Traceback")
             finally:
                 code, _ = server.stop()
@@ -606,12 +661,23 @@ def report(rows: list[dict], soak_row: dict | None, args) -> None:
         if r["measure"] == "serve":
             print(f"| {r['model']} | {r['clients']} | {r['chars_per_s']:,.0f} | "
                   f"{r['ttfc_p50_ms']} | {r['ttfc_p99_ms']} | {r['errors']} |")
+    print("\n| model | prompt | its first character (ms) | a running stream's wait between "
+          "pieces, longest: before / while the prompt is fed (ms) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        if r["measure"] == "prompt-stall":
+            print(f"| {r['model']} | {r['prompt_chars']:,} characters, {r['running']} streams "
+                  f"running | {r['prompt_ttfc_ms']} | "
+                  f"{r['running_gap_before_max_ms']} / {r['running_gap_during_max_ms']} |")
     goals = []
     print("\n| model | 64 clients chars/s | in-process batch 64 | ratio | "
           f"{args.sequential} sequential `sample` | ratio |")
     print("|---|---|---|---|---|---|")
     for shape in dict.fromkeys(r["model"] for r in rows):
         of = {r["measure"]: r for r in rows if r["model"] == shape and r["measure"] != "serve"}
+        if not of["prompt-stall"]["ok"]:
+            goals.append((f"{shape}: the long-prompt request completes", False,
+                          of["prompt-stall"]["error"]))
         serve = {r["clients"]: r for r in rows if r["model"] == shape and r["measure"] == "serve"}
         top = serve.get(64) or serve[max(serve)]
         batched = of["bench-batched-64"]["batched_sample_chars_per_s"]

@@ -34,6 +34,9 @@ MAX_STOPS = 4  # as OpenAI's API
 # request may take before it draws (the time: the Serving section of BENCHMARKS.md).
 MAX_PROMPT = 4096
 RETRY_AFTER_S = 1
+# backpressure: a stream whose client has this many pieces not yet taken by the connection
+# is paused (out of the batch) until its client has taken all but RESUME_BELOW of them
+PAUSE_AT, RESUME_BELOW = 64, 8
 # the engine's finish reasons for a stream it could not finish: (error type, HTTP status)
 FAILED = {"shutdown": ("server_shutting_down", 503), "error": ("server_error", 500)}
 _GONE = object()  # queued when a non-streamed request's client has gone away
@@ -104,6 +107,9 @@ class Server:
                   for code, n in sorted(self.statuses.items())]
         lines += ["# HELP charrnn_active_slots Streams in the sampling batch now.",
                   "# TYPE charrnn_active_slots gauge", f"charrnn_active_slots {e.active}",
+                  "# HELP charrnn_paused_streams Streams held out of the batch: their "
+                  "clients read slower than they are made.",
+                  "# TYPE charrnn_paused_streams gauge", f"charrnn_paused_streams {e.paused}",
                   "# HELP charrnn_waiting_requests Requests waiting for room in the batch.",
                   "# TYPE charrnn_waiting_requests gauge",
                   f"charrnn_waiting_requests {e.waiting}",
@@ -124,6 +130,8 @@ class Server:
 
         def deliver(index: int, text: str, finish: str | None) -> None:  # on the event loop
             queue.put_nowait((index, text, finish))
+            if stream and queue.qsize() >= PAUSE_AT and not job.paused:
+                self.engine.pause(job)
 
         job = Completion(opts, n, stops, deliver)
         try:
@@ -187,6 +195,8 @@ class Server:
         try:
             while left:
                 index, text, finish = await queue.get()
+                if job.paused and queue.qsize() < RESUME_BELOW:
+                    self.engine.pause(job, False)
                 if finish in FAILED:
                     kind, _ = FAILED[finish]
                     event = {"error": {"message": text, "type": kind, "param": None,

@@ -31,6 +31,9 @@ from .stepper import Slots, make_stepper
 from .tokenizer import Vocab
 
 SERVER_CHUNK = 32  # characters per batched step: a joining request waits at most one chunk
+# while only paused streams are in the batch the engine sleeps, and looks this often whether the
+# server is stopping (a signal handler cannot wake it: it may not take the lock)
+IDLE_POLL_S = 0.1
 
 
 class Overloaded(Exception):
@@ -54,6 +57,7 @@ class Completion:
     stops: tuple[str, ...]
     deliver: Callable[[int, str, str | None], None]
     cancelled: bool = False
+    paused: bool = False  # its reader is behind: its streams wait out of the batch
     handles: dict[int, int] = field(default_factory=dict)  # slot handle -> choice index
 
 
@@ -142,6 +146,19 @@ class BatchEngine:
             request.cancelled = True
             self._wake.notify()
 
+    def pause(self, request: Completion, paused: bool = True) -> None:
+        """Hold a request's streams out of the batch (its client reads slower than they are
+        made), or with paused=False put them back, from the next chunk on. Backpressure: the
+        engine never waits for a client, and a slow one holds no row and makes no text."""
+        with self._wake:
+            request.paused = paused
+            self._wake.notify()
+
+    @property
+    def paused(self) -> int:
+        """Streams held out of the batch now."""
+        return sum(request.paused for request in list(self._running.values()))
+
     def _admit(self) -> None:
         """Under the lock: drop cancelled requests, and move waiting ones into the batch while
         their streams fit, in arrival order."""
@@ -149,6 +166,10 @@ class BatchEngine:
             if request.cancelled:
                 self.slots.free(handle)
                 del self._running[handle]
+            elif request.paused:
+                self.slots.pause(handle)
+            else:
+                self.slots.resume(handle)
         while self._waiting:
             request = self._waiting[0]
             if request.cancelled:
@@ -167,6 +188,8 @@ class BatchEngine:
                     continue
                 request.handles[handle] = index
                 self._running[handle] = request
+                if request.paused:  # (paused while it waited)
+                    self.slots.pause(handle)
             self._deliver(failed)
 
     def _end_all(self, reason: str, message: str, waiting: bool = True) -> None:
@@ -188,13 +211,13 @@ class BatchEngine:
         while True:
             with self._wake:
                 self._admit()
-                while not self._running and not self._stopping:
-                    self._wake.wait()
+                while not self.slots.running and not self._stopping and not self._cut_due():
+                    self._wake.wait(IDLE_POLL_S if self._running else None)
                     self._admit()
                 if self._stopping:
                     self._end_all("shutdown", "the server stopped before this completion ended")
                     return
-                if self._cut_at is not None and time.monotonic() >= self._cut_at:
+                if self._cut_due():
                     self._end_all("shutdown", "the server is shutting down: the completion "
                                   "was cut short")
                     continue
@@ -214,6 +237,11 @@ class BatchEngine:
                 delivered.append((request, request.handles[piece.slot], piece.text,
                                   piece.finish_reason))
             self._deliver(delivered)
+
+    def _cut_due(self) -> bool:
+        """The server is stopping, its grace is over, and streams are still in the engine."""
+        return (self._cut_at is not None and time.monotonic() >= self._cut_at
+                and bool(self._running or self._waiting))
 
     def _deliver(self, pieces: list[tuple[Completion, int, str, str | None]]) -> None:
         """Hand (request, index, text, finish_reason) pieces to their requests, in order, in

@@ -36,9 +36,13 @@ CHUNK = memory.SAMPLE_CHUNK
 class Stepper(Protocol):
     """One model's sampling state on one device: the weights and rows of (L, B, W) state."""
 
-    def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
+    def arrange(self, keep: Sequence[int], starts: Sequence["Start"]) -> None:
         """Make the rows: the current rows `keep`, in that order, then one new row per entry
-        of primes (int32 (n,) ids, n >= 0), its state that after those ids from zero."""
+        of starts: int32 (n,) ids, n >= 0 (a prime: the state after those ids from zero), or
+        a state (h, c) that saved() gave."""
+
+    def saved(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Host copies of the state of `rows`, each (h, c), (L, 1, W)."""
 
     def generate(self, x: np.ndarray, forced: np.ndarray, temperature: np.ndarray,
                  top_k: np.ndarray, top_p: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
@@ -59,17 +63,21 @@ def feeding(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[:1].astype(np.int32), forced
 
 
-def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], primes: Sequence[np.ndarray],
+Start = np.ndarray | tuple[np.ndarray, np.ndarray]  # a new row: a prime's ids, or a saved state
+
+
+def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], starts: Sequence[Start],
              fed: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Stepper.arrange on host arrays: (h, c) (L, len(keep) + len(primes), W), contiguous, from
-    rows keep of h, c (L, B, W) and fed(ids) -> (h, c) (L, 1, W), the state after a prime. A
-    prime shared by several new rows (the samples of one command) is fed once."""
+    """Stepper.arrange on host arrays: (h, c) (L, len(keep) + len(starts), W), contiguous,
+    from rows keep of h, c (L, B, W), then the starts: saved states as they are, primes through
+    fed(ids) -> (h, c) (L, 1, W), the state after a prime. A prime shared by several new rows
+    (the samples of one command) is fed once."""
     states: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
-    for ids in primes:
-        if ids.tobytes() not in states:
+    for ids in starts:
+        if not isinstance(ids, tuple) and ids.tobytes() not in states:
             states[ids.tobytes()] = fed(ids)
-    new = [states[ids.tobytes()] for ids in primes]
+    new = [start if isinstance(start, tuple) else states[start.tobytes()] for start in starts]
     rows = np.asarray(keep, np.intp)
     # made C-contiguous: numpy lays rows picked from the middle axis out in another order, and
     # the kernels are compiled for C-contiguous state
@@ -105,9 +113,12 @@ class CpuStepper:
                          *NO_OPTIONS, np.zeros(forced.shape), np.zeros_like(forced), *self._one)
         return h, c
 
-    def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
-        self.h, self.c = arranged(self.h, self.c, keep, primes, self._fed)
+    def arrange(self, keep: Sequence[int], starts: Sequence[Start]) -> None:
+        self.h, self.c = arranged(self.h, self.c, keep, starts, self._fed)
         self.scratch = self._scratch(self.h.shape[1])
+
+    def saved(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(self.h[:, r:r + 1].copy(), self.c[:, r:r + 1].copy()) for r in rows]
 
     def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
         m = self.model
@@ -158,8 +169,8 @@ def _held_back(text: str, stop: str) -> int:
 class _Slot:
     opts: SampleOptions
     rng: np.random.Generator
-    prime_ids: np.ndarray  # (n,) int32: fed when the slot gets its row
-    first: int  # the input of the slot's first step
+    start: Start  # the prime ids fed when the slot gets its row, or its state saved by pause
+    first: int  # the input of the slot's next step once it has its row
     pending: np.ndarray  # (m,) int32: prime ids still to feed inside the batched steps
     prime_text: str  # the prime as the model saw it, the slot's first piece
     left: int  # characters still to generate
@@ -209,7 +220,9 @@ class Slots:
         self.primes_in_steps = primes_in_steps
         self._slots: dict[int, _Slot] = {}  # the active slots, by handle
         self._rows: list[int] = []  # the handle of each stepper row
-        self._new: list[int] = []  # filled, no row yet
+        self._new: list[int] = []  # filled or resumed, no row yet
+        self._pausing: set[int] = set()  # paused, their rows to be saved and dropped
+        self._paused: set[int] = set()  # paused, no row
         self._next = 0
         self._x = np.zeros(0, np.int32)  # (B,) each row's last id
         self._options = self._options_of([])
@@ -242,11 +255,38 @@ class Slots:
         included. A slot that has finished or was freed already: nothing to do."""
         if self._slots.pop(slot, None) is not None and slot in self._new:
             self._new.remove(slot)
+        self._pausing.discard(slot)
+        self._paused.discard(slot)
+
+    def pause(self, slot: int) -> None:
+        """Take a slot out of the batch (its reader is behind) from the next step on: its row's
+        state is kept aside, and it draws nothing until resumed. Its text is unchanged: a slot's
+        draws depend on its own state and generator only. No such slot, or paused: nothing."""
+        if slot not in self._slots or slot in self._paused:
+            return
+        if slot in self._new:  # no row yet: it waits with its prime
+            self._new.remove(slot)
+            self._paused.add(slot)
+        else:
+            self._pausing.add(slot)
+
+    def resume(self, slot: int) -> None:
+        """Put a paused slot back in the batch at the next step, where it left off."""
+        if slot in self._pausing:
+            self._pausing.discard(slot)
+        elif slot in self._paused:
+            self._paused.discard(slot)
+            self._new.append(slot)
 
     @property
     def active(self) -> list[int]:
-        """The handles of the slots filled and not yet finished or freed."""
+        """The handles of the slots filled and not yet finished or freed (paused ones too)."""
         return list(self._slots)
+
+    @property
+    def running(self) -> int:
+        """The active slots that are not paused: what a step advances."""
+        return len(self._slots) - len(self._paused) - len(self._pausing)
 
     def step(self) -> list[Piece]:
         """Advance every active slot by one chunk: the primes of slots filled since the last
@@ -285,15 +325,27 @@ class Slots:
     def _arrange(self) -> list[Piece]:
         """The stepper's rows for the active slots (the slots that stay, in their order, then
         the new ones, their primes fed), when the set changed; the new slots' prime pieces."""
-        keep = [row for row, s in enumerate(self._rows) if s in self._slots]
+        self._pausing &= self._slots.keys()  # (a slot may finish in the step it was paused)
+        keep = [row for row, s in enumerate(self._rows)
+                if s in self._slots and s not in self._pausing]
         if len(keep) == len(self._rows) and not self._new:
             return []
+        leaving = [row for row, s in enumerate(self._rows) if s in self._pausing]
+        for row, state in zip(leaving, self.stepper.saved(leaving)):
+            s = self._slots[self._rows[row]]
+            s.start, s.first = state, int(self._x[row])
+        self._paused |= self._pausing
+        self._pausing = set()
         new = [self._slots[s] for s in self._new]
-        self.stepper.arrange(keep, [s.prime_ids for s in new])
+        self.stepper.arrange(keep, [s.start for s in new])
         self._x = np.concatenate([self._x[keep], np.array([s.first for s in new], np.int32)])
         self._rows = [self._rows[r] for r in keep] + self._new
         self._options = self._options_of([self._slots[s].opts for s in self._rows])
-        pieces = [Piece(h, s.prime_text) for h, s in zip(self._new, new) if s.prime_text]
+        pieces = []
+        for handle, s in zip(self._new, new):
+            if s.prime_text:  # said once: a slot resumed says nothing here
+                pieces.append(Piece(handle, s.prime_text))
+                s.prime_text = ""
         self._new = []
         return pieces
 

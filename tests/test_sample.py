@@ -271,6 +271,37 @@ def test_a_long_prompt_joining_holds_up_no_running_slot(strong):
     assert text + texts[late[0]] == alone(*strong, late_opts, 2)[0]
 
 
+def test_a_paused_slot_leaves_the_batch_and_resumes_with_its_own_text(strong):
+    """A paused slot (its reader is behind) has no row until resumed; then it goes on where it
+    left off: every slot's text is its text alone. Pausing and resuming before a step, or a
+    slot that has no row yet, changes nothing either."""
+    stepper = Recorder(strong[0])
+    slots = Slots(stepper, strong[1], primes_in_steps=True)
+    opts = [SampleOptions(length=900, temperature=t, prime="ab") for t in (0.6, 1.0, 1.4)]
+    handles = [slots.fill(o, np.random.default_rng(i)) for i, o in enumerate(opts)]
+    late = SampleOptions(length=400, top_k=2, prime="cab")
+    extra = []
+
+    def pause_and_fill(s):
+        s.pause(handles[1])
+        extra.append(s.fill(late, np.random.default_rng(9)))
+        s.pause(extra[0])  # no row yet: it waits with its prime
+        s.pause(handles[2])
+        s.resume(handles[2])  # paused and resumed between two steps: it never leaves
+
+    def resume(s):
+        assert s.running == 2 and len(s.active) == 4
+        s.resume(handles[1])
+        s.resume(extra[0])
+
+    texts, reasons, _ = drive(slots, {1: pause_and_fill, 3: resume})
+    rows = [r for r, _ in stepper.chunks]
+    assert rows[:4] == [3, 2, 2, 4], "out of the batch while paused, back when resumed"
+    for i, handle in enumerate(handles):
+        assert (texts[handle], reasons[handle]) == alone(*strong, opts[i], i)
+    assert (texts[extra[0]], reasons[extra[0]]) == alone(*strong, late, 9)
+
+
 def test_freeing_a_slot_leaves_the_others_texts_alone(strong):
     stepper = Recorder(strong[0])
     slots = Slots(stepper, strong[1])

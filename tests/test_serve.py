@@ -313,6 +313,49 @@ def test_a_client_that_goes_away_frees_its_slot(server, streamed):
     server.assert_no_traceback()
 
 
+class SmallWindow(http.client.HTTPConnection):
+    """A connection whose socket takes little before the server must wait: a slow reader."""
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect((self.host, self.port))
+
+
+def test_a_client_that_stops_reading_is_paused_and_resumes_where_it_left_off(model, serve):
+    """Backpressure: a stream whose client does not read is taken out of the batch once its
+    unsent pieces pile up (it makes no more text, its memory stops growing), and goes on when
+    the client reads again: its text is still what `charrnn sample --seed` writes."""
+    served = serve("--max-tokens", str(LONG))
+    conn = SmallWindow(HOST, served.port, timeout=HTTP_TIMEOUT)
+    try:
+        conn.request("POST", "/v1/completions", headers={"Content-Type": "application/json"},
+                     body=json.dumps({"prompt": "a", "max_tokens": LONG, "seed": 5,
+                                      "stream": True}))
+        response = conn.getresponse()
+        assert response.status == 200
+        paused = wait_for_metric(served.port, "charrnn_paused_streams", lambda v: v == 1, 60)
+        assert paused == 1, "a stream nobody reads was not paused"
+        made = metrics(served.port)["charrnn_characters_generated_total"]
+        time.sleep(0.5)
+        now = metrics(served.port)
+        assert now["charrnn_characters_generated_total"] == made, "text made while paused"
+        assert now["charrnn_active_slots"] == 1, "a paused stream keeps its place"
+        # read again: past what was made before the pause, and on
+        text, deadline = "", time.monotonic() + 60
+        while len(text) < made + 3000:
+            assert time.monotonic() < deadline, "the stream did not go on"
+            [event] = read_events(response, count=1)
+            text += json.loads(event)["choices"][0]["text"]
+        assert metrics(served.port)["charrnn_paused_streams"] == 0
+    finally:
+        conn.close()
+    assert text == cli_sample(model, "a", len(text), 5)
+    assert wait_for_metric(served.port, "charrnn_active_slots", lambda v: v == 0, 5) == 0
+    served.assert_no_traceback()
+
+
 # ---------------------------------------------------------------------------------------------
 # bad input: an OpenAI-style JSON error with the right status, never a traceback
 

@@ -9,7 +9,7 @@ import numpy as np
 from numba import cuda
 
 from ..model import Model
-from ..stepper import NO_OPTIONS, arranged, feeding
+from ..stepper import NO_OPTIONS, Start, arranged, feeding
 from . import kernels as K
 from .model import require_kernels
 
@@ -56,10 +56,16 @@ class CudaStepper:
             h, c = d_h.copy_to_host(), d_c.copy_to_host()
         return h, c
 
-    def arrange(self, keep: Sequence[int], primes: Sequence[np.ndarray]) -> None:
-        h, c = ((self.h.copy_to_host(), self.c.copy_to_host()) if self.rows
+    def _host_state(self) -> tuple[np.ndarray, np.ndarray]:
+        return ((self.h.copy_to_host(), self.c.copy_to_host()) if self.rows
                 else self.model.zero_state(0))
-        h, c = arranged(h, c, keep, primes, self._fed)
+
+    def saved(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+        h, c = self._host_state()
+        return [(h[:, r:r + 1].copy(), c[:, r:r + 1].copy()) for r in rows]
+
+    def arrange(self, keep: Sequence[int], starts: Sequence[Start]) -> None:
+        h, c = arranged(*self._host_state(), keep, starts, self._fed)
         self.rows = h.shape[1]
         if self.rows:
             self.h, self.c = cuda.to_device(h), cuda.to_device(c)

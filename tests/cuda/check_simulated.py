@@ -251,8 +251,8 @@ def sampling_model(cell):
 @pytest.mark.parametrize("cell", ["lstm", "gru-classic", "jordan"])
 def test_the_device_stepper_gives_the_cpu_ids_with_options_per_row(cell):
     """The Stepper protocol on both devices: rows with their own options, then rows dropped,
-    reordered and added (a prime fed on the device) between chunks, and a row fed a prompt
-    inside the batched steps while the others draw."""
+    reordered and added (a prime fed on the device) between chunks, a row fed a prompt
+    inside the batched steps while the others draw, and a row's state saved and put back."""
     from charrnn.cuda.sample import CudaStepper
     from charrnn.stepper import CpuStepper
     model, vocab = sampling_model(cell)
@@ -273,6 +273,13 @@ def test_the_device_stepper_gives_the_cpu_ids_with_options_per_row(cell):
         forced[:4, 2] = [3, 1, 4, 1]  # the new row takes a prompt's next ids, then draws
         got.append(stepper.generate(x, forced, *options, draws.random((9, 3))))
         np.testing.assert_array_equal(got[-1][:4, 2], [3, 1, 4, 1])
+        # row 1 set aside (a paused stream) and put back after row 2, where it left off
+        aside = stepper.saved([1])
+        stepper.arrange([2, 0], aside)
+        x = np.array([x[2], x[0], x[1]], np.int32)
+        options = tuple(np.array([o[2], o[0], o[1]]) for o in options)
+        got.append(stepper.generate(x, np.full((6, 3), -1, np.int32), *options,
+                                    draws.random((6, 3))))
         ids[name] = got
     for cpu_ids, gpu_ids in zip(ids["cpu"], ids["cuda"]):
         np.testing.assert_array_equal(gpu_ids, cpu_ids)
