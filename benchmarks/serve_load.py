@@ -25,9 +25,9 @@ pieces while the prompt is fed, and the prompt's time to first character.
 --soak MINUTES (0: none) then runs a fresh 2 x SOAK_HIDDEN server with a small batch and queue
 (--max-batch 8 --max-waiting 4, so 429 happens) under --soak-clients workers sending a mix of
 good requests (plain, streamed, n=2, stop strings, seeds; a 429 is retried after Retry-After,
-at most RETRIES_429 times) and bad ones (malformed JSON, wrong types, out-of-range values, unknown prompt
-characters, max_tokens above the limit, a body said to be over 1 MiB, an unknown model, a
-client that goes away mid-stream), at most --soak-requests of them. The server's RSS (VmRSS of
+at most RETRIES_429 times) and bad ones (malformed JSON, wrong types, out-of-range values,
+unknown prompt characters, max_tokens above the limit, a body said to be over 1 MiB, an unknown
+model, a client that goes away mid-stream), at most --soak-requests of them. The server's RSS (VmRSS of
 /proc/PID/status) is sampled every second: growth is the median of the last tenth of the soak
 over the median of its first tenth. Reported: good requests that failed, bad requests answered
 with the wrong status, tracebacks on the server's stderr, streams left in the batch after the

@@ -4,14 +4,16 @@ active request in one batched step, chunk after chunk.
 A request joins at the next chunk boundary; in each batched step its row takes the next
 character of its prompt until the prompt is fed, then draws with the others (a long prompt holds
 no one up). It leaves when it is done, when a stop string appears, or when it is cancelled (its
-client went away), and its pieces are handed to the request's `deliver` callback where the engine's `post`
-runs them: the web server's event loop, all of a chunk's pieces in one call (one wake-up of the
-loop per chunk, not one per stream). The kernels release the GIL, so the event
-loop keeps answering while a chunk is computed.
+client went away). Its pieces are handed to the request's `deliver` callback where the engine's
+`post` runs them: on the web server's event loop, all of a chunk's pieces in one call (one
+wake-up of the loop per chunk, not one per stream). The kernels release the GIL, so the event
+loop keeps answering while a chunk is computed. A request whose client reads slower than its
+text is made is paused (out of the batch, its state kept) until the client catches up: the
+engine never waits for a client.
 
 A request's text depends only on its own prompt, options and seed (each slot draws from its own
 generator, stepper.py): alone with a seed it is what `charrnn sample --seed` writes after the
-prime. Batching changes only when its characters come out.
+prime. Batching and pausing change only when its characters come out.
 """
 
 import sys
