@@ -27,8 +27,8 @@ pieces while the prompt is fed, and the prompt's time to first character.
 good requests (plain, streamed, n=2, stop strings, seeds; a 429 is retried after Retry-After,
 at most RETRIES_429 times) and bad ones (malformed JSON, wrong types, out-of-range values,
 unknown prompt characters, max_tokens above the limit, a body said to be over 1 MiB, an unknown
-model, a client that goes away mid-stream), at most --soak-requests of them. The server's RSS (VmRSS of
-/proc/PID/status) is sampled every second: growth is the median of the last tenth of the soak
+model, a client that goes away mid-stream), at most --soak-requests of them. The server's RSS
+(VmRSS of /proc/PID/status) is sampled every second: growth is the median of the last tenth of the soak
 over the median of its first tenth. Reported: good requests that failed, bad requests answered
 with the wrong status, tracebacks on the server's stderr, streams left in the batch after the
 soak, RSS growth, and how SIGTERM ended the server.
