@@ -28,10 +28,10 @@ good requests (plain, streamed, n=2, stop strings, seeds; a 429 is retried after
 at most RETRIES_429 times) and bad ones (malformed JSON, wrong types, out-of-range values,
 unknown prompt characters, max_tokens above the limit, a body said to be over 1 MiB, an unknown
 model, a client that goes away mid-stream), at most --soak-requests of them. The server's RSS
-(VmRSS of /proc/PID/status) is sampled every second: growth is the median of the last tenth of the soak
-over the median of its first tenth. Reported: good requests that failed, bad requests answered
-with the wrong status, tracebacks on the server's stderr, streams left in the batch after the
-soak, RSS growth, and how SIGTERM ended the server.
+(VmRSS of /proc/PID/status) is sampled every second: growth is the median of the last tenth of
+the soak over the median of its first tenth. Reported: good requests that failed, bad requests
+answered with the wrong status, tracebacks on the server's stderr, streams left in the batch
+after the soak, RSS growth, and how SIGTERM ended the server.
 
 Prints one JSON object per measurement, then Markdown tables and the goals of issue 22:
 64 clients >= 70% of the in-process batch-64 rate and >= 20x 64 sequential samples; time to
