@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import json
 import os
+import signal
 import stat
 import sys
 import warnings
@@ -107,6 +108,7 @@ def _user_errors():
     from .checkpoint import CheckpointError
     from .corpora import DownloadError
     from .device import DeviceError
+    from .distributed import WorldError
     from .memory import NotEnoughMemory
     from .parallel import ThreadsSettingError
     from .runs import RunLocked
@@ -114,7 +116,7 @@ def _user_errors():
     from .serve_process import ServeError
     from .train import TrainingError
     return (CheckpointError, CorpusError, TrainingError, DownloadError, RunLocked,
-            ThreadsSettingError, DeviceError, NotEnoughMemory, ServeError, Failure)
+            ThreadsSettingError, DeviceError, NotEnoughMemory, ServeError, WorldError, Failure)
 
 
 def unescape(text: str, option: str) -> str:
@@ -174,7 +176,11 @@ def train(
     errors: Annotated[str, typer.Option(help="On undecodable bytes: strict, replace or ignore.")] = "strict",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ):
-    """Train a model on CORPUS; progress on stderr, checkpoints in the run directory."""
+    """Train a model on CORPUS; progress on stderr, checkpoints in the run directory. Under
+    `mpirun -n N` (or srun), N processes train one model together."""
+    from . import distributed
+    ranks = distributed.world()  # a world of one without an MPI launcher
+    quiet = quiet or not ranks.root  # rank 0 reports for all
     check_device(device)
     check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
@@ -206,6 +212,8 @@ def train(
     resumed = parent = None
     if resume:
         run_dir = out or last_run()
+        if ranks.size > 1:  # rank 0's "most recent run" for all
+            run_dir = ranks.share(None if run_dir is None else str(run_dir))
         if run_dir is None:
             raise Failure("--resume: no run to resume; pass --out RUN_DIR")
         resumed = ckpt_io.load(Path(run_dir) / ckpt_io.LATEST)
@@ -213,7 +221,9 @@ def train(
         if not quiet and (note := schedule_change(resumed.train["options"], opts)):
             say(note)
     else:
-        run_dir = out or new_run_dir(corpus[0])
+        run_dir = out or (new_run_dir(corpus[0]) if ranks.root else None)
+        if ranks.size > 1:  # the directory rank 0 named (and alone writes)
+            run_dir = ranks.share(str(run_dir))
         if (Path(run_dir) / ckpt_io.LATEST).exists():
             raise Failure(f"{run_dir} already holds a run; pass --resume to continue it or "
                           f"another --out")
@@ -224,14 +234,20 @@ def train(
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
     from . import device as devices
-    chosen = devices.resolve(device, opts.cell)
+    if ranks.size > 1:
+        if device == "cuda":
+            raise Failure("--device cuda: a run over several processes trains on the CPU for "
+                          "now (one process per GPU is not built yet); use --device cpu")
+        chosen = "cpu"
+    else:
+        chosen = devices.resolve(device, opts.cell)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     compiling = _compile_notice(quiet)
     with process.terminate_through_clean_ups():  # sizing and warming up may compile
         run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
                   errors=errors, device=chosen, compiling=compiling, parent=parent,
-                  keep_vocab=keep_vocab)
+                  keep_vocab=keep_vocab, world=ranks)
     reporter = _reporter(quiet)
     stop = process.StopOnSignal()
     try:
@@ -241,9 +257,11 @@ def train(
         reporter.close()
         stop.restore()
     if summary["stopped_by"] == "interrupted":
-        say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
-            f"{' '.join(map(str, corpus))} --out {run_dir} --resume")
-        raise typer.Exit(128 + stop.signum)
+        if ranks.root:
+            say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
+                f"{' '.join(map(str, corpus))} --out {run_dir} --resume")
+        # (a rank the signal did not reach stopped with rank 0)
+        raise typer.Exit(128 + (stop.signum or signal.SIGINT))
 
 
 def _compile_notice(quiet: bool = False):
@@ -594,12 +612,19 @@ def console_main() -> None:
         code = 0
     except SystemExit as e:
         code = process.exit_status(e)
+    from . import distributed
+    if distributed.finish():  # a process of several ends as MPI expects: os._exit after
+        sys.exit(process.flush_streams(code))  # MPI_Finalize got ranks killed at random
     os._exit(process.flush_streams(code))
 
 
 def _fail(message: str, code: int) -> None:
     # stderr is a MessageStream here: a write that fails does not raise
-    print(f"charrnn: error: {process.one_line(message)}", file=sys.stderr)
+    from . import distributed
+    rank = distributed.current_rank()
+    where = f" (rank {rank})" if rank else ""
+    print(f"charrnn{where}: error: {process.one_line(message)}", file=sys.stderr)
+    distributed.abort(code)  # over several processes: the others may wait for this one
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from .distributed import World
 from .model import Model
 from .optim import Adam, clip_grad_norm
 
@@ -56,16 +57,32 @@ class Engine(Protocol):
 
 
 class CpuEngine:
-    """Training on the CPU: the @njit kernels over the host arrays themselves."""
+    """Training on the CPU: the @njit kernels over the host arrays themselves.
 
-    def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray):
-        self.model, self.optimizer, self.h, self.c = model, optimizer, h, c
-        self.reduce_gradients = no_reduction
+    In a run over several processes (world.size > 1) the engine trains this rank's streams
+    (world.stream_rows) of each (T, B) window it is given: its loss and gradients are its share
+    of the whole window's mean, summed across ranks before the check, the clip and Adam, which
+    every rank then applies alike. h and c are this rank's rows of the carried state."""
+
+    def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray,
+                 world: World | None = None):
+        self.world = world or World()
+        self.B = h.shape[1]
+        self.rows = self.world.stream_rows(self.B)
+        self.model, self.optimizer = model, optimizer
+        self.h, self.c = h[:, self.rows].copy(), c[:, self.rows].copy()  # (L, b, W)
+        self.reduce_gradients = self.world.sum_ if self.world.size > 1 else no_reduction
 
     def step(self, x, y, masks, lr, grad_clip) -> float:
-        model = self.model
-        loss = model.forward(x, y, self.h, self.c, masks)
-        if not math.isfinite(loss):
+        model, rows = self.model, self.rows
+        if self.world.size > 1:
+            x, y = x[:, rows], y[:, rows]
+            masks = None if masks is None else masks[:, :, rows]
+            loss = model.forward(x, y, self.h, self.c, masks, streams=self.B)
+            [loss] = self.world.sum_values(loss)
+        else:
+            loss = model.forward(x, y, self.h, self.c, masks)
+        if not math.isfinite(loss):  # (the same sum on every rank: all stop alike)
             raise NonFinite("loss", loss)
         model.grads[:] = 0
         model.backward()
@@ -89,12 +106,13 @@ class CpuEngine:
 
 
 def make_engine(device: str, model: Model, optimizer: Adam, h: np.ndarray,
-                c: np.ndarray) -> Engine:
-    """The engine of ``device`` ("cpu" or "cuda"), starting from these host arrays."""
+                c: np.ndarray, world: World | None = None) -> Engine:
+    """The engine of ``device`` ("cpu" or "cuda"), starting from these host arrays (the whole
+    (L, B, W) carried state: a rank of several keeps its own rows)."""
     if device == "cuda":
         from .cuda.train import CudaEngine
         return CudaEngine(model, optimizer, h, c)
-    return CpuEngine(model, optimizer, h, c)
+    return CpuEngine(model, optimizer, h, c, world)
 
 
 SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width

@@ -281,10 +281,13 @@ class Model:
                 for k, rows in enumerate(ranges)]
         return shards
 
-    def forward(self, ids, targets, h0=None, c0=None, masks=None) -> float:
+    def forward(self, ids, targets, h0=None, c0=None, masks=None, streams=None) -> float:
         """Mean cross-entropy (nats/char) of predicting targets (T, B) from ids (T, B).
 
-        masks: (L, T, B, H) dropout masks, or None for no dropout (evaluation).
+        masks: (L, T, B, H) dropout masks, or None for no dropout (evaluation). streams: the
+        number of streams the mean is over (default B): a rank of a run over several processes
+        (distributed.py) holds B of them, and its loss and gradients are its share of the
+        whole window's, summed across ranks.
         After the call, ``final_state()`` gives (hT, cT) and ``logits()`` the (T, B, V) logits.
         """
         ids = np.ascontiguousarray(ids, dtype=np.int32)
@@ -304,6 +307,7 @@ class Model:
         masks = np.asarray(masks, dtype=self.dtype)
         cell = self.config.kernel_id
         shards = self._shards_for(T, B)
+        total = T * (B if streams is None else streams)
 
         def run(shard: Shard) -> None:
             ws = shard.ws
@@ -313,10 +317,10 @@ class Model:
                                            *shard.inputs[:2], shard.take(h0, 1),
                                            shard.take(c0, 1), shard.inputs[2], use_dropout,
                                            ws.hs, ws.cs, ws.acts, ws.xg, ws.gates, ws.xin,
-                                           ws.logits, ws.probs, T * B)
+                                           ws.logits, ws.probs, total)
 
         self.splitter.map(run, shards)
-        self._window = (T, B, use_dropout)
+        self._window = (T, B, use_dropout, total)
         return float(sum(shard.loss for shard in shards))
 
     def final_state(self) -> tuple[np.ndarray, np.ndarray]:
@@ -328,7 +332,7 @@ class Model:
 
     def logits(self) -> np.ndarray:
         """Logits of the last forward, (T, B, V), as a copy."""
-        T, B, _ = self._window
+        T, B = self._window[:2]
         return np.concatenate([sh.ws.logits.reshape(T, sh.rows.stop - sh.rows.start, -1)
                                for sh in self._shards], axis=1)
 
@@ -339,7 +343,7 @@ class Model:
         window (None: zero, the end of a truncated-BPTT window)."""
         if self._window is None:
             raise RuntimeError("backward() needs a forward() first")
-        T, B, use_dropout = self._window
+        T, B, use_dropout, total = self._window
         zh, zc = self.zero_state(B)
         dhT = zh if dhT is None else np.asarray(dhT, dtype=self.dtype)
         dcT = zc if dcT is None else np.asarray(dcT, dtype=self.dtype)
@@ -356,7 +360,7 @@ class Model:
                                ids, targets, masks, use_dropout,
                                ws.hs, ws.cs, ws.acts, ws.xin, ws.probs,
                                shard.take(dhT, 1), shard.take(dcT, 1), dh, dc,
-                               ws.dlogits, ws.dX, ws.dHG, ws.dH, ws.tmp, T * B)
+                               ws.dlogits, ws.dX, ws.dHG, ws.dH, ws.tmp, total)
             dh0[:, shard.rows] = dh
             dc0[:, shard.rows] = dc
 

@@ -11,7 +11,8 @@ pthreads build (the one pip wheels ship) the "local" switch sets the count for t
 so it is set to one only while the shards run and restored after: the sampler and anything else
 on the calling thread keep BLAS's threads.
 
-CHARRNN_THREADS sets the number of workers (default: the cores this process may use).
+CHARRNN_THREADS sets the number of workers (default: the cores this process may use, shared
+among the ranks an MPI launcher started on this machine).
 """
 
 import ctypes
@@ -50,7 +51,9 @@ def default_threads() -> int:
         if not env.isdigit() or int(env) < 1:
             raise ThreadsSettingError(f"CHARRNN_THREADS must be a whole number >= 1, not {env!r}")
         return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from .distributed import ranks_on_this_machine
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores // ranks_on_this_machine())  # ranks of one run share the machine
 
 
 def row_ranges(B: int, parts: int) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ checkpoint holds, so that a resumed run continues exactly.
 
 import dataclasses
 import functools
+import hashlib
 import math
 import os
 import time
@@ -23,6 +24,7 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import memory, sizing
+from .distributed import World, WorldError
 from .batches import line_bounds, shuffled_lines, stream_matrix, window, windows
 from .documents import CORPUS_IDS, expand, read_documents
 from .engine import NonFinite, make_engine, training_speed
@@ -33,7 +35,7 @@ from .options import DEFAULT_EVAL_EVERY, OptionError, TrainOptions
 from .runs import (LOCK, lock_run_dir, make_dirs, record_last_run, remove_new_dirs,
                    remove_stale_temporaries)
 from .sample import SampleOptions, generate
-from .schedule import Pacer
+from .schedule import Pacer, StepPlan
 from .tokenizer import CorpusError, NothingKnown, UnknownCharacters, Vocab
 from .train_state import (Parent, TrainState, corpus_chars, corpus_files, restore,
                           to_checkpoint)
@@ -52,18 +54,28 @@ class TrainingError(Exception):
 
 
 def evaluate(model: Model, ids: np.ndarray, batch_size: int, seq_len: int,
-             max_chars: int | None = None) -> float:
+             max_chars: int | None = None, world: World | None = None) -> float:
     """Mean loss (nats/char) over ids (the first max_chars of them, if given), read as up to
-    batch_size streams with state carried."""
+    batch_size streams with state carried. Over several ranks each reads its share of the
+    streams, and the sums are added up."""
+    world = world or World()
     ids = ids[:max_chars]
     B = max(1, min(batch_size, len(ids) // (seq_len + 1)))
-    h, c = model.zero_state(B)
+    rows = world.stream_rows(B)
+    b = rows.stop - rows.start
+    h, c = model.zero_state(b)
     total = count = 0.0
-    for x, y in windows(stream_matrix(ids, B), seq_len):
+    for x, y in windows(stream_matrix(ids, B), seq_len) if b else ():
+        x, y = x[:, rows], y[:, rows]
         total += model.forward(x, y, h, c) * x.size
         count += x.size
         h, c = model.final_state()
+    total, count = world.sum_values(total, count)
     return total / count
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(a).data, digest_size=16).hexdigest()
 
 
 def steps_in_epoch(stream_rows: int, seq_len: int) -> int:
@@ -84,25 +96,31 @@ class Run:
     def __init__(self, corpus: Path | Sequence[Path], run_dir: Path, opts: TrainOptions,
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
                  device: str = "cpu", compiling: AbstractContextManager = nullcontext(),
-                 parent: Parent | None = None, keep_vocab: bool = False):
+                 parent: Parent | None = None, keep_vocab: bool = False,
+                 world: World | None = None):
         """corpus: a text file, or files and folders (documents.py). resume: the checkpoint
         of the run to go on with; parent: the model a new run starts from (--init-from), whose
         vocabulary it extends with the corpus's, or keeps (keep_vocab: the corpus's other
-        characters dropped)."""
+        characters dropped). world: the processes training together (distributed.py); rank 0
+        alone touches the run directory."""
+        self.world = world or World()
         self.sources = [Path(corpus)] if isinstance(corpus, (str, Path)) else \
             [Path(p) for p in corpus]
         self.corpus = " ".join(map(str, self.sources))  # as the user named it
         self.run_dir, self.device = Path(run_dir), device
         self._lock = None
-        self._new_dirs = make_dirs(self.run_dir)
-        self._old_files = {p.name for p in self.run_dir.iterdir()}
+        self._new_dirs, self._old_files = [], set()
         try:
-            self._lock = lock_run_dir(self.run_dir)
-            remove_stale_temporaries(self.run_dir)
+            if self.world.root:
+                self._new_dirs = make_dirs(self.run_dir)
+                self._old_files = {p.name for p in self.run_dir.iterdir()}
+                self._lock = lock_run_dir(self.run_dir)
+                remove_stale_temporaries(self.run_dir)
             train_ids = self._load_corpus(opts, resume, parent, keep_vocab, encoding, errors)
             with compiling:  # a width chosen by timing a step compiles the kernels first
                 self._build(train_ids, opts, resume, parent)
                 self._warm_up()
+            self._check_same_everywhere()
         except BaseException:  # a bad corpus or checkpoint, or Ctrl-C during the compile
             self.abandon()
             raise
@@ -152,7 +170,8 @@ class Run:
             corpus = read_documents(files, val_frac=opts.val_frac, doc_sep=opts.doc_sep,
                                     val_file=val_file, vocab=vocab, extra_chars=extra,
                                     encoding=encoding, errors=errors, skip_unknown=keep_vocab,
-                                    skipped=skipped, workdir=self.run_dir)
+                                    skipped=skipped,
+                                    workdir=self.run_dir if self.world.root else None)
         except NothingKnown:
             raise CorpusError(f"--keep-vocab leaves nothing of {self.corpus}: it has no "
                               f"character the model of --init-from knows") from None
@@ -178,6 +197,37 @@ class Run:
                     f"the run was trained on a text of {corpus_chars(resume)} characters; "
                     f"{self.corpus} has {corpus.chars}: resume with the same corpus")
         return train_ids
+
+    def _check_same_everywhere(self) -> None:
+        """Over several processes, every rank must train the same thing: the same options (as
+        given, before rank 0's choices), corpus, vocabulary and starting weights. Refused on every
+        rank at the start when not (a rank given another file would train another model)."""
+        if self.world.size == 1:
+            return
+        mine = {"options": self._given,
+                "corpus": [len(self.train_ids), _digest(self.train_ids), _digest(self.val_ids)],
+                "vocabulary": _digest(self.vocab.codepoints),
+                "weights": _digest(self.model.params)}
+        every = self.world.everyone(mine)
+        for what in mine:
+            differ = [r for r, theirs in enumerate(every) if theirs[what] != every[0][what]]
+            if differ:
+                raise WorldError(f"the processes do not train the same thing: rank "
+                                 f"{', '.join(map(str, differ))} has other {what} than rank 0 "
+                                 f"(every rank must be given the same corpus, options and "
+                                 f"checkpoint)")
+
+    def check_weights_agree(self) -> None:
+        """Over several processes: the weights must be the same on every rank (they get the
+        same summed gradients); a difference stops the run rather than train on apart."""
+        if self.world.size == 1:
+            return
+        self.pull()
+        every = self.world.everyone(_digest(self.model.params))
+        if len(set(every)) > 1:
+            raise TrainingError(f"the weights differ across the processes at step "
+                                f"{self.state.step} (ranks {every.index(every[-1])}...): the "
+                                f"run stopped; its last checkpoint is intact")
 
     def _line_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each line of the training text starts and ends (--lines)."""
@@ -228,13 +278,16 @@ class Run:
         if opts.eval_every is None:  # a small corpus is validated at least once an epoch
             opts = dataclasses.replace(opts, eval_every=min(DEFAULT_EVAL_EVERY, per_epoch))
         self.notes = []
-        if resume is None:
+        self._given = dataclasses.asdict(opts)  # what this rank was told, before rank 0 chose
+        if resume is None and self.world.root:
             # a GPU run is not timed: a CPU timing says nothing of the GPU's speed
             speed = functools.cache(functools.partial(self._speed_at, opts)) \
                 if self.device == "cpu" else None
             opts, self.notes = sizing.choose_sizes(
                 opts, n_train=len(train_ids), vocab_size=len(self.vocab),
                 steps_per_epoch=per_epoch, chars_per_second=speed)
+        if resume is None and self.world.size > 1:  # rank 0's choices (it timed the widths)
+            opts = TrainOptions(**self.world.share(dataclasses.asdict(opts)))
         self.opts = opts
         config = self._model_config(opts, opts.hidden, opts.dropout)
         self.model = Model(config, seed=opts.seed)
@@ -253,7 +306,10 @@ class Run:
             self.optimizer.load_state(restored.adam)
             h, c, self.state = restored.h.copy(), restored.c.copy(), restored.state
             self.streams = self._streams(self.state.epoch)
-        self.engine = make_engine(self.device, self.model, self.optimizer, h, c)
+        if self.world.size > 1 and self.world.size > opts.batch_size:
+            raise WorldError(f"{self.world.size} processes cannot share {opts.batch_size} "
+                             f"streams: give --batch-size of at least {self.world.size}")
+        self.engine = make_engine(self.device, self.model, self.optimizer, h, c, self.world)
 
     def _model_config(self, opts: TrainOptions, hidden: int, dropout: float) -> ModelConfig:
         """The model of these options at this width, refused before any array is made when its
@@ -335,7 +391,7 @@ class Run:
         return self.model
 
     def preview(self) -> str:
-        if not self.opts.preview_chars:
+        if not self.opts.preview_chars or not self.world.root:
             return ""
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8,
                              seed=self.state.step)
@@ -345,7 +401,7 @@ class Run:
         """The loss on (the first MAX_EVAL_CHARS of) the held-out text; a non-finite one stops
         the run."""
         val = evaluate(self.pull(), self.val_ids, self.opts.batch_size, self.opts.seq_len,
-                       MAX_EVAL_CHARS)
+                       MAX_EVAL_CHARS, self.world)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step "
                                 f"{self.state.step}; stopped without saving (try a lower --lr)")
@@ -358,18 +414,26 @@ class Run:
             self.state.best_val, self.state.best_step = val, self.state.step
             self.save(ckpt_io.BEST)
 
+    def carried(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole (L, B, W) carried state (each rank holds its streams' rows)."""
+        B = self.opts.batch_size
+        return self.world.join_streams(self.engine.h, B), self.world.join_streams(self.engine.c, B)
+
     def checkpoint(self) -> ckpt_io.Checkpoint:
         self.pull()
+        h, c = self.carried()
         return to_checkpoint(self.state, config=self.model.config.to_dict(),
                              vocab=self.vocab.codepoints, params=self.model.params,
-                             adam=self.optimizer.state(), h=self.engine.h, c=self.engine.c,
-                             opts=self.opts,
+                             adam=self.optimizer.state(), h=h, c=c, opts=self.opts,
                              corpus=self.corpus_info)
 
     def save(self, name: str) -> None:
-        """Write the checkpoint `name` atomically; refuse a state that cannot go on."""
+        """Write the checkpoint `name` atomically; refuse a state that cannot go on. Every
+        rank takes part (the carried state is gathered); rank 0 writes."""
         ck = self.checkpoint()
         self._check_savable()
+        if not self.world.root:
+            return
         path = self.run_dir / name
         before = "the previous one is intact" if path.exists() else "it was not written"
         try:
@@ -387,8 +451,10 @@ class Run:
         finite = all(np.all(np.isfinite(a)) for a in arrays)
         if finite:
             x, y = window(self.streams, self.state.position, self.opts.seq_len)
-            finite = math.isfinite(self.model.forward(x, y, self.engine.h, self.engine.c))
-        if not finite:
+            rows = self.engine.rows if self.world.size > 1 else slice(None)
+            finite = math.isfinite(self.model.forward(x[:, rows], y[:, rows], self.engine.h,
+                                                      self.engine.c))
+        if not self.world.agree(finite):
             raise TrainingError(f"the model became non-finite at step {self.state.step}; "
                                 f"stopped without saving it (the last good checkpoint stays "
                                 f"the latest; try a lower --lr)")
@@ -403,7 +469,8 @@ def train(run: Run, reporter: Reporter, should_stop: Callable[[], bool] = lambda
     metrics.jsonl says so."""
     try:
         metrics_path = run.run_dir / METRICS
-        truncate_records(metrics_path, run.state.step)
+        if run.world.root:
+            truncate_records(metrics_path, run.state.step)
         for w in run.warnings:
             reporter.message(f"warning: {w}")
         for note in run.notes:
@@ -432,7 +499,8 @@ def _train_loop(run: Run, reporter: Reporter, pacer: Pacer, output_lost,
     step0 = s.step
     chars_since, seconds_since = 0, 0.0  # training work since the last log: chars/s
     evaluated_at = saved_at = None
-    while not (plan := pacer.plan(s.step, s.epoch, s.history)).stop:
+    world = run.world
+    while not (plan := _decided(world, pacer.plan(s.step, s.epoch, s.history))).stop:
         t0 = time.perf_counter()
         chars_since += run.train_step(plan.lr)
         took = time.perf_counter() - t0
@@ -451,12 +519,14 @@ def _train_loop(run: Run, reporter: Reporter, pacer: Pacer, output_lost,
                 record["val_loss"] = _validate_and_keep_best(run, record)
                 evaluated_at = s.step
                 pacer.after_validation(s.history)
+                run.check_weights_agree()
             divergence.check(record, "train_loss")
             divergence.check(record, "val_loss")
             if not lost_noted and (lost := output_lost()):
                 record["output_lost"] = f"{lost}; training goes on without progress lines"
                 lost_noted = True
-            write_record(metrics_path, record)
+            if world.root:
+                write_record(metrics_path, record)
             reporter.step(record)
             if record.get("val_loss") is not None:
                 reporter.evaluated(record, run.preview())
@@ -472,7 +542,8 @@ def _train_loop(run: Run, reporter: Reporter, pacer: Pacer, output_lost,
                   "val_loss": val, "final": True}
         run.keep_if_best(val)
         divergence.check(record, "val_loss")
-        write_record(metrics_path, record)
+        if world.root:
+            write_record(metrics_path, record)
         reporter.evaluated(record, run.preview())
     if saved_at != s.step:
         run.save(ckpt_io.LATEST)
@@ -481,6 +552,14 @@ def _train_loop(run: Run, reporter: Reporter, pacer: Pacer, output_lost,
                "run_dir": str(run.run_dir)}
     reporter.finish(summary)
     return summary
+
+
+def _decided(world: World, plan: StepPlan) -> StepPlan:
+    """Rank 0's plan on every rank: its clock, budget and signals decide for all, so that the
+    ranks stop together and never wait for one another at a collective."""
+    if world.size == 1:
+        return plan
+    return StepPlan(**world.share(dataclasses.asdict(plan)))
 
 
 def _validate_and_keep_best(run: Run, record: dict) -> float | None:
