@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""`mpirun -n N charrnn train` on this machine, and a model of it on a cluster.
+
+    python benchmarks/distributed.py [--hidden 512,1024] [--steps 30] [--repeats 2] [--json F]
+
+Measured (each on the same corpus, batch and options, GRU 2 x HIDDEN, batch 32 x 64): training
+characters/s of 1 rank x 1 thread, 2 ranks x 1 thread (`mpiexec -n 2` on 127.0.0.1: shared
+memory) and, for reference, 1 rank x 2 threads (charrnn's default on two cores). The rate is
+the median of metrics.jsonl's chars_per_sec after the first record (the first includes warm-up),
+the best of --repeats runs; the configurations alternate within each repeat (the machine is
+shared). Goal of issue 23: 2 ranks >= 1.8x 1 rank at 2 x 512.
+
+Then, on paper, a cluster of machines like this one joined by 10 and 100 Gb/s Ethernet: bytes
+all-reduced per step (4 x parameters: float32 gradients), a ring all-reduce's time
+(2 (N - 1) / N x bytes / bandwidth + 2 (N - 1) x LATENCY_S), against the compute time of a step
+(measured at 2 x 512 and 2 x 1024, scaled by parameters for 3 x 2048), and the number of
+machines at which the all-reduce takes as long as the compute (efficiency 50%, no overlap of
+the two), each machine keeping its batch of 32 streams (so the global batch grows: 32 x N).
+Prints one JSON object per measurement and Markdown tables. Only 127.0.0.1 is used.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from charrnn.synthetic import MarkovSource
+
+ALPHABET = "".join(chr(c) for c in range(32, 32 + 65))
+BATCH, SEQ = 32, 64
+LATENCY_S = 20e-6  # one message's latency on Ethernet with a kernel TCP stack (assumed)
+LINKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
+
+
+def gru_params(layers: int, hidden: int, vocab: int = 65) -> int:
+    """Parameters of charrnn's GRU: per layer W_x (in x 3H), W_h (H x 3H), bias and extra
+    (3H each), then the output layer (H x V + V)."""
+    total = 0
+    for layer in range(layers):
+        inputs = vocab if layer == 0 else hidden
+        total += inputs * 3 * hidden + hidden * 3 * hidden + 2 * 3 * hidden
+    return total + hidden * vocab + vocab
+
+
+def mpiexec() -> str:
+    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or \
+        shutil.which("mpiexec")
+    if found is None:
+        sys.exit("mpiexec not found: pip install mpi4py mpich")
+    return found
+
+
+def rate(work: Path, hidden: int, steps: int, ranks: int, threads: int, tag: str) -> float:
+    out = work / f"run-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "NO_COLOR": "1", "CHARRNN_THREADS": str(threads),
+           "OPENBLAS_NUM_THREADS": str(threads), "CHARRNN_STATE_DIR": str(work / "state")}
+    command = [sys.executable, "-m", "charrnn", "train", "corpus.txt", "--cell", "gru",
+               "--layers", "2", "--hidden", str(hidden), "--batch-size", str(BATCH),
+               "--seq-len", str(SEQ), "--max-steps", str(steps),
+               "--eval-every", str(10 * steps), "--out", str(out), "--quiet"]
+    if ranks > 1:
+        command = [mpiexec(), "-n", str(ranks), *command]
+    subprocess.run(command, cwd=work, env=env, check=True, stdin=subprocess.DEVNULL)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["chars_per_sec"] for r in records if "chars_per_sec" in r][1:]
+    return statistics.median(rates)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", default="512,1024")
+    ap.add_argument("--steps", type=int, default=40, help="logged every 10")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    widths = [int(h) for h in args.hidden.split(",")]
+    configs = [("1 rank x 1 thread", 1, 1), ("2 ranks x 1 thread", 2, 1),
+               ("1 rank x 2 threads", 1, 2)]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="distributed-") as tmp:
+        work = Path(tmp)
+        text = MarkovSource(alphabet=ALPHABET, order=2, seed=0).sample_text(400_000)
+        (work / "corpus.txt").write_text(ALPHABET + text, encoding="utf-8")
+        for hidden in widths:
+            best = {name: 0.0 for name, *_ in configs}
+            for repeat in range(args.repeats):
+                for name, ranks, threads in configs:
+                    r = rate(work, hidden, args.steps, ranks, threads,
+                             f"{hidden}-{ranks}-{threads}")
+                    best[name] = max(best[name], r)
+            for name, ranks, threads in configs:
+                row = {"measure": "train", "model": f"2 x {hidden} gru", "config": name,
+                       "ranks": ranks, "threads": threads, "chars_per_s": round(best[name], 1),
+                       "params": gru_params(2, hidden), "batch": BATCH, "seq_len": SEQ}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    report(rows, widths)
+    if args.json:
+        args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def report(rows: list[dict], widths: list[int]) -> None:
+    by = {(r["model"], r["config"]): r["chars_per_s"] for r in rows}
+    print(f"\nOn {os.cpu_count()} cores, GRU, batch {BATCH} x {SEQ}, the best of the repeats:\n")
+    print("| model | 1 rank x 1 thread | 2 ranks x 1 thread | speed-up | 1 rank x 2 threads |")
+    print("|---|---|---|---|---|")
+    for h in widths:
+        m = f"2 x {h} gru"
+        one, two, threads = (by[(m, c)] for c in ("1 rank x 1 thread", "2 ranks x 1 thread",
+                                                  "1 rank x 2 threads"))
+        print(f"| {m} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | {threads:,.0f} |")
+    # a machine's compute time per step: 1 rank x 2 threads on this machine (its best use of
+    # both cores), scaled by parameters for the widths not measured
+    per_param_char = statistics.median(
+        1 / (by[(f"2 x {h} gru", "1 rank x 2 threads")] * gru_params(2, h)) for h in widths)
+    models = [(f"2 x {h}", gru_params(2, h)) for h in widths] + [("3 x 2048",
+                                                                  gru_params(3, 2048))]
+    print(f"\nOn paper: machines like this one, each with {BATCH} streams of {SEQ} characters "
+          f"per step (global batch {BATCH} x N); ring all-reduce, latency {LATENCY_S * 1e6:g} us "
+          f"per message, no overlap with compute.\n")
+    print("| model | parameters | all-reduced per step | compute per step | ring all-reduce, "
+          "N = 8: 10 / 100 Gb/s | machines at 50% efficiency: 10 / 100 Gb/s |")
+    print("|---|---|---|---|---|---|")
+    for name, params in models:
+        size = 4 * params
+        compute = BATCH * SEQ * params * per_param_char
+
+        def ring(n: int, bandwidth: float) -> float:
+            return 2 * (n - 1) / n * size / bandwidth + 2 * (n - 1) * LATENCY_S
+
+        def limit(bandwidth: float) -> str:
+            for n in range(2, 100_001):
+                if ring(n, bandwidth) >= compute:
+                    return f"{n:,}"
+            return "> 100,000"
+        at8 = " / ".join(f"{ring(8, b) * 1e3:.1f} ms" for b in LINKS.values())
+        print(f"| {name} | {params / 1e6:.1f} M | {size / 1e6:.0f} MB | {compute * 1e3:.0f} ms "
+              f"| {at8} | {limit(LINKS['10 Gb/s'])} / {limit(LINKS['100 Gb/s'])} |")
+
+
+if __name__ == "__main__":
+    main()
