@@ -15,7 +15,9 @@ all-reduced per step (4 x parameters: float32 gradients), a ring all-reduce's ti
 (2 (N - 1) / N x bytes / bandwidth + 2 (N - 1) x LATENCY_S), against the compute time of a step
 (measured at 2 x 512 and 2 x 1024, scaled by parameters for 3 x 2048), and the number of
 machines at which the all-reduce takes as long as the compute (efficiency 50%, no overlap of
-the two), each machine keeping its batch of 32 streams (so the global batch grows: 32 x N).
+the two): the efficiency (compute / (compute + all-reduce)) at 8 and 64 machines, and the
+number of machines at which it falls under 90%, each machine keeping its batch of 32 streams
+(so the global batch grows: 32 x N streams).
 Prints one JSON object per measurement and Markdown tables. Only 127.0.0.1 is used.
 """
 
@@ -81,8 +83,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="logged every 10")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--rows", type=Path, help="report from rows written by --json, untimed")
     args = ap.parse_args()
     widths = [int(h) for h in args.hidden.split(",")]
+    if args.rows:
+        report([json.loads(line) for line in args.rows.read_text().splitlines()], widths)
+        return
     configs = [("1 rank x 1 thread", 1, 1), ("2 ranks x 1 thread", 2, 1),
                ("1 rank x 2 threads", 1, 2)]
     rows = []
@@ -127,9 +133,10 @@ def report(rows: list[dict], widths: list[int]) -> None:
     print(f"\nOn paper: machines like this one, each with {BATCH} streams of {SEQ} characters "
           f"per step (global batch {BATCH} x N); ring all-reduce, latency {LATENCY_S * 1e6:g} us "
           f"per message, no overlap with compute.\n")
-    print("| model | parameters | all-reduced per step | compute per step | ring all-reduce, "
-          "N = 8: 10 / 100 Gb/s | machines at 50% efficiency: 10 / 100 Gb/s |")
-    print("|---|---|---|---|---|---|")
+    print("| model | parameters | all-reduced per step | compute per step | ring all-reduce "
+          "at N = 8: 10 / 100 Gb/s | efficiency at N = 8, 64: 10 Gb/s; 100 Gb/s | machines "
+          "at 90% efficiency: 10 / 100 Gb/s (global batch at 10 Gb/s) |")
+    print("|---|---|---|---|---|---|---|")
     for name, params in models:
         size = 4 * params
         compute = BATCH * SEQ * params * per_param_char
@@ -137,14 +144,19 @@ def report(rows: list[dict], widths: list[int]) -> None:
         def ring(n: int, bandwidth: float) -> float:
             return 2 * (n - 1) / n * size / bandwidth + 2 * (n - 1) * LATENCY_S
 
-        def limit(bandwidth: float) -> str:
-            for n in range(2, 100_001):
-                if ring(n, bandwidth) >= compute:
-                    return f"{n:,}"
-            return "> 100,000"
+        def efficiency(n: int, bandwidth: float) -> float:
+            return compute / (compute + ring(n, bandwidth))
+
+        def limit(bandwidth: float) -> int | None:
+            return next((n for n in range(2, 100_001) if efficiency(n, bandwidth) < 0.9), None)
         at8 = " / ".join(f"{ring(8, b) * 1e3:.1f} ms" for b in LINKS.values())
+        eff = "; ".join(", ".join(f"{efficiency(n, b):.0%}" for n in (8, 64))
+                        for b in LINKS.values())
+        ten, hundred = limit(LINKS["10 Gb/s"]), limit(LINKS["100 Gb/s"])
+        shown = " / ".join("over 100,000" if n is None else f"{n:,}" for n in (ten, hundred))
+        batch = "" if ten is None else f" ({BATCH * ten:,} streams)"
         print(f"| {name} | {params / 1e6:.1f} M | {size / 1e6:.0f} MB | {compute * 1e3:.0f} ms "
-              f"| {at8} | {limit(LINKS['10 Gb/s'])} / {limit(LINKS['100 Gb/s'])} |")
+              f"| {at8} | {eff} | {shown}{batch} |")
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import checkpoint as ckpt_io
 from . import memory, sizing
-from .distributed import World, WorldError
 from .batches import line_bounds, shuffled_lines, stream_matrix, window, windows
+from .distributed import World, WorldError
 from .documents import CORPUS_IDS, expand, read_documents
 from .engine import NonFinite, make_engine, training_speed
 from .metrics import METRICS, DivergenceWatch, Reporter, truncate_records, write_record
@@ -224,10 +224,11 @@ class Run:
             return
         self.pull()
         every = self.world.everyone(_digest(self.model.params))
-        if len(set(every)) > 1:
-            raise TrainingError(f"the weights differ across the processes at step "
-                                f"{self.state.step} (ranks {every.index(every[-1])}...): the "
-                                f"run stopped; its last checkpoint is intact")
+        differ = [r for r, digest in enumerate(every) if digest != every[0]]
+        if differ:
+            raise TrainingError(f"the weights of rank {', '.join(map(str, differ))} differ from "
+                                f"rank 0's at step {self.state.step}: the run stopped; its last "
+                                f"checkpoint is intact")
 
     def _line_bounds(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each line of the training text starts and ends (--lines)."""
