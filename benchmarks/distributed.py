@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """`mpirun -n N charrnn train` on this machine, and a model of it on a cluster.
 
-    python benchmarks/distributed.py [--hidden 512,1024] [--steps 30] [--repeats 2] [--json F]
+    python benchmarks/distributed.py [--hidden 512,1024] [--batch 64] [--steps 40] [--repeats 2]
+                                     [--json F] [--rows F]
 
-Measured (each on the same corpus, batch and options, GRU 2 x HIDDEN, batch 32 x 64): training
+Measured (each on the same corpus, batch and options, GRU 2 x HIDDEN, batch BATCH x 64): training
 characters/s of 1 rank x 1 thread, 2 ranks x 1 thread (`mpiexec -n 2` on 127.0.0.1: shared
 memory) and, for reference, 1 rank x 2 threads (charrnn's default on two cores). The rate is
 the median of metrics.jsonl's chars_per_sec after the first record (the first includes warm-up),
@@ -16,8 +17,8 @@ all-reduced per step (4 x parameters: float32 gradients), a ring all-reduce's ti
 (measured at 2 x 512 and 2 x 1024, scaled by parameters for 3 x 2048), and the number of
 machines at which the all-reduce takes as long as the compute (efficiency 50%, no overlap of
 the two): the efficiency (compute / (compute + all-reduce)) at 8 and 64 machines, and the
-number of machines at which it falls under 90%, each machine keeping its batch of 32 streams
-(so the global batch grows: 32 x N streams).
+number of machines at which it falls under 90%, each machine keeping its batch of BATCH streams
+(so the global batch grows: BATCH x N streams).
 Prints one JSON object per measurement and Markdown tables. Only 127.0.0.1 is used.
 """
 
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from charrnn.synthetic import MarkovSource
 
 ALPHABET = "".join(chr(c) for c in range(32, 32 + 65))
-BATCH, SEQ = 32, 64
+SEQ = 64
 LATENCY_S = 20e-6  # one message's latency on Ethernet with a kernel TCP stack (assumed)
 LINKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
 
@@ -60,13 +61,14 @@ def mpiexec() -> str:
     return found
 
 
-def rate(work: Path, hidden: int, steps: int, ranks: int, threads: int, tag: str) -> float:
+def rate(work: Path, hidden: int, batch: int, steps: int, ranks: int, threads: int,
+         tag: str) -> float:
     out = work / f"run-{tag}"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "NO_COLOR": "1", "CHARRNN_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads), "CHARRNN_STATE_DIR": str(work / "state")}
     command = [sys.executable, "-m", "charrnn", "train", "corpus.txt", "--cell", "gru",
-               "--layers", "2", "--hidden", str(hidden), "--batch-size", str(BATCH),
+               "--layers", "2", "--hidden", str(hidden), "--batch-size", str(batch),
                "--seq-len", str(SEQ), "--max-steps", str(steps),
                "--eval-every", str(10 * steps), "--out", str(out), "--quiet"]
     if ranks > 1:
@@ -80,6 +82,7 @@ def rate(work: Path, hidden: int, steps: int, ranks: int, threads: int, tag: str
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hidden", default="512,1024")
+    ap.add_argument("--batch", type=int, default=64, help="streams (charrnn's default, 64)")
     ap.add_argument("--steps", type=int, default=40, help="logged every 10")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the rows here")
@@ -100,13 +103,13 @@ def main() -> None:
             best = {name: 0.0 for name, *_ in configs}
             for repeat in range(args.repeats):
                 for name, ranks, threads in configs:
-                    r = rate(work, hidden, args.steps, ranks, threads,
+                    r = rate(work, hidden, args.batch, args.steps, ranks, threads,
                              f"{hidden}-{ranks}-{threads}")
                     best[name] = max(best[name], r)
             for name, ranks, threads in configs:
                 row = {"measure": "train", "model": f"2 x {hidden} gru", "config": name,
                        "ranks": ranks, "threads": threads, "chars_per_s": round(best[name], 1),
-                       "params": gru_params(2, hidden), "batch": BATCH, "seq_len": SEQ}
+                       "params": gru_params(2, hidden), "batch": args.batch, "seq_len": SEQ}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     report(rows, widths)
@@ -116,7 +119,8 @@ def main() -> None:
 
 def report(rows: list[dict], widths: list[int]) -> None:
     by = {(r["model"], r["config"]): r["chars_per_s"] for r in rows}
-    print(f"\nOn {os.cpu_count()} cores, GRU, batch {BATCH} x {SEQ}, the best of the repeats:\n")
+    streams = rows[0]["batch"]
+    print(f"\nOn {os.cpu_count()} cores, GRU, batch {streams} x {SEQ}, the best of the repeats:\n")
     print("| model | 1 rank x 1 thread | 2 ranks x 1 thread | speed-up | 1 rank x 2 threads |")
     print("|---|---|---|---|---|")
     for h in widths:
@@ -130,8 +134,8 @@ def report(rows: list[dict], widths: list[int]) -> None:
         1 / (by[(f"2 x {h} gru", "1 rank x 2 threads")] * gru_params(2, h)) for h in widths)
     models = [(f"2 x {h}", gru_params(2, h)) for h in widths] + [("3 x 2048",
                                                                   gru_params(3, 2048))]
-    print(f"\nOn paper: machines like this one, each with {BATCH} streams of {SEQ} characters "
-          f"per step (global batch {BATCH} x N); ring all-reduce, latency {LATENCY_S * 1e6:g} us "
+    print(f"\nOn paper: machines like this one, each with {streams} streams of {SEQ} characters "
+          f"per step (global batch {streams} x N); ring all-reduce, latency {LATENCY_S * 1e6:g} us "
           f"per message, no overlap with compute.\n")
     print("| model | parameters | all-reduced per step | compute per step | ring all-reduce "
           "at N = 8: 10 / 100 Gb/s | efficiency at N = 8, 64: 10 Gb/s; 100 Gb/s | machines "
@@ -139,7 +143,7 @@ def report(rows: list[dict], widths: list[int]) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, params in models:
         size = 4 * params
-        compute = BATCH * SEQ * params * per_param_char
+        compute = streams * SEQ * params * per_param_char
 
         def ring(n: int, bandwidth: float) -> float:
             return 2 * (n - 1) / n * size / bandwidth + 2 * (n - 1) * LATENCY_S
@@ -154,7 +158,7 @@ def report(rows: list[dict], widths: list[int]) -> None:
                         for b in LINKS.values())
         ten, hundred = limit(LINKS["10 Gb/s"]), limit(LINKS["100 Gb/s"])
         shown = " / ".join("over 100,000" if n is None else f"{n:,}" for n in (ten, hundred))
-        batch = "" if ten is None else f" ({BATCH * ten:,} streams)"
+        batch = "" if ten is None else f" ({streams * ten:,} streams)"
         print(f"| {name} | {params / 1e6:.1f} M | {size / 1e6:.0f} MB | {compute * 1e3:.0f} ms "
               f"| {at8} | {eff} | {shown}{batch} |")
 

@@ -81,6 +81,19 @@ class World:
         self.comm.Bcast(buf, root=0)
         return json.loads(buf.tobytes().decode())
 
+    def share_array(self, a: np.ndarray | None, n: int, dtype) -> np.ndarray:
+        """Rank 0's (n,) array a on every rank (sent in blocks: MPI counts are 32-bit)."""
+        if self.comm is None:
+            return a
+        out = a if self.root else np.empty(n, dtype)
+        block = 1 << 28
+        for start in range(0, n, block):
+            part = np.ascontiguousarray(out[start:start + block])
+            self.comm.Bcast(part, root=0)
+            if not self.root:
+                out[start:start + block] = part
+        return out
+
     def everyone(self, value) -> list:
         """Every rank's value (JSON), in rank order, on every rank."""
         if self.comm is None:

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt_io
 from . import memory, sizing
 from .batches import line_bounds, shuffled_lines, stream_matrix, window, windows
 from .distributed import World, WorldError
-from .documents import CORPUS_IDS, expand, read_documents
+from .documents import CORPUS_IDS, Corpus, expand, read_documents
 from .engine import NonFinite, make_engine, training_speed
 from .metrics import METRICS, DivergenceWatch, Reporter, truncate_records, write_record
 from .model import Model, ModelConfig, transplant
@@ -72,6 +72,13 @@ def evaluate(model: Model, ids: np.ndarray, batch_size: int, seq_len: int,
         h, c = model.final_state()
     total, count = world.sum_values(total, count)
     return total / count
+
+
+def _size(path) -> int | None:
+    try:
+        return os.stat(path).st_size if os.path.isfile(path) else None
+    except OSError:
+        return None
 
 
 def _digest(a: np.ndarray) -> str:
@@ -166,15 +173,20 @@ class Run:
         elif parent is not None:
             extra = parent.checkpoint.vocab
         skipped = Counter()
+        self._files_given = [[str(f), _size(f)] for f in files]  # compared across ranks
+        corpus = None
         try:
-            corpus = read_documents(files, val_frac=opts.val_frac, doc_sep=opts.doc_sep,
-                                    val_file=val_file, vocab=vocab, extra_chars=extra,
-                                    encoding=encoding, errors=errors, skip_unknown=keep_vocab,
-                                    skipped=skipped,
-                                    workdir=self.run_dir if self.world.root else None)
+            if self.world.root:  # over several processes, rank 0 reads for all
+                corpus = read_documents(files, val_frac=opts.val_frac, doc_sep=opts.doc_sep,
+                                        val_file=val_file, vocab=vocab, extra_chars=extra,
+                                        encoding=encoding, errors=errors,
+                                        skip_unknown=keep_vocab, skipped=skipped,
+                                        workdir=self.run_dir)
         except NothingKnown:
             raise CorpusError(f"--keep-vocab leaves nothing of {self.corpus}: it has no "
                               f"character the model of --init-from knows") from None
+        if self.world.size > 1:
+            corpus = self._corpus_of_rank0(corpus)
         if skipped:
             n, kept = skipped.total(), corpus.chars
             self.warnings.append(f"--keep-vocab dropped {n:,} of {n + kept:,} characters "
@@ -198,14 +210,40 @@ class Run:
                     f"{self.corpus} has {corpus.chars}: resume with the same corpus")
         return train_ids
 
+    def _corpus_of_rank0(self, corpus: Corpus | None) -> Corpus:
+        """Rank 0's corpus on every rank: the others wait while it reads and encodes, then map
+        the ids file it wrote into the run directory where they all see it (a shared
+        filesystem: one copy in each machine's page cache), or else are sent the ids."""
+        world = self.world
+        meta = None
+        if world.root:
+            mapped = str(corpus.train.filename) if isinstance(corpus.train, np.memmap) else None
+            meta = {"codepoints": corpus.vocab.codepoints.tolist(), "n_train": len(corpus.train),
+                    "n_val": len(corpus.val), "files": corpus.files,
+                    "dtype": corpus.train.dtype.str, "mapped": mapped}
+        meta = world.share(meta)
+        n, dtype = meta["n_train"] + meta["n_val"], np.dtype(meta["dtype"])
+        path = meta["mapped"]
+        visible = path is not None and os.path.isfile(path) and \
+            os.path.getsize(path) == n * dtype.itemsize
+        if all(world.everyone(visible)):
+            ids = np.memmap(path, dtype=dtype, mode="r", shape=(n,))
+        else:
+            ids = world.share_array(np.concatenate([corpus.train, corpus.val]) if world.root
+                                    else None, n, dtype)
+        if world.root:
+            return corpus
+        return Corpus(Vocab(np.array(meta["codepoints"], np.uint32)), ids[:meta["n_train"]],
+                      ids[meta["n_train"]:], meta["files"])
+
     def _check_same_everywhere(self) -> None:
         """Over several processes, every rank must train the same thing: the same options (as
         given, before rank 0's choices), corpus, vocabulary and starting weights. Refused on every
         rank at the start when not (a rank given another file would train another model)."""
         if self.world.size == 1:
             return
-        mine = {"options": self._given,
-                "corpus": [len(self.train_ids), _digest(self.train_ids), _digest(self.val_ids)],
+        mine = {"options": self._given, "corpus": self._files_given,
+                "corpus ids": [_digest(self.train_ids), _digest(self.val_ids)],
                 "vocabulary": _digest(self.vocab.codepoints),
                 "weights": _digest(self.model.params)}
         every = self.world.everyone(mine)

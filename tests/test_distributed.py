@@ -264,3 +264,47 @@ def test_float64_ranks_equal_one_process_to_1e_12(work, ranks):
     a, b = np.load(one), np.load(many)
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
     assert np.abs(a).max() > 0.1
+
+
+CORPUS_SHARING = textwrap.dedent('''
+    """Rank 0's corpus on rank 1: its ids file mapped where rank 1 sees it, else sent. Each
+    rank writes what it got (its kind and ids) to OUT.RANK.json."""
+    import json, sys
+    from pathlib import Path
+    from types import SimpleNamespace
+    import numpy as np
+    from charrnn import distributed
+    from charrnn.documents import Corpus
+    from charrnn.tokenizer import Vocab
+    from charrnn.train import Run
+
+    world = distributed.world()
+    out, mapped = Path(sys.argv[1]), sys.argv[2] == "mapped"
+    corpus = None
+    if world.root:
+        ids = (np.arange(1000) % 7).astype(np.uint8)
+        if mapped:
+            ids.tofile(out.with_suffix(".ids"))
+            ids = np.memmap(out.with_suffix(".ids"), dtype=np.uint8, mode="r")
+        corpus = Corpus(Vocab(np.arange(97, 104, dtype=np.uint32)), ids[:900], ids[900:],
+                        [{"path": "x.txt", "chars": 1000}])
+    got = Run._corpus_of_rank0(SimpleNamespace(world=world), corpus)
+    Path(f"{out}.{world.rank}.json").write_text(json.dumps({
+        "memmap": isinstance(got.train, np.memmap), "train": got.train.tolist(),
+        "val": got.val.tolist(), "vocab": got.vocab.codepoints.tolist(), "files": got.files}))
+    distributed.finish()
+''')
+
+
+@pytest.mark.parametrize("how", ["mapped", "sent"])
+def test_the_other_ranks_take_rank_0s_corpus(work, how):
+    script = work / "corpus_sharing.py"
+    script.write_text(CORPUS_SHARING)
+    out = work / f"shared-{how}"
+    subprocess.run([MPIEXEC, "-n", "2", sys.executable, script, out, how], env=env_for(work),
+                   check=True, timeout=RUN_TIMEOUT)
+    zero, one = (json.loads(Path(f"{out}.{r}.json").read_text()) for r in (0, 1))
+    assert one["memmap"] is (how == "mapped"), "rank 1 maps the ids file it can see"
+    assert {k: v for k, v in one.items() if k != "memmap"} == \
+        {k: v for k, v in zero.items() if k != "memmap"}
+    assert one["train"] == [i % 7 for i in range(900)] and len(one["val"]) == 100
