@@ -39,6 +39,8 @@ from charrnn.synthetic import MarkovSource
 
 ALPHABET = "".join(chr(c) for c in range(32, 32 + 65))
 SEQ = 64
+# loopback only (as tests/test_distributed.py): MPI's network transports on the lo interface
+LOOPBACK_ENV = {"UCX_NET_DEVICES": "lo", "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo"}
 LATENCY_S = 20e-6  # one message's latency on Ethernet with a kernel TCP stack (assumed)
 LINKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
 
@@ -65,14 +67,14 @@ def rate(work: Path, hidden: int, batch: int, steps: int, ranks: int, threads: i
          tag: str) -> float:
     out = work / f"run-{tag}"
     shutil.rmtree(out, ignore_errors=True)
-    env = {**os.environ, "NO_COLOR": "1", "CHARRNN_THREADS": str(threads),
+    env = {**os.environ, **LOOPBACK_ENV, "NO_COLOR": "1", "CHARRNN_THREADS": str(threads),
            "OPENBLAS_NUM_THREADS": str(threads), "CHARRNN_STATE_DIR": str(work / "state")}
     command = [sys.executable, "-m", "charrnn", "train", "corpus.txt", "--cell", "gru",
                "--layers", "2", "--hidden", str(hidden), "--batch-size", str(batch),
                "--seq-len", str(SEQ), "--max-steps", str(steps),
                "--eval-every", str(10 * steps), "--out", str(out), "--quiet"]
     if ranks > 1:
-        command = [mpiexec(), "-n", str(ranks), *command]
+        command = [mpiexec(), "-iface", "lo", "-n", str(ranks), *command]
     subprocess.run(command, cwd=work, env=env, check=True, stdin=subprocess.DEVNULL)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["chars_per_sec"] for r in records if "chars_per_sec" in r][1:]

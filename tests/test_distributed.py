@@ -2,8 +2,8 @@
 process trains, resume across world sizes, stop together, and refuse to train apart.
 
 Skipped with a reason where mpi4py or mpiexec is missing (`pip install -e .` brings both: the
-mpi4py and mpich wheels). Every process is bounded in time; MPI talks over shared memory and
-127.0.0.1 only (one machine).
+mpi4py and mpich wheels). Every process is bounded in time; the ranks talk through shared
+memory, and every connection MPI makes stays on the loopback interface (LOOPBACK).
 """
 
 import importlib.util
@@ -29,6 +29,10 @@ pytestmark = pytest.mark.skipif(
     MPIEXEC is None or importlib.util.find_spec("mpi4py") is None,
     reason="needs mpi4py and mpiexec (pip install mpi4py mpich)")
 
+# loopback only: the launcher's own connections (-iface lo) and any network transport MPI
+# opens (UCX's and libfabric's) stay on 127.0.0.1; the ranks talk through shared memory
+LOOPBACK = ["-iface", "lo"]
+LOOPBACK_ENV = {"UCX_NET_DEVICES": "lo", "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo"}
 RUN_TIMEOUT = 300  # s: one training command, kernels compiled or loaded from the cache
 # B = 6 streams: 1, 2 and 3 ranks all divide it
 ARGS = ["--cell", "gru", "--hidden", "24", "--layers", "2", "--batch-size", "6",
@@ -49,7 +53,8 @@ def work(tmp_path_factory):
 
 
 def env_for(work: Path) -> dict:
-    env = {**os.environ, "NO_COLOR": "1", "CHARRNN_STATE_DIR": str(work / "state")}
+    env = {**os.environ, **LOOPBACK_ENV, "NO_COLOR": "1",
+           "CHARRNN_STATE_DIR": str(work / "state")}
     for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
         env.pop(var, None)  # the single-process runs must not look launched by MPI
     return env
@@ -64,7 +69,7 @@ def train(work: Path, ranks: int, out: str, *extra, timeout=RUN_TIMEOUT,
     """`charrnn train corpus.txt ARGS EXTRA --out OUT`, in one process or under mpiexec."""
     command = charrnn("train", "corpus.txt", *ARGS, "--out", out, *extra)
     if ranks > 1:
-        command = [MPIEXEC, "-n", str(ranks), *command]
+        command = [MPIEXEC, *LOOPBACK, "-n", str(ranks), *command]
     p = subprocess.run(command, cwd=work, env=env_for(work), capture_output=True, text=True,
                        timeout=timeout, stdin=subprocess.DEVNULL)
     if check:
@@ -138,7 +143,8 @@ def test_ranks_given_other_corpora_or_options_refuse_to_start(work):
             (["corpus.txt", *common], ["other.txt", *common], "corpus"),
             (["corpus.txt", *common], ["corpus.txt", *common, "--lr", "0.01"], "options")):
         out = work / f"apart-{what}"
-        p = subprocess.run([MPIEXEC, "-n", "1", *charrnn("train", *first, "--out", out), ":",
+        p = subprocess.run([MPIEXEC, *LOOPBACK, "-n", "1",
+                            *charrnn("train", *first, "--out", out), ":",
                             "-n", "1", *charrnn("train", *second, "--out", out)],
                            cwd=work, env=env_for(work), capture_output=True, text=True,
                            timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
@@ -168,7 +174,7 @@ def rank_pids(marker: str) -> dict[int, int]:
 
 def start_long_run(work: Path, out: str) -> subprocess.Popen:
     """Two ranks training for minutes, once their first checkpoint is written."""
-    proc = subprocess.Popen([MPIEXEC, "-n", "2", *charrnn(
+    proc = subprocess.Popen([MPIEXEC, *LOOPBACK, "-n", "2", *charrnn(
         "train", "corpus.txt", *ARGS[:-1], "--minutes", 10, "--save-every", 5, "--out", out)],
         cwd=work, env=env_for(work), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL, start_new_session=True)
@@ -259,7 +265,7 @@ def test_float64_ranks_equal_one_process_to_1e_12(work, ranks):
     env = env_for(work)
     one, many = work / "one64.npy", work / f"ranks64-{ranks}.npy"
     subprocess.run([sys.executable, script, one], env=env, check=True, timeout=RUN_TIMEOUT)
-    subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, script, many], env=env,
+    subprocess.run([MPIEXEC, *LOOPBACK, "-n", str(ranks), sys.executable, script, many], env=env,
                    check=True, timeout=RUN_TIMEOUT)
     a, b = np.load(one), np.load(many)
     np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
@@ -301,8 +307,8 @@ def test_the_other_ranks_take_rank_0s_corpus(work, how):
     script = work / "corpus_sharing.py"
     script.write_text(CORPUS_SHARING)
     out = work / f"shared-{how}"
-    subprocess.run([MPIEXEC, "-n", "2", sys.executable, script, out, how], env=env_for(work),
-                   check=True, timeout=RUN_TIMEOUT)
+    subprocess.run([MPIEXEC, *LOOPBACK, "-n", "2", sys.executable, script, out, how],
+                   env=env_for(work), check=True, timeout=RUN_TIMEOUT)
     zero, one = (json.loads(Path(f"{out}.{r}.json").read_text()) for r in (0, 1))
     assert one["memmap"] is (how == "mapped"), "rank 1 maps the ids file it can see"
     assert {k: v for k, v in one.items() if k != "memmap"} == \
