@@ -33,7 +33,10 @@ def launched_by_mpi() -> bool:
 
 
 def ranks_on_this_machine() -> int:
-    """The ranks an MPI launcher started on this machine (1 without one)."""
+    """The ranks an MPI launcher started on this machine (1 without one: a lone process in a
+    Slurm job of several tasks has SLURM_NTASKS_PER_NODE set, and the cores to itself)."""
+    if not launched_by_mpi():
+        return 1
     for var in LOCAL_SIZE_VARS:
         value = os.environ.get(var, "").split("(")[0]  # Slurm may say "2(x3)"
         if value.isdigit() and int(value) > 0:
@@ -128,10 +131,6 @@ class World:
         """Whether every rank says ok (so that all ranks take the same branch)."""
         return self.sum_values(0.0 if ok else 1.0)[0] == 0.0
 
-    def barrier(self) -> None:
-        if self.comm is not None:
-            self.comm.Barrier()
-
     def abort(self, code: int = 1) -> None:
         """End every rank now: this one failed where the others may wait for it."""
         if self.comm is not None:
@@ -183,6 +182,5 @@ def finish() -> bool:
         return False
     from mpi4py import MPI
     if not MPI.Is_finalized():
-        _WORLD.comm.Barrier()
         MPI.Finalize()
     return True

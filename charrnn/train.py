@@ -238,13 +238,12 @@ class Run:
 
     def _check_same_everywhere(self) -> None:
         """Over several processes, every rank must train the same thing: the same options (as
-        given, before rank 0's choices), corpus, vocabulary and starting weights. Refused on every
-        rank at the start when not (a rank given another file would train another model)."""
+        given, before rank 0's choices), corpus files and starting weights (each rank makes or
+        loads its own; the corpus and vocabulary are rank 0's). Refused on every rank at the
+        start when not (a rank given another file would train another model)."""
         if self.world.size == 1:
             return
         mine = {"options": self._given, "corpus": self._files_given,
-                "corpus ids": [_digest(self.train_ids), _digest(self.val_ids)],
-                "vocabulary": _digest(self.vocab.codepoints),
                 "weights": _digest(self.model.params)}
         every = self.world.everyone(mine)
         for what in mine:
