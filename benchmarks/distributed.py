@@ -14,11 +14,11 @@ shared). Goal of issue 23: 2 ranks >= 1.8x 1 rank at 2 x 512.
 Then, on paper, a cluster of machines like this one joined by 10 and 100 Gb/s Ethernet: bytes
 all-reduced per step (4 x parameters: float32 gradients), a ring all-reduce's time
 (2 (N - 1) / N x bytes / bandwidth + 2 (N - 1) x LATENCY_S), against the compute time of a step
-(measured at 2 x 512 and 2 x 1024, scaled by parameters for 3 x 2048), and the number of
-machines at which the all-reduce takes as long as the compute (efficiency 50%, no overlap of
-the two): the efficiency (compute / (compute + all-reduce)) at 8 and 64 machines, and the
-number of machines at which it falls under 90%, each machine keeping its batch of BATCH streams
-(so the global batch grows: BATCH x N streams).
+(from the 1 rank x 2 threads rate measured at each width; for 3 x 2048, the median cost per
+parameter and character of the measured widths, times its parameters), with no overlap of the
+two: the efficiency (compute / (compute + all-reduce)) at 8 and 64 machines, and the number of
+machines at which it falls under 90%, each machine keeping its batch of BATCH streams (so the
+global batch grows: BATCH x N streams).
 Prints one JSON object per measurement and Markdown tables. Only 127.0.0.1 is used.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from charrnn.model import ModelConfig, ParamLayout
 from charrnn.synthetic import MarkovSource
 
 ALPHABET = "".join(chr(c) for c in range(32, 32 + 65))
@@ -45,14 +46,10 @@ LATENCY_S = 20e-6  # one message's latency on Ethernet with a kernel TCP stack (
 LINKS = {"10 Gb/s": 10e9 / 8, "100 Gb/s": 100e9 / 8}  # bytes/s
 
 
-def gru_params(layers: int, hidden: int, vocab: int = 65) -> int:
-    """Parameters of charrnn's GRU: per layer W_x (in x 3H), W_h (H x 3H), bias and extra
-    (3H each), then the output layer (H x V + V)."""
-    total = 0
-    for layer in range(layers):
-        inputs = vocab if layer == 0 else hidden
-        total += inputs * 3 * hidden + hidden * 3 * hidden + 2 * 3 * hidden
-    return total + hidden * vocab + vocab
+def gru_params(layers: int, hidden: int, vocab: int = len(ALPHABET)) -> int:
+    """Parameters of charrnn's GRU of this shape, from the model's own layout."""
+    return ParamLayout(ModelConfig(vocab_size=vocab, cell="gru", layers=layers,
+                                   hidden=hidden)).size
 
 
 def mpiexec() -> str:
@@ -103,7 +100,7 @@ def main() -> None:
         (work / "corpus.txt").write_text(ALPHABET + text, encoding="utf-8")
         for hidden in widths:
             best = {name: 0.0 for name, *_ in configs}
-            for repeat in range(args.repeats):
+            for _ in range(args.repeats):
                 for name, ranks, threads in configs:
                     r = rate(work, hidden, args.batch, args.steps, ranks, threads,
                              f"{hidden}-{ranks}-{threads}")
@@ -130,12 +127,15 @@ def report(rows: list[dict], widths: list[int]) -> None:
         one, two, threads = (by[(m, c)] for c in ("1 rank x 1 thread", "2 ranks x 1 thread",
                                                   "1 rank x 2 threads"))
         print(f"| {m} | {one:,.0f} | {two:,.0f} | {two / one:.2f}x | {threads:,.0f} |")
-    # a machine's compute time per step: 1 rank x 2 threads on this machine (its best use of
-    # both cores), scaled by parameters for the widths not measured
-    per_param_char = statistics.median(
-        1 / (by[(f"2 x {h} gru", "1 rank x 2 threads")] * gru_params(2, h)) for h in widths)
-    models = [(f"2 x {h}", gru_params(2, h)) for h in widths] + [("3 x 2048",
-                                                                  gru_params(3, 2048))]
+    # a machine's compute time per character: 1 rank x 2 threads on this machine (its best use
+    # of both cores) where measured; for 3 x 2048, scaled by parameters
+    seconds_per_char = {f"2 x {h}": 1 / by[(f"2 x {h} gru", "1 rank x 2 threads")]
+                        for h in widths}
+    per_param_char = statistics.median(seconds_per_char[f"2 x {h}"] / gru_params(2, h)
+                                       for h in widths)
+    seconds_per_char["3 x 2048"] = per_param_char * gru_params(3, 2048)
+    models = [(name, gru_params(3 if name == "3 x 2048" else 2, int(name.split()[-1])))
+              for name in seconds_per_char]
     print(f"\nOn paper: machines like this one, each with {streams} streams of {SEQ} characters "
           f"per step (global batch {streams} x N); ring all-reduce, latency {LATENCY_S * 1e6:g} us "
           f"per message, no overlap with compute.\n")
@@ -145,7 +145,7 @@ def report(rows: list[dict], widths: list[int]) -> None:
     print("|---|---|---|---|---|---|---|")
     for name, params in models:
         size = 4 * params
-        compute = streams * SEQ * params * per_param_char
+        compute = streams * SEQ * seconds_per_char[name]
 
         def ring(n: int, bandwidth: float) -> float:
             return 2 * (n - 1) / n * size / bandwidth + 2 * (n - 1) * LATENCY_S

@@ -97,10 +97,10 @@ def assert_same_training(a: Path, b: Path, exact: bool = False) -> None:
         if wa[key].dtype.kind not in "fiu" or key == "meta":
             continue  # the JSON part: times and names differ, its counters are checked above
         assert wa[key].shape == wb[key].shape and wa[key].dtype == wb[key].dtype, key
-        if exact:
-            np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
-        elif wa[key].dtype.kind == "f":
+        if wa[key].dtype.kind == "f" and not exact:
             np.testing.assert_allclose(wa[key], wb[key], atol=WEIGHTS_ATOL, rtol=0, err_msg=key)
+        else:  # the vocabulary, and every array of a run that must give the same bits
+            np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
     ra, rb = records(a), records(b)
     assert [r["step"] for r in ra] == [r["step"] for r in rb]
     for x, y in zip(ra, rb):
@@ -202,9 +202,7 @@ def test_a_killed_rank_ends_the_others_and_leaves_a_resumable_checkpoint(work):
         pids = rank_pids("killed")
         assert sorted(pids) == [0, 1], pids
         os.kill(pids[1], signal.SIGKILL)
-        t0 = time.monotonic()
-        proc.wait(60)  # the other rank and the launcher end within a bounded time
-        assert time.monotonic() - t0 < 60
+        proc.wait(60)  # raises if the other rank and the launcher are not gone within 60 s
         assert proc.returncode != 0
     finally:
         if proc.poll() is None:

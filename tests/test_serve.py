@@ -348,7 +348,8 @@ def test_a_client_that_stops_reading_is_paused_and_resumes_where_it_left_off(mod
             assert time.monotonic() < deadline, "the stream did not go on"
             [event] = read_events(response, count=1)
             text += json.loads(event)["choices"][0]["text"]
-        assert metrics(served.port)["charrnn_paused_streams"] == 0
+        # (text past `made` was made after the pause: the stream was resumed; whether it is
+        # paused again now, its reader having stopped, is a race not worth asserting)
     finally:
         conn.close()
     assert text == cli_sample(model, "a", len(text), 5)
