@@ -12,11 +12,13 @@ Two layers:
   rearranges the stepper's rows when the set of slots changes.
 
 A slot's text depends only on its own options, generator and prime, not on the other slots:
-every kernel computes each row on its own. On the CPU a batch of more than FEW_ROWS rows
-(kernels/cpu.py) goes through BLAS, whose rounding may differ from the few-rows product in the
-last bit; that changes a draw only where a uniform falls within rounding of a boundary.
+every kernel computes each row on its own. On the CPU a batch of two or more rows goes through
+kernels/cpu.py's matmul_pairs, whose result for a row is the same whatever the batch, and one
+row alone through BLAS's gemv, whose rounding may differ in the last bit; that changes a draw
+only where a uniform falls within rounding of a boundary.
 """
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -25,7 +27,8 @@ import numpy as np
 
 from . import memory
 from .kernels import cpu
-from .model import Model
+from .model import Model, ParamLayout
+from .parallel import StreamSplitter, row_ranges
 from .options import SampleOptions
 from .tokenizer import Vocab
 
@@ -85,47 +88,134 @@ def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], starts: Sequence
             np.ascontiguousarray(np.concatenate([c[:, rows], *(s[1] for s in new)], axis=1)))
 
 
-class CpuStepper:
-    """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's own weights
-    (read where they are, so a model trained further samples with its new weights)."""
+def transposed_weights(model: Model) -> np.ndarray:
+    """A copy of model.params with every matrix a sampling step multiplies by transposed in
+    its slot (what cpu.matmul_pairs reads): the input matrices above layer 0 (layer 0's rows
+    are gathered, not multiplied), the recurrent ones and the output layer's."""
+    layout = ParamLayout(model.config)
+    out = model.params.copy()
+    for k, (name, shape) in enumerate(layout.shapes.items()):
+        if len(shape) == 2 and name != "l0.W_x" and shape[0] * shape[1] > 0:
+            a, b = layout.offsets[k], layout.offsets[k + 1]
+            out[a:b] = model.params[a:b].reshape(shape).T.ravel()
+    return out
 
-    def __init__(self, model: Model):
+
+# cells whose own products go through BLAS (the classic GRU's two, Jordan's), whose rounding
+# depends on the number of rows: their batches are never split, so a seed gives one text
+UNSPLIT_CELLS = (cpu.GRU_CLASSIC, cpu.JORDAN)
+# shards measured fastest, for each model shape, thread count and power-of-two range of batch
+# sizes: once per process (a `sample` command makes a stepper per call, a server one)
+_MEASURED_SPLITS: dict[tuple, int] = {}
+# A timing of a split runs enough steps to take this long unsplit, so that waking the threads
+# weighs on it no more than on a chunk; each way is timed three times, alternating
+TIMED_SECONDS = 0.002
+
+
+class CpuStepper:
+    """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights as
+    they were when it was made (transposed once here for the batch product; a model trained
+    further needs a new stepper, as on the GPU).
+
+    A batch of rows can run as one kernel call or split into shards of rows, one per thread
+    (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
+    wait for each other. Whether splitting pays depends on the machine, the model and the rows
+    per shard, so it is measured, once for each power-of-two range of batch sizes, on the
+    first batch in that range (`split_for`). A row's result is the same either way
+    (cpu.matmul_pairs), so the measurement decides the speed, never the text."""
+
+    def __init__(self, model: Model, splitter: StreamSplitter | None = None):
         self.model = model
+        self.transposed = transposed_weights(model)
+        self.splitter = splitter or StreamSplitter(min_rows=2)
         self.h, self.c = model.zero_state(0)  # (L, B, W)
-        self.scratch = self._scratch(0)
         self._one = self._scratch(1)  # for feeding a prime alone
 
     def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
-        """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (B, V), probs (V,)."""
+        """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (B, V), probs (V,)
+        float64 and powers (V,) int64."""
         cfg, dtype = self.model.config, self.model.dtype
         GH, H = cfg.gates * cfg.hidden, cfg.hidden
         return (np.zeros((B, GH), dtype), np.zeros((B, GH), dtype),
                 np.zeros((B, cfg.spec.stored_acts * H), dtype), np.zeros((B, H), dtype),
                 np.zeros((B, H), dtype), np.zeros((B, cfg.vocab_size), dtype),
-                np.zeros(cfg.vocab_size, np.float64))
+                np.zeros(cfg.vocab_size, np.float64), np.zeros(cfg.vocab_size, np.int64))
+
+    def _kernel(self, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
+                scratch=None) -> None:
+        m = self.model
+        cpu.generate(m.config.kernel_id, m.params, self.transposed, m.layout.offsets, x, h, c,
+                     forced, temperature, top_k, top_p, uniforms, out,
+                     *(scratch or self._scratch(len(x))))
 
     def _fed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, c = self.model.zero_state(1)
         if len(ids):
-            m = self.model
             x, forced = feeding(ids)
-            cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, x, h, c, forced,
-                         *NO_OPTIONS, np.zeros(forced.shape), np.zeros_like(forced), *self._one)
+            self._kernel(x, h, c, forced, *NO_OPTIONS, np.zeros(forced.shape),
+                         np.zeros_like(forced), self._one)
         return h, c
 
     def arrange(self, keep: Sequence[int], starts: Sequence[Start]) -> None:
         self.h, self.c = arranged(self.h, self.c, keep, starts, self._fed)
-        self.scratch = self._scratch(self.h.shape[1])
 
     def saved(self, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(self.h[:, r:r + 1].copy(), self.c[:, r:r + 1].copy()) for r in rows]
 
     def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
-        m = self.model
         out = np.zeros(uniforms.shape, np.int32)
-        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, x, self.h, self.c,
-                     forced, temperature, top_k, top_p, uniforms, out, *self.scratch)
+        self._run(self.split_for(len(x)), self.h, self.c, x, forced, temperature, top_k,
+                  top_p, uniforms, out)
         return out
+
+    def split_for(self, B: int) -> int:
+        """The number of shards B rows run in: measured for B's power-of-two range."""
+        most = self.splitter.parts(B)
+        if most == 1 or self.model.config.kernel_id in UNSPLIT_CELLS:
+            return 1
+        cfg = self.model.config
+        key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, self.model.dtype.str,
+               most, B.bit_length())
+        if key not in _MEASURED_SPLITS:
+            _MEASURED_SPLITS[key] = self._faster_split(B, most)
+        return _MEASURED_SPLITS[key]
+
+    def _faster_split(self, B: int, most: int) -> int:
+        """1 or `most` shards, whichever ran these B rows faster (on copies of their state,
+        best of three each, after one untimed run of each)."""
+        def seconds(parts: int, steps: int) -> float:
+            forced = np.full((steps, B), -1, np.int32)
+            h, c, x = self.h.copy(), self.c.copy(), np.zeros(B, np.int32)
+            start = time.perf_counter()
+            self._run(parts, h, c, x, forced, np.ones(B), np.zeros(B, np.int64), np.ones(B),
+                      np.full((steps, B), 0.5), np.empty_like(forced))
+            return time.perf_counter() - start
+
+        for parts in (1, most):
+            seconds(parts, 1)  # loads the kernel, warms the caches
+        steps = int(np.clip(TIMED_SECONDS / seconds(1, 1), 2, 256))
+        best = {1: float("inf"), most: float("inf")}
+        for _ in range(3):
+            for parts in best:
+                best[parts] = min(best[parts], seconds(parts, steps))
+        return min(best, key=best.get)
+
+    def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
+        """The kernel over all B rows of h, c (L, B, W) at once, or over `parts` shards of
+        rows on the splitter's threads, each on its own contiguous copy of its rows."""
+        if parts == 1:
+            self._kernel(x, h, c, forced, temperature, top_k, top_p, uniforms, out)
+            return
+
+        def shard(rows: tuple[int, int]) -> None:
+            r = slice(*rows)
+            hs, cs, xs, outs = (np.ascontiguousarray(h[:, r]), np.ascontiguousarray(c[:, r]),
+                                x[r].copy(), np.empty_like(out[:, r]))
+            self._kernel(xs, hs, cs, np.ascontiguousarray(forced[:, r]), temperature[r],
+                         top_k[r], top_p[r], np.ascontiguousarray(uniforms[:, r]), outs)
+            h[:, r], c[:, r], x[r], out[:, r] = hs, cs, xs, outs
+
+        self.splitter.map(shard, row_ranges(len(x), parts))
 
 
 def make_stepper(model: Model, device: str = "cpu") -> Stepper:

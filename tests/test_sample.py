@@ -9,7 +9,7 @@ from charrnn import CELL_NAMES
 from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.sample import SampleOptions, generate
-from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots
+from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots, transposed_weights
 from charrnn.tokenizer import UnknownCharacters, Vocab
 
 LOGITS = np.array([2.0, -1.0, 0.5, 1.5, 0.0, -3.0], np.float32)
@@ -17,10 +17,10 @@ LOGITS = np.array([2.0, -1.0, 0.5, 1.5, 0.0, -3.0], np.float32)
 
 def draw_frequencies(temperature, top_k, top_p, n=20_000):
     """How often each id is drawn when u sweeps [0, 1) evenly: exactly the draw's distribution."""
-    probs = np.zeros(LOGITS.size)
+    probs, powers = np.zeros(LOGITS.size), np.zeros(LOGITS.size, np.int64)
     counts = np.zeros(LOGITS.size)
     for u in (np.arange(n) + 0.5) / n:
-        counts[cpu._draw(LOGITS, temperature, top_k, top_p, u, probs)] += 1
+        counts[cpu._draw(LOGITS, temperature, top_k, top_p, u, probs, powers)] += 1
     return counts / n
 
 
@@ -46,8 +46,8 @@ def test_draw_follows_the_distribution(temperature, top_k, top_p):
 
 
 def test_temperature_zero_is_argmax():
-    probs = np.zeros(LOGITS.size)
-    assert {cpu._draw(LOGITS, 0.0, 0, 1.0, u, probs) for u in (0.0, 0.5, 0.999)} == {0}
+    probs, powers = np.zeros(LOGITS.size), np.zeros(LOGITS.size, np.int64)
+    assert {cpu._draw(LOGITS, 0.0, 0, 1.0, u, probs, powers) for u in (0.0, 0.5, 0.999)} == {0}
 
 
 @pytest.fixture(scope="module")
@@ -368,15 +368,18 @@ def reference_sample(model, vocab, opts):
                np.zeros((1, H), dtype), np.zeros((1, cfg.vocab_size), dtype))
     h, c = model.zero_state(1)
     ids = vocab.encode(opts.prime) if opts.prime else np.array([vocab.chars.index("\n")])
-    step = lambda i: cpu._step(cfg.kernel_id, model.params, model.layout.offsets,  # noqa: E731
-                               np.array([i], np.int32), h, c, *scratch)
+    transposed = transposed_weights(model)
+    step = lambda i: cpu._step(cfg.kernel_id, model.params, transposed,  # noqa: E731
+                               model.layout.offsets, np.array([i], np.int32), h, c, *scratch)
     for i in ids[:-1]:
         step(i)
     uniforms = np.random.default_rng(opts.seed).random(opts.length)
-    x, out, probs = ids[-1], [], np.zeros(cfg.vocab_size)
+    x, out = ids[-1], []
+    probs, powers = np.zeros(cfg.vocab_size), np.zeros(cfg.vocab_size, np.int64)
     for u in uniforms:
         step(x)
-        x = cpu._draw(scratch[-1][0], opts.temperature, opts.top_k or 0, opts.top_p, u, probs)
+        x = cpu._draw(scratch[-1][0], opts.temperature, opts.top_k or 0, opts.top_p, u, probs,
+                      powers)
         out.append(x)
     text = vocab.decode(np.array(out))
     if opts.stop is not None and opts.stop in text:

@@ -599,6 +599,81 @@ def matmul_nt(A, Bt, C):
             C[i, j] = s
 
 
+# The sampler's product for a batch of two or more streams, C = A @ Bt.T with Bt the weights
+# transposed once when the stepper is made (kernels never transpose per step). The "dot" form
+# again, in tiles of 2 rows x 8 columns: 16 accumulators, each of the 10 rows a tile reads used
+# 2 or 8 times. Two rows, not six: a batch of a few streams (a server's first clients, a long
+# prompt joining) needs no padding to a tall tile, and from 8 rows on the 2 x 8 tile is as fast
+# as the training's 6 x 4 (BENCHMARKS.md, "Sampling a batch: one product for every row").
+#
+# Every row goes through the same tile code, an odd last row too (paired with a copy of itself),
+# so a row's result does not depend on how many rows there are or where it sits: a batch can be
+# split across threads in any way without changing one bit of any stream's text.
+
+
+@_tiled_kernel(inline="always")
+def _pair_tile(a0, a1, Bt, j, C0, C1):
+    """C0[j:j+8] = a0 @ Bt[j:j+8].T and C1[j:j+8] likewise for a1."""
+    K = a0.size
+    z = a0.dtype.type(0)
+    b0, b1, b2, b3 = Bt[j], Bt[j + 1], Bt[j + 2], Bt[j + 3]
+    b4, b5, b6, b7 = Bt[j + 4], Bt[j + 5], Bt[j + 6], Bt[j + 7]
+    s00 = s01 = s02 = s03 = s04 = s05 = s06 = s07 = z
+    s10 = s11 = s12 = s13 = s14 = s15 = s16 = s17 = z
+    for k in range(K):
+        w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
+        w4, w5, w6, w7 = b4[k], b5[k], b6[k], b7[k]
+        x = a0[k]
+        s00 += x * w0
+        s01 += x * w1
+        s02 += x * w2
+        s03 += x * w3
+        s04 += x * w4
+        s05 += x * w5
+        s06 += x * w6
+        s07 += x * w7
+        x = a1[k]
+        s10 += x * w0
+        s11 += x * w1
+        s12 += x * w2
+        s13 += x * w3
+        s14 += x * w4
+        s15 += x * w5
+        s16 += x * w6
+        s17 += x * w7
+    C0[j], C0[j + 1], C0[j + 2], C0[j + 3] = s00, s01, s02, s03
+    C0[j + 4], C0[j + 5], C0[j + 6], C0[j + 7] = s04, s05, s06, s07
+    C1[j], C1[j + 1], C1[j + 2], C1[j + 3] = s10, s11, s12, s13
+    C1[j + 4], C1[j + 5], C1[j + 6], C1[j + 7] = s14, s15, s16, s17
+
+
+@_tiled_kernel
+def matmul_pairs(A, Bt, C):
+    """C[i, j] = sum_k A[i, k] * Bt[j, k]. A (M, K), Bt (N, K), C (M, N), all C-contiguous,
+    M >= 1; each C[i, j] computed the same way whatever M and i."""
+    M, K = A.shape
+    N = Bt.shape[0]
+    if Bt.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError("matmul_pairs: shapes do not match")
+    N8 = N - N % 8
+    odd = np.empty((2, N8), C.dtype)  # an odd last row's results, and its copy's
+    for j in range(0, N8, 8):  # each block of 8 weight rows is read from memory once
+        for i in range(0, M - 1, 2):
+            _pair_tile(A[i], A[i + 1], Bt, j, C[i], C[i + 1])
+        if M % 2:
+            _pair_tile(A[M - 1], A[M - 1], Bt, j, odd[0], odd[1])
+    if M % 2:
+        C[M - 1, :N8] = odd[0]
+    for j in range(N8, N):  # the columns left over: one dot product each
+        b = Bt[j]
+        for i in range(M):
+            a = A[i]
+            s = A.dtype.type(0)
+            for k in range(K):
+                s += a[k] * b[k]
+            C[i, j] = s
+
+
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
 # one row against a matrix larger than this is bound by memory bandwidth, and OpenBLAS's gemv
 # streams it with every core, faster than one core (BENCHMARKS.md, "Sampling a few streams";
@@ -1033,11 +1108,23 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
 
 
 @kernel
-def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
+def _weights_times(A, params, transposed, offs, slot, C):
+    """C (M, N) = A (M, K) @ the (K, N) matrix in slot: for one row, _matmul on params (BLAS's
+    gemv streams a large matrix with every core); for more, matmul_pairs on its transpose in
+    `transposed` (a copy of params with every matrix the sampler multiplies by transposed)."""
+    if A.shape[0] == 1:
+        _matmul(A, _mat(params, offs, slot, A.shape[1]), C)
+    else:
+        matmul_pairs(A, _mat(transposed, offs, slot, C.shape[1]), C)
+
+
+@kernel
+def _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
     """Advance the state (L, B, H) h and c in place on input ids x (B,); write logits (B, V).
 
-    xg, gates: (B, GH), act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into
-    h_new/c_new and they are copied back: in-place updates would alias and not vectorise."""
+    transposed: params with the matrices transposed (_weights_times). xg, gates: (B, GH),
+    act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into h_new/c_new and they are
+    copied back: in-place updates would alias and not vectorise."""
     if cell == JORDAN:  # h holds y_{t-1} (1, B, V); h_new serves as the hidden layer
         _jordan_hidden(params, offs, x, h[0], h_new, gates)
         _matmul(h_new, _mat(params, offs, SLOTS_PER_LAYER, h_new.shape[1]), logits)
@@ -1057,27 +1144,77 @@ def _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
                 for k in range(row.size):
                     out[k] = row[k] + bias[k]
         else:
-            _matmul(h[layer - 1], _mat(params, offs, s, H), xg)
+            _weights_times(h[layer - 1], params, transposed, offs, s, xg)
             _add_bias_rows(xg, bias)
         extra = _vec(params, offs, s + 3)
         if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
             _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
         else:
-            _matmul(h[layer], W_h, gates)
+            _weights_times(h[layer], params, transposed, offs, s + 1, gates)
             _cell_step(cell, xg, gates, extra, h[layer], c[layer], h_new, c_new, act)
         h[layer] = h_new
         if has_cell_state(cell):
             c[layer] = c_new
-    _matmul(h[L - 1], _mat(params, offs, SLOTS_PER_LAYER * L, H), logits)
+    _weights_times(h[L - 1], params, transposed, offs, SLOTS_PER_LAYER * L, logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
 
 
+# exp(x) for x <= 0 in float64 within one unit in the last place: x = n ln 2 + r, |r| <= ln 2 / 2,
+# exp(r) by its Taylor polynomial to r^13 (the next term is below 1e-17), times 2^n made from its
+# bits. Unlike math.exp (a libm call per element), LLVM vectorises it: drawing from a vocabulary
+# of 4,000 characters spends a third of the time it did (BENCHMARKS.md, "Sampling a batch").
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts, so that n * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an exponent field
+
+
+@kernel(fastmath={"contract"})
+def _exp_shifted(logits, m, temperature, probs, powers):
+    """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
+    floored at exp(-708) (a weight no sum of a vocabulary notices); powers: (V,) int64
+    scratch. Returns the sum of probs."""
+    V = logits.size
+    for k in range(V):
+        x = max((logits[k] - m) / temperature, _EXP_FLOOR)
+        n = math.floor(x * _INV_LN2 + 0.5)
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        probs[k] = p * r + 1.0
+        powers[k] = (np.int64(n) + 1023) << 52  # the bits of the float64 2^n
+    scale = powers.view(np.float64)
+    for k in range(V):
+        probs[k] *= scale[k]
+    return _sum(probs)
+
+
+@kernel(fastmath={"reassoc"})
+def _sum(a):
+    """The sum of a (1-d), vectorised (in an order of LLVM's choosing, the same every call)."""
+    total = 0.0
+    for k in range(a.size):
+        total += a[k]
+    return total
+
+
 @kernel
-def _draw(logits, temperature, top_k, top_p, u, probs):
+def _draw(logits, temperature, top_k, top_p, u, probs, powers):
     """One character id from logits (V,): greedy when temperature == 0, else from
     softmax(logits / temperature) restricted to the top_k most likely (top_k 0: all), then,
     renormalised, to the smallest set whose probability reaches top_p; u in [0, 1) is the
-    uniform draw."""
+    uniform draw. probs (V,) float64, powers (V,) int64: scratch."""
     V = logits.size
     best = 0
     for k in range(1, V):
@@ -1085,11 +1222,7 @@ def _draw(logits, temperature, top_k, top_p, u, probs):
             best = k
     if temperature == 0.0:
         return best
-    m = logits[best]
-    total = 0.0
-    for k in range(V):
-        probs[k] = math.exp((logits[k] - m) / temperature)
-        total += probs[k]
+    total = _exp_shifted(logits, logits[best], temperature, probs, powers)
     if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
         target = u * total
         acc = 0.0
@@ -1120,8 +1253,8 @@ def _draw(logits, temperature, top_k, top_p, u, probs):
 
 
 @kernel
-def generate(cell, params, offs, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
-             xg, gates, act, h_new, c_new, logits, probs):
+def generate(cell, params, transposed, offs, x, h, c, forced, temperature, top_k, top_p,
+             uniforms, out, xg, gates, act, h_new, c_new, logits, probs, powers):
     """Step every stream out.shape[0] times, each step on its last id x[b], and write the
     stream's next id to out (n, B) and x: forced[t, b] where that is >= 0 (a prompt character
     fed in the same batched step as the other streams' draws), else an id drawn from the
@@ -1129,13 +1262,13 @@ def generate(cell, params, offs, x, h, c, forced, temperature, top_k, top_p, uni
     uniforms[t, b] in [0, 1). h, c (L, B, H): the state after the ids before x, updated."""
     n, B = out.shape
     for t in range(n):
-        _step(cell, params, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
+        _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
         for b in range(B):
             if forced[t, b] >= 0:
                 x[b] = forced[t, b]
             else:
                 x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b],
-                             probs)
+                             probs, powers)
             out[t, b] = x[b]
 
 
