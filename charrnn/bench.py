@@ -51,6 +51,11 @@ def flops_per_char(c: BenchConfig) -> float:
     return CELLS[c.cell].flops_per_char(c.layers, c.hidden, c.vocab)
 
 
+def sampling_flops_per_char(c: BenchConfig) -> float:
+    """Sampling FLOPs per character: the forward alone, a third of training's."""
+    return flops_per_char(c) / 3
+
+
 def gemm_peak_gflops(n: int = 2048) -> float:
     """float32 GEMM throughput of the BLAS numba calls, on an (n, n) x (n, n) product."""
     from .kernels import cpu
@@ -98,21 +103,35 @@ def bench_charrnn(c: BenchConfig) -> dict:
         for _ in generate(model, vocab, opts, device=c.device):
             pass
 
+    def batched_rate(streams: int) -> float:
+        """Characters per second of `streams` samples at once (c.sample_chars // 4 each)."""
+        sample(10, streams)  # the warm-up measures how the batch is best split (stepper.py)
+        n = c.sample_chars // 4
+        return n * streams / best_time(lambda: sample(n, streams), c.repeats)
+
     sample(10, 1)
     st = best_time(lambda: sample(c.sample_chars, 1), c.repeats) / c.sample_chars
-    sample(10, c.batched_samples)
-    bt = best_time(lambda: sample(c.sample_chars // 4, c.batched_samples), c.repeats)
+    batched = batched_rate(c.batched_samples)
     train_cps = c.batch_size * c.seq_len / dt
     peak = gemm_peak_gflops() if c.device == "cpu" else None  # the GPU's: not measured
+
+    def fraction(gflops: float) -> float | None:
+        return round(gflops / peak, 3) if peak else None
+
+    sample_gflops = batched * sampling_flops_per_char(c) / 1e9
     return {
         "impl": "charrnn", **asdict(c),
         "ms_per_iter": round(dt * 1e3, 3),
         "train_chars_per_s": round(train_cps, 1),
         "sample_chars_per_s": round(1 / st, 1),
-        "batched_sample_chars_per_s": round(c.sample_chars // 4 * c.batched_samples / bt, 1),
+        "batched_sample_chars_per_s": round(batched, 1),
+        "sample_batches_chars_per_s": {str(b): round(batched_rate(b), 1)
+                                       for b in c.sample_batches},
         "train_gflops": round(train_cps * flops_per_char(c) / 1e9, 1),
         "gemm_peak_gflops": round(peak, 1) if peak else None,
-        "fraction_of_peak": round(train_cps * flops_per_char(c) / 1e9 / peak, 3) if peak else None,
+        "fraction_of_peak": fraction(train_cps * flops_per_char(c) / 1e9),
+        "batched_sample_gflops": round(sample_gflops, 1),
+        "batched_sample_fraction_of_peak": fraction(sample_gflops),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -167,15 +186,21 @@ def bench_torch(c: BenchConfig) -> dict:
                 if c.device == "cuda":
                     ch.cpu()  # a streaming sampler hands each character to the host
 
+    def batched_rate(streams: int) -> float:
+        n = c.sample_chars // 16
+        sample(10, streams)
+        return n * streams / best_time(lambda: sample(n, streams), c.repeats)
+
     sample(10, 1)
     st = best_time(lambda: sample(c.sample_chars // 4, 1), c.repeats) / (c.sample_chars // 4)
-    bt = best_time(lambda: sample(c.sample_chars // 16, c.batched_samples), c.repeats)
     return {
         "impl": f"pytorch-{torch.__version__}", **asdict(c), "threads": torch.get_num_threads(),
         "ms_per_iter": round(dt * 1e3, 3),
         "train_chars_per_s": round(c.batch_size * c.seq_len / dt, 1),
         "sample_chars_per_s": round(1 / st, 1),
-        "batched_sample_chars_per_s": round(c.sample_chars // 16 * c.batched_samples / bt, 1),
+        "batched_sample_chars_per_s": round(batched_rate(c.batched_samples), 1),
+        "sample_batches_chars_per_s": {str(b): round(batched_rate(b), 1)
+                                       for b in c.sample_batches},
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
 
@@ -194,6 +219,9 @@ def run_torch_subprocess(c: BenchConfig) -> dict:
 def ratios(ours: dict, theirs: dict) -> dict:
     keys = ["train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s"]
     out = {f"ratio_{k}": round(ours[k] / theirs[k], 3) for k in keys}
+    out["ratio_sample_batches_chars_per_s"] = {
+        b: round(ours["sample_batches_chars_per_s"][b] / rate, 3)
+        for b, rate in theirs["sample_batches_chars_per_s"].items()}
     out["ratio_peak_rss"] = round(ours["peak_rss_mb"] / theirs["peak_rss_mb"], 3)
     return out
 
@@ -207,21 +235,29 @@ if __name__ == "__main__":  # the PyTorch side, in its own process
 def table(result: dict) -> str:
     """A bench result as `charrnn bench` prints it: one row per figure, PyTorch's beside it
     with the ratio when it ran, and the fraction of the GEMM peak."""
+    def by_streams(r: dict) -> dict:
+        return {**r, **{f"batch_{b}": rate for b, rate in r["sample_batches_chars_per_s"].items()}}
+
     rows = [("train chars/s", "train_chars_per_s"),
             ("sample chars/s (batch 1)", "sample_chars_per_s"),
+            *((f"sample chars/s (batch {b})", f"batch_{b}") for b in result["sample_batches"]),
             (f"sample chars/s (batch {result['batched_samples']})", "batched_sample_chars_per_s"),
             ("ms per training step", "ms_per_iter"), ("peak RSS MB", "peak_rss_mb")]
-    theirs = result.get("pytorch")
-    lines = [f"{result['layers']} x {result['hidden']} {result['cell']}, batch "
-             f"{result['batch_size']} x {result['seq_len']}"
+    ours, theirs = by_streams(result), result.get("pytorch")
+    theirs = theirs and by_streams(theirs)
+    lines = [f"{result['layers']} x {result['hidden']} {result['cell']}, vocabulary "
+             f"{result['vocab']}, batch {result['batch_size']} x {result['seq_len']}"
              + (f"          charrnn      {theirs['impl']}" if theirs else "")]
     for label, key in rows:
-        line = f"{label:<28}{result[key]:>12,.1f}"
+        line = f"{label:<28}{ours[key]:>12,.1f}"
         if theirs:
-            line += f"{theirs[key]:>12,.1f}   x{result[key] / theirs[key]:.2f}"
+            line += f"{theirs[key]:>12,.1f}   x{ours[key] / theirs[key]:.2f}"
         lines.append(line)
     if result["fraction_of_peak"] is not None:
         lines.append(f"training at {result['train_gflops']:.0f} GFLOP/s = "
                      f"{result['fraction_of_peak']:.0%} of this machine's GEMM peak "
-                     f"({result['gemm_peak_gflops']:.0f} GFLOP/s)")
+                     f"({result['gemm_peak_gflops']:.0f} GFLOP/s); sampling "
+                     f"{result['batched_samples']} streams at "
+                     f"{result['batched_sample_gflops']:.0f} GFLOP/s = "
+                     f"{result['batched_sample_fraction_of_peak']:.0%}")
     return "\n".join(lines)

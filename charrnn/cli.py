@@ -478,15 +478,19 @@ def bench(
     seq_len: Annotated[int, typer.Option(help="Characters per window.")] = BenchConfig.seq_len,
     iters: Annotated[int, typer.Option(help="Training steps per timing.")] = BenchConfig.iters,
     sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = BenchConfig.sample_chars,
-    batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing.")] = BenchConfig.batched_samples,
+    vocab: Annotated[int, typer.Option(help="Characters in the vocabulary.")] = BenchConfig.vocab,
+    batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing (the one beside the GEMM peak).")] = BenchConfig.batched_samples,
+    sample_batches: Annotated[Optional[list[int]], typer.Option(help="Also time sampling at this many streams (repeat the option).", show_default="8 and 16")] = None,
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
 ):
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
-                         seq_len=seq_len, iters=iters, sample_chars=sample_chars,
-                         batched_samples=batched_samples, device=device)
+                         seq_len=seq_len, vocab=vocab, iters=iters, sample_chars=sample_chars,
+                         batched_samples=batched_samples,
+                         sample_batches=BenchConfig.sample_batches if sample_batches is None
+                         else tuple(sample_batches), device=device)
     from .bench import (TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess, table,
                         torch_available)
     if device == "cuda":

@@ -183,6 +183,7 @@ class BenchConfig:
     repeats: int = 3
     sample_chars: int = 2000
     batched_samples: int = 64
+    sample_batches: tuple[int, ...] = (8, 16)  # more stream counts sampling is timed at
     temperature: float = 0.8
     device: str = "cpu"
 
@@ -193,6 +194,9 @@ class BenchConfig:
         check_int("vocab", self.vocab, 1, 0x110000)
         for name in ("batch_size", "seq_len", "iters", "repeats", "batched_samples"):
             check_int(name, getattr(self, name), 1)
+        self.sample_batches = tuple(self.sample_batches)
+        for streams in self.sample_batches:
+            check_int("sample_batches", streams, 1)
         check_int("sample_chars", self.sample_chars, 16)
         check_float("temperature", self.temperature, 0, math.inf)
         check_choice("device", self.device, ("cpu", "cuda"))
