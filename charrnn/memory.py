@@ -31,11 +31,12 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> in
 
 
 def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
-    """B streams' state and scratch (stepper.CpuStepper) and a chunk's draws and ids."""
+    """B streams' state and scratch (stepper.CpuStepper), a chunk's draws and ids, and the
+    stepper's transposed copy of the weights."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
     per_stream = 2 * L * W + 2 * GH + config.spec.stored_acts * H + 2 * H + V
-    return itemsize * B * per_stream + 12 * SAMPLE_CHUNK * B
+    return itemsize * (B * per_stream + ParamLayout(config).size) + 12 * SAMPLE_CHUNK * B
 
 
 def available_bytes() -> int | None:

@@ -21,8 +21,12 @@ def bench(*args):
 def test_json_has_the_figures_and_they_are_consistent():
     r = bench("--no-torch", "--cell", "gru")
     for key in ["train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s",
-                "ms_per_iter", "peak_rss_mb", "gemm_peak_gflops", "fraction_of_peak"]:
+                "ms_per_iter", "peak_rss_mb", "gemm_peak_gflops", "fraction_of_peak",
+                "batched_sample_gflops", "batched_sample_fraction_of_peak"]:
         assert r[key] > 0, key
+    assert r["batched_sample_fraction_of_peak"] == pytest.approx(
+        r["batched_sample_chars_per_s"] * flops_per_char(BenchConfig(cell="gru", hidden=8)) / 3
+        / 1e9 / r["gemm_peak_gflops"], rel=0.05, abs=1e-3)
     assert r["cell"] == "gru" and r["hidden"] == 8
     assert r["train_chars_per_s"] == pytest.approx(3 * 5 / (r["ms_per_iter"] / 1e3), rel=2e-2)
     assert "pytorch" not in r
@@ -32,6 +36,7 @@ def test_with_torch_reports_ratios():
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install torch==2.13.0)")
     r = bench()
     assert r["pytorch"]["impl"].startswith("pytorch-")
+    assert set(r["ratio_sample_batches_chars_per_s"]) == {"8", "16"}
     assert r["ratio_train_chars_per_s"] == pytest.approx(
         r["train_chars_per_s"] / r["pytorch"]["train_chars_per_s"], rel=1e-2)
 
@@ -43,8 +48,12 @@ def test_flop_count_by_hand():
 
 
 def test_batched_sampling_takes_its_number_of_streams():
-    r = bench("--no-torch", "--batched-samples", "3")
+    r = bench("--no-torch", "--batched-samples", "3", "--sample-batches", "2",
+              "--sample-batches", "5", "--vocab", "9")
     assert r["batched_samples"] == 3 and r["batched_sample_chars_per_s"] > 0
+    assert r["vocab"] == 9 and r["sample_batches"] == [2, 5]
+    assert set(r["sample_batches_chars_per_s"]) == {"2", "5"}
+    assert all(rate > 0 for rate in r["sample_batches_chars_per_s"].values())
     bad = subprocess.run([sys.executable, "-m", "charrnn", "bench", "--batched-samples", "0"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--batched-samples" in bad.stderr

@@ -406,3 +406,54 @@ def test_batched_samples_are_slots_with_their_own_generators(strong):
     for b, sample in enumerate(samples):
         assert sample == alone(*strong, SampleOptions(**kw), [4, b] if b else 4)[0]
     assert len(set(samples)) == 3 and samples == text(*strong, num_samples=3, **kw)
+
+
+def test_the_transposed_weights_hold_each_multiplied_matrix_transposed():
+    model = Model(ModelConfig(vocab_size=5, cell="lstm", layers=3, hidden=6), seed=1)
+    transposed = model.layout.views(transposed_weights(model))
+    for name, W in model.layout.views(model.params).items():
+        multiplied = W.ndim == 2 and name != "l0.W_x"  # layer 0's input rows are gathered
+        got = transposed[name].reshape(W.shape[::-1]) if multiplied else transposed[name]
+        np.testing.assert_array_equal(got, W.T if multiplied else W, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_a_batch_split_across_threads_gives_the_same_bits(cell):
+    """Each shard of rows on its own thread, or all rows in one call: the same ids and the same
+    state, to the bit, so measuring which is faster never changes a text (float32, a width
+    off the tiles, an odd batch that splits unevenly)."""
+    model = Model(ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=37), seed=4)
+    model.params[:] *= 3
+    B, n = 7, 40
+    rng = np.random.default_rng(5)
+    forced = np.full((n, B), -1, np.int32)
+    forced[:5, 3] = [1, 2, 3, 4, 5]  # a prompt fed inside the steps
+    options = (rng.uniform(0.5, 1.5, B), np.array([0, 3, 0, 0, 2, 0, 0]), np.full(B, 0.95))
+    uniforms = rng.random((n, B))
+    results = []
+    for parts in (1, 2, 3):
+        stepper = CpuStepper(model)
+        stepper.arrange([], [np.array([i % 11, 2], np.int32) for i in range(B)])
+        x, out = np.arange(B, dtype=np.int32), np.empty((n, B), np.int32)
+        stepper._run(parts, stepper.h, stepper.c, x, forced, *options, uniforms, out)
+        results.append((out, x, stepper.h, stepper.c))
+    assert len(np.unique(results[0][0])) > 5  # the draws are not all one id
+    for split in results[1:]:
+        for got, want in zip(split, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_the_split_is_measured_once_per_shape_and_batch_range(monkeypatch):
+    from charrnn import stepper as stepping
+    monkeypatch.setattr(stepping, "_MEASURED_SPLITS", {})
+    model = Model(ModelConfig(vocab_size=7, cell="gru", layers=1, hidden=16), seed=2)
+    measured = []
+    faster = CpuStepper._faster_split
+    monkeypatch.setattr(CpuStepper, "_faster_split",
+                        lambda self, B, most: measured.append((B, most)) or faster(self, B, most))
+    splitter = stepping.StreamSplitter(threads=2, min_rows=2)
+    for B in (5, 6, 7, 9, 3):  # 5-7 share one range; 9 is the next; 3 rows are never split
+        stepper = CpuStepper(model, splitter)
+        stepper.arrange([], [np.array([1], np.int32)] * B)
+        assert stepper.split_for(B) in (1, splitter.parts(B))
+    assert measured == [(5, 2), (9, 2)]

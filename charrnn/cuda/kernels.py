@@ -670,7 +670,8 @@ def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta
 
 @cuda.jit(device=True, inline=True)
 def _draw(logits, temperature, top_k, top_p, u, probs, taken):
-    """kernels/cpu._draw on one thread: the id drawn from logits (V,) with uniform u; probs
+    """kernels/cpu._draw on one thread (with the device's exp, where the CPU's is its own,
+    within an ulp): the id drawn from logits (V,) with uniform u; probs
     (V,) float64 and taken (V,) int32 scratch. Top-k/top-p take the most likely ids in order,
     by repeated selection (V is a vocabulary: small)."""
     V = logits.size

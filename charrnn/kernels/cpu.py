@@ -606,8 +606,8 @@ def matmul_nt(A, Bt, C):
 # prompt joining) needs no padding to a tall tile, and from 8 rows on the 2 x 8 tile is as fast
 # as the training's 6 x 4 (BENCHMARKS.md, "Sampling a batch: one product for every row").
 #
-# Every row goes through the same tile code, an odd last row too (paired with a copy of itself),
-# so a row's result does not depend on how many rows there are or where it sits: a batch can be
+# Every row goes through the same tile code, an odd last row too (paired with zeros), so a
+# row's result does not depend on how many rows there are or where it sits: a batch can be
 # split across threads in any way without changing one bit of any stream's text.
 
 
@@ -656,14 +656,15 @@ def matmul_pairs(A, Bt, C):
     if Bt.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
         raise ValueError("matmul_pairs: shapes do not match")
     N8 = N - N % 8
-    odd = np.empty((2, N8), C.dtype)  # an odd last row's results, and its copy's
+    # an odd last row is paired with a row of zeros, through the same call: a second call site
+    # (or the row paired with itself) compiles to other code, with other rounding
+    zeros = np.zeros(K, A.dtype)
+    spare = np.empty(N, C.dtype)
     for j in range(0, N8, 8):  # each block of 8 weight rows is read from memory once
-        for i in range(0, M - 1, 2):
-            _pair_tile(A[i], A[i + 1], Bt, j, C[i], C[i + 1])
-        if M % 2:
-            _pair_tile(A[M - 1], A[M - 1], Bt, j, odd[0], odd[1])
-    if M % 2:
-        C[M - 1, :N8] = odd[0]
+        for i in range(0, M, 2):
+            second = i + 1 < M
+            _pair_tile(A[i], A[i + 1] if second else zeros, Bt, j, C[i],
+                       C[i + 1] if second else spare)
     for j in range(N8, N):  # the columns left over: one dot product each
         b = Bt[j]
         for i in range(M):
