@@ -18,6 +18,7 @@ row alone through BLAS's gemv, whose rounding may differ in the last bit; that c
 only where a uniform falls within rounding of a boundary.
 """
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -101,15 +102,23 @@ def transposed_weights(model: Model) -> np.ndarray:
     return out
 
 
+@functools.cache
+def _sampling_splitter() -> StreamSplitter:
+    """One thread pool for every stepper of the process (a `sample` call makes a stepper each
+    time; each its own pool would start threads and find BLAS's switches every time)."""
+    return StreamSplitter(min_rows=2)
+
+
 # cells whose own products go through BLAS (the classic GRU's two, Jordan's), whose rounding
 # depends on the number of rows: their batches are never split, so a seed gives one text
 UNSPLIT_CELLS = (cpu.GRU_CLASSIC, cpu.JORDAN)
 # shards measured fastest, for each model shape, thread count and power-of-two range of batch
 # sizes: once per process (a `sample` command makes a stepper per call, a server one)
 _MEASURED_SPLITS: dict[tuple, int] = {}
-# A timing of a split runs enough steps to take this long unsplit, so that waking the threads
-# weighs on it no more than on a chunk; each way is timed three times, alternating
-TIMED_SECONDS = 0.002
+# A timing of a split runs enough steps (up to a chunk's) to take this long unsplit, so that the
+# cost of a call (waking the threads, copying their rows) weighs on it about as on a chunk;
+# each way is timed three times, alternating
+TIMED_SECONDS = 0.005
 
 
 class CpuStepper:
@@ -127,7 +136,7 @@ class CpuStepper:
     def __init__(self, model: Model, splitter: StreamSplitter | None = None):
         self.model = model
         self.transposed = transposed_weights(model)
-        self.splitter = splitter or StreamSplitter(min_rows=2)
+        self.splitter = splitter or _sampling_splitter()
         self.h, self.c = model.zero_state(0)  # (L, B, W)
         self._one = self._scratch(1)  # for feeding a prime alone
 
@@ -193,7 +202,8 @@ class CpuStepper:
 
         for parts in (1, most):
             seconds(parts, 1)  # loads the kernel, warms the caches
-        steps = int(np.clip(TIMED_SECONDS / seconds(1, 1), 2, 256))
+        step = max((seconds(1, 5) - seconds(1, 1)) / 4, 1e-7)  # a step, less the call's cost
+        steps = int(np.clip(TIMED_SECONDS / step, 2, CHUNK))
         best = {1: float("inf"), most: float("inf")}
         for _ in range(3):
             for parts in best:
