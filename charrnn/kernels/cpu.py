@@ -145,6 +145,57 @@ def _one_impl(x):
     return lambda x: 1.0
 
 
+# exp(x) for x <= 0 in float64 within one unit in the last place: x = n ln 2 + r, |r| <= ln 2 / 2,
+# exp(r) by its Taylor polynomial to r^13 (the next term is below 1e-17), times 2^n made from its
+# bits. Unlike math.exp (a libm call per element), LLVM vectorises it: drawing from a vocabulary
+# of 4,000 characters, and training's softmax over it, spend a fraction of the time they did
+# (BENCHMARKS.md, "Sampling a batch").
+_INV_LN2 = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts, so that n * _LN2_HI is exact
+_LN2_LO = 1.90821492927058770002e-10
+_EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an exponent field
+
+
+@kernel(fastmath={"contract"})
+def _exp_shifted(logits, m, temperature, probs, powers):
+    """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
+    floored at exp(-708) (a weight no sum of a vocabulary notices), computed in float64 and
+    stored in probs's dtype; powers: (V,) int64 scratch. Returns the sum of probs."""
+    V = logits.size
+    for k in range(V):
+        x = max((logits[k] - m) / temperature, _EXP_FLOOR)
+        n = math.floor(x * _INV_LN2 + 0.5)
+        r = (x - n * _LN2_HI) - n * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = p * r + 1.0 / 479001600.0
+        p = p * r + 1.0 / 39916800.0
+        p = p * r + 1.0 / 3628800.0
+        p = p * r + 1.0 / 362880.0
+        p = p * r + 1.0 / 40320.0
+        p = p * r + 1.0 / 5040.0
+        p = p * r + 1.0 / 720.0
+        p = p * r + 1.0 / 120.0
+        p = p * r + 1.0 / 24.0
+        p = p * r + 1.0 / 6.0
+        p = p * r + 0.5
+        p = p * r + 1.0
+        probs[k] = p * r + 1.0
+        powers[k] = (np.int64(n) + 1023) << 52  # the bits of the float64 2^n
+    scale = powers.view(np.float64)
+    for k in range(V):
+        probs[k] *= scale[k]
+    return _sum(probs)
+
+
+@kernel(fastmath={"reassoc"})
+def _sum(a):
+    """The sum of a (1-d), vectorised (in an order of LLVM's choosing, the same every call)."""
+    total = 0.0
+    for k in range(a.size):
+        total += a[k]
+    return total
+
+
 # ---------------------------------------------------------------------------------------------
 # One time step of each cell. Per stream b, several short loops over the hidden units, each
 # touching two or three arrays: LLVM vectorises those (a single fused loop over six arrays needs
@@ -995,16 +1046,13 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
 def _softmax_xent(logits, targets, probs):
     """Sum of -log softmax(logits)[target] over rows; probs gets the softmax. (N, V)."""
     N, V = logits.shape
+    powers = np.empty(V, np.int64)
     total = 0.0
     for n in range(N):
         m = logits[n, 0]
         for k in range(1, V):
             m = max(m, logits[n, k])
-        s = 0.0
-        for k in range(V):
-            e = math.exp(logits[n, k] - m)
-            probs[n, k] = e
-            s += e
+        s = _exp_shifted(logits[n], m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
         inv = 1.0 / s
         for k in range(V):
             probs[n, k] *= inv
@@ -1158,56 +1206,6 @@ def _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new,
             c[layer] = c_new
     _weights_times(h[L - 1], params, transposed, offs, SLOTS_PER_LAYER * L, logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
-
-
-# exp(x) for x <= 0 in float64 within one unit in the last place: x = n ln 2 + r, |r| <= ln 2 / 2,
-# exp(r) by its Taylor polynomial to r^13 (the next term is below 1e-17), times 2^n made from its
-# bits. Unlike math.exp (a libm call per element), LLVM vectorises it: drawing from a vocabulary
-# of 4,000 characters spends a third of the time it did (BENCHMARKS.md, "Sampling a batch").
-_INV_LN2 = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts, so that n * _LN2_HI is exact
-_LN2_LO = 1.90821492927058770002e-10
-_EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an exponent field
-
-
-@kernel(fastmath={"contract"})
-def _exp_shifted(logits, m, temperature, probs, powers):
-    """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
-    floored at exp(-708) (a weight no sum of a vocabulary notices); powers: (V,) int64
-    scratch. Returns the sum of probs."""
-    V = logits.size
-    for k in range(V):
-        x = max((logits[k] - m) / temperature, _EXP_FLOOR)
-        n = math.floor(x * _INV_LN2 + 0.5)
-        r = (x - n * _LN2_HI) - n * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = p * r + 1.0 / 479001600.0
-        p = p * r + 1.0 / 39916800.0
-        p = p * r + 1.0 / 3628800.0
-        p = p * r + 1.0 / 362880.0
-        p = p * r + 1.0 / 40320.0
-        p = p * r + 1.0 / 5040.0
-        p = p * r + 1.0 / 720.0
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        probs[k] = p * r + 1.0
-        powers[k] = (np.int64(n) + 1023) << 52  # the bits of the float64 2^n
-    scale = powers.view(np.float64)
-    for k in range(V):
-        probs[k] *= scale[k]
-    return _sum(probs)
-
-
-@kernel(fastmath={"reassoc"})
-def _sum(a):
-    """The sum of a (1-d), vectorised (in an order of LLVM's choosing, the same every call)."""
-    total = 0.0
-    for k in range(a.size):
-        total += a[k]
-    return total
 
 
 @kernel
