@@ -480,7 +480,7 @@ def bench(
     sample_chars: Annotated[int, typer.Option(help="Characters per sampling timing.")] = BenchConfig.sample_chars,
     vocab: Annotated[int, typer.Option(help="Characters in the vocabulary.")] = BenchConfig.vocab,
     batched_samples: Annotated[int, typer.Option(help="Streams of the batched sampling timing (the one beside the GEMM peak).")] = BenchConfig.batched_samples,
-    sample_batches: Annotated[Optional[list[int]], typer.Option(help="Also time sampling at this many streams (repeat the option).", show_default="8 and 16")] = None,
+    sample_batches: Annotated[list[int], typer.Option(help="Also time sampling at this many streams (repeat the option).")] = list(BenchConfig.sample_batches),
     torch: Annotated[bool, typer.Option("--torch/--no-torch", help="Also time PyTorch doing the same work, when it is installed.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (both sides run there).")] = "cpu",
@@ -488,9 +488,8 @@ def bench(
     """Training and sampling speed on synthetic data (compilation excluded), beside PyTorch."""
     config = BenchConfig(cell=cell, layers=layers, hidden=hidden, batch_size=batch_size,
                          seq_len=seq_len, vocab=vocab, iters=iters, sample_chars=sample_chars,
-                         batched_samples=batched_samples,
-                         sample_batches=BenchConfig.sample_batches if sample_batches is None
-                         else tuple(sample_batches), device=device)
+                         batched_samples=batched_samples, sample_batches=tuple(sample_batches),
+                         device=device)
     from .bench import (TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess, table,
                         torch_available)
     if device == "cuda":
