@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The sampler's products, (M, H) x (H, G*H) for M streams: np.dot inside @njit (SciPy's
-OpenBLAS, with its threads) against charrnn's matmul_few_rows (one thread) and against M
-one-row np.dot calls (OpenBLAS hands a one-row product to its gemv, which does not pack W as
-its gemm does), microseconds per product, best of seven. This is what FEW_ROWS and
-ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py are chosen from. Prints one JSON object per shape.
+OpenBLAS, with its threads) against charrnn's matmul_few_rows (one thread), against M one-row
+np.dot calls (OpenBLAS hands a one-row product to its gemv, which does not pack W as its gemm
+does) and against charrnn's matmul_pairs on W transposed (one thread: what the sampler runs for
+two or more streams, a shard of rows per thread), microseconds per product, best of seven.
+ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py is chosen from it. Prints one JSON object per shape.
 
     python benchmarks/few_rows_product.py [--rows 1 2 4 8] [--hidden 128 256 512] [--gates 3 4]
 """
@@ -15,7 +16,7 @@ import time
 import numba
 import numpy as np
 
-from charrnn.kernels.cpu import matmul_few_rows
+from charrnn.kernels.cpu import matmul_few_rows, matmul_pairs
 
 
 @numba.njit(cache=True)
@@ -35,6 +36,12 @@ def _row_by_row_products(A, W, C, calls):
 def _few_rows_products(A, W, C, calls):
     for _ in range(calls):
         matmul_few_rows(A, W, C)
+
+
+@numba.njit(cache=True)
+def _pairs_products(A, Wt, C, calls):
+    for _ in range(calls):
+        matmul_pairs(A, Wt, C)
 
 
 def microseconds(fn, A, W, C, calls: int) -> float:
@@ -59,17 +66,22 @@ def main() -> None:
             for G in args.gates:
                 A = rng.standard_normal((M, H), dtype=np.float32)
                 W = rng.standard_normal((H, G * H), dtype=np.float32)
-                C_blas, C_few, C_rows = (np.empty((M, G * H), np.float32) for _ in range(3))
+                C_blas, C_few, C_rows, C_pairs = (np.empty((M, G * H), np.float32)
+                                                  for _ in range(4))
                 calls = max(20, 25_000_000 // (M * H * G * H))
                 blas = microseconds(_blas_products, A, W, C_blas, calls)
                 few = microseconds(_few_rows_products, A, W, C_few, calls)
                 rows = microseconds(_row_by_row_products, A, W, C_rows, calls)
+                pairs = microseconds(_pairs_products, A, np.ascontiguousarray(W.T), C_pairs,
+                                     calls)
                 np.testing.assert_allclose(C_few, C_blas, rtol=1e-3, atol=1e-3)
                 np.testing.assert_allclose(C_rows, C_blas, rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(C_pairs, C_blas, rtol=1e-3, atol=1e-3)
                 print(json.dumps({"rows": M, "hidden": H, "gates": G,
                                   "W_bytes": W.nbytes, "blas_us": round(blas, 2),
                                   "few_rows_us": round(few, 2),
                                   "row_by_row_us": round(rows, 2),
+                                  "pairs_us": round(pairs, 2),
                                   "speedup": round(blas / few, 2)}), flush=True)
 
 

@@ -16,9 +16,9 @@ training ratio. Before the first round one untimed run per cell loads or compile
 so no timed process pays for compiling. --compare OLD_CHECKOUT measures another checkout too
 (put first on PYTHONPATH), alternating with this one measurement by measurement, and prints a
 table for each: a change's effect on speed, before and after in the same minutes. A checkout
-from before `bench` timed several stream counts has its 8- and 16-stream figures taken by
-runs of their own (training timed for one step only, PyTorch not run); their ratios are to the
-PyTorch figures of this checkout's runs of the same row.
+from before `bench` timed several stream counts has its 8- and 16-stream figures timed after
+its bench, the way bench times them; their ratios are to the PyTorch figures of this
+checkout's runs of the same row.
 
 Prints one JSON object per measurement, then a Markdown table per checkout.
 """
@@ -35,17 +35,36 @@ HERE = str(Path(__file__).resolve().parents[1])  # this checkout
 STREAMS = (8, 16)  # besides 1 and the 64 of --batched-samples
 
 # One `charrnn bench --json` as the command does it, with the BenchConfig fields given as JSON,
-# so that a checkout whose command lacks an option (--vocab) can still be measured.
+# so that a checkout whose command lacks an option (--vocab) can still be measured. A checkout
+# whose bench times one batch of streams only has the others timed here, the way bench does.
 RUN_ONE = """
 import dataclasses, json, sys
-from charrnn.bench import (TORCH_CELLS, bench_charrnn, ratios, run_torch_subprocess,
+import numpy as np
+from charrnn.bench import (TORCH_CELLS, bench_charrnn, best_time, ratios, run_torch_subprocess,
                            torch_available)
 from charrnn.options import BenchConfig
 fields = {f.name for f in dataclasses.fields(BenchConfig)}
 given = json.loads(sys.argv[1])
-torch = given.pop("torch")
+torch, streams = given.pop("torch"), given.pop("streams")
 config = BenchConfig(**{k: v for k, v in given.items() if k in fields})
 result = bench_charrnn(config)
+if "sample_batches_chars_per_s" not in result:
+    from charrnn.model import Model, ModelConfig
+    from charrnn.sample import SampleOptions, generate
+    from charrnn.tokenizer import Vocab
+    model = Model(ModelConfig(vocab_size=config.vocab, cell=config.cell, layers=config.layers,
+                              hidden=config.hidden))
+    vocab = Vocab(np.arange(32, 32 + config.vocab, dtype=np.uint32))
+    def sample(n, batch):
+        opts = SampleOptions(length=n, temperature=config.temperature, seed=0, num_samples=batch)
+        for _ in generate(model, vocab, opts):
+            pass
+    n = config.sample_chars // 4
+    rates = {}
+    for b in streams:
+        sample(10, b)
+        rates[str(b)] = round(n * b / best_time(lambda: sample(n, b), config.repeats), 1)
+    result["sample_batches_chars_per_s"] = rates
 if torch and torch_available() and config.cell in TORCH_CELLS:
     theirs = run_torch_subprocess(config)
     result = {**result, **ratios(result, theirs), "pytorch": theirs}
@@ -63,21 +82,13 @@ def bench(tree: str, **config) -> dict:
     return json.loads(done.stdout)
 
 
-def times_streams(tree: str) -> bool:
-    """Whether this checkout's bench times several stream counts in one run."""
-    return "sample_batches" in (Path(tree) / "charrnn" / "options.py").read_text()
-
-
 def measure(tree: str, cell: str, layers: int, hidden: int, vocab: int) -> dict:
-    """One row's figures from the checkout at tree, 8 and 16 streams included."""
-    shape = dict(cell=cell, layers=layers, hidden=hidden, vocab=vocab)
-    if times_streams(tree):
-        return bench(tree, **shape, sample_batches=list(STREAMS), torch=True)
-    row = bench(tree, **shape, torch=True)
-    row["sample_batches_chars_per_s"] = {
-        str(b): bench(tree, **shape, batched_samples=b, iters=1, torch=False)[
-            "batched_sample_chars_per_s"] for b in STREAMS}
-    return row
+    """One row's figures from the checkout at tree, 8 and 16 streams included. Fewer training
+    steps per timing for the wide models (each still a second or more), so a round of the
+    table stays within minutes."""
+    iters = int(min(20, max(3, 20 * (256 / hidden) ** 2)))
+    return bench(tree, cell=cell, layers=layers, hidden=hidden, vocab=vocab, iters=iters,
+                 sample_batches=list(STREAMS), streams=list(STREAMS), torch=True)
 
 
 FIGURES = ("train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s",
@@ -158,7 +169,7 @@ def main():
     for tree in trees:
         for cell in {s[0] for s in shapes}:  # load or compile the kernels, untimed
             bench(tree, cell=cell, layers=a.layers, hidden=min(a.sizes), iters=1,
-                  sample_chars=16, torch=False)
+                  sample_chars=16, streams=[], torch=False)
     runs = {(tree, shape): [] for shape in shapes for tree in trees}
     for _ in range(a.repeats):
         for (tree, shape), done in runs.items():
