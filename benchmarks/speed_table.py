@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 
 HERE = str(Path(__file__).resolve().parents[1])  # this checkout
+sys.path.insert(0, HERE)
+from charrnn.bench import BenchConfig, sampling_flops_per_char  # noqa: E402
 STREAMS = (8, 16)  # besides 1 and the 64 of --batched-samples
 
 # One `charrnn bench --json` as the command does it, with the BenchConfig fields given as JSON,
@@ -109,6 +111,12 @@ def median_row(runs: list[dict], torch_runs: list[dict]) -> dict:
     med = lambda values: statistics.median(values)  # noqa: E731
     ours = [flat(r) for r in runs]
     row = {k: med([o[k] for o in ours]) for k in ours[0]}
+    for r in runs:  # an old checkout's bench did not give sampling's fraction of the peak
+        if r.get("batched_sample_fraction_of_peak") is None and r.get("gemm_peak_gflops"):
+            r["batched_sample_fraction_of_peak"] = (
+                r["batched_sample_chars_per_s"] * sampling_flops_per_char(BenchConfig(
+                    cell=r["cell"], layers=r["layers"], hidden=r["hidden"], vocab=r["vocab"]))
+                / 1e9 / r["gemm_peak_gflops"])
     for k in ("fraction_of_peak", "batched_sample_fraction_of_peak"):
         row[k] = med([r[k] for r in runs]) if runs[0].get(k) is not None else None
     row.update(cell=runs[0]["cell"], layers=runs[0]["layers"], hidden=runs[0]["hidden"],
