@@ -112,13 +112,37 @@ def _sampling_splitter() -> StreamSplitter:
 # cells whose own products go through BLAS (the classic GRU's two, Jordan's), whose rounding
 # depends on the number of rows: their batches are never split, so a seed gives one text
 UNSPLIT_CELLS = (cpu.GRU_CLASSIC, cpu.JORDAN)
-# shards measured fastest, for each model shape, thread count and power-of-two range of batch
-# sizes: once per process (a `sample` command makes a stepper per call, a server one)
-_MEASURED_SPLITS: dict[tuple, int] = {}
-# A timing of a split runs enough steps (up to a chunk's) to take this long unsplit, so that the
-# cost of a call (waking the threads, copying their rows) weighs on it about as on a chunk;
-# each way is timed three times, alternating
-TIMED_SECONDS = 0.005
+# How each model shape, thread count and power-of-two range of batch sizes is best split, learnt
+# across the steppers of a process (a `sample` command makes a stepper per call, a server one)
+_SPLITS: dict[tuple, "SplitChoice"] = {}
+
+
+class SplitChoice:
+    """Whether one range of batch sizes runs faster whole or in `most` shards, learnt from the
+    chunks themselves: each way first runs a chunk, then the one whose latest chunk took less
+    time per row and step runs, and every EXPLORE-th chunk the other, so that a chunk timed in a
+    noisy moment, or a change in the machine's load, is corrected within a few chunks. Only
+    chunks of at least TIMED_STEPS steps are timed: a short one is mostly the call's own cost
+    (waking the threads, copying their rows), which a chunk of CHUNK steps hardly feels."""
+
+    EXPLORE = 8
+    TIMED_STEPS = 64
+
+    def __init__(self, most: int):
+        self.seconds: dict[int, float | None] = {1: None, most: None}  # per row and step
+        self.chunks = 0
+
+    def pick(self) -> int:
+        untried = [parts for parts, s in self.seconds.items() if s is None]
+        if untried:
+            return untried[0]
+        self.chunks += 1
+        faster, slower = sorted(self.seconds, key=self.seconds.get)
+        return slower if self.chunks % self.EXPLORE == 0 else faster
+
+    def timed(self, parts: int, seconds: float, rows: int, steps: int) -> None:
+        if steps >= self.TIMED_STEPS:
+            self.seconds[parts] = seconds / (rows * steps)
 
 
 class CpuStepper:
@@ -128,10 +152,10 @@ class CpuStepper:
 
     A batch of rows can run as one kernel call or split into shards of rows, one per thread
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
-    wait for each other. Whether splitting pays depends on the machine, the model and the rows
-    per shard, so it is measured, once for each power-of-two range of batch sizes, on the
-    first batch in that range (`split_for`). A row's result is the same either way
-    (cpu.matmul_pairs), so the measurement decides the speed, never the text."""
+    wait for each other. Whether splitting pays depends on the machine, its load, the model and
+    the rows per shard, so it is measured on the chunks themselves, for each power-of-two range
+    of batch sizes (SplitChoice). A row's result is the same either way (cpu.matmul_pairs), so
+    the measurement decides the speed, never the text."""
 
     def __init__(self, model: Model, splitter: StreamSplitter | None = None):
         self.model = model
@@ -173,42 +197,23 @@ class CpuStepper:
 
     def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
         out = np.zeros(uniforms.shape, np.int32)
-        self._run(self.split_for(len(x)), self.h, self.c, x, forced, temperature, top_k,
-                  top_p, uniforms, out)
+        choice = self._split_choice(len(x))
+        parts = choice.pick() if choice else 1
+        start = time.perf_counter()
+        self._run(parts, self.h, self.c, x, forced, temperature, top_k, top_p, uniforms, out)
+        if choice:
+            choice.timed(parts, time.perf_counter() - start, *out.shape[::-1])
         return out
 
-    def split_for(self, B: int) -> int:
-        """The number of shards B rows run in: measured for B's power-of-two range."""
+    def _split_choice(self, B: int) -> SplitChoice | None:
+        """How B rows are best split (None: they never are)."""
         most = self.splitter.parts(B)
         if most == 1 or self.model.config.kernel_id in UNSPLIT_CELLS:
-            return 1
+            return None
         cfg = self.model.config
         key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, self.model.dtype.str,
                most, B.bit_length())
-        if key not in _MEASURED_SPLITS:
-            _MEASURED_SPLITS[key] = self._faster_split(B, most)
-        return _MEASURED_SPLITS[key]
-
-    def _faster_split(self, B: int, most: int) -> int:
-        """1 or `most` shards, whichever ran these B rows faster (on copies of their state,
-        best of three each, after one untimed run of each)."""
-        def seconds(parts: int, steps: int) -> float:
-            forced = np.full((steps, B), -1, np.int32)
-            h, c, x = self.h.copy(), self.c.copy(), np.zeros(B, np.int32)
-            start = time.perf_counter()
-            self._run(parts, h, c, x, forced, np.ones(B), np.zeros(B, np.int64), np.ones(B),
-                      np.full((steps, B), 0.5), np.empty_like(forced))
-            return time.perf_counter() - start
-
-        for parts in (1, most):
-            seconds(parts, 1)  # loads the kernel, warms the caches
-        step = max((seconds(1, 5) - seconds(1, 1)) / 4, 1e-7)  # a step, less the call's cost
-        steps = int(np.clip(TIMED_SECONDS / step, 2, CHUNK))
-        best = {1: float("inf"), most: float("inf")}
-        for _ in range(3):
-            for parts in best:
-                best[parts] = min(best[parts], seconds(parts, steps))
-        return min(best, key=best.get)
+        return _SPLITS.setdefault(key, SplitChoice(most))
 
     def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
         """The kernel over all B rows of h, c (L, B, W) at once, or over `parts` shards of

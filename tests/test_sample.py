@@ -443,17 +443,29 @@ def test_a_batch_split_across_threads_gives_the_same_bits(cell):
             np.testing.assert_array_equal(got, want)
 
 
-def test_the_split_is_measured_once_per_shape_and_batch_range(monkeypatch):
+def test_the_split_learns_from_its_chunks_and_keeps_checking_the_other_way():
+    from charrnn.stepper import SplitChoice
+    choice = SplitChoice(most=2)
+    assert choice.pick() == 1
+    choice.timed(1, 0.9, rows=8, steps=SplitChoice.TIMED_STEPS - 1)  # too short to count
+    assert choice.pick() == 1
+    choice.timed(1, 1.0, rows=8, steps=100)
+    assert choice.pick() == 2
+    choice.timed(2, 0.6, rows=8, steps=100)  # faster per row and step
+    picks = [choice.pick() for _ in range(2 * SplitChoice.EXPLORE)]
+    assert picks.count(1) == 2 and picks.count(2) == 2 * SplitChoice.EXPLORE - 2
+    choice.timed(1, 0.25, rows=4, steps=200)  # the machine changed: now whole is faster
+    assert [choice.pick() for _ in range(3)] == [1, 1, 1]
+
+
+def test_batches_in_one_size_range_share_what_was_learnt():
     from charrnn import stepper as stepping
-    monkeypatch.setattr(stepping, "_MEASURED_SPLITS", {})
     model = Model(ModelConfig(vocab_size=7, cell="gru", layers=1, hidden=16), seed=2)
-    measured = []
-    faster = CpuStepper._faster_split
-    monkeypatch.setattr(CpuStepper, "_faster_split",
-                        lambda self, B, most: measured.append((B, most)) or faster(self, B, most))
     splitter = stepping.StreamSplitter(threads=2, min_rows=2)
-    for B in (5, 6, 7, 9, 3):  # 5-7 share one range; 9 is the next; 3 rows are never split
-        stepper = CpuStepper(model, splitter)
-        stepper.arrange([], [np.array([1], np.int32)] * B)
-        assert stepper.split_for(B) in (1, splitter.parts(B))
-    assert measured == [(5, 2), (9, 2)]
+    stepper = CpuStepper(model, splitter)
+    choices = {B: stepper._split_choice(B) for B in (3, 4, 5, 7, 8)}
+    assert choices[3] is None  # too few rows to split
+    assert choices[4] is choices[5] is choices[7] is not choices[8]
+    assert CpuStepper(model, splitter)._split_choice(6) is choices[4]  # another stepper
+    gru_classic = Model(ModelConfig(vocab_size=7, cell="gru-classic", layers=1, hidden=16))
+    assert CpuStepper(gru_classic, splitter)._split_choice(8) is None  # its own BLAS products

@@ -149,7 +149,7 @@ def _one_impl(x):
 # exp(r) by its Taylor polynomial to r^13 (the next term is below 1e-17), times 2^n made from its
 # bits. Unlike math.exp (a libm call per element), LLVM vectorises it: drawing from a vocabulary
 # of 4,000 characters, and training's softmax over it, spend a fraction of the time they did
-# (BENCHMARKS.md, "Sampling a batch").
+# (BENCHMARKS.md, "Sampling a batch: one product for every row").
 _INV_LN2 = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # ln 2 in two parts, so that n * _LN2_HI is exact
 _LN2_LO = 1.90821492927058770002e-10
