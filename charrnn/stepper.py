@@ -146,9 +146,9 @@ class SplitChoice:
 
 
 class CpuStepper:
-    """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights as
-    they were when it was made (transposed once here for the batch product; a model trained
-    further needs a new stepper, as on the GPU).
+    """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights
+    (transposed once, at the first batch, for the batch product; a model trained further
+    needs a new stepper, as on the GPU).
 
     A batch of rows can run as one kernel call or split into shards of rows, one per thread
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
@@ -159,7 +159,6 @@ class CpuStepper:
 
     def __init__(self, model: Model, splitter: StreamSplitter | None = None):
         self.model = model
-        self.transposed = transposed_weights(model)
         self.splitter = splitter or _sampling_splitter()
         self.h, self.c = model.zero_state(0)  # (L, B, W)
         self._one = self._scratch(1)  # for feeding a prime alone
@@ -174,10 +173,17 @@ class CpuStepper:
                 np.zeros((B, H), dtype), np.zeros((B, cfg.vocab_size), dtype),
                 np.zeros(cfg.vocab_size, np.float64), np.zeros(cfg.vocab_size, np.int64))
 
+    @functools.cached_property
+    def transposed(self) -> np.ndarray:
+        """The weights as matmul_pairs reads them, made at the first batch of two or more rows
+        (one row alone multiplies by the weights as they are)."""
+        return transposed_weights(self.model)
+
     def _kernel(self, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:
         m = self.model
-        cpu.generate(m.config.kernel_id, m.params, self.transposed, m.layout.offsets, x, h, c,
+        transposed = self.transposed if len(x) > 1 else m.params  # (unread for one row)
+        cpu.generate(m.config.kernel_id, m.params, transposed, m.layout.offsets, x, h, c,
                      forced, temperature, top_k, top_p, uniforms, out,
                      *(scratch or self._scratch(len(x))))
 
