@@ -181,7 +181,8 @@ def main():
     runs = {(tree, shape): [] for shape in shapes for tree in trees}
     for _ in range(a.repeats):
         for (tree, shape), done in runs.items():
-            row = {**measure(tree, *shape), "tree": tree}
+            # which checkout, without this machine's paths
+            row = {**measure(tree, *shape), "tree": "this" if tree == HERE else "compared"}
             print(json.dumps(row), flush=True)
             if a.out:
                 with open(a.out, "a") as f:
