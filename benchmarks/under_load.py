@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-SPIN = "import time, sys\nend = time.time() + float(sys.argv[1])\nwhile time.time() < end:\n    pass"
+SPIN = ("import time, sys\nend = time.time() + float(sys.argv[1])\n"
+        "while time.time() < end:\n    pass")
 KEYS = [("train_chars_per_s", "train"), ("sample_chars_per_s", "1 stream")]
 
 

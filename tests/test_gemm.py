@@ -14,14 +14,20 @@ from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, _exp_shifted, _mat
 @pytest.mark.parametrize("N", [1, 4, 7, 12])
 @pytest.mark.parametrize("K", [1, 17, 64])
 def test_matches_the_exact_product(M, N, K):
-    rng = np.random.default_rng(M * 1000 + N * 10 + K)
+    assert_nt_product_is_exact(matmul_nt, M, N, K, seed=M * 1000 + N * 10 + K)
+
+
+def assert_nt_product_is_exact(kernel, M, N, K, seed):
+    """kernel(A, Bt, C) writes A @ Bt.T into C, within float64's and float32's error bounds of
+    an extended-precision product."""
+    rng = np.random.default_rng(seed)
     A = rng.standard_normal((M, K))
     Bt = rng.standard_normal((N, K))
     exact = np.einsum("ik,jk->ij", A.astype(np.longdouble), Bt.astype(np.longdouble))
+    scale = np.abs(A) @ np.abs(Bt).T  # the error bound of a sum grows with sum |a b|
     for dtype, tol in [(np.float64, 1e-13), (np.float32, 1e-5)]:
-        C = np.full((M, N), np.nan, dtype)  # every entry must be written
-        matmul_nt(A.astype(dtype), Bt.astype(dtype), C)
-        scale = np.abs(A) @ np.abs(Bt).T  # the error bound of a sum grows with sum |a b|
+        C = np.full((M, N), np.nan, dtype)  # every entry must be written, none accumulated
+        kernel(A.astype(dtype), Bt.astype(dtype), C)
         np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300,
                                      err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
 
@@ -38,8 +44,9 @@ def test_nan_and_inf_propagate():
     assert (np.delete(C, [2, 5], axis=0) == 40).all()
 
 
-# one row's kernel (and the classic GRU's and Jordan's up to FEW_ROWS rows): every row count, N whole and partial SIMD vectors, K with
-# and without a remainder after its groups of four rows of W
+# one row's kernel (and the classic GRU's and Jordan's up to FEW_ROWS rows): every row count, N
+# whole and partial SIMD vectors, K with and without a remainder after its groups of four rows
+# of W
 @pytest.mark.parametrize("M", list(range(1, FEW_ROWS + 1)))
 @pytest.mark.parametrize("N", [1, 7, 65, 384])
 @pytest.mark.parametrize("K", [1, 2, 3, 4, 6, 17, 128])
@@ -98,16 +105,7 @@ def test_sampler_product_on_every_route(M, large):
 @pytest.mark.parametrize("N", [1, 7, 8, 13, 65])
 @pytest.mark.parametrize("K", [1, 17, 130])
 def test_pairs_match_the_exact_product(M, N, K):
-    rng = np.random.default_rng(M * 10000 + N * 100 + K)
-    A = rng.standard_normal((M, K))
-    Bt = rng.standard_normal((N, K))
-    exact = np.einsum("ik,jk->ij", A.astype(np.longdouble), Bt.astype(np.longdouble))
-    scale = np.abs(A) @ np.abs(Bt).T
-    for dtype, tol in [(np.float64, 1e-13), (np.float32, 1e-5)]:
-        C = np.full((M, N), np.nan, dtype)  # every entry must be written, none accumulated
-        matmul_pairs(A.astype(dtype), Bt.astype(dtype), C)
-        np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300,
-                                     err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
+    assert_nt_product_is_exact(matmul_pairs, M, N, K, seed=M * 10000 + N * 100 + K)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
