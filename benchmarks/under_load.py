@@ -51,12 +51,15 @@ def ratios(r: dict) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--cells", nargs="+", default=["lstm"])
+    ap.add_argument("--cells", nargs="+", default=["lstm"], choices=["lstm", "gru", "rnn"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=900, help="the most a spinner runs")
     ap.add_argument("--out", help="also append the JSON rows to this file")
     a = ap.parse_args()
+    import importlib.util
+    if importlib.util.find_spec("torch") is None:
+        sys.exit("under_load.py compares with PyTorch: pip install torch==2.13.0")
     rows = []
     for _ in range(a.repeats):
         for busy in a.busy:

@@ -105,7 +105,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
 
     def batched_rate(streams: int) -> float:
         """Characters per second of `streams` samples at once (c.sample_chars // 4 each)."""
-        sample(10, streams)  # the warm-up measures how the batch is best split (stepper.py)
+        sample(10, streams)  # (too short to time a split: the first timed repeat tries both)
         n = c.sample_chars // 4
         return n * streams / best_time(lambda: sample(n, streams), c.repeats)
 
@@ -116,7 +116,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
     peak = gemm_peak_gflops() if c.device == "cpu" else None  # the GPU's: not measured
 
     def fraction(gflops: float) -> float | None:
-        return round(gflops / peak, 3) if peak else None
+        return round(gflops / peak, 5) if peak else None
 
     sample_gflops = batched * sampling_flops_per_char(c) / 1e9
     return {
@@ -130,7 +130,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
         "train_gflops": round(train_cps * flops_per_char(c) / 1e9, 1),
         "gemm_peak_gflops": round(peak, 1) if peak else None,
         "fraction_of_peak": fraction(train_cps * flops_per_char(c) / 1e9),
-        "batched_sample_gflops": round(sample_gflops, 1),
+        "batched_sample_gflops": round(sample_gflops, 3),
         "batched_sample_fraction_of_peak": fraction(sample_gflops),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }

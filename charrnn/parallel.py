@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 
 MIN_ROWS = 8  # fewer streams per thread than this leaves the per-step GEMM too thin to pay off
+_BLAS_COUNT_HELD = threading.Lock()  # held while a map has set BLAS's threads to one
 
 
 def _openblas_thread_switches() -> list:
@@ -98,17 +99,23 @@ class StreamSplitter:
         return min(self.threads, B // self.min_rows)
 
     def map(self, fn, items: list) -> None:
-        """fn(item) for every item, on the workers when there are several."""
-        if len(items) == 1:
-            fn(items[0])
+        """fn(item) for every item, on the workers when there are several (one after another
+        where there are no workers)."""
+        if len(items) > 1:
+            self._start()
+        if len(items) == 1 or self._pool is None:
+            for item in items:
+                fn(item)
             return
-        self._start()
-        before = [switch(1) for switch in self._switches]  # each returns the previous count
-        try:
-            futures = [self._pool.submit(fn, item) for item in items]
-            wait(futures)  # all of them, even when one fails, before the count goes back
-        finally:
-            for switch, count in zip(self._switches, before):
-                switch(count)
+        # BLAS's thread count is the whole process's: two maps at once (two samplers, say) must
+        # not interleave setting it to one and putting it back, or it stays at one
+        with _BLAS_COUNT_HELD:
+            before = [switch(1) for switch in self._switches]  # each gives the previous count
+            try:
+                futures = [self._pool.submit(fn, item) for item in items]
+                wait(futures)  # all of them, even when one fails, before the count goes back
+            finally:
+                for switch, count in zip(self._switches, before):
+                    switch(count)
         for future in futures:
             future.result()  # re-raises a worker's exception here

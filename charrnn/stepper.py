@@ -12,10 +12,12 @@ Two layers:
   rearranges the stepper's rows when the set of slots changes.
 
 A slot's text depends only on its own options, generator and prime, not on the other slots:
-every kernel computes each row on its own. On the CPU a batch of two or more rows goes through
-kernels/cpu.py's matmul_pairs, whose result for a row is the same whatever the batch, and one
-row alone through BLAS's gemv, whose rounding may differ in the last bit; that changes a draw
-only where a uniform falls within rounding of a boundary.
+every kernel computes each row on its own. On the CPU the products of a batch of two or more
+rows go through kernels/cpu.py's matmul_pairs, whose result for a row is the same whatever the
+batch (but the classic GRU's and Jordan's own products, through _matmul), and one row's through
+_matmul (BLAS's gemv for weights over ONE_ROW_MAX_BYTES, else matmul_few_rows), whose rounding
+may differ in the last bit; that changes a draw only where a uniform falls within rounding of a
+boundary.
 """
 
 import functools
@@ -122,11 +124,12 @@ class SplitChoice:
     chunks themselves: each way first runs a chunk, then the one whose latest chunk took less
     time per row and step runs, and every EXPLORE-th chunk the other, so that a chunk timed in a
     noisy moment, or a change in the machine's load, is corrected within a few chunks. Only
-    chunks of at least TIMED_STEPS steps are timed: a short one is mostly the call's own cost
-    (waking the threads, copying their rows), which a chunk of CHUNK steps hardly feels."""
+    chunks of at least TIMED_STEPS steps are timed: a server's (serving.SERVER_CHUNK) are, a new
+    batch's first (FIRST_CHUNK) is not, being mostly the call's own cost (waking the threads,
+    copying their rows), which a chunk of CHUNK steps hardly feels."""
 
     EXPLORE = 8
-    TIMED_STEPS = 64
+    TIMED_STEPS = 32
 
     def __init__(self, most: int):
         self.seconds: dict[int, float | None] = {1: None, most: None}  # per row and step

@@ -120,6 +120,35 @@ def test_the_calling_thread_keeps_its_blas_threads():
             switch(count)
 
 
+def test_two_maps_at_once_give_blas_its_threads_back():
+    """Two samplers splitting at once share one pool; BLAS's thread count (the whole process's)
+    must not be left at one by their setting it and putting it back interleaved."""
+    import threading
+    import time
+    splitter = StreamSplitter(2)
+    if splitter.parts(64) == 1:
+        pytest.skip("no OpenBLAS thread switch: everything runs on one thread")
+    original = [switch(2) for switch in splitter._switches]
+    try:
+        callers = [threading.Thread(target=splitter.map, args=(lambda _: time.sleep(0.05),
+                                                               [0, 1])) for _ in range(4)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join()
+        assert _blas_thread_counts(splitter._switches) == [2] * len(original)
+    finally:
+        for switch, count in zip(splitter._switches, original):
+            switch(count)
+
+
+def test_without_workers_the_items_run_in_turn():
+    splitter = StreamSplitter(1)
+    seen = []
+    splitter.map(seen.append, [0, 1, 2])
+    assert seen == [0, 1, 2] and splitter._pool is None
+
+
 def test_sampling_never_starts_the_workers():
     """The splitter looks for BLAS's thread switches (importing SciPy's BLAS) and starts its
     threads at its first split: a sampler, which never splits, pays for neither."""

@@ -159,11 +159,14 @@ _EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an expone
 @kernel(fastmath={"contract"})
 def _exp_shifted(logits, m, temperature, probs, powers):
     """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
-    floored at exp(-708) (a weight no sum of a vocabulary notices), computed in float64 and
-    stored in probs's dtype; powers: (V,) int64 scratch. Returns the sum of probs."""
+    and 0 where that is below exp(-708) (a weight no sum of a vocabulary notices; 0 as libm's
+    exp gives -inf, so such an id is never drawn), computed in float64 and stored in probs's
+    dtype; powers: (V,) int64 scratch. Returns the sum of probs."""
     V = logits.size
     for k in range(V):
-        x = max((logits[k] - m) / temperature, _EXP_FLOOR)
+        x = (logits[k] - m) / temperature
+        under = x < _EXP_FLOOR
+        x = max(x, _EXP_FLOOR)
         n = math.floor(x * _INV_LN2 + 0.5)
         r = (x - n * _LN2_HI) - n * _LN2_LO
         p = 1.0 / 6227020800.0
@@ -180,7 +183,7 @@ def _exp_shifted(logits, m, temperature, probs, powers):
         p = p * r + 0.5
         p = p * r + 1.0
         probs[k] = p * r + 1.0
-        powers[k] = (np.int64(n) + 1023) << 52  # the bits of the float64 2^n
+        powers[k] = 0 if under else (np.int64(n) + 1023) << 52  # the bits of 2^n (or of 0)
     scale = powers.view(np.float64)
     for k in range(V):
         probs[k] *= scale[k]
@@ -651,7 +654,7 @@ def matmul_nt(A, Bt, C):
 
 
 # The sampler's product for a batch of two or more streams, C = A @ Bt.T with Bt the weights
-# transposed once when the stepper is made (kernels never transpose per step). The "dot" form
+# transposed once by the stepper, at its first batch (kernels never transpose per step). The "dot" form
 # again, in tiles of 2 rows x 8 columns: 16 accumulators, each of the 10 rows a tile reads used
 # 2 or 8 times. Two rows, not six: a batch of a few streams (a server's first clients, a long
 # prompt joining) needs no padding to a tall tile, and from 8 rows on the 2 x 8 tile is as fast
