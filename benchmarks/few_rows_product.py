@@ -2,9 +2,9 @@
 """The sampler's products, (M, H) x (H, G*H) for M streams: np.dot inside @njit (SciPy's
 OpenBLAS, with its threads) against charrnn's matmul_few_rows (one thread), against M one-row
 np.dot calls (OpenBLAS hands a one-row product to its gemv, which does not pack W as its gemm
-does) and against charrnn's matmul_pairs on W transposed (one thread: what the sampler runs for
-two or more streams, a shard of rows per thread), microseconds per product, best of seven.
-ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py is chosen from it. Prints one JSON object per shape.
+does) and against charrnn's matmul_packed on W's panels (one thread: what the sampler runs, a
+shard of rows per thread, but for one row and a W over ONE_ROW_MAX_BYTES), microseconds per
+product, best of seven. ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py is chosen from it. Prints one JSON object per shape.
 
     python benchmarks/few_rows_product.py [--rows 1 2 4 8] [--hidden 128 256 512] [--gates 3 4]
 """
@@ -16,7 +16,7 @@ import time
 import numba
 import numpy as np
 
-from charrnn.kernels.cpu import matmul_few_rows, matmul_pairs
+from charrnn.kernels.cpu import matmul_few_rows, matmul_packed, packed
 
 
 @numba.njit(cache=True)
@@ -39,9 +39,9 @@ def _few_rows_products(A, W, C, calls):
 
 
 @numba.njit(cache=True)
-def _pairs_products(A, Wt, C, calls):
+def _packed_products(A, P, C, calls):
     for _ in range(calls):
-        matmul_pairs(A, Wt, C)
+        matmul_packed(A, P, C)
 
 
 def microseconds(fn, A, W, C, calls: int) -> float:
@@ -66,22 +66,21 @@ def main() -> None:
             for G in args.gates:
                 A = rng.standard_normal((M, H), dtype=np.float32)
                 W = rng.standard_normal((H, G * H), dtype=np.float32)
-                C_blas, C_few, C_rows, C_pairs = (np.empty((M, G * H), np.float32)
+                C_blas, C_few, C_rows, C_tile = (np.empty((M, G * H), np.float32)
                                                   for _ in range(4))
                 calls = max(20, 25_000_000 // (M * H * G * H))
                 blas = microseconds(_blas_products, A, W, C_blas, calls)
                 few = microseconds(_few_rows_products, A, W, C_few, calls)
                 rows = microseconds(_row_by_row_products, A, W, C_rows, calls)
-                pairs = microseconds(_pairs_products, A, np.ascontiguousarray(W.T), C_pairs,
-                                     calls)
+                tile = microseconds(_packed_products, A, packed(W), C_tile, calls)
                 np.testing.assert_allclose(C_few, C_blas, rtol=1e-3, atol=1e-3)
                 np.testing.assert_allclose(C_rows, C_blas, rtol=1e-3, atol=1e-3)
-                np.testing.assert_allclose(C_pairs, C_blas, rtol=1e-3, atol=1e-3)
+                np.testing.assert_allclose(C_tile, C_blas, rtol=1e-3, atol=1e-3)
                 print(json.dumps({"rows": M, "hidden": H, "gates": G,
                                   "W_bytes": W.nbytes, "blas_us": round(blas, 2),
                                   "few_rows_us": round(few, 2),
                                   "row_by_row_us": round(rows, 2),
-                                  "pairs_us": round(pairs, 2),
+                                  "tile_us": round(tile, 2),
                                   "speedup": round(blas / few, 2)}), flush=True)
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """GFLOP/s of the per-step recurrent product (B, H) x (H, 4H): np.dot inside @njit (SciPy's
 OpenBLAS) three ways: BLAS with one thread, with two threads, and two one-thread products at once
-on separate threads (what running two layers on separate cores would get); and the tiled kernel
-the training step uses (charrnn/kernels/cpu.py, one thread), in the forward form (K = H) and the
-backward form (dgates (B, 4H) x W_h.T, K = 4H) beside one-thread BLAS on the same backward shape.
-Prints one JSON object per width.
+on separate threads (what running two layers on separate cores would get); and the register tile
+the training step uses (charrnn/kernels/cpu.py's matmul_packed on W_h's panels, one thread), in
+the forward form (K = H) and the backward form (dgates (B, 4H) x W_h.T, K = 4H) beside
+one-thread BLAS on the same backward shape, and two register-tile products at once on separate
+threads (what the training's two shards do). Prints one JSON object per width.
 
     python benchmarks/per_step_gemm.py [--batch 50] [--hidden 128 256 512] [--calls 200]
 """
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 
-from charrnn.kernels.cpu import matmul_nt
+from charrnn.kernels.cpu import matmul_packed, packed
 from charrnn.parallel import _openblas_thread_switches
 
 
@@ -28,13 +29,14 @@ def _products(h, W, out, calls):
 
 
 @numba.njit(nogil=True, cache=True)
-def _tiled_products(a, Bt, out, calls):
+def _tile_products(a, P, out, calls):
     for _ in range(calls):
-        matmul_nt(a, Bt, out)
+        matmul_packed(a, P, out)
 
 
-def tiled_rates(B: int, H: int, calls: int) -> dict:
-    """One thread: the tiled kernel forward and backward, and BLAS on the backward shape."""
+def tile_rates(B: int, H: int, calls: int) -> dict:
+    """One thread: the register tile forward and backward, and BLAS on the backward shape; then
+    two forward tile products at once, each thread with its own panels."""
     for switch in _openblas_thread_switches():
         switch(1)
     rng = np.random.default_rng(0)
@@ -43,11 +45,17 @@ def tiled_rates(B: int, H: int, calls: int) -> dict:
     h = rng.random((B, H), dtype=np.float32)
     dg = rng.random((B, 4 * H), dtype=np.float32)
     gates, dh = np.empty((B, 4 * H), np.float32), np.empty((B, H), np.float32)
-    runs = {"gflops_tiled_forward": lambda: _tiled_products(h, WT, gates, calls),
-            "gflops_tiled_backward": lambda: _tiled_products(dg, W, dh, calls),
+    P, PT = packed(W), packed(W.T)  # the panels of W_h and of W_h.T, as a window makes them
+    flops = 2 * B * H * 4 * H * calls
+    runs = {"gflops_tile_forward": lambda: _tile_products(h, P, gates, calls),
+            "gflops_tile_backward": lambda: _tile_products(dg, PT, dh, calls),
             "gflops_1_thread_backward": lambda: _products(dg, WT, dh, calls)}
-    return {name: round(2 * B * H * 4 * H * calls / _best_of_five(run) / 1e9, 1)
-            for name, run in runs.items()}
+    rates = {name: round(flops / _best_of_five(run) / 1e9, 1) for name, run in runs.items()}
+    shards = [(h.copy(), packed(W), np.empty_like(gates)) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        both = _best_of_five(lambda: list(pool.map(lambda s: _tile_products(*s, calls), shards)))
+    rates["gflops_two_tile_products_at_once"] = round(2 * flops / both / 1e9, 1)
+    return rates
 
 
 def _best_of_five(fn) -> float:
@@ -90,7 +98,7 @@ def main():
             "gflops_1_thread": round(rate(a.batch, H, 1, 1, a.calls), 1),
             "gflops_2_threads": round(rate(a.batch, H, 2, 1, a.calls), 1),
             "gflops_two_1_thread_products_at_once": round(rate(a.batch, H, 1, 2, a.calls), 1),
-            **tiled_rates(a.batch, H, a.calls),
+            **tile_rates(a.batch, H, a.calls),
         }), flush=True)
 
 

@@ -30,13 +30,18 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> in
     return itemsize * (4 * ParamLayout(config).size + workspace + masks)
 
 
+PANEL_PADDING = 32  # columns a packed matrix may gain, at most (cpu.matmul_packed's panels)
+
+
 def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
     """B streams' state and scratch (stepper.CpuStepper), a chunk's draws and ids, and the
-    stepper's transposed copy of the weights."""
+    stepper's packed copy of the weights (each multiplied matrix, H rows but layer 0's input,
+    padded to whole panels)."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
     per_stream = 2 * L * W + 2 * GH + config.spec.stored_acts * H + 2 * H + V
-    return itemsize * (B * per_stream + ParamLayout(config).size) + 12 * SAMPLE_CHUNK * B
+    packed = ParamLayout(config).size + 2 * L * H * PANEL_PADDING
+    return itemsize * (B * per_stream + packed) + 12 * SAMPLE_CHUNK * B
 
 
 def available_bytes() -> int | None:

@@ -13,7 +13,7 @@ Two layers:
 
 A slot's text depends only on its own options, generator and prime, not on the other slots:
 every kernel computes each row on its own. On the CPU the products of a batch of two or more
-rows go through kernels/cpu.py's matmul_pairs, whose result for a row is the same whatever the
+rows go through kernels/cpu.py's matmul_packed, whose result for a row is the same whatever the
 batch (but the classic GRU's and Jordan's own products, through _matmul), and one row's through
 _matmul (BLAS's gemv for weights over ONE_ROW_MAX_BYTES, else matmul_few_rows), whose rounding
 may differ in the last bit; that changes a draw only where a uniform falls within rounding of a
@@ -91,17 +91,33 @@ def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], starts: Sequence
             np.ascontiguousarray(np.concatenate([c[:, rows], *(s[1] for s in new)], axis=1)))
 
 
-def transposed_weights(model: Model) -> np.ndarray:
-    """A copy of model.params with every matrix a sampling step multiplies by transposed in
-    its slot (what cpu.matmul_pairs reads): the input matrices above layer 0 (layer 0's rows
-    are gathered, not multiplied), the recurrent ones and the output layer's."""
+class Panels(NamedTuple):
+    """Every matrix a sampling step multiplies, packed as cpu.matmul_packed reads it: the input
+    matrices above layer 0 (layer 0's rows are gathered, not multiplied), the recurrent ones
+    (but the classic GRU's, which it multiplies itself) and the output layer's, one after
+    another in `flat`; a slot's panels are flat[offsets[slot]:offsets[slot + 1]] (empty for a
+    slot not multiplied)."""
+
+    flat: np.ndarray
+    offsets: np.ndarray
+
+
+def packed_weights(model: Model) -> Panels:
     layout = ParamLayout(model.config)
-    out = model.params.copy()
-    for k, (name, shape) in enumerate(layout.shapes.items()):
-        if len(shape) == 2 and name != "l0.W_x" and shape[0] * shape[1] > 0:
-            a, b = layout.offsets[k], layout.offsets[k + 1]
-            out[a:b] = model.params[a:b].reshape(shape).T.ravel()
-    return out
+    views = layout.views(model.params)
+    L = model.config.layers
+    multiplied = {f"l{layer}.W_x" for layer in range(1, L)} | {"out.W"}
+    if model.config.kernel_id != cpu.GRU_CLASSIC:
+        multiplied |= {f"l{layer}.W_h" for layer in range(L)}
+    pieces = [cpu.packed(views[name]).ravel() if name in multiplied and name in views
+              else np.zeros(0, model.dtype) for name in layout.shapes]
+    offsets = np.concatenate([[0], np.cumsum([p.size for p in pieces])]).astype(np.int64)
+    # each piece is a whole number of panel rows (cache lines), so all start aligned when the
+    # first does
+    flat = cpu.new_panels(1, offsets[-1], model.params).ravel()[:offsets[-1]]
+    for piece, a, b in zip(pieces, offsets[:-1], offsets[1:]):
+        flat[a:b] = piece
+    return Panels(flat, offsets)
 
 
 @functools.cache
@@ -150,14 +166,14 @@ class SplitChoice:
 
 class CpuStepper:
     """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights
-    (transposed once, at the first batch, for the batch product; a model trained further
+    (packed once, at the first batch, for the batch product; a model trained further
     needs a new stepper, as on the GPU).
 
     A batch of rows can run as one kernel call or split into shards of rows, one per thread
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
     wait for each other. Whether splitting pays depends on the machine, its load, the model and
     the rows per shard, so it is measured on the chunks themselves, for each power-of-two range
-    of batch sizes (SplitChoice). A row's result is the same either way (cpu.matmul_pairs), so
+    of batch sizes (SplitChoice). A row's result is the same either way (cpu.matmul_packed), so
     the measurement decides the speed, never the text."""
 
     def __init__(self, model: Model, splitter: StreamSplitter | None = None):
@@ -177,17 +193,15 @@ class CpuStepper:
                 np.zeros(cfg.vocab_size, np.float64), np.zeros(cfg.vocab_size, np.int64))
 
     @functools.cached_property
-    def transposed(self) -> np.ndarray:
-        """The weights as matmul_pairs reads them, made at the first batch of two or more rows
-        (one row alone multiplies by the weights as they are)."""
-        return transposed_weights(self.model)
+    def panels(self) -> Panels:
+        """The weights as matmul_packed reads them, made at the first chunk."""
+        return packed_weights(self.model)
 
     def _kernel(self, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:
         m = self.model
-        transposed = self.transposed if len(x) > 1 else m.params  # (unread for one row)
-        cpu.generate(m.config.kernel_id, m.params, transposed, m.layout.offsets, x, h, c,
-                     forced, temperature, top_k, top_p, uniforms, out,
+        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, *self.panels, x, h, c, forced,
+                     temperature, top_k, top_p, uniforms, out,
                      *(scratch or self._scratch(len(x))))
 
     def _fed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -75,7 +75,7 @@ def _ugrnn_step_back(dh, h_prev, act, dx, dh_direct):
 BACK_BRANCH = '''\
         elif cell == UGRNN:
             _ugrnn_step_back(dh, hs[t], acts[t], dX[t], tmp)
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
             for b in range(B):
                 for j in range(H):
                     dh_next[b, j] += tmp[b, j]

@@ -1,47 +1,133 @@
-"""The per-step product kernels against an exact product, on every shape their tiling splits."""
+"""The product kernels against an exact product, on every shape their tiling splits."""
 
 import numpy as np
 import pytest
 
-from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, _exp_shifted, _matmul,
-                                 matmul_few_rows, matmul_nt, matmul_pairs)
+from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, PANEL_BYTES, TILE_ROWS,
+                                 _exp_shifted, _matmul, gemm, matmul_few_rows, matmul_packed,
+                                 new_panels, pack_panels, packed)
+
+NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
 
-# M and N cover whole 6 x 4 tiles, every count of leftover rows (0 to 5) and leftover columns
-# (and none but leftovers); K covers a single term and lengths that are not a multiple of a SIMD
-# vector.
-@pytest.mark.parametrize("M", [1, 3, 4, 6, 11, 50])
-@pytest.mark.parametrize("N", [1, 4, 7, 12])
-@pytest.mark.parametrize("K", [1, 17, 64])
-def test_matches_the_exact_product(M, N, K):
-    assert_nt_product_is_exact(matmul_nt, M, N, K, seed=M * 1000 + N * 10 + K)
-
-
-def assert_nt_product_is_exact(kernel, M, N, K, seed):
-    """kernel(A, Bt, C) writes A @ Bt.T into C, within float64's and float32's error bounds of
-    an extended-precision product."""
-    rng = np.random.default_rng(seed)
+# The register tile's product (training's per-step products and the sampler's batch product).
+# M covers one tile, every height the balanced tiling makes (up to three tiles, so heights
+# TILE_ROWS - 1 and TILE_ROWS side by side) and a tall batch; N whole panels, a part panel, only
+# a part panel, in both float types' panel widths, and for one row groups of whole panels
+# (ROW_TILE_PANELS at a time) with and without panels left over; K a single term and lengths
+# off a vector.
+@pytest.mark.parametrize("M", sorted({1, 2, 3, TILE_ROWS - 1, TILE_ROWS, TILE_ROWS + 1,
+                                      2 * TILE_ROWS + 1, 3 * TILE_ROWS - 1, 64}))
+@pytest.mark.parametrize("N", [1, 7, NR32 // 2 + 3, NR32, 2 * NR32 + 5, 4 * NR32, 9 * NR32 + 3])
+@pytest.mark.parametrize("K", [1, 17, 130])
+def test_the_register_tile_matches_the_exact_product(M, N, K):
+    rng = np.random.default_rng(M * 100000 + N * 100 + K)
     A = rng.standard_normal((M, K))
-    Bt = rng.standard_normal((N, K))
-    exact = np.einsum("ik,jk->ij", A.astype(np.longdouble), Bt.astype(np.longdouble))
-    scale = np.abs(A) @ np.abs(Bt).T  # the error bound of a sum grows with sum |a b|
+    W = rng.standard_normal((K, N))
+    exact = A.astype(np.longdouble) @ W.astype(np.longdouble)
+    scale = np.abs(A) @ np.abs(W)  # the error bound of a sum grows with sum |a w|
     for dtype, tol in [(np.float64, 1e-13), (np.float32, 1e-5)]:
         C = np.full((M, N), np.nan, dtype)  # every entry must be written, none accumulated
-        kernel(A.astype(dtype), Bt.astype(dtype), C)
+        matmul_packed(A.astype(dtype), packed(W.astype(dtype)), C)
         np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300,
                                      err_msg=f"{dtype.__name__} M={M} N={N} K={K}")
 
 
-def test_nan_and_inf_propagate():
-    A = np.ones((9, 40), np.float32)
-    Bt = np.ones((6, 40), np.float32)
-    A[2, 3] = np.nan
-    A[5, 7] = np.inf
-    C = np.zeros((9, 6), np.float32)
-    matmul_nt(A, Bt, C)
-    assert np.isnan(C[2]).all()
-    assert np.isposinf(C[5]).all()
-    assert (np.delete(C, [2, 5], axis=0) == 40).all()
+def test_the_register_tile_writes_only_its_columns_and_rows():
+    """A part panel's columns past N and rows past M are left alone: C may be a view with
+    neighbours (a row stride larger than its width)."""
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((5, 9)).astype(np.float32)
+    W = rng.standard_normal((9, NR32 + 3)).astype(np.float32)
+    big = np.full((7, NR32 + 10), -7.0, np.float32)
+    C = big[1:6, 2:NR32 + 5]
+    matmul_packed(A, packed(W), C)
+    np.testing.assert_allclose(C, A.astype(np.float64) @ W, rtol=1e-5, atol=1e-5)
+    outside = np.ones(big.shape, bool)
+    outside[1:6, 2:NR32 + 5] = False
+    assert (big[outside] == -7.0).all()
+
+
+def test_panels_hold_the_matrix_or_its_transpose_zero_padded():
+    W = np.arange(1.0, 3 * (NR32 + 2) + 1, dtype=np.float32).reshape(3, NR32 + 2)
+    P = packed(W)
+    assert P.shape == (2, 3, NR32) and P.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(P[0], W[:, :NR32])
+    np.testing.assert_array_equal(P[1, :, :2], W[:, NR32:])
+    assert (P[1, :, 2:] == 0).all()
+    PT = packed(W.T)  # (NR32 + 2, 3): one panel
+    np.testing.assert_array_equal(PT[0, :, :3], W.T)
+    assert PT.shape == (1, NR32 + 2, NR32) and (PT[0, :, 3:] == 0).all()
+    with pytest.raises(ValueError, match="shapes"):
+        pack_panels(W, new_panels(3, NR32 + 2 + NR32, W))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_rows_product_is_the_same_bits_in_any_batch(dtype):
+    """What lets a batch split across threads without changing a stream's text: a row's
+    result does not depend on how many rows there are or where the row sits (in which tile,
+    of which height)."""
+    rng = np.random.default_rng(1)
+    M = 2 * TILE_ROWS + 3
+    A = rng.standard_normal((M, 203)).astype(dtype)
+    N = 5 * NR32 + 7  # one row takes its whole panels four at a time
+    P = packed(rng.standard_normal((203, N)).astype(dtype))
+    whole = np.empty((M, N), dtype)
+    matmul_packed(A, P, whole)
+    for rows in ([4], [0, 1], [3, 8, 5], list(range(M - 1, -1, -1)), list(range(TILE_ROWS + 1))):
+        part = np.empty((len(rows), N), dtype)
+        matmul_packed(np.ascontiguousarray(A[rows]), P, part)
+        np.testing.assert_array_equal(part, whole[rows], err_msg=f"rows {rows}")
+
+
+def test_the_register_tile_propagates_nan_and_inf_and_refuses_mismatched_shapes():
+    A = np.ones((TILE_ROWS + 2, 40), np.float32)
+    A[1, 3] = np.nan
+    A[-1, 39] = np.inf  # the last row, in the last element
+    P = packed(np.ones((40, 11), np.float32))
+    C = np.zeros((TILE_ROWS + 2, 11), np.float32)
+    matmul_packed(A, P, C)
+    assert np.isnan(C[1]).all() and np.isposinf(C[-1]).all()
+    assert (np.delete(C, [1, TILE_ROWS + 1], axis=0) == 40).all()
+    for bad_p, bad_c in [(packed(np.ones((39, 11), np.float32)), C),
+                         (P, np.zeros((4, 11), np.float32)),
+                         (P, np.zeros((TILE_ROWS + 2, 11 + NR32), np.float32)),
+                         (packed(np.ones((40, 11))), C)]:  # float64 panels: twice as narrow
+        with pytest.raises(ValueError, match="do not match"):
+            matmul_packed(A, bad_p, bad_c)
+
+
+# BLAS's gemm with transposes and beta (the weight gradients): every combination, a view with
+# a row stride wider than its rows, and an empty inner dimension
+@pytest.mark.parametrize("a_t", [False, True])
+@pytest.mark.parametrize("b_t", [False, True])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_with_transposes_and_beta(a_t, b_t, beta, dtype):
+    rng = np.random.default_rng(int(a_t) + 2 * int(b_t) + int(4 * beta))
+    M, N, K = 7, 13, 29
+    A = rng.standard_normal((K, M) if a_t else (M, K)).astype(dtype)
+    B = rng.standard_normal((N, K) if b_t else (K, N)).astype(dtype)
+    big = rng.standard_normal((M + 2, N + 5)).astype(dtype)
+    C = big[1:M + 1, 2:N + 2]  # a view: row stride N + 5
+    before = big.copy()
+    expected = (A.T if a_t else A).astype(np.float64) @ (B.T if b_t else B) + beta * C
+    gemm(A, B, C, a_t, b_t, beta)
+    np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-12)
+    outside = np.ones(big.shape, bool)
+    outside[1:M + 1, 2:N + 2] = False
+    np.testing.assert_array_equal(big[outside], before[outside])
+
+
+def test_gemm_refuses_mismatched_shapes_and_scales_by_beta_over_nothing():
+    A, B = np.ones((4, 3)), np.ones((3, 5))
+    for a, b, c in [(A, B, np.zeros((4, 6))), (A, np.ones((2, 5)), np.zeros((4, 5))),
+                    (A[:, ::2], np.ones((2, 5)), np.zeros((4, 5)))]:
+        with pytest.raises(ValueError, match="do not match"):
+            gemm(a, b, c, False, False, 0.0)
+    C = np.full((4, 5), 3.0)
+    gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0.5)
+    assert (C == 1.5).all()
 
 
 # one row's kernel (and the classic GRU's and Jordan's up to FEW_ROWS rows): every row count, N
@@ -97,45 +183,6 @@ def test_sampler_product_on_every_route(M, large):
     exact = A.astype(np.float64) @ W.astype(np.float64)
     scale = np.abs(A).astype(np.float64) @ np.abs(W).astype(np.float64)
     np.testing.assert_array_less(np.abs(C - exact), 1e-5 * scale)
-
-
-# the sampler's batch product: M covers pairs of rows and an odd last row, N whole 8-column tiles,
-# leftover columns and only leftovers, K a single term and lengths off a SIMD vector
-@pytest.mark.parametrize("M", [1, 2, 3, 7, 64])
-@pytest.mark.parametrize("N", [1, 7, 8, 13, 65])
-@pytest.mark.parametrize("K", [1, 17, 130])
-def test_pairs_match_the_exact_product(M, N, K):
-    assert_nt_product_is_exact(matmul_pairs, M, N, K, seed=M * 10000 + N * 100 + K)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_rows_product_is_the_same_bits_in_any_batch(dtype):
-    """What lets a batch split across threads without changing a stream's text: a row's
-    result does not depend on how many rows there are or where the row sits."""
-    rng = np.random.default_rng(1)
-    A = rng.standard_normal((9, 203)).astype(dtype)
-    Bt = rng.standard_normal((37, 203)).astype(dtype)
-    whole = np.empty((9, 37), dtype)
-    matmul_pairs(A, Bt, whole)
-    for rows in ([4], [0, 1], [3, 8, 5], [8, 7, 6, 5, 4, 3, 2, 1, 0]):
-        part = np.empty((len(rows), 37), dtype)
-        matmul_pairs(np.ascontiguousarray(A[rows]), Bt, part)
-        np.testing.assert_array_equal(part, whole[rows], err_msg=f"rows {rows}")
-
-
-def test_pairs_propagate_nan_and_inf_and_refuse_mismatched_shapes():
-    A = np.ones((5, 40), np.float32)
-    Bt = np.ones((11, 40), np.float32)
-    A[1, 3] = np.nan
-    A[4, 39] = np.inf  # the odd last row, in the last element
-    C = np.zeros((5, 11), np.float32)
-    matmul_pairs(A, Bt, C)
-    assert np.isnan(C[1]).all() and np.isposinf(C[4]).all()
-    assert (C[[0, 2, 3]] == 40).all()
-    for bad_bt, bad_c in [(np.ones((11, 39), np.float32), C), (Bt, np.zeros((4, 11), np.float32)),
-                          (Bt, np.zeros((5, 10), np.float32))]:
-        with pytest.raises(ValueError, match="shapes"):
-            matmul_pairs(A, bad_bt, bad_c)
 
 
 def test_the_draws_exp_is_within_an_ulp_of_libms():

@@ -47,7 +47,10 @@ def test_info_and_sample_read_it():
 def test_it_resumes_as_the_straight_run_of_this_version_trains(tmp_path, monkeypatch):
     """Six steps of the old version, resumed here for three more, give the weights of nine
     straight steps of this version: the restored state (weights, Adam moments, generator, data
-    position, carried state) and the math are both what they were."""
+    position, carried state) is what it was. To within rounding, not bit for bit: the kernels
+    have summed their products in another order since (the register tile, BENCHMARKS.md), which
+    moves the weights by about 1e-7 over nine steps; a step moves them by about 4e-3, so a
+    restore that lost any part of the state would miss by thousands of times the tolerance."""
     monkeypatch.chdir(tmp_path)
     Path("old.txt").write_text(OLD_TEXT)
     Path("run").mkdir()
@@ -60,6 +63,6 @@ def test_it_resumes_as_the_straight_run_of_this_version_trains(tmp_path, monkeyp
     straight = Run(Path("old.txt"), Path("straight"), TrainOptions(**OPTIONS, max_steps=9))
     train(straight, QuietReporter())
     assert resumed.state.step == straight.state.step == 9
-    assert np.array_equal(resumed.model.params, straight.model.params)
-    assert np.array_equal(resumed.optimizer.v, straight.optimizer.v)
+    np.testing.assert_allclose(resumed.model.params, straight.model.params, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(resumed.optimizer.v, straight.optimizer.v, rtol=0, atol=1e-9)
     assert ckpt_io.load(Path("run") / ckpt_io.LATEST).train["step"] == 9

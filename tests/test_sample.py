@@ -10,7 +10,7 @@ from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.parallel import StreamSplitter
 from charrnn.sample import SampleOptions, generate
-from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots, transposed_weights
+from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots, packed_weights
 from charrnn.tokenizer import UnknownCharacters, Vocab
 
 LOGITS = np.array([2.0, -1.0, 0.5, 1.5, 0.0, -3.0], np.float32)
@@ -376,9 +376,9 @@ def reference_sample(model, vocab, opts):
                np.zeros((1, H), dtype), np.zeros((1, cfg.vocab_size), dtype))
     h, c = model.zero_state(1)
     ids = vocab.encode(opts.prime) if opts.prime else np.array([vocab.chars.index("\n")])
-    transposed = transposed_weights(model)
-    step = lambda i: cpu._step(cfg.kernel_id, model.params, transposed,  # noqa: E731
-                               model.layout.offsets, np.array([i], np.int32), h, c, *scratch)
+    panels = packed_weights(model)
+    step = lambda i: cpu._step(cfg.kernel_id, model.params, model.layout.offsets,  # noqa: E731
+                               *panels, np.array([i], np.int32), h, c, *scratch)
     for i in ids[:-1]:
         step(i)
     uniforms = np.random.default_rng(opts.seed).random(opts.length)
@@ -416,13 +416,22 @@ def test_batched_samples_are_slots_with_their_own_generators(strong):
     assert len(set(samples)) == 3 and samples == text(*strong, num_samples=3, **kw)
 
 
-def test_the_transposed_weights_hold_each_multiplied_matrix_transposed():
-    model = Model(ModelConfig(vocab_size=5, cell="lstm", layers=3, hidden=6), seed=1)
-    transposed = model.layout.views(transposed_weights(model))
-    for name, W in model.layout.views(model.params).items():
-        multiplied = W.ndim == 2 and name != "l0.W_x"  # layer 0's input rows are gathered
-        got = transposed[name].reshape(W.shape[::-1]) if multiplied else transposed[name]
-        np.testing.assert_array_equal(got, W.T if multiplied else W, err_msg=name)
+@pytest.mark.parametrize("cell", ["lstm", "gru-classic"])
+def test_the_packed_weights_hold_each_multiplied_matrix_in_panels(cell):
+    model = Model(ModelConfig(vocab_size=5, cell=cell, layers=3, hidden=6), seed=1)
+    panels = packed_weights(model)
+    assert panels.flat.ctypes.data % 64 == 0
+    views = model.layout.views(model.params)  # (without the empty ones)
+    for k, name in enumerate(model.layout.shapes):
+        # layer 0's input rows are gathered, the classic GRU multiplies by its W_h itself
+        multiplied = name.endswith("W_x") and name != "l0.W_x" or name == "out.W" or (
+            name.endswith("W_h") and cell != "gru-classic")
+        got = panels.flat[panels.offsets[k]:panels.offsets[k + 1]]
+        if multiplied:
+            np.testing.assert_array_equal(got, cpu.packed(views[name]).ravel(), err_msg=name)
+            assert got.ctypes.data % 64 == 0
+        else:
+            assert got.size == 0, name
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -44,8 +44,10 @@ from . import scipy_blas  # noqa: E402
 
 scipy_blas.preload()  # in the command line's process only: see scipy_blas.py
 
+from llvmlite import ir  # noqa: E402
 from numba import njit, types  # noqa: E402
-from numba.extending import overload  # noqa: E402
+from numba.core import cgutils  # noqa: E402
+from numba.extending import intrinsic, overload  # noqa: E402
 
 # error_model="numpy": a float division by zero gives inf/nan instead of raising, which removes
 # the branch that otherwise stops LLVM from vectorising every loop containing a division.
@@ -549,184 +551,336 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 
 
 # ---------------------------------------------------------------------------------------------
-# the per-step recurrent product (kept in this file: numba's cache only notices changes to the
-# file of the cached function, so a kernel called from here must live here)
+# the per-step products: a register tile written in LLVM IR (kept in this file: numba's cache
+# only notices changes to the file of the cached function, so a kernel called from here must
+# live here)
 #
-# The per-step recurrent product, C = A @ Bt.T for row-major A (M, K) and Bt (N, K).
+# Every time step multiplies a thin (B, K) state by a recurrent matrix: forward by W_h, backward
+# by W_h.T, and a sampling step by every matrix of the model. BLAS reaches about half of a core's
+# peak on such thin shapes and repacks the matrix on every call; tiles written as numba loops
+# reach about 60%, because LLVM will not keep an outer-product tile in vector registers when it
+# is written as scalars. So the tile is written in LLVM IR with explicit vector types (the
+# intrinsic below), the way BLAS writes its micro-kernels in assembly:
 #
-# Every time step multiplies a thin (B, H) state by the recurrent matrix, forward by W_h and
-# backward by W_h.T. BLAS reaches about half of a core's peak on such thin shapes, and repacks the
-# matrix on every call. This kernel needs no packing: in the "dot" form every output is a
-# contiguous dot product of a row of A with a row of Bt, so the backward product takes W_h (H, GH)
-# as it is stored and the forward one a transposed copy made once per window. Each output tile of
-# 6 rows x 4 columns keeps 24 accumulators; with reassociation allowed, LLVM vectorises the inner
-# loop over K (16 float32 lanes with AVX-512), and each of the 10 rows a tile reads is reused 4 or
-# 6 times. Why 6 x 4 and not 4 x 4 (BENCHMARKS.md, "fourth session: 6 x 4 tiles"), and its
-# speed beside one-thread BLAS (`python benchmarks/per_step_gemm.py`): BENCHMARKS.md.
+#   C[i:i+rows, j:j+NR] = A[i:i+rows, :] @ P[p]       P[p] (K, NR): a panel of the matrix
+#
+# For each k, two vector loads of the panel's row k, one broadcast of A[r, k] per row, and
+# 2 * rows fused multiply-adds into accumulators that stay in registers for the whole of K.
+# The matrix is packed once (per window in training, per stepper in sampling) into panels of
+# NR columns, K rows each, contiguous and zero-padded past its last column (pack_panels), so the
+# tile reads its panel as one sequential stream.
+#
+# The tile's shape comes from the CPU numba compiles for: vectors as wide as its registers
+# (AVX-512: 16 float32), two per tile row, and as many rows as the accumulators that fit beside
+# the panel's two vectors, a broadcast and a spare (32 registers: 14 rows; AVX2's 16: 6).
+# Speed beside the loop tiles and BLAS: BENCHMARKS.md, "A register tile in LLVM IR".
+#
+# Each accumulator is one chain of fused multiply-adds over k = 0..K-1 from zero, the same
+# instructions whatever the number of rows in its tile, so C[i, j] has the same bits whatever
+# M, i and the tiling: a sampling batch can be split across threads in any way without
+# changing one bit of any stream's text.
 
-# reassoc: the sums may be reordered (what lets LLVM vectorise a reduction); contract: fused
-# multiply-add. Not the full fastmath: NaN and inf keep propagating as they do through BLAS.
-_tiled_kernel = functools.partial(kernel, fastmath={"reassoc", "contract"})
+
+def _vector_registers() -> tuple[int, int]:
+    """(bits per vector register, number of them) on the CPU numba compiles for."""
+    from numba.core import config
+    import llvmlite.binding as llb
+
+    if config.CPU_NAME not in (None, "host"):  # a portable build: only what every x86-64 has
+        return 128, 16
+    features = llb.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 512, 32
+    if features.get("avx"):
+        return 256, 16
+    return 128, 16  # SSE2, NEON (which has 32; 16 is the safe side)
 
 
-@_tiled_kernel
-def matmul_nt(A, Bt, C):
-    """C[i, j] = sum_k A[i, k] * Bt[j, k]. A (M, K), Bt (N, K), C (M, N), all C-contiguous."""
+def _fused_multiply_add() -> str:
+    """llvm.fma where the CPU has one (always fused: the same rounding in every tile), else
+    llvm.fmuladd (multiply, then add)."""
+    from numba.core import config
+    import llvmlite.binding as llb
+
+    features = llb.get_host_cpu_features() if config.CPU_NAME in (None, "host") else {}
+    return "llvm.fma" if features.get("fma") or features.get("neon") else "llvm.fmuladd"
+
+
+VECTOR_BITS, VECTOR_REGISTERS = _vector_registers()
+_FMA = _fused_multiply_add()
+TILE_VECTORS = 2  # vectors per tile row: a panel is 2 vectors wide
+TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 2) // TILE_VECTORS
+PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
+_ALIGN = 64  # panels start on a cache line
+
+
+def _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, rows, panels=1):
+    """IR for one tile of `rows` rows by `panels` panels side by side: the loop over k, then the
+    stores (all columns, or for one panel the first ncols through a buffer: the last panel of a
+    matrix whose width is no multiple of NR)."""
+    i64 = ir.IntType(64)
+    W = vt.count
+    NR = TILE_VECTORS * W
+    n_vec = panels * TILE_VECTORS  # accumulators per row
+    elem_bytes = 8 if isinstance(vt.element, ir.DoubleType) else 4
+    vptr = vt.as_pointer()
+    zero = ir.Constant(vt, None)
+    const = functools.partial(ir.Constant, i64)
+    fn = builder.function
+    start = builder.block
+    loop = fn.append_basic_block(f"tile{rows}x{panels}.k")
+    stores = fn.append_basic_block(f"tile{rows}x{panels}.stores")
+    builder.cbranch(builder.icmp_signed(">", K, const(0)), loop, stores)
+
+    builder.position_at_end(loop)  # (rows, n_vec) accumulators += A[:, k] x P[k]
+    k = builder.phi(i64)
+    k.add_incoming(const(0), start)
+    acc = [[builder.phi(vt) for _ in range(n_vec)] for _ in range(rows)]
+    for row in acc:
+        for a in row:
+            a.add_incoming(zero, start)
+    panel_row = builder.mul(k, const(NR))
+    panel_size = builder.mul(K, const(NR))
+    b = []
+    for q in range(panels):
+        row_start = builder.add(builder.mul(panel_size, const(q)), panel_row)
+        b += [builder.load(builder.bitcast(builder.gep(P, [builder.add(row_start, const(v * W))]),
+                                           vptr), align=elem_bytes)
+              for v in range(TILE_VECTORS)]
+    undef = ir.Constant(vt, ir.Undefined)
+    lane0 = ir.Constant(ir.IntType(32), 0)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+    new = []
+    for r in range(rows):
+        x = builder.load(builder.gep(A, [builder.add(builder.mul(const(r), lda), k)]))
+        xs = builder.shuffle_vector(builder.insert_element(undef, x, lane0), undef, splat)
+        new.append([builder.call(fma, [xs, b[v], acc[r][v]]) for v in range(n_vec)])
+    k_next = builder.add(k, const(1))
+    end = builder.block
+    k.add_incoming(k_next, end)
+    for r in range(rows):
+        for v in range(n_vec):
+            acc[r][v].add_incoming(new[r][v], end)
+    builder.cbranch(builder.icmp_signed("<", k_next, K), loop, stores)
+
+    builder.position_at_end(stores)
+    out = []
+    for r in range(rows):
+        row = []
+        for v in range(n_vec):
+            s = builder.phi(vt)
+            s.add_incoming(zero, start)
+            s.add_incoming(new[r][v], end)
+            row.append(s)
+        out.append(row)
+    full = fn.append_basic_block(f"tile{rows}x{panels}.full")
+    part = fn.append_basic_block(f"tile{rows}x{panels}.part")
+    done = fn.append_basic_block(f"tile{rows}x{panels}.done")
+    builder.cbranch(builder.icmp_signed("==", ncols, const(panels * NR)), full, part)
+    builder.position_at_end(full)
+    for r in range(rows):
+        for v in range(n_vec):
+            at = builder.add(builder.mul(const(r), ldc), const(v * W))
+            builder.store(out[r][v], builder.bitcast(builder.gep(C, [at]), vptr), align=elem_bytes)
+    builder.branch(done)
+    builder.position_at_end(part)
+    if panels == 1:
+        buffer = cgutils.alloca_once(builder, vt, size=TILE_VECTORS)
+        for r in range(rows):
+            for v in range(TILE_VECTORS):
+                builder.store(out[r][v], builder.gep(buffer, [const(v)]), align=elem_bytes)
+            row_start = builder.gep(C, [builder.mul(const(r), ldc)])
+            cgutils.raw_memcpy(builder, row_start, buffer, ncols, elem_bytes)
+    builder.branch(done)  # (several panels are always whole: matmul_packed sees to it)
+    builder.position_at_end(done)
+
+
+def _fma_declaration(builder, vt):
+    bits = 64 if isinstance(vt.element, ir.DoubleType) else 32
+    name = f"{_FMA}.v{vt.count}f{bits}"
+    return builder.module.globals.get(name) or ir.Function(
+        builder.module, ir.FunctionType(vt, [vt, vt, vt]), name)
+
+
+def _vector_type(context, float_type):
+    ft = context.get_value_type(float_type)
+    return ir.VectorType(ft, VECTOR_BITS // (64 if isinstance(ft, ir.DoubleType) else 32))
+
+
+@intrinsic
+def _tile(typingctx, a_ptr, lda, p_ptr, k, c_ptr, ldc, ncols, rows, zero):
+    """C[r, c] = sum_k A[r, k] P[k, c] for r < rows (1..TILE_ROWS), c < ncols (<= NR): A, P and
+    C given by the addresses of their first elements, A and C by their row strides in elements,
+    P contiguous (K, NR); `zero` a 0 of the arrays' float type. The caller checks the bounds."""
+    sig = types.void(*(types.intp,) * 8, zero)
+
+    def codegen(context, builder, signature, args):
+        a_ptr, lda, p_ptr, K, c_ptr, ldc, ncols, rows, _ = args
+        vt = _vector_type(context, signature.args[-1])
+        fma = _fma_declaration(builder, vt)
+        A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
+        after = builder.function.append_basic_block("tile.after")
+        switch = builder.switch(rows, after)  # one tile per row count, chosen at run time
+        for r in range(1, TILE_ROWS + 1):
+            block = builder.function.append_basic_block(f"tile.rows{r}")
+            switch.add_case(ir.Constant(ir.IntType(64), r), block)
+            builder.position_at_end(block)
+            _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, r)
+            builder.branch(after)
+        builder.position_at_end(after)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+ROW_TILE_PANELS = 4  # one row's tile: 4 panels side by side, 8 chains to hide the FMA latency
+
+
+@intrinsic
+def _row_tile(typingctx, a_ptr, p_ptr, k, c_ptr, zero):
+    """C[0, c] = sum_k A[0, k] P[k, c] for c < ROW_TILE_PANELS * NR: ROW_TILE_PANELS whole
+    panels, one after another from p_ptr, for one row. A tile of one row has only two
+    accumulators, so its multiply-adds would wait on each other; side by side, four panels
+    give eight independent chains. Each chain the same as in _tile: the same bits."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, zero)
+
+    def codegen(context, builder, signature, args):
+        a_ptr, p_ptr, K, c_ptr, _ = args
+        vt = _vector_type(context, signature.args[-1])
+        A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
+        width = ir.Constant(ir.IntType(64), ROW_TILE_PANELS * TILE_VECTORS * vt.count)
+        _emit_tile(builder, vt, _fma_declaration(builder, vt), A, K, P, C, width, K, width, 1,
+                   ROW_TILE_PANELS)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@kernel
+def new_panels(K, N, like):
+    """An uninitialised (ceil(N / NR), K, NR) array of panels of like's dtype, starting on a
+    cache line."""
+    size = like.itemsize
+    NR = PANEL_BYTES // size
+    n = (N + NR - 1) // NR * K * NR
+    raw = np.empty(n + _ALIGN // size, like.dtype)
+    start = (-raw.ctypes.data) % _ALIGN // size
+    return raw[start:start + n].reshape(((N + NR - 1) // NR, K, NR))
+
+
+@kernel
+def pack_panels(W, P):
+    """P[p, k, c] = W[k, p * NR + c], zero past W's last column: W (K, N), any strides (pass
+    M.T to pack the transpose of M), into P from new_panels."""
+    K, N = W.shape
+    n_panels, _, NR = P.shape
+    if P.shape[1] != K or n_panels != (N + NR - 1) // NR:
+        raise ValueError("pack_panels: shapes do not match")
+    for p in range(n_panels):
+        for k in range(K):
+            for c in range(NR):
+                j = p * NR + c
+                P[p, k, c] = W[k, j] if j < N else 0
+
+
+@kernel
+def packed(W):
+    """W (K, N) in new panels."""
+    P = new_panels(W.shape[0], W.shape[1], W)
+    pack_panels(W, P)
+    return P
+
+
+@kernel
+def matmul_packed(A, P, C):
+    """C (M, N) = A (M, K) @ W, for P the panels of W (K, N). Rows of A and C contiguous (any
+    row stride); each C[i, j] has the same bits whatever M and i."""
     M, K = A.shape
-    N = Bt.shape[0]
+    N = C.shape[1]
+    n_panels, _, NR = P.shape
+    size = A.itemsize
+    if (C.shape[0] != M or P.shape[1] != K or n_panels != (N + NR - 1) // NR
+            or NR * size != PANEL_BYTES or A.strides[1] != size or C.strides[1] != size
+            or P.strides[2] != size or P.strides[1] != NR * size):
+        raise ValueError("matmul_packed: shapes or strides do not match")
+    if M == 0:
+        return
+    lda, ldc = A.strides[0] // size, C.strides[0] // size
+    a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
     z = A.dtype.type(0)
-    M6 = M - M % 6
-    N4 = N - N % 4
-    for j in range(0, N4, 4):
-        b0 = Bt[j]
-        b1 = Bt[j + 1]
-        b2 = Bt[j + 2]
-        b3 = Bt[j + 3]
-        for i in range(0, M6, 6):
-            a0 = A[i]
-            a1 = A[i + 1]
-            a2 = A[i + 2]
-            a3 = A[i + 3]
-            a4 = A[i + 4]
-            a5 = A[i + 5]
-            s00 = s01 = s02 = s03 = z
-            s10 = s11 = s12 = s13 = z
-            s20 = s21 = s22 = s23 = z
-            s30 = s31 = s32 = s33 = z
-            s40 = s41 = s42 = s43 = z
-            s50 = s51 = s52 = s53 = z
-            for k in range(K):
-                w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
-                x = a0[k]
-                s00 += x * w0
-                s01 += x * w1
-                s02 += x * w2
-                s03 += x * w3
-                x = a1[k]
-                s10 += x * w0
-                s11 += x * w1
-                s12 += x * w2
-                s13 += x * w3
-                x = a2[k]
-                s20 += x * w0
-                s21 += x * w1
-                s22 += x * w2
-                s23 += x * w3
-                x = a3[k]
-                s30 += x * w0
-                s31 += x * w1
-                s32 += x * w2
-                s33 += x * w3
-                x = a4[k]
-                s40 += x * w0
-                s41 += x * w1
-                s42 += x * w2
-                s43 += x * w3
-                x = a5[k]
-                s50 += x * w0
-                s51 += x * w1
-                s52 += x * w2
-                s53 += x * w3
-            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s00, s01, s02, s03
-            C[i + 1, j], C[i + 1, j + 1], C[i + 1, j + 2], C[i + 1, j + 3] = s10, s11, s12, s13
-            C[i + 2, j], C[i + 2, j + 1], C[i + 2, j + 2], C[i + 2, j + 3] = s20, s21, s22, s23
-            C[i + 3, j], C[i + 3, j + 1], C[i + 3, j + 2], C[i + 3, j + 3] = s30, s31, s32, s33
-            C[i + 4, j], C[i + 4, j + 1], C[i + 4, j + 2], C[i + 4, j + 3] = s40, s41, s42, s43
-            C[i + 5, j], C[i + 5, j + 1], C[i + 5, j + 2], C[i + 5, j + 3] = s50, s51, s52, s53
-        for i in range(M6, M):  # the rows left over, one at a time against the same 4 columns
-            a = A[i]
-            s0 = s1 = s2 = s3 = z
-            for k in range(K):
-                x = a[k]
-                s0 += x * b0[k]
-                s1 += x * b1[k]
-                s2 += x * b2[k]
-                s3 += x * b3[k]
-            C[i, j], C[i, j + 1], C[i, j + 2], C[i, j + 3] = s0, s1, s2, s3
-    for j in range(N4, N):  # the columns left over
-        b = Bt[j]
-        for i in range(M):
-            a = A[i]
-            s = z
-            for k in range(K):
-                s += a[k] * b[k]
-            C[i, j] = s
+    if M == 1:  # one row: whole panels four at a time, then what is left one by one
+        whole = N // NR
+        for p in range(0, whole - whole % ROW_TILE_PANELS, ROW_TILE_PANELS):
+            _row_tile(a0, p0 + p * K * NR * size, K, c0 + p * NR * size, z)
+        for p in range(whole - whole % ROW_TILE_PANELS, n_panels):
+            _tile(a0, K, p0 + p * K * NR * size, K, c0 + p * NR * size, 0,
+                  min(NR, N - p * NR), 1, z)
+        return
+    tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
+        j = p * NR
+        i = 0
+        for t in range(tiles):  # tiles of nearly equal height: 25 rows are 13 + 12, not 14 + 11
+            rows = (M - i) // (tiles - t)
+            _tile(a0 + i * lda * size, lda, p0 + p * K * NR * size, K,
+                  c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, z)
+            i += rows
 
 
-# The sampler's product for a batch of two or more streams, C = A @ Bt.T with Bt the weights
-# transposed once by the stepper, at its first batch (kernels never transpose per step). The "dot" form
-# again, in tiles of 2 rows x 8 columns: 16 accumulators, each of the 10 rows a tile reads used
-# 2 or 8 times. Two rows, not six: a batch of a few streams (a server's first clients, a long
-# prompt joining) needs no padding to a tall tile, and from 8 rows on the 2 x 8 tile is as fast
-# as the training's 6 x 4 (BENCHMARKS.md, "Sampling a batch: one product for every row").
-#
-# Every row goes through the same tile code, an odd last row too (paired with zeros), so a
-# row's result does not depend on how many rows there are or where it sits: a batch can be
-# split across threads in any way without changing one bit of any stream's text.
+# ---------------------------------------------------------------------------------------------
+# BLAS's gemm with its transposes and beta, which np.dot does not expose: a weight gradient
+# `dW += X.T @ dY` through np.dot makes a temporary of dW's size and adds it, and `dY @ W.T`
+# a transposed copy of W; both cost most when the shards' threads run them at once
+# (BENCHMARKS.md, "A register tile in LLVM IR"). numba's own binding of the BLAS that np.dot
+# calls: the symbol numba_xxgemm of its helper library, column-major like BLAS itself.
+
+def _xxgemm_signature(dtype):
+    ptr = types.CPointer(dtype)
+    return types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
+                      ptr, ptr, types.intp, ptr, types.intp, ptr, ptr, types.intp)
 
 
-@_tiled_kernel(inline="always")
-def _pair_tile(a0, a1, Bt, j, C0, C1):
-    """C0[j:j+8] = a0 @ Bt[j:j+8].T and C1[j:j+8] likewise for a1."""
-    K = a0.size
-    z = a0.dtype.type(0)
-    b0, b1, b2, b3 = Bt[j], Bt[j + 1], Bt[j + 2], Bt[j + 3]
-    b4, b5, b6, b7 = Bt[j + 4], Bt[j + 5], Bt[j + 6], Bt[j + 7]
-    s00 = s01 = s02 = s03 = s04 = s05 = s06 = s07 = z
-    s10 = s11 = s12 = s13 = s14 = s15 = s16 = s17 = z
-    for k in range(K):
-        w0, w1, w2, w3 = b0[k], b1[k], b2[k], b3[k]
-        w4, w5, w6, w7 = b4[k], b5[k], b6[k], b7[k]
-        x = a0[k]
-        s00 += x * w0
-        s01 += x * w1
-        s02 += x * w2
-        s03 += x * w3
-        s04 += x * w4
-        s05 += x * w5
-        s06 += x * w6
-        s07 += x * w7
-        x = a1[k]
-        s10 += x * w0
-        s11 += x * w1
-        s12 += x * w2
-        s13 += x * w3
-        s14 += x * w4
-        s15 += x * w5
-        s16 += x * w6
-        s17 += x * w7
-    C0[j], C0[j + 1], C0[j + 2], C0[j + 3] = s00, s01, s02, s03
-    C0[j + 4], C0[j + 5], C0[j + 6], C0[j + 7] = s04, s05, s06, s07
-    C1[j], C1[j + 1], C1[j + 2], C1[j + 3] = s10, s11, s12, s13
-    C1[j + 4], C1[j + 5], C1[j + 6], C1[j + 7] = s14, s15, s16, s17
+def _blas_gemm(A, B, C, a_transposed, b_transposed, beta):
+    pass  # (numba compiles the overload below; this body is never run)
 
 
-@_tiled_kernel
-def matmul_pairs(A, Bt, C):
-    """C[i, j] = sum_k A[i, k] * Bt[j, k]. A (M, K), Bt (N, K), C (M, N), all C-contiguous,
-    M >= 1; each C[i, j] computed the same way whatever M and i."""
-    M, K = A.shape
-    N = Bt.shape[0]
-    if Bt.shape[1] != K or C.shape[0] != M or C.shape[1] != N:
-        raise ValueError("matmul_pairs: shapes do not match")
-    N8 = N - N % 8
-    # an odd last row is paired with a row of zeros, through the same call: a second call site
-    # (or the row paired with itself) compiles to other code, with other rounding
-    zeros = np.zeros(K, A.dtype)
-    spare = np.empty(N, C.dtype)
-    for j in range(0, N8, 8):  # each block of 8 weight rows is read from memory once
-        for i in range(0, M, 2):
-            second = i + 1 < M
-            _pair_tile(A[i], A[i + 1] if second else zeros, Bt, j, C[i],
-                       C[i + 1] if second else spare)
-    for j in range(N8, N):  # the columns left over: one dot product each
-        b = Bt[j]
-        for i in range(M):
-            a = A[i]
-            s = A.dtype.type(0)
-            for k in range(K):
-                s += a[k] * b[k]
-            C[i, j] = s
+@overload(_blas_gemm)
+def _blas_gemm_impl(A, B, C, a_transposed, b_transposed, beta):
+    xxgemm = types.ExternalFunction("numba_xxgemm", _xxgemm_signature(A.dtype))
+    kind = ord("s" if A.dtype == types.float32 else "d")
+    transposed, as_is = ord("t"), ord("n")
+
+    def impl(A, B, C, a_transposed, b_transposed, beta):
+        M, N = C.shape
+        K = A.shape[0] if a_transposed else A.shape[1]
+        size = C.itemsize
+        if ((A.shape[1] if a_transposed else A.shape[0]) != M
+                or (B.shape[1] if b_transposed else B.shape[0]) != K
+                or (B.shape[0] if b_transposed else B.shape[1]) != N):
+            raise ValueError("gemm: shapes do not match")
+        if M == 0 or N == 0:
+            return
+        if K == 0:
+            C *= beta
+            return
+        if A.strides[1] != size or B.strides[1] != size or C.strides[1] != size:
+            raise ValueError("gemm: strides do not match (rows must be contiguous)")
+        one = np.ones(1, C.dtype)
+        b = np.full(1, beta, C.dtype)
+        # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B goes first, and a
+        # row-major array read column-major is its own transpose
+        xxgemm(kind, transposed if b_transposed else as_is, transposed if a_transposed else as_is,
+               N, M, K, one.ctypes, B.ctypes, B.strides[0] // size, A.ctypes,
+               A.strides[0] // size, b.ctypes, C.ctypes, C.strides[0] // size)
+
+    return impl
+
+
+@kernel
+def gemm(A, B, C, a_transposed, b_transposed, beta):
+    """C = op(A) @ op(B) + beta * C, op(X) = X.T where asked: C (M, N), op(A) (M, K), op(B)
+    (K, N); rows of every array contiguous."""
+    _blas_gemm(A, B, C, a_transposed, b_transposed, beta)
 
 
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
@@ -790,9 +944,9 @@ def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
             _gru_classic_step(xg[t], W_h, extra, hs[t], hs[t + 1], cs[t + 1], acts[t], gates)
         return
     with_c = has_cell_state(cell)
-    WhT = np.ascontiguousarray(W_h.T)  # (GH, H): the layout matmul_nt reads
+    P = packed(W_h)  # (GH / NR, H, NR) panels, once per window
     for t in range(T):
-        matmul_nt(hs[t], WhT, gates)  # (B, H) @ (H, GH): the only per-step GEMM
+        matmul_packed(hs[t], P, gates)  # (B, H) @ (H, GH): the only per-step GEMM
         c_prev, c_out = (cs[t], cs[t + 1]) if with_c else (cs[0], cs[0])
         _cell_step(cell, xg[t], gates, extra, hs[t], c_prev, hs[t + 1], c_out, acts[t])
 
@@ -808,6 +962,7 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
         return
     T = dH.shape[0]
     B, H = dh_next.shape
+    P = packed(W_h.T)  # (H / NR, GH, NR) panels of W_h.T, once per window
     for t in range(T - 1, -1, -1):
         dh = dH[t]
         for b in range(B):
@@ -815,25 +970,25 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
                 dh[b, j] += dh_next[b, j]
         if cell == LSTM:
             _lstm_step_back(dh, dc_next, cs[t], acts[t], dX[t])
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
         elif cell == LSTM_PEEPHOLE:
             _peephole_step_back(dh, dc_next, cs[t], acts[t], extra, dX[t])
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
         elif cell == LSTM_COUPLED:
             _coupled_step_back(dh, dc_next, cs[t], acts[t], dX[t])
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
         elif cell == IRNN:
             _irnn_step_back(dh, hs[t + 1], dX[t])
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
         elif cell == GRU:
             _gru_step_back(dh, hs[t], acts[t], dX[t], dHG[t], tmp)
-            matmul_nt(dHG[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dHG[t], P, dh_next)  # @ W_h.T (P: its panels)
             for b in range(B):
                 for j in range(H):
                     dh_next[b, j] += tmp[b, j]
         elif cell == RNN:
             _rnn_step_back(dh, hs[t + 1], dX[t])
-            matmul_nt(dX[t], W_h, dh_next)  # @ W_h.T
+            matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
         # a new cell's branch goes here: an id without one is refused, never run as another cell
         else:
             raise ValueError("no CPU backward step for this cell id")
@@ -1095,9 +1250,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
     W_y = _mat(params, offs, SLOTS_PER_LAYER * L, H)
     dW_y = _mat(grads, offs, SLOTS_PER_LAYER * L, H)
     y = _layer_input(hs, masks, L - 1, use_dropout, xin).reshape((N, H))
-    dW_y += np.dot(y.T, dlogits)
+    gemm(y, dlogits, dW_y, True, False, 1.0)  # dW_y += y.T @ dlogits
     _add_col_sums(dlogits, _vec(grads, offs, SLOTS_PER_LAYER * L + 1))
-    np.dot(dlogits, np.ascontiguousarray(W_y.T), dH.reshape((N, H)))
+    gemm(dlogits, W_y, dH.reshape((N, H)), False, True, 0.0)  # dH = dlogits @ W_y.T
 
     for layer in range(L - 1, -1, -1):
         if use_dropout:
@@ -1119,11 +1274,11 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
             dR2 = dHG.reshape(dHG.size)[:N * 2 * H].reshape((N, 2 * H))
             dn = dHG.reshape(dHG.size)[N * 2 * H:].reshape((N, H))
             dW_hn = _vec(grads, offs, s + 3).reshape((H, H))
-            dW_hn += np.dot(cs[layer, 1:].reshape((N, H)).T, dn)  # (r * h_prev)^T dn
+            gemm(cs[layer, 1:].reshape((N, H)), dn, dW_hn, True, False, 1.0)  # += (r h_prev)^T dn
         else:
             dR2 = dX2
         dW_h = _mat(grads, offs, s + 1, H)
-        dW_h += np.dot(hs[layer, :T].reshape((N, H)).T, dR2)
+        gemm(hs[layer, :T].reshape((N, H)), dR2, dW_h, True, False, 1.0)  # dW_h += h.T @ dR
         _add_col_sums(dX2, _vec(grads, offs, s + 2))
         if cell == GRU:
             db_hn = _vec(grads, offs, s + 3)
@@ -1150,9 +1305,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
             W_x = _mat(params, offs, s, H)
             dW_x = _mat(grads, offs, s, H)
             x = _layer_input(hs, masks, layer - 1, use_dropout, xin).reshape((N, H))
-            dW_x += np.dot(x.T, dX2)
+            gemm(x, dX2, dW_x, True, False, 1.0)  # dW_x += x.T @ dX
             # gradient w.r.t. the layer below's output
-            np.dot(dX2, np.ascontiguousarray(W_x.T), dH.reshape((N, H)))
+            gemm(dX2, W_x, dH.reshape((N, H)), False, True, 0.0)  # dH = dX @ W_x.T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1160,21 +1315,33 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
 
 
 @kernel
-def _weights_times(A, params, transposed, offs, slot, C):
-    """C (M, N) = A (M, K) @ the (K, N) matrix in slot: for one row, _matmul on params (BLAS's
-    gemv streams a large matrix with every core); for more, matmul_pairs on its transpose in
-    `transposed` (a copy of params with every matrix the sampler multiplies by transposed)."""
-    if A.shape[0] == 1:
-        _matmul(A, _mat(params, offs, slot, A.shape[1]), C)
-    else:
-        matmul_pairs(A, _mat(transposed, offs, slot, C.shape[1]), C)
+def _panels(panels, panel_offs, slot, K):
+    """The panels of the matrix in `slot` (K rows) inside the stepper's buffer of panels."""
+    flat = panels[panel_offs[slot]:panel_offs[slot + 1]]
+    NR = PANEL_BYTES // panels.itemsize
+    return flat.reshape((flat.size // (K * NR), K, NR))
 
 
 @kernel
-def _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new, logits):
+def _weights_times(A, params, offs, panels, panel_offs, slot, C):
+    """C (M, N) = A (M, K) @ the (K, N) matrix in slot, through matmul_packed on its panels in
+    `panels` (the stepper's packed copy of every matrix the sampler multiplies), the same bits
+    for a row in any batch; but for one row and a matrix over ONE_ROW_MAX_BYTES, BLAS's gemv on
+    params, which streams it with every core."""
+    M, K = A.shape
+    W = _mat(params, offs, slot, K)
+    if M == 1 and W.size * W.itemsize > ONE_ROW_MAX_BYTES:
+        np.dot(A, W, C)
+    else:
+        matmul_packed(A, _panels(panels, panel_offs, slot, K), C)
+
+
+@kernel
+def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new, c_new,
+          logits):
     """Advance the state (L, B, H) h and c in place on input ids x (B,); write logits (B, V).
 
-    transposed: params with the matrices transposed (_weights_times). xg, gates: (B, GH),
+    panels, panel_offs: the multiplied matrices packed (_weights_times). xg, gates: (B, GH),
     act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into h_new/c_new and they are
     copied back: in-place updates would alias and not vectorise."""
     if cell == JORDAN:  # h holds y_{t-1} (1, B, V); h_new serves as the hidden layer
@@ -1196,18 +1363,19 @@ def _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new,
                 for k in range(row.size):
                     out[k] = row[k] + bias[k]
         else:
-            _weights_times(h[layer - 1], params, transposed, offs, s, xg)
+            _weights_times(h[layer - 1], params, offs, panels, panel_offs, s, xg)
             _add_bias_rows(xg, bias)
         extra = _vec(params, offs, s + 3)
         if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
             _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
         else:
-            _weights_times(h[layer], params, transposed, offs, s + 1, gates)
+            _weights_times(h[layer], params, offs, panels, panel_offs, s + 1, gates)
             _cell_step(cell, xg, gates, extra, h[layer], c[layer], h_new, c_new, act)
         h[layer] = h_new
         if has_cell_state(cell):
             c[layer] = c_new
-    _weights_times(h[L - 1], params, transposed, offs, SLOTS_PER_LAYER * L, logits)
+    _weights_times(h[L - 1], params, offs, panels, panel_offs, SLOTS_PER_LAYER * L,
+                   logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
 
 
@@ -1255,8 +1423,8 @@ def _draw(logits, temperature, top_k, top_p, u, probs, powers):
 
 
 @kernel
-def generate(cell, params, transposed, offs, x, h, c, forced, temperature, top_k, top_p,
-             uniforms, out, xg, gates, act, h_new, c_new, logits, probs, powers):
+def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperature, top_k,
+             top_p, uniforms, out, xg, gates, act, h_new, c_new, logits, probs, powers):
     """Step every stream out.shape[0] times, each step on its last id x[b], and write the
     stream's next id to out (n, B) and x: forced[t, b] where that is >= 0 (a prompt character
     fed in the same batched step as the other streams' draws), else an id drawn from the
@@ -1264,7 +1432,8 @@ def generate(cell, params, transposed, offs, x, h, c, forced, temperature, top_k
     uniforms[t, b] in [0, 1). h, c (L, B, H): the state after the ids before x, updated."""
     n, B = out.shape
     for t in range(n):
-        _step(cell, params, transposed, offs, x, h, c, xg, gates, act, h_new, c_new, logits)
+        _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new, c_new,
+              logits)
         for b in range(B):
             if forced[t, b] >= 0:
                 x[b] = forced[t, b]
