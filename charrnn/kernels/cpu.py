@@ -1225,8 +1225,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
     """Backward pass of the window last run through model_forward (same hs, cs, acts, probs).
 
     Adds dL/dparams into grads (same layout as params), where L is the summed loss over n_total
-    (as model_forward) plus <hT, dhT> + <cT, dcT>: dhT, dcT (L, B, H) are the gradients flowing into the final states
-    (zero for a window's last use; the next window's dh0 when a window is split). Writes dh0,
+    (as model_forward) plus <hT, dhT> + <cT, dcT>: dhT, dcT (L, B, H) are the gradients flowing
+    into the final states (zero for a window's last use; the next window's dh0 when a window is
+    split). Writes dh0,
     dc0 (L, B, H): the gradients w.r.t. the initial states. dlogits (T*B, V), dX, dHG
     (T, B, GH), dH (T, B, H), tmp (B, H) and xin (T, B, H) are scratch.
     """
