@@ -12,11 +12,11 @@ Two layers:
   rearranges the stepper's rows when the set of slots changes.
 
 A slot's text depends only on its own options, generator and prime, not on the other slots:
-every kernel computes each row on its own. On the CPU the products of a batch of two or more
-rows go through kernels/cpu.py's matmul_packed, whose result for a row is the same whatever the
-batch (but the classic GRU's and Jordan's own products, through _matmul), and one row's through
-_matmul (BLAS's gemv for weights over ONE_ROW_MAX_BYTES, else matmul_few_rows), whose rounding
-may differ in the last bit; that changes a draw only where a uniform falls within rounding of a
+every kernel computes each row on its own. On the CPU the products go through kernels/cpu.py's
+matmul_packed, whose result for a row is the same whatever the batch, one row alone included;
+but the classic GRU's and Jordan's own products go through _matmul (BLAS above a few rows), and
+one row's product with a matrix over ONE_ROW_MAX_BYTES through BLAS's gemv, whose rounding may
+differ in the last bit: that changes a draw only where a uniform falls within rounding of a
 boundary.
 """
 
@@ -92,32 +92,48 @@ def arranged(h: np.ndarray, c: np.ndarray, keep: Sequence[int], starts: Sequence
 
 
 class Panels(NamedTuple):
-    """Every matrix a sampling step multiplies, packed as cpu.matmul_packed reads it: the input
-    matrices above layer 0 (layer 0's rows are gathered, not multiplied), the recurrent ones
-    (but the classic GRU's, which it multiplies itself) and the output layer's, one after
-    another in `flat`; a slot's panels are flat[offsets[slot]:offsets[slot + 1]] (empty for a
-    slot not multiplied)."""
+    """The matrices a sampling step multiplies through cpu.matmul_packed, packed as it reads
+    them: the input matrices above layer 0 (layer 0's rows are gathered, not multiplied), the
+    recurrent ones (but the classic GRU's, which it multiplies itself; Jordan multiplies all of
+    its own) and the output layer's, one after another in `flat`; a slot's panels are
+    flat[offsets[slot]:offsets[slot + 1]] (empty for a slot not packed)."""
 
     flat: np.ndarray
     offsets: np.ndarray
 
 
-def packed_weights(model: Model) -> Panels:
-    layout = ParamLayout(model.config)
+def packed_weights(model: Model, one_row: bool = False) -> Panels:
+    """The model's Panels; for one_row, only the matrices one row multiplies through them (up to
+    cpu.ONE_ROW_MAX_BYTES: a larger one goes through BLAS's gemv)."""
+    cfg = model.config
+    layout = ParamLayout(cfg)
     views = layout.views(model.params)
-    L = model.config.layers
-    multiplied = {f"l{layer}.W_x" for layer in range(1, L)} | {"out.W"}
-    if model.config.kernel_id != cpu.GRU_CLASSIC:
-        multiplied |= {f"l{layer}.W_h" for layer in range(L)}
-    pieces = [cpu.packed(views[name]).ravel() if name in multiplied and name in views
-              else np.zeros(0, model.dtype) for name in layout.shapes]
-    offsets = np.concatenate([[0], np.cumsum([p.size for p in pieces])]).astype(np.int64)
-    # each piece is a whole number of panel rows (cache lines), so all start aligned when the
-    # first does
-    flat = cpu.new_panels(1, offsets[-1], model.params).ravel()[:offsets[-1]]
-    for piece, a, b in zip(pieces, offsets[:-1], offsets[1:]):
-        flat[a:b] = piece
-    return Panels(flat, offsets)
+    multiplied = set()
+    if cfg.kernel_id != cpu.JORDAN:
+        multiplied |= {f"l{layer}.W_x" for layer in range(1, cfg.layers)} | {"out.W"}
+    if cfg.kernel_id not in (cpu.JORDAN, cpu.GRU_CLASSIC):
+        multiplied |= {f"l{layer}.W_h" for layer in range(cfg.layers)}
+    if one_row:
+        multiplied = {name for name in multiplied
+                      if name in views and views[name].nbytes <= cpu.ONE_ROW_MAX_BYTES}
+    size = model.params.itemsize
+    columns = cpu.PANEL_BYTES // size  # a panel's
+    align = 64 // size  # every matrix's panels start on a cache line
+    sizes = []
+    for name, shape in layout.shapes.items():
+        if name in multiplied and name in views:
+            K, N = shape
+            sizes.append(-(-N // columns) * K * columns)
+        else:
+            sizes.append(0)
+    starts = np.cumsum([0] + [-(-n // align) * align for n in sizes[:-1]])
+    offsets = np.append(starts, starts[-1] + sizes[-1]).astype(np.int64)
+    flat = cpu.new_panels(1, max(int(offsets[-1]), 1), model.params).ravel()
+    for name, a, n in zip(layout.shapes, starts, sizes):
+        if n:
+            K, N = layout.shapes[name]
+            cpu.pack_panels(views[name], flat[a:a + n].reshape((-1, K, columns)))
+    return Panels(flat[:offsets[-1]], offsets)
 
 
 @functools.cache
@@ -166,8 +182,8 @@ class SplitChoice:
 
 class CpuStepper:
     """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights
-    (packed once, at the first batch, for the batch product; a model trained further
-    needs a new stepper, as on the GPU).
+    (packed once, for the register tile's products; a model trained further needs a new
+    stepper, as on the GPU).
 
     A batch of rows can run as one kernel call or split into shards of rows, one per thread
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
@@ -180,6 +196,8 @@ class CpuStepper:
         self.model = model
         self.splitter = splitter or _sampling_splitter()
         self.h, self.c = model.zero_state(0)  # (L, B, W)
+        self._panels: Panels | None = None  # the packed weights (_panels_for)
+        self._one_row_panels: Panels | None = None
         self._one = self._scratch(1)  # for feeding a prime alone
 
     def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
@@ -192,15 +210,22 @@ class CpuStepper:
                 np.zeros((B, H), dtype), np.zeros((B, cfg.vocab_size), dtype),
                 np.zeros(cfg.vocab_size, np.float64), np.zeros(cfg.vocab_size, np.int64))
 
-    @functools.cached_property
-    def panels(self) -> Panels:
-        """The weights as matmul_packed reads them, made at the first chunk."""
-        return packed_weights(self.model)
+    def _panels_for(self, rows: int) -> Panels:
+        """The packed weights for a batch of `rows`: every multiplied matrix, made at the first
+        batch of two or more rows; before that, for one row, only the matrices one row reads
+        through them (a single stream never packs the large ones, which go through gemv)."""
+        if rows > 1 and self._panels is None:
+            self._panels = packed_weights(self.model)
+        if self._panels is not None:
+            return self._panels
+        if self._one_row_panels is None:
+            self._one_row_panels = packed_weights(self.model, one_row=True)
+        return self._one_row_panels
 
-    def _kernel(self, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
+    def _kernel(self, panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:
         m = self.model
-        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, *self.panels, x, h, c, forced,
+        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, *panels, x, h, c, forced,
                      temperature, top_k, top_p, uniforms, out,
                      *(scratch or self._scratch(len(x))))
 
@@ -208,8 +233,8 @@ class CpuStepper:
         h, c = self.model.zero_state(1)
         if len(ids):
             x, forced = feeding(ids)
-            self._kernel(x, h, c, forced, *NO_OPTIONS, np.zeros(forced.shape),
-                         np.zeros_like(forced), self._one)
+            self._kernel(self._panels_for(1), x, h, c, forced, *NO_OPTIONS,
+                         np.zeros(forced.shape), np.zeros_like(forced), self._one)
         return h, c
 
     def arrange(self, keep: Sequence[int], starts: Sequence[Start]) -> None:
@@ -241,15 +266,16 @@ class CpuStepper:
     def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
         """The kernel over all B rows of h, c (L, B, W) at once, or over `parts` shards of
         rows on the splitter's threads, each on its own contiguous copy of its rows."""
+        panels = self._panels_for(len(x))  # (made here, not by each shard's thread)
         if parts == 1:
-            self._kernel(x, h, c, forced, temperature, top_k, top_p, uniforms, out)
+            self._kernel(panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out)
             return
 
         def shard(rows: tuple[int, int]) -> None:
             r = slice(*rows)
             hs, cs, xs, outs = (np.ascontiguousarray(h[:, r]), np.ascontiguousarray(c[:, r]),
                                 x[r].copy(), np.empty_like(out[:, r]))
-            self._kernel(xs, hs, cs, np.ascontiguousarray(forced[:, r]), temperature[r],
+            self._kernel(panels, xs, hs, cs, np.ascontiguousarray(forced[:, r]), temperature[r],
                          top_k[r], top_p[r], np.ascontiguousarray(uniforms[:, r]), outs)
             h[:, r], c[:, r], x[r], out[:, r] = hs, cs, xs, outs
 

@@ -1,7 +1,13 @@
 """The product kernels against an exact product, on every shape their tiling splits."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
+from numba.core.errors import TypingError
 
 from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, PANEL_BYTES, TILE_ROWS,
                                  _exp_shifted, _matmul, gemm, matmul_few_rows, matmul_packed,
@@ -97,6 +103,48 @@ def test_the_register_tile_propagates_nan_and_inf_and_refuses_mismatched_shapes(
             matmul_packed(A, bad_p, bad_c)
 
 
+def test_the_register_tile_over_nothing_writes_zeros_and_refuses_panels_out_of_order():
+    C = np.full((3, 5), np.nan, np.float32)
+    matmul_packed(np.ones((3, 0), np.float32), packed(np.ones((0, 5), np.float32)), C)
+    assert (C == 0).all()
+    P = packed(np.ones((4, 2 * NR32 + 1), np.float32))
+    C = np.zeros((2, 2 * NR32 + 1), np.float32)
+    with pytest.raises(ValueError, match="do not match"):
+        matmul_packed(np.ones((2, 4), np.float32), P[::-1], C)  # panels read by address
+
+
+SEPARATE_BUILD = textwrap.dedent("""
+    import numpy as np
+    from charrnn.kernels import cpu
+    assert (cpu.VECTOR_BITS, cpu.TILE_ROWS, cpu._FMA) == (128, 6, "llvm.fmuladd"), \\
+        (cpu.VECTOR_BITS, cpu.TILE_ROWS, cpu._FMA)
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        A = rng.standard_normal((15, 37)).astype(dtype)
+        W = rng.standard_normal((37, 29)).astype(dtype)
+        whole = np.empty((15, 29), dtype)
+        cpu.matmul_packed(A, cpu.packed(W), whole)
+        exact = A.astype(np.longdouble) @ W.astype(np.longdouble)
+        assert (np.abs(whole - exact) <= 1e-5 * (np.abs(A) @ np.abs(W))).all()
+        for rows in ([3], [14, 0, 7], list(range(7))):
+            part = np.empty((len(rows), 29), dtype)
+            cpu.matmul_packed(np.ascontiguousarray(A[rows]), cpu.packed(W), part)
+            assert np.array_equal(part, whole[rows]), rows
+    print("ok")
+""")
+
+
+def test_a_build_for_any_x86_64_has_its_own_tile_and_the_same_guarantees(tmp_path):
+    """NUMBA_CPU_NAME=generic (a portable build: SSE2 only) gives 128-bit vectors, 16
+    registers and a multiply-add LLVM may not fuse; the product is still exact to rounding and
+    a row's bits still independent of the batch."""
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    done = subprocess.run([sys.executable, "-c", SEPARATE_BUILD], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 # BLAS's gemm with transposes and beta (the weight gradients): every combination, a view with
 # a row stride wider than its rows, and an empty inner dimension
 @pytest.mark.parametrize("a_t", [False, True])
@@ -119,15 +167,34 @@ def test_gemm_with_transposes_and_beta(a_t, b_t, beta, dtype):
     np.testing.assert_array_equal(big[outside], before[outside])
 
 
-def test_gemm_refuses_mismatched_shapes_and_scales_by_beta_over_nothing():
+def test_gemm_reads_views_with_wide_rows_and_single_rows():
+    rng = np.random.default_rng(9)
+    A = rng.standard_normal((6, 11))[1:5, 2:9]  # (4, 7), row stride 11
+    B = rng.standard_normal((9, 8))[:7, :5]  # (7, 5), row stride 8
+    C = np.empty((4, 5))
+    gemm(A, B, C, False, False, 0.0)
+    np.testing.assert_allclose(C, A @ B, rtol=1e-12)
+    row = rng.standard_normal(7)[None, :]  # one row, whatever its row stride
+    one = np.empty((1, 5))
+    gemm(row, B, one, False, False, 0.0)
+    np.testing.assert_allclose(one, row @ B, rtol=1e-12)
+
+
+def test_gemm_refuses_mismatched_shapes_types_and_strides_and_scales_by_beta_over_nothing():
     A, B = np.ones((4, 3)), np.ones((3, 5))
     for a, b, c in [(A, B, np.zeros((4, 6))), (A, np.ones((2, 5)), np.zeros((4, 5))),
-                    (A[:, ::2], np.ones((2, 5)), np.zeros((4, 5)))]:
+                    (np.ones((4, 6))[:, ::2], B, np.zeros((4, 5))),
+                    (A[::-1], B, np.zeros((4, 5)))]:
         with pytest.raises(ValueError, match="do not match"):
             gemm(a, b, c, False, False, 0.0)
+    with pytest.raises(TypingError):
+        gemm(A.astype(np.float32), B, np.zeros((4, 5)), False, False, 0.0)
     C = np.full((4, 5), 3.0)
     gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0.5)
     assert (C == 1.5).all()
+    C[0, 0] = np.nan
+    gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0.0)  # beta 0 overwrites, as BLAS
+    assert (C == 0).all()
 
 
 # one row's kernel (and the classic GRU's and Jordan's up to FEW_ROWS rows): every row count, N

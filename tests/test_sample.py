@@ -416,22 +416,43 @@ def test_batched_samples_are_slots_with_their_own_generators(strong):
     assert len(set(samples)) == 3 and samples == text(*strong, num_samples=3, **kw)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru-classic"])
+@pytest.mark.parametrize("cell", ["lstm", "gru-classic", "jordan"])
 def test_the_packed_weights_hold_each_multiplied_matrix_in_panels(cell):
-    model = Model(ModelConfig(vocab_size=5, cell=cell, layers=3, hidden=6), seed=1)
+    """Each matrix a step multiplies through the register tile, in its own panels, starting on
+    a cache line (a width of 5 makes panels of any row count); none of the others."""
+    model = Model(ModelConfig(vocab_size=5, cell=cell, layers=1 if cell == "jordan" else 3,
+                              hidden=5), seed=1)
     panels = packed_weights(model)
-    assert panels.flat.ctypes.data % 64 == 0
     views = model.layout.views(model.params)  # (without the empty ones)
     for k, name in enumerate(model.layout.shapes):
-        # layer 0's input rows are gathered, the classic GRU multiplies by its W_h itself
-        multiplied = name.endswith("W_x") and name != "l0.W_x" or name == "out.W" or (
-            name.endswith("W_h") and cell != "gru-classic")
+        # layer 0's input rows are gathered, the classic GRU multiplies by its W_h itself,
+        # Jordan by every matrix
+        multiplied = cell != "jordan" and (name.endswith("W_x") and name != "l0.W_x"
+                                           or name == "out.W"
+                                           or name.endswith("W_h") and cell != "gru-classic")
         got = panels.flat[panels.offsets[k]:panels.offsets[k + 1]]
         if multiplied:
             np.testing.assert_array_equal(got, cpu.packed(views[name]).ravel(), err_msg=name)
-            assert got.ctypes.data % 64 == 0
+            assert got.ctypes.data % 64 == 0, name
         else:
             assert got.size == 0, name
+
+
+def test_one_row_packs_only_what_it_multiplies_through_the_tile():
+    """A single stream's products with a matrix over ONE_ROW_MAX_BYTES go through BLAS's gemv:
+    its sampler does not pack that matrix; a batch's packs it."""
+    H = 300  # W_h (300, 1200) float32: 1.44 MB
+    model = Model(ModelConfig(vocab_size=5, cell="lstm", layers=1, hidden=H), seed=1)
+    assert model.layout.views(model.params)["l0.W_h"].nbytes > cpu.ONE_ROW_MAX_BYTES
+    names = list(model.layout.shapes)
+
+    def packed_size(panels, name):
+        k = names.index(name)
+        return panels.offsets[k + 1] - panels.offsets[k]
+
+    one_row, batch = packed_weights(model, one_row=True), packed_weights(model)
+    assert packed_size(one_row, "l0.W_h") == 0 and packed_size(batch, "l0.W_h") >= H * 4 * H
+    assert packed_size(one_row, "out.W") == packed_size(batch, "out.W") > 0  # (300, 5): small
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -581,33 +581,34 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 # changing one bit of any stream's text.
 
 
-def _vector_registers() -> tuple[int, int]:
-    """(bits per vector register, number of them) on the CPU numba compiles for."""
+def _target_features() -> set[str]:
+    """The CPU features numba compiles for: NUMBA_CPU_FEATURES where set (none for
+    NUMBA_CPU_NAME=generic, a portable build), else the host's as numba reads them (without AVX
+    where numba turns it off)."""
     from numba.core import config
-    import llvmlite.binding as llb
+    from numba.core.codegen import get_host_cpu_features
 
-    if config.CPU_NAME not in (None, "host"):  # a portable build: only what every x86-64 has
-        return 128, 16
-    features = llb.get_host_cpu_features()
-    if features.get("avx512f"):
+    flat = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return {f[1:] for f in flat.split(",") if f.startswith("+")}
+
+
+def _vector_registers(features: set[str]) -> tuple[int, int]:
+    """(bits per vector register, number of them)."""
+    if "avx512f" in features:
         return 512, 32
-    if features.get("avx"):
+    if "avx" in features:
         return 256, 16
     return 128, 16  # SSE2, NEON (which has 32; 16 is the safe side)
 
 
-def _fused_multiply_add() -> str:
+def _fused_multiply_add(features: set[str]) -> str:
     """llvm.fma where the CPU has one (always fused: the same rounding in every tile), else
-    llvm.fmuladd (multiply, then add)."""
-    from numba.core import config
-    import llvmlite.binding as llb
-
-    features = llb.get_host_cpu_features() if config.CPU_NAME in (None, "host") else {}
-    return "llvm.fma" if features.get("fma") or features.get("neon") else "llvm.fmuladd"
+    llvm.fmuladd (without one, LLVM makes it a multiply and an add, alike in every tile)."""
+    return "llvm.fma" if features & {"fma", "neon"} else "llvm.fmuladd"
 
 
-VECTOR_BITS, VECTOR_REGISTERS = _vector_registers()
-_FMA = _fused_multiply_add()
+VECTOR_BITS, VECTOR_REGISTERS = _vector_registers(_target_features())
+_FMA = _fused_multiply_add(_target_features())
 TILE_VECTORS = 2  # vectors per tile row: a panel is 2 vectors wide
 TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 2) // TILE_VECTORS
 PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
@@ -799,12 +800,17 @@ def matmul_packed(A, P, C):
     N = C.shape[1]
     n_panels, _, NR = P.shape
     size = A.itemsize
-    if (C.shape[0] != M or P.shape[1] != K or n_panels != (N + NR - 1) // NR
-            or NR * size != PANEL_BYTES or A.strides[1] != size or C.strides[1] != size
-            or P.strides[2] != size or P.strides[1] != NR * size):
-        raise ValueError("matmul_packed: shapes or strides do not match")
-    if M == 0:
+    if C.shape[0] != M or P.shape[1] != K or n_panels != (N + NR - 1) // NR \
+            or NR * size != PANEL_BYTES:
+        raise ValueError("matmul_packed: shapes do not match")
+    if M == 0 or N == 0:
         return
+    if K == 0:
+        C[:] = 0
+        return
+    if (A.strides[1] != size or C.strides[1] != size or P.strides[2] != size
+            or P.strides[1] != NR * size or (n_panels > 1 and P.strides[0] != K * NR * size)):
+        raise ValueError("matmul_packed: strides do not match")
     lda, ldc = A.strides[0] // size, C.strides[0] // size
     a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
     z = A.dtype.type(0)
@@ -820,7 +826,7 @@ def matmul_packed(A, P, C):
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
         i = 0
-        for t in range(tiles):  # tiles of nearly equal height: 25 rows are 13 + 12, not 14 + 11
+        for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
             rows = (M - i) // (tiles - t)
             _tile(a0 + i * lda * size, lda, p0 + p * K * NR * size, K,
                   c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, z)
@@ -846,6 +852,8 @@ def _blas_gemm(A, B, C, a_transposed, b_transposed, beta):
 
 @overload(_blas_gemm)
 def _blas_gemm_impl(A, B, C, a_transposed, b_transposed, beta):
+    if not (A.dtype == B.dtype == C.dtype and A.dtype in (types.float32, types.float64)):
+        return None  # (numba then refuses the call: no implementation for these types)
     xxgemm = types.ExternalFunction("numba_xxgemm", _xxgemm_signature(A.dtype))
     kind = ord("s" if A.dtype == types.float32 else "d")
     transposed, as_is = ord("t"), ord("n")
@@ -853,7 +861,6 @@ def _blas_gemm_impl(A, B, C, a_transposed, b_transposed, beta):
     def impl(A, B, C, a_transposed, b_transposed, beta):
         M, N = C.shape
         K = A.shape[0] if a_transposed else A.shape[1]
-        size = C.itemsize
         if ((A.shape[1] if a_transposed else A.shape[0]) != M
                 or (B.shape[1] if b_transposed else B.shape[0]) != K
                 or (B.shape[0] if b_transposed else B.shape[1]) != N):
@@ -861,19 +868,41 @@ def _blas_gemm_impl(A, B, C, a_transposed, b_transposed, beta):
         if M == 0 or N == 0:
             return
         if K == 0:
-            C *= beta
+            if beta == 0:
+                C[:] = 0  # as BLAS: beta = 0 overwrites, NaN and inf included
+            else:
+                C *= beta
             return
-        if A.strides[1] != size or B.strides[1] != size or C.strides[1] != size:
-            raise ValueError("gemm: strides do not match (rows must be contiguous)")
+        lda, ldb, ldc = _leading(A), _leading(B), _leading(C)
+        if lda < 0 or ldb < 0 or ldc < 0:
+            raise ValueError("gemm: strides do not match (rows must be contiguous, in order)")
         one = np.ones(1, C.dtype)
         b = np.full(1, beta, C.dtype)
         # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B goes first, and a
         # row-major array read column-major is its own transpose
-        xxgemm(kind, transposed if b_transposed else as_is, transposed if a_transposed else as_is,
-               N, M, K, one.ctypes, B.ctypes, B.strides[0] // size, A.ctypes,
-               A.strides[0] // size, b.ctypes, C.ctypes, C.strides[0] // size)
+        status = xxgemm(kind, transposed if b_transposed else as_is,
+                        transposed if a_transposed else as_is, N, M, K, one.ctypes, B.ctypes,
+                        ldb, A.ctypes, lda, b.ctypes, C.ctypes, ldc)
+        if status != 0:
+            raise RuntimeError("gemm: BLAS could not be called")
 
     return impl
+
+
+@kernel
+def _leading(X):
+    """X's leading dimension for BLAS: its row stride in elements (a single row may have any
+    stride; BLAS needs at least its width), or -1 where its rows are not contiguous, or not in
+    order."""
+    size = X.itemsize
+    rows, cols = X.shape
+    if X.strides[1] != size and cols > 1:
+        return -1
+    if rows == 1:
+        return max(cols, 1)
+    if X.strides[0] % size != 0 or X.strides[0] < cols * size:
+        return -1
+    return X.strides[0] // size
 
 
 @kernel
@@ -884,9 +913,10 @@ def gemm(A, B, C, a_transposed, b_transposed, beta):
 
 
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
-# one row against a matrix larger than this is bound by memory bandwidth, and OpenBLAS's gemv
-# streams it with every core, faster than one core (BENCHMARKS.md, "Sampling a few streams";
-# benchmarks/few_rows_product.py)
+# one row against a matrix larger than this (more than a core's L2 holds beside the rest) is
+# bound by memory bandwidth, and OpenBLAS's gemv streams it with every core, faster than one
+# core's register tile or matmul_few_rows (BENCHMARKS.md, "Sampling a few streams" and "A
+# register tile in LLVM IR"; benchmarks/few_rows_product.py)
 ONE_ROW_MAX_BYTES = 1 << 20
 
 
