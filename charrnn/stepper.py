@@ -118,7 +118,7 @@ def packed_weights(model: Model, one_row: bool = False) -> Panels:
                       if name in views and views[name].nbytes <= cpu.ONE_ROW_MAX_BYTES}
     size = model.params.itemsize
     columns = cpu.PANEL_BYTES // size  # a panel's
-    align = 64 // size  # every matrix's panels start on a cache line
+    align = cpu.PANEL_ALIGN // size  # every matrix's panels start on a cache line
     sizes = []
     for name, shape in layout.shapes.items():
         if name in multiplied and name in views:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from numba.core.errors import TypingError
 
-from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, PANEL_BYTES, TILE_ROWS,
-                                 _exp_shifted, _matmul, gemm, matmul_few_rows, matmul_packed,
-                                 new_panels, pack_panels, packed)
+from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, PANEL_ALIGN, PANEL_BYTES,
+                                 TILE_ROWS, _exp_shifted, _matmul, gemm, matmul_few_rows,
+                                 matmul_packed, new_panels, pack_panels, packed)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -57,7 +57,7 @@ def test_the_register_tile_writes_only_its_columns_and_rows():
 def test_panels_hold_the_matrix_or_its_transpose_zero_padded():
     W = np.arange(1.0, 3 * (NR32 + 2) + 1, dtype=np.float32).reshape(3, NR32 + 2)
     P = packed(W)
-    assert P.shape == (2, 3, NR32) and P.ctypes.data % 64 == 0
+    assert P.shape == (2, 3, NR32) and P.ctypes.data % PANEL_ALIGN == 0
     np.testing.assert_array_equal(P[0], W[:, :NR32])
     np.testing.assert_array_equal(P[1, :, :2], W[:, NR32:])
     assert (P[1, :, 2:] == 0).all()

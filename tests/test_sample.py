@@ -433,7 +433,7 @@ def test_the_packed_weights_hold_each_multiplied_matrix_in_panels(cell):
         got = panels.flat[panels.offsets[k]:panels.offsets[k + 1]]
         if multiplied:
             np.testing.assert_array_equal(got, cpu.packed(views[name]).ravel(), err_msg=name)
-            assert got.ctypes.data % 64 == 0, name
+            assert got.ctypes.data % cpu.PANEL_ALIGN == 0, name
         else:
             assert got.size == 0, name
 

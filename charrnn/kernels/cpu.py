@@ -612,7 +612,7 @@ _FMA = _fused_multiply_add(_target_features())
 TILE_VECTORS = 2  # vectors per tile row: a panel is 2 vectors wide
 TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 2) // TILE_VECTORS
 PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
-_ALIGN = 64  # panels start on a cache line
+PANEL_ALIGN = 64  # bytes: panels start on a cache line
 
 
 def _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, rows, panels=1):
@@ -764,8 +764,8 @@ def new_panels(K, N, like):
     size = like.itemsize
     NR = PANEL_BYTES // size
     n = (N + NR - 1) // NR * K * NR
-    raw = np.empty(n + _ALIGN // size, like.dtype)
-    start = (-raw.ctypes.data) % _ALIGN // size
+    raw = np.empty(n + PANEL_ALIGN // size, like.dtype)
+    start = (-raw.ctypes.data) % PANEL_ALIGN // size
     return raw[start:start + n].reshape(((N + NR - 1) // NR, K, NR))
 
 
