@@ -607,8 +607,9 @@ def _fused_multiply_add(features: set[str]) -> str:
     return "llvm.fma" if features & {"fma", "neon"} else "llvm.fmuladd"
 
 
-VECTOR_BITS, VECTOR_REGISTERS = _vector_registers(_target_features())
-_FMA = _fused_multiply_add(_target_features())
+_FEATURES = _target_features()  # (read once: numba flattens the host's features each time)
+VECTOR_BITS, VECTOR_REGISTERS = _vector_registers(_FEATURES)
+_FMA = _fused_multiply_add(_FEATURES)
 TILE_VECTORS = 2  # vectors per tile row: a panel is 2 vectors wide
 TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 2) // TILE_VECTORS
 PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
