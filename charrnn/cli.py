@@ -154,6 +154,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams." + train_default("batch_size"))] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine)." + train_default("lr"))] = None,
     dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output." + default_note("chosen: 0.3 when the budget (--epochs or --max-steps) allows 8 epochs and 8 characters per parameter, else 0"))] = None,
+    weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent matrices: each window zeroes this fraction of W_h's weights." + default_note("chosen with --dropout"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip." + train_default("grad_clip"))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the text." + default_note(f"{TrainOptions.epochs}, or no limit with --minutes"))] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones)." + default_note("none"))] = None,
@@ -184,7 +185,7 @@ def train(
     check_device(device)
     check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
-                 lr=lr, dropout=dropout, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
+                 lr=lr, dropout=dropout, weight_drop=weight_drop, grad_clip=grad_clip, epochs=epochs, max_steps=max_steps,
                  minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience,
                  doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),

@@ -9,6 +9,7 @@ the arrays the engine trains, so ``pull()`` does nothing.
 
 import math
 import time
+from contextlib import nullcontext
 from typing import Callable, Protocol
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from .distributed import World
 from .model import Model
 from .optim import Adam, clip_grad_norm
+from .weight_drop import WeightMask
 
 
 class NonFinite(Exception):
@@ -40,10 +42,11 @@ class Engine(Protocol):
     reduce_gradients: Callable
 
     def step(self, x: np.ndarray, y: np.ndarray, masks: np.ndarray | None, lr: float,
-             grad_clip: float) -> float | None:
-        """Train on one (T, B) window and carry its final state. Returns the window's mean loss,
-        or None where the device keeps it until take_loss(). Raises NonFinite where the device
-        checks at once."""
+             grad_clip: float, weight_mask: WeightMask | None = None) -> float | None:
+        """Train on one (T, B) window and carry its final state. masks: the dropout masks
+        (L, T, B, H) of every stream; weight_mask: the recurrent matrices' DropConnect mask
+        (weight_drop.py). Returns the window's mean loss, or None where the device keeps it
+        until take_loss(). Raises NonFinite where the device checks at once."""
 
     def take_loss(self) -> tuple[float, bool]:
         """(the sum of the losses step() did not return since the last call, whether every
@@ -73,16 +76,18 @@ class CpuEngine:
         self.h, self.c = h[:, self.rows].copy(), c[:, self.rows].copy()  # (L, b, W)
         self.reduce_gradients = self.world.sum_  # (nothing to sum in a world of one)
 
-    def step(self, x, y, masks, lr, grad_clip) -> float:
+    def step(self, x, y, masks, lr, grad_clip, weight_mask=None) -> float:
         model, rows = self.model, self.rows  # (all rows, no copy, in a world of one)
         x, y = x[:, rows], y[:, rows]
         masks = None if masks is None else masks[:, :, rows]
-        [loss] = self.world.sum_values(model.forward(x, y, self.h, self.c, masks,
-                                                     streams=self.B))
-        if not math.isfinite(loss):  # (the same sum on every rank: all stop alike)
-            raise NonFinite("loss", loss)
-        model.grads[:] = 0
-        model.backward()
+        with nullcontext() if weight_mask is None else \
+                weight_mask.applied(model.params, model.grads):
+            [loss] = self.world.sum_values(model.forward(x, y, self.h, self.c, masks,
+                                                         streams=self.B))
+            if not math.isfinite(loss):  # (the same sum on every rank: all stop alike)
+                raise NonFinite("loss", loss)
+            model.grads[:] = 0
+            model.backward()
         self.reduce_gradients(model.grads)
         norm = clip_grad_norm(model.grads, grad_clip)
         if not math.isfinite(norm):

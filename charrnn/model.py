@@ -265,10 +265,14 @@ class Model:
         return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
 
     def dropout_masks(self, rng: np.random.Generator, T: int, B: int) -> np.ndarray:
-        """Inverted-dropout masks (L, T, B, H) with entries 0 or 1 / (1 - p)."""
+        """Inverted-dropout masks (L, T, B, H) with entries 0 or 1 / (1 - p), one per layer and
+        stream, the same at every step of the window: variational ("locked") dropout (Gal &
+        Ghahramani 2016), which drops a unit for a whole stretch of text rather than a
+        different one at every character (which of the two trained better: BENCHMARKS.md,
+        "Quality")."""
         p = self.config.dropout
-        keep = rng.random((self.config.layers, T, B, self.config.hidden)) >= p
-        return (keep / (1.0 - p)).astype(self.dtype)
+        keep = rng.random((self.config.layers, 1, B, self.config.hidden)) >= p
+        return np.repeat((keep / (1.0 - p)).astype(self.dtype), T, axis=1)
 
     def _shards_for(self, T: int, B: int) -> list[Shard]:
         ranges = row_ranges(B, self.splitter.parts(B))

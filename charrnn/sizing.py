@@ -127,8 +127,10 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                      f"{' or '.join(filter(None, limits))} on {n_train:,} training "
                      f"characters can train (--hidden to choose)")
     params = parameter_count(o.cell, o.layers, o.hidden, vocab_size)
+    if o.weight_drop is None:
+        o.weight_drop = 0.0
     time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
-    if time_alone and not o.dropout:
+    if time_alone and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
         steps = useful_steps(steps_per_epoch, chars_per_step, params)
         if budget(o.hidden) > steps * chars_per_step:

@@ -39,6 +39,7 @@ from .schedule import Pacer, StepPlan
 from .tokenizer import CorpusError, NothingKnown, UnknownCharacters, Vocab
 from .train_state import (Parent, TrainState, corpus_chars, corpus_files, restore,
                           to_checkpoint)
+from .weight_drop import WeightDrop
 from .words import plural
 
 __all__ = ["Run", "TrainingError", "TrainOptions", "evaluate", "train", "METRICS"]
@@ -348,6 +349,7 @@ class Run:
             raise WorldError(f"{self.world.size} processes cannot share {opts.batch_size} "
                              f"streams: give --batch-size of at least {self.world.size}")
         self.engine = make_engine(self.device, self.model, self.optimizer, h, c, self.world)
+        self.weight_drop = WeightDrop(self.model.layout, opts.weight_drop or 0.0)
 
     def _model_config(self, opts: TrainOptions, hidden: int, dropout: float) -> ModelConfig:
         """The model of these options at this width, refused before any array is made when its
@@ -392,8 +394,10 @@ class Run:
         t = x.shape[0]
         masks = self.model.dropout_masks(s.rng, t, x.shape[1]) if self.opts.dropout > 0 \
             else None
+        weight_mask = self.weight_drop.draw(s.rng, self.model.dtype) if self.opts.weight_drop \
+            else None
         try:
-            loss = self.engine.step(x, y, masks, lr, self.opts.grad_clip)
+            loss = self.engine.step(x, y, masks, lr, self.opts.grad_clip, weight_mask)
         except NonFinite as e:
             raise TrainingError(f"{e} at step {s.step + 1}; stopped without saving "
                                 f"{'it' if e.what == 'loss' else 'them'} (try a lower --lr)") \

@@ -22,9 +22,9 @@ from .options import OptionError, TrainOptions, flag
 ADAM_M, ADAM_V, STATE_H, STATE_C = "adam.m", "adam.v", "state.h", "state.c"
 COUNTERS = ("step", "epoch", "position", "adam_steps", "loss_count")  # non-negative integers
 NUMBERS = ("elapsed_s", "loss_sum")
-# options that shape the model or the data stream: a resumed run must keep them
-FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "seq_len", "batch_size", "val_frac",
-                   "seed", "doc_sep", "val_file", "lines")
+# options that shape the model, its noise or the data stream: a resumed run must keep them
+FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "weight_drop", "seq_len", "batch_size",
+                   "val_frac", "seed", "doc_sep", "val_file", "lines")
 
 
 @dataclass
@@ -200,6 +200,7 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
         raise CheckpointError("the checkpoint has no training options to resume with")
     known = {f.name for f in fields(TrainOptions)}
     saved = {k: v for k, v in saved.items() if k in known}
+    saved.setdefault("weight_drop", 0.0)  # a run saved before the option trained without it
     for name, value in given.items():
         if value is None:
             continue

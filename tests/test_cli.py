@@ -367,6 +367,8 @@ BAD_INPUT = [
     ("empty-corpus", ["train", "{tmp}/empty.txt", "--out", "{tmp}/o"], 1, "empty"),
     ("hidden-0", ["train", "{corpus}", "--hidden", "0", "--out", "{tmp}/o"], 2, "--hidden"),
     ("dropout-1", ["train", "{corpus}", "--dropout", "1.0", "--out", "{tmp}/o"], 2, "--dropout"),
+    ("weight-drop-1", ["train", "{corpus}", "--weight-drop", "1.0", "--out", "{tmp}/o"], 2,
+     "--weight-drop"),
     ("cell-foo", ["train", "{corpus}", "--cell", "foo", "--out", "{tmp}/o"], 2, "--cell"),
     ("train-missing-argument", ["train"], 2, "CORPUS"),
     ("unknown-option", ["sample", "{run}", "--bogus"], 2, "--bogus"),

@@ -550,6 +550,7 @@ TRAIN_OPTIONS = {
     "--batch-size": int_values(["1", "3", "4", "500"], [TEN_9]),
     "--lr": float_values(["0.01", "1e-9", "1", "1e30", "3e38", "1e300"]),  # NaN: fails later
     "--dropout": float_values(["0", "0.5", "0.999"], ["1", "-0.1"]),
+    "--weight-drop": float_values(["0", "0.5", "0.999"], ["1", "-0.1"]),
     "--grad-clip": float_values(["1e-30", "5", "1e30"]),
     "--epochs": int_values(["1", "2"], [TEN_9]),  # bounded() keeps a limit
     "--max-steps": int_values(["1", "5", "8"], [TEN_9]),

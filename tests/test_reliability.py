@@ -50,9 +50,10 @@ CADENCE = ("--eval-every", "10", "--save-every", "7")
 
 
 def model_args(batch_size=4) -> list[str]:
-    """A tiny model with dropout (so the RNG state matters) and no epoch limit in reach."""
+    """A tiny model with dropout and weight drop (so the RNG state matters) and no epoch limit
+    in reach."""
     return ["--hidden", "16", "--layers", "1", "--batch-size", str(batch_size), "--seq-len", "16",
-            "--dropout", "0.3", "--epochs", str(FOREVER), "--lr-schedule", "constant",
+            "--dropout", "0.3", "--weight-drop", "0.2", "--epochs", str(FOREVER), "--lr-schedule", "constant",
             "--patience", "0"]
 
 
@@ -230,8 +231,8 @@ class Quiet:
         return lambda *args: None
 
 
-SMALL = dict(hidden=16, layers=1, seq_len=16, batch_size=4, dropout=0.3, eval_every=5,
-             save_every=5, preview_chars=0, lr_schedule="constant", patience=0)
+SMALL = dict(hidden=16, layers=1, seq_len=16, batch_size=4, dropout=0.3, weight_drop=0.2,
+             eval_every=5, save_every=5, preview_chars=0, lr_schedule="constant", patience=0)
 
 
 def train_in_process(corpus: Path, run_dir: Path, steps: int) -> dict:

@@ -111,3 +111,28 @@ def test_matches_torch(cell, layers, dropout, dtype):
     assert scaled_error(dh0, t_h0.grad.numpy()) <= tol
     if cell == "lstm":
         assert scaled_error(dc0, t_c0.grad.numpy()) <= tol
+
+
+@pytest.mark.parametrize("cell", list(TORCH_CELLS))
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_weight_drop_matches_torch_with_the_masked_matrices(cell, dropout):
+    """--weight-drop: torch given W_h * m, its gradient of that matrix times m is ours of W_h
+    (float64)."""
+    from charrnn.weight_drop import WeightDrop
+    p = Problem(cell, 2, dropout, T=7, B=3, H=8, V=10, seed=4)
+    p.model.params[:] *= 0.5
+    mask = WeightDrop(p.model.layout, 0.3).draw(np.random.default_rng(5), np.float64)
+    with mask.applied(p.model.params, p.model.grads):
+        _, dh0, _ = p.analytic()  # leaves the masked matrices' gradients in model.grads
+        *_, modules, t_h0, _ = torch_objective(p)
+    expected = torch_grads(p, modules)
+    multipliers = np.zeros(p.model.params.size)
+    for where, m in mask.parts():
+        multipliers[where] = mask.values[m]
+    masks = p.model.layout.views(multipliers)
+    for layer in range(2):
+        expected[f"l{layer}.W_h"] = expected[f"l{layer}.W_h"] * masks[f"l{layer}.W_h"]
+    ours = p.model.grad_views
+    for name, g in expected.items():
+        assert scaled_error(ours[name], g) <= TOLERANCE[np.float64], name
+    assert scaled_error(dh0, t_h0.grad.numpy()) <= TOLERANCE[np.float64]

@@ -59,15 +59,21 @@ class CudaEngine:
             K.fill[K.grid(d.size)](d.reshape(d.size), 0.0)
         self.h, self.c = np.zeros_like(self.h), np.zeros_like(self.c)
 
-    def step(self, x, y, masks, lr: float, grad_clip: float) -> None:
+    def step(self, x, y, masks, lr: float, grad_clip: float, weight_mask=None) -> None:
         """Forward, backward, clip and Adam on the device; the final state carries over. The
-        loss stays on the device (take_loss)."""
+        loss stays on the device (take_loss). weight_mask: as WeightMask.applied does on the
+        host, the recurrent matrices are masked for forward and backward, their gradients
+        masked after, and the matrices put back before the update."""
         self._pulled = False
         model = self.device_model
-        model.forward(x, y, self.d_h, self.d_c, masks, loss_sum=self._loss_sum)
         grads = model.grads
+        if weight_mask is not None:
+            saved = self._mask_weights(weight_mask)
+        model.forward(x, y, self.d_h, self.d_c, masks, loss_sum=self._loss_sum)
         K.fill[K.grid(grads.size)](grads, 0.0)
         model.backward(initial_grads=False)
+        if weight_mask is not None:
+            self._unmask_weights(weight_mask, saved)
         self.reduce_gradients(grads)
         K.fill[1, 1](self._norm_sq, 0.0)
         K.sum_squares[K.grid(min(grads.size, 64 * K.BLOCK))](grads, self._norm_sq)
@@ -85,3 +91,29 @@ class CudaEngine:
         for layer in range(self.d_h.shape[0]):  # device to device
             self.d_h[layer].copy_to_device(hs[layer])
             self.d_c[layer].copy_to_device(cs[layer])
+
+    def _mask_weights(self, weight_mask):
+        """params[where] *= mask for every masked matrix; returns the device's copies of the
+        matrices and of the mask."""
+        params = self.device_model.params
+        d_values = cuda.to_device(weight_mask.values)
+        saved = cuda.device_array_like(d_values)
+        for where, mask in weight_mask.parts():
+            saved[mask].copy_to_device(params[where])
+            _mul(params[where], d_values[mask])
+        return saved, d_values
+
+    def _unmask_weights(self, weight_mask, saved) -> None:
+        """grads[where] *= mask (the gradient of W * m with respect to W), then the matrices
+        back as they were."""
+        saved, d_values = saved
+        params, grads = self.device_model.params, self.device_model.grads
+        for where, mask in weight_mask.parts():
+            _mul(grads[where], d_values[mask])
+            params[where].copy_to_device(saved[mask])
+
+
+def _mul(flat, mask) -> None:
+    """flat *= mask on the device, both (n,)."""
+    n = flat.shape[0]
+    K.mul[K.grid(n)](flat.reshape(1, n), mask.reshape(1, n), flat.reshape(1, n))

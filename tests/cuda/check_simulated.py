@@ -153,7 +153,8 @@ def train_cli(tmp_path, device, corpus):
     run = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--device",
                           device, "--out", str(out), "--hidden", "6", "--layers", "2",
                           "--batch-size", "3", "--seq-len", "3", "--max-steps", "2",
-                          "--eval-every", "1", "--dropout", "0.25"],
+                          "--eval-every", "1", "--dropout", "0.25",
+                          "--weight-drop", "0.3"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     return out, run.stderr
