@@ -38,8 +38,10 @@ def describe(model: Path | str | None) -> dict:
 def description_text(d: dict) -> str:
     """describe()'s result as `info` prints it for a person."""
     c = d["config"]
-    lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}, "
-             f"{d['parameters']:,} parameters",
+    weight_drop = (d.get("options") or {}).get("weight_drop")
+    lines = [f"model       {c['layers']} x {c['hidden']} {c['cell']}, dropout {c['dropout']}"
+             + (f", weight drop {weight_drop}" if weight_drop else "")
+             + f", {d['parameters']:,} parameters",
              f"vocabulary  {plural(len(d['vocabulary']), 'character')}: {d['vocabulary']!r}",
              f"trained     {plural(d['step'] or 0, 'step')}, "
              f"{plural(d['epoch'] or 0, 'epoch')} ({Path(d['checkpoint']).name})",

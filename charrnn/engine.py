@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from .distributed import World
+from .averaging import WeightAverage
 from .model import Model
 from .optim import Adam, clip_grad_norm
 from .weight_drop import WeightMask
@@ -35,6 +36,7 @@ def no_reduction(grads) -> None:
 class Engine(Protocol):
     model: Model  # the host copy of the weights (current after pull)
     optimizer: Adam  # its lr is set by step(); its moments are current after pull
+    average: WeightAverage | None  # the weights' running average (current after pull)
     h: np.ndarray  # (L, B, W) carried state, host copy (current after pull)
     c: np.ndarray
     # called with the flat gradient buffer between backward and the update: a run over several
@@ -68,11 +70,11 @@ class CpuEngine:
     every rank then applies alike. h and c are this rank's rows of the carried state."""
 
     def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray,
-                 world: World | None = None):
+                 world: World | None = None, average: WeightAverage | None = None):
         self.world = world or World()
         self.B = h.shape[1]
         self.rows = self.world.stream_rows(self.B)
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer, self.average = model, optimizer, average
         self.h, self.c = h[:, self.rows].copy(), c[:, self.rows].copy()  # (L, b, W)
         self.reduce_gradients = self.world.sum_  # (nothing to sum in a world of one)
 
@@ -94,6 +96,8 @@ class CpuEngine:
             raise NonFinite("gradients", norm)
         self.optimizer.lr = lr
         self.optimizer.step(model.params, model.grads)
+        if self.average is not None:
+            self.average.update(model.params)
         self.h, self.c = model.final_state()
         return loss
 
@@ -108,13 +112,15 @@ class CpuEngine:
 
 
 def make_engine(device: str, model: Model, optimizer: Adam, h: np.ndarray,
-                c: np.ndarray, world: World | None = None) -> Engine:
+                c: np.ndarray, world: World | None = None,
+                average: WeightAverage | None = None) -> Engine:
     """The engine of ``device`` ("cpu" or "cuda"), starting from these host arrays (the whole
-    (L, B, W) carried state: a rank of several keeps its own rows)."""
+    (L, B, W) carried state: a rank of several keeps its own rows), and keeping the weights'
+    average when there is one."""
     if device == "cuda":
         from .cuda.train import CudaEngine
-        return CudaEngine(model, optimizer, h, c)
-    return CpuEngine(model, optimizer, h, c, world)
+        return CudaEngine(model, optimizer, h, c, average)
+    return CpuEngine(model, optimizer, h, c, world, average)
 
 
 SPEED_PROBE_STEPS = 25  # time steps of the window timed to choose the model's width

@@ -100,6 +100,7 @@ class TrainOptions:
     hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
     dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
     weight_drop: float | None = None  # DropConnect on W_h; None: chosen with the dropout
+    ema: float = 0.995  # decay of the weights' running average (averaging.py); 0: none
     seq_len: int = 100
     batch_size: int = 64
     lr: float = 4e-3  # with the cosine decay; 2e-3 learnt slower (tinyshakespeare, 200 steps)
@@ -137,6 +138,7 @@ class TrainOptions:
         check_int("preview_chars", self.preview_chars, 0)
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_float("weight_drop", self.weight_drop, 0, 1, high_open=True)
+        check_float("ema", self.ema, 0, 1, high_open=True)
         check_float("val_frac", self.val_frac, 0, 1, high_open=True)
         check_float("lr", self.lr, 0, math.inf, low_open=True)
         check_float("grad_clip", self.grad_clip, 0, math.inf, low_open=True, infinite_ok=True)

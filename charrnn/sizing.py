@@ -1,22 +1,24 @@
 """What a run's budget chooses where the options leave it open: the model's width (--hidden), its
-dropout, and where a --minutes run without dropout stops; and the batch and window a small text
-can fill. Pure functions of the budget: the training speed they need is given to them
-(engine.training_speed), so a run over several processes can choose once and share the result.
+regularisation (--dropout, --weight-drop), and where a --minutes run without it stops; and the
+batch and window a small text can fill. Pure functions of the budget: the training speed they
+need is given to them (engine.training_speed), so a run over several processes can choose once
+and share the result.
 
-The rules (the measurements behind each threshold: BENCHMARKS.md, "Choosing the defaults" and
-"60 minutes"):
+The rules (the measurements behind each threshold: BENCHMARKS.md, "Quality: more compute buys a
+better model", and before it "Choosing the defaults" and "60 minutes"):
 
 - width: the widest candidate for which the characters the budget allows at that width cover
   CHARS_PER_PARAM characters per parameter; the budget is the smallest of --epochs x the training
   text, --max-steps x B x T and --minutes x the training speed at that width (time does not limit
-  the choice where the speed is not timed). Widths above 512 were not measured, so they are not
+  the choice where the speed is not timed). Widths above 768 were not measured, so they are not
   candidates.
-- dropout: LONG_RUN_DROPOUT only when the budget at the chosen width covers DROPOUT_FROM_EPOCHS
-  passes over the text and DROPOUT_FROM_CHARS_PER_PARAM characters per parameter; dropout slows
-  early learning and pays only once the model has had time to memorise the text.
-- stop: a --minutes run without dropout stops at useful_steps (the larger of USEFUL_EPOCHS epochs
-  and USEFUL_CHARS_PER_PARAM characters per parameter), its schedule decaying to that point, so it
-  never reaches the dropout rule (left to --epochs and --max-steps budgets).
+- regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
+  at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
+  REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
+  only once the model has had time to memorise the text.
+- stop: a --minutes run without either stops at useful_steps (the larger of USEFUL_EPOCHS epochs
+  and USEFUL_CHARS_PER_PARAM characters per parameter), its schedule decaying to that point:
+  past it, an unregularised model only overfits.
 """
 
 import dataclasses
@@ -24,16 +26,16 @@ import math
 from typing import Callable
 
 from .model import ModelConfig, ParamLayout
-from .options import TrainOptions
+from .options import TrainOptions, flag
 
-CANDIDATE_HIDDEN = (128, 256, 384, 512)
-CHARS_PER_PARAM = 1.5
+CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768)
+CHARS_PER_PARAM = 1.25
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
 # "Figures behind the code"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
-DROPOUT_FROM_EPOCHS = 8
-DROPOUT_FROM_CHARS_PER_PARAM = 8
-LONG_RUN_DROPOUT = 0.3
+REGULARISE_FROM_EPOCHS = 8
+REGULARISE_FROM_CHARS_PER_PARAM = 4
+LONG_RUN_REGULARISATION = 0.25  # --dropout and --weight-drop alike
 USEFUL_EPOCHS = 4.5
 USEFUL_CHARS_PER_PARAM = 1.8
 
@@ -76,16 +78,17 @@ def useful_steps(steps_per_epoch: int, chars_per_step: int, params: int) -> int:
                math.ceil(USEFUL_CHARS_PER_PARAM * params / chars_per_step))
 
 
-def choose_dropout(budget: float, n_train: int, params: int) -> float:
-    """LONG_RUN_DROPOUT when the budget (training characters) covers DROPOUT_FROM_EPOCHS passes
-    over the n_train training characters and DROPOUT_FROM_CHARS_PER_PARAM characters for each
-    of the model's parameters, else none. An unknown budget (inf: a GPU run limited by
-    --minutes alone, whose speed is not timed; it gets a step limit first) gets none."""
+def choose_regularisation(budget: float, n_train: int, params: int) -> float:
+    """The dropout and weight drop of a long run, LONG_RUN_REGULARISATION, when the budget
+    (training characters) covers REGULARISE_FROM_EPOCHS passes over the n_train training
+    characters and REGULARISE_FROM_CHARS_PER_PARAM characters for each of the model's
+    parameters, else none. An unknown budget (inf: a GPU run limited by --minutes alone, whose
+    speed is not timed; it gets a step limit instead) gets none."""
     if budget == float("inf"):
         return 0.0
-    long_run = budget >= DROPOUT_FROM_EPOCHS * n_train and \
-        budget >= DROPOUT_FROM_CHARS_PER_PARAM * params
-    return LONG_RUN_DROPOUT if long_run else 0.0
+    long_run = budget >= REGULARISE_FROM_EPOCHS * n_train and \
+        budget >= REGULARISE_FROM_CHARS_PER_PARAM * params
+    return LONG_RUN_REGULARISATION if long_run else 0.0
 
 
 def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, list[str]]:
@@ -127,8 +130,17 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                      f"{' or '.join(filter(None, limits))} on {n_train:,} training "
                      f"characters can train (--hidden to choose)")
     params = parameter_count(o.cell, o.layers, o.hidden, vocab_size)
-    if o.weight_drop is None:
-        o.weight_drop = 0.0
+    if o.dropout is None or o.weight_drop is None:
+        chars = budget(o.hidden)
+        p = choose_regularisation(chars, n_train, params)
+        chosen = [name for name in ("dropout", "weight_drop") if getattr(o, name) is None]
+        for name in chosen:
+            setattr(o, name, p)
+        if p:
+            said = " and ".join(flag(name) for name in chosen)
+            notes.append(f"{said} {p:g}: the budget allows {chars / n_train:.0f} epochs, "
+                         f"{chars / params:.0f} characters per parameter, enough to overfit "
+                         f"without it (give {said} to choose)")
     time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
     if time_alone and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
@@ -140,11 +152,4 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                          f"unless the {o.minutes:g} minutes run out first: past that, this "
                          f"model without dropout overfits (--max-steps, --epochs, or --dropout "
                          f"above 0 to train longer)")
-    if o.dropout is None:
-        chars = budget(o.hidden)
-        o.dropout = choose_dropout(chars, n_train, params)
-        if o.dropout:
-            notes.append(f"dropout {o.dropout:g}: the budget allows {chars / n_train:.0f} "
-                         f"epochs, {chars / params:.0f} characters per parameter, enough to "
-                         f"overfit without it (--dropout to choose)")
     return o, notes

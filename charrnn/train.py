@@ -39,6 +39,7 @@ from .schedule import Pacer, StepPlan
 from .tokenizer import CorpusError, NothingKnown, UnknownCharacters, Vocab
 from .train_state import (Parent, TrainState, corpus_chars, corpus_files, restore,
                           to_checkpoint)
+from .averaging import WeightAverage
 from .weight_drop import WeightDrop
 from .words import plural
 
@@ -338,17 +339,22 @@ class Run:
             transplant(ck.params.astype(self.model.dtype), ModelConfig(**ck.config), ck.vocab,
                        self.model, self.vocab.codepoints)
             self.state.parent = parent.lineage
+        self.average = WeightAverage(self.model.params, opts.ema) if opts.ema else None
+        self._averaged = None  # evaluated()'s model over the average
         if resume is not None:
             restored = restore(resume, params_size=self.model.params.size, state_shape=h.shape,
-                               positions=self.streams.shape[0] - 1)
-            self.model.params[:] = resume.params
+                               positions=self.streams.shape[0] - 1, averaged=bool(opts.ema))
+            self.model.params[:] = restored.params
+            if self.average is not None:
+                self.average = WeightAverage(self.model.params, opts.ema, **restored.average)
             self.optimizer.load_state(restored.adam)
             h, c, self.state = restored.h.copy(), restored.c.copy(), restored.state
             self.streams = self._streams(self.state.epoch)
         if self.world.size > 1 and self.world.size > opts.batch_size:
             raise WorldError(f"{self.world.size} processes cannot share {opts.batch_size} "
                              f"streams: give --batch-size of at least {self.world.size}")
-        self.engine = make_engine(self.device, self.model, self.optimizer, h, c, self.world)
+        self.engine = make_engine(self.device, self.model, self.optimizer, h, c, self.world,
+                                  self.average)
         self.weight_drop = WeightDrop(self.model.layout, opts.weight_drop or 0.0)
 
     def _model_config(self, opts: TrainOptions, hidden: int, dropout: float) -> ModelConfig:
@@ -432,17 +438,27 @@ class Run:
         self.engine.pull()
         return self.model
 
+    def evaluated(self) -> Model:
+        """The model validation and previews read, current: the trained weights' running
+        average (--ema; a model over its buffer, no copy), or the trained weights."""
+        model = self.pull()
+        if self.average is None:
+            return model
+        if self._averaged is None or self._averaged.params is not self.average.values:
+            self._averaged = Model(model.config, params=self.average.values)
+        return self._averaged
+
     def preview(self) -> str:
         if not self.opts.preview_chars or not self.world.root:
             return ""
         opts = SampleOptions(length=self.opts.preview_chars, temperature=0.8,
                              seed=self.state.step)
-        return "".join(piece for _, piece in generate(self.pull(), self.vocab, opts))
+        return "".join(piece for _, piece in generate(self.evaluated(), self.vocab, opts))
 
     def validation_loss(self) -> float:
-        """The loss on (the first MAX_EVAL_CHARS of) the held-out text; a non-finite one stops
-        the run."""
-        val = evaluate(self.pull(), self.val_ids, self.opts.batch_size, self.opts.seq_len,
+        """The loss on (the first MAX_EVAL_CHARS of) the held-out text, of the weights the
+        checkpoint's params will be; a non-finite one stops the run."""
+        val = evaluate(self.evaluated(), self.val_ids, self.opts.batch_size, self.opts.seq_len,
                        MAX_EVAL_CHARS, self.world)
         if not math.isfinite(val):
             raise TrainingError(f"the validation loss became {val} at step "
@@ -467,7 +483,7 @@ class Run:
         return to_checkpoint(self.state, config=self.model.config.to_dict(),
                              vocab=self.vocab.codepoints, params=self.model.params,
                              adam=self.optimizer.state(), h=h, c=c, opts=self.opts,
-                             corpus=self.corpus_info)
+                             corpus=self.corpus_info, average=self.average)
 
     def save(self, name: str) -> None:
         """Write the checkpoint `name` atomically; refuse a state that cannot go on. Every
@@ -489,7 +505,8 @@ class Run:
         """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,
         or weights that give a non-finite loss on the next window (finite but huge weights
         overflow in the forward pass)."""
-        arrays = (self.model.params, self.optimizer.m, self.optimizer.v)
+        arrays = (self.model.params, self.optimizer.m, self.optimizer.v) + \
+            (() if self.average is None else (self.average.values,))
         finite = all(np.all(np.isfinite(a)) for a in arrays)
         if finite:
             x, y = window(self.streams, self.state.position, self.opts.seq_len)

@@ -17,14 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import Checkpoint, CheckpointError, load, resolve
+from .averaging import WeightAverage
 from .options import OptionError, TrainOptions, flag
 
 ADAM_M, ADAM_V, STATE_H, STATE_C = "adam.m", "adam.v", "state.h", "state.c"
+# the trained weights, where `params` holds their running average (--ema)
+TRAINED_PARAMS = "train.params"
 COUNTERS = ("step", "epoch", "position", "adam_steps", "loss_count")  # non-negative integers
 NUMBERS = ("elapsed_s", "loss_sum")
 # options that shape the model, its noise or the data stream: a resumed run must keep them
-FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "weight_drop", "seq_len", "batch_size",
-                   "val_frac", "seed", "doc_sep", "val_file", "lines")
+FIXED_ON_RESUME = ("cell", "layers", "hidden", "dropout", "weight_drop", "ema", "seq_len",
+                   "batch_size", "val_frac", "seed", "doc_sep", "val_file", "lines")
 
 
 @dataclass
@@ -52,19 +55,25 @@ class TrainState:
 
 def to_checkpoint(state: TrainState, *, config: dict, vocab: np.ndarray, params: np.ndarray,
                   adam: dict, h: np.ndarray, c: np.ndarray, opts: TrainOptions,
-                  corpus: dict) -> Checkpoint:
+                  corpus: dict, average: WeightAverage | None = None) -> Checkpoint:
     """The checkpoint of a run: adam is the optimizer's state ({"m", "v", "steps"}), h and c the
-    carried state (L, B, W), corpus {"path", "chars"}."""
+    carried state (L, B, W), corpus {"path", "chars"}. With an average of the weights, the
+    checkpoint's params (what sample, eval and serve read) are the average, and the trained
+    weights are kept as TRAINED_PARAMS."""
     s = state
+    arrays = {ADAM_M: adam["m"], ADAM_V: adam["v"], STATE_H: h, STATE_C: c}
+    if average is not None:
+        arrays[TRAINED_PARAMS] = params
+        params = average.values
     return Checkpoint(
-        config=config, vocab=vocab, params=params,
-        arrays={ADAM_M: adam["m"], ADAM_V: adam["v"], STATE_H: h, STATE_C: c},
+        config=config, vocab=vocab, params=params, arrays=arrays,
         train={"options": asdict(opts), "step": s.step, "epoch": s.epoch,
                "position": s.position, "elapsed_s": s.elapsed,
                "best_val_loss": None if math.isinf(s.best_val) else s.best_val,
                "best_step": s.best_step, "adam_steps": adam["steps"],
                "rng": s.rng.bit_generator.state, "loss_sum": s.loss_sum,
                "loss_count": s.loss_count, "history": s.history, "corpus": corpus,
+               **({"ema_updates": average.updates} if average is not None else {}),
                **({"parent": s.parent} if s.parent else {})})
 
 
@@ -75,13 +84,16 @@ class Restored:
     adam: dict  # {"m", "v", "steps"}
     h: np.ndarray
     c: np.ndarray
+    params: np.ndarray  # the trained weights
+    average: dict | None  # {"values", "updates"} of their running average (--ema), or None
 
 
-def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: int
-            ) -> Restored:
+def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: int,
+            averaged: bool = False) -> Restored:
     """The training state of ck, checked against the model it resumes (params_size weights,
-    carried state of state_shape (L, B, W)) and its data (positions rows of windows to start
-    from); anything missing or malformed is refused."""
+    carried state of state_shape (L, B, W)), its data (positions rows of windows to start
+    from) and whether it keeps a running average of its weights; anything missing or
+    malformed is refused."""
     t = ck.train
 
     def bad(what):
@@ -89,6 +101,10 @@ def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: 
 
     shapes = {ADAM_M: (params_size,), ADAM_V: (params_size,), STATE_H: state_shape,
               STATE_C: state_shape}
+    if averaged:
+        shapes[TRAINED_PARAMS] = (params_size,)
+        if type(t.get("ema_updates")) is not int or t["ema_updates"] < 0:
+            raise bad("ema_updates is missing or not a non-negative integer")
     for name, shape in shapes.items():
         if name not in ck.arrays or ck.arrays[name].shape != shape:
             raise bad(f"{name} is missing or not of shape {shape}")
@@ -116,9 +132,11 @@ def restore(ck: Checkpoint, *, params_size: int, state_shape: tuple, positions: 
         best_step=t.get("best_step"), loss_sum=float(t["loss_sum"]),
         loss_count=t["loss_count"], history=list(t.get("history", [])),
         parent=t.get("parent") if isinstance(t.get("parent"), dict) else None)
+    average = {"values": ck.params, "updates": t["ema_updates"]} if averaged else None
     return Restored(state, {"m": ck.arrays[ADAM_M], "v": ck.arrays[ADAM_V],
                             "steps": t["adam_steps"]},
-                    ck.arrays[STATE_H], ck.arrays[STATE_C])
+                    ck.arrays[STATE_H], ck.arrays[STATE_C],
+                    ck.arrays[TRAINED_PARAMS] if averaged else ck.params, average)
 
 
 def _is_number(x, optional=False) -> bool:
@@ -200,7 +218,9 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
         raise CheckpointError("the checkpoint has no training options to resume with")
     known = {f.name for f in fields(TrainOptions)}
     saved = {k: v for k, v in saved.items() if k in known}
-    saved.setdefault("weight_drop", 0.0)  # a run saved before the option trained without it
+    # a run saved before these options trained without them
+    saved.setdefault("weight_drop", 0.0)
+    saved.setdefault("ema", 0.0)
     for name, value in given.items():
         if value is None:
             continue

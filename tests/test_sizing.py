@@ -1,7 +1,7 @@
 """What a run gets from its budget when the options leave it open: the widest width the budget can
-train (no --hidden), dropout when the budget allows many epochs (no --dropout), and, for a
---minutes run without dropout, a step limit where its model stops learning. A resumed run keeps
-what it started with."""
+train (no --hidden), dropout and weight drop when the budget allows many epochs (no --dropout,
+--weight-drop), and, for a --minutes run without them, a step limit where its model stops
+learning. A resumed run keeps what it started with."""
 
 import math
 
@@ -32,7 +32,8 @@ def test_the_widest_width_the_budget_covers_wins():
         return need[384]  # exactly enough for 384, not for 512
 
     assert sizing.choose_hidden("gru", 2, 65, budget) == 384
-    assert asked == [512, 384]  # widest first, no more speed probes than needed
+    # widest first, no more speed probes than needed
+    assert asked == [h for h in sorted(sizing.CANDIDATE_HIDDEN, reverse=True) if h >= 384]
     assert sizing.choose_hidden("gru", 2, 65, lambda h: 0.0) == min(sizing.CANDIDATE_HIDDEN)
     assert sizing.choose_hidden("gru", 2, 65, lambda h: float("inf")) == \
         max(sizing.CANDIDATE_HIDDEN)
@@ -72,10 +73,11 @@ def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path
     hidden, V, n_train = widths[1]
     assert n_train < sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, 128, V)
     assert hidden == 128
-    # 1000 epochs (~18M characters) cover the widest (1 x 512: ~0.8M parameters)
+    # 1000 epochs (~18M characters) cover the widest (1 x 768: ~1.8M parameters)
     hidden, V, n_train = widths[1000]
-    assert 1000 * n_train > sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, 512, V)
-    assert hidden == 512
+    widest = max(sizing.CANDIDATE_HIDDEN)
+    assert 1000 * n_train > sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, widest, V)
+    assert hidden == widest
 
 
 def test_a_short_time_budget_picks_a_narrower_model_than_a_long_one(corpus, tmp_path):
@@ -96,31 +98,37 @@ def test_a_given_width_is_kept_without_a_note(corpus, tmp_path):
     assert run.opts.hidden == 12 and run.notes == []
 
 
-def test_dropout_needs_eight_epochs_and_eight_characters_per_parameter():
+def test_regularisation_needs_eight_epochs_and_four_characters_per_parameter():
     n_train, params = 1000, 500  # the README's rule, both ways round
-    assert sizing.choose_dropout(7.9 * n_train, n_train, params) == 0.0
-    assert sizing.choose_dropout(8 * n_train, n_train, params) == 0.3
-    assert sizing.choose_dropout(8 * n_train, n_train, 2 * n_train) == 0.0  # 4 per parameter
-    assert sizing.choose_dropout(16 * n_train, n_train, 2 * n_train) == 0.3
-    assert sizing.choose_dropout(float("inf"), n_train, params) == 0.0  # unknown: not chosen
+    choose = sizing.choose_regularisation
+    assert choose(7.9 * n_train, n_train, params) == 0.0
+    assert choose(8 * n_train, n_train, params) == 0.25
+    assert choose(8 * n_train, n_train, 2.5 * n_train) == 0.0  # 3.2 per parameter
+    assert choose(10 * n_train, n_train, 2.5 * n_train) == 0.25
+    assert choose(float("inf"), n_train, params) == 0.0  # unknown: not chosen
 
 
-@pytest.mark.parametrize("epochs, given, expected", [(2, None, 0.0), (10, None, 0.3),
-                                                     (10, 0.0, 0.0), (2, 0.2, 0.2)])
-def test_a_run_without_dropout_gets_it_from_its_epochs_and_says_so(corpus, tmp_path, epochs,
-                                                                    given, expected):
+@pytest.mark.parametrize("epochs, given, expected", [
+    (2, {}, (0.0, 0.0)), (10, {}, (0.25, 0.25)), (10, {"dropout": 0.0}, (0.0, 0.25)),
+    (10, {"weight_drop": 0.1}, (0.25, 0.1)), (2, {"dropout": 0.2}, (0.2, 0.0))])
+def test_a_run_without_regularisation_gets_it_from_its_epochs_and_says_so(corpus, tmp_path,
+                                                                          epochs, given,
+                                                                          expected):
     run = Run(corpus, tmp_path / "d", TrainOptions(hidden=12, layers=2, seq_len=16,
-                                                   batch_size=4, epochs=epochs, dropout=given))
+                                                   batch_size=4, epochs=epochs, **given))
     run.release()
     # ~1,700 parameters against ~18,000 characters an epoch: the epochs decide
-    assert run.model.params.size * sizing.DROPOUT_FROM_CHARS_PER_PARAM < run.streams.size
-    assert run.opts.dropout == run.model.config.dropout == expected
-    said = [note for note in run.notes if note.startswith("dropout")]
-    if given is None and expected:
+    assert run.model.params.size * sizing.REGULARISE_FROM_CHARS_PER_PARAM < run.streams.size
+    assert (run.opts.dropout, run.opts.weight_drop) == expected
+    assert run.model.config.dropout == expected[0]
+    said = [note for note in run.notes if note.startswith("--")]
+    chosen = " and ".join(f"--{name}" for name in ("dropout", "weight-drop")
+                          if name.replace("-", "_") not in given)
+    if expected != (0.0, 0.0) and epochs == 10:
         per_param = epochs * run.streams.size / run.model.params.size
-        assert said == [f"dropout 0.3: the budget allows {epochs} epochs, {per_param:.0f} "
-                        f"characters per parameter, enough to overfit without it (--dropout to "
-                        f"choose)"]
+        assert said == [f"{chosen} 0.25: the budget allows {epochs} epochs, {per_param:.0f} "
+                        f"characters per parameter, enough to overfit without it (give "
+                        f"{chosen} to choose)"]
     else:
         assert said == []
 
@@ -133,9 +141,15 @@ def test_useful_steps_are_the_larger_of_the_epochs_and_per_parameter_limits():
         math.ceil(sizing.USEFUL_EPOCHS * 1001)
 
 
-def small_timed_run(corpus, run_dir, minutes=1000.0, **given):
+SPEED = 100.0  # training characters per second, as a run's timing of the width would say
+
+
+def small_timed_run(corpus, run_dir, minutes=1000.0, speed=None, monkeypatch=None, **given):
     """A 1 x 12 GRU (~600 parameters) on ~18,000 training characters: 1,000 minutes of a model
-    this small is far past its useful epochs."""
+    this small is far past its useful epochs. With a speed (and monkeypatch), the width's
+    timing says that many characters a second."""
+    if speed is not None:
+        monkeypatch.setattr(Run, "_speed_at", lambda self, opts, hidden: speed)
     opts = TrainOptions(**{"hidden": 12, "layers": 1, "seq_len": 16, "batch_size": 4,
                            "epochs": None, "minutes": minutes, **given})
     return Run(corpus, run_dir, opts)
@@ -145,19 +159,24 @@ def step_limit_notes(run):
     return [note for note in run.notes if note.startswith("stops after")]
 
 
-@pytest.mark.parametrize("given, capped", [
-    (dict(), True),                          # time alone, dropout chosen: stops where it learns
-    (dict(dropout=0.0), True),               # no dropout given: the same
-    (dict(dropout=0.2), False),              # dropout given: trains for the whole time
-    (dict(epochs=2000), False),              # an epoch limit given: kept
-    (dict(max_steps=10**6), False)])         # a step limit given: kept
-def test_a_long_time_budget_stops_where_the_model_stops_learning(corpus, tmp_path, given,
-                                                                 capped):
-    run = small_timed_run(corpus, tmp_path / "c", **given)
+# 20 minutes at SPEED: 108,000 characters, 6 epochs, past the useful ones (4.5) but short of
+# the regularised ones (8); 1,000 minutes: 300 epochs, regularised for the whole time
+@pytest.mark.parametrize("minutes, given, capped", [
+    (20, dict(), True),                      # time alone, nothing given: stops where it learns
+    (20, dict(dropout=0.0), True),           # no regularisation given: the same
+    (20, dict(dropout=0.2), False),          # dropout given: trains for the whole time
+    (20, dict(weight_drop=0.2), False),      # weight drop given: the same
+    (1000, dict(), False),                   # a long time: regularised, the whole time
+    (20, dict(epochs=2000), False),          # an epoch limit given: kept
+    (20, dict(max_steps=10**6), False)])     # a step limit given: kept
+def test_a_time_budget_stops_where_the_model_stops_learning_unless_regularised(
+        corpus, tmp_path, monkeypatch, minutes, given, capped):
+    run = small_timed_run(corpus, tmp_path / "c", minutes, SPEED, monkeypatch, **given)
     run.release()
     said = step_limit_notes(run)
     if not capped:
         assert said == [] and run.opts.max_steps == given.get("max_steps")
+        assert minutes < 1000 or run.opts.dropout == run.opts.weight_drop == 0.25
         return
     params, per_epoch = run.model.params.size, run.steps_per_epoch
     steps = run.opts.max_steps
@@ -165,9 +184,9 @@ def test_a_long_time_budget_stops_where_the_model_stops_learning(corpus, tmp_pat
     assert steps == max(math.ceil(sizing.USEFUL_EPOCHS * per_epoch),
                         math.ceil(sizing.USEFUL_CHARS_PER_PARAM * params / (4 * 16)))
     assert Pacer(run.opts, per_epoch).total_steps() == steps  # so the schedule decays to it
-    assert run.opts.dropout == 0.0
+    assert run.opts.dropout == run.opts.weight_drop == 0.0
     assert said == [f"stops after {steps:,} steps ({steps / per_epoch:.1f} epochs, "
-                    f"{steps * 64 / params:.1f} characters per parameter) unless the 1000 "
+                    f"{steps * 64 / params:.1f} characters per parameter) unless the 20 "
                     f"minutes run out first: past that, this model without dropout overfits "
                     f"(--max-steps, --epochs, or --dropout above 0 to train longer)"]
 
@@ -195,8 +214,8 @@ def test_the_speed_is_timed_only_when_a_choice_needs_it(corpus, tmp_path, monkey
         raise AssertionError("the training speed was timed")
 
     monkeypatch.setattr(Run, "_speed_at", untimed)
-    # width and dropout given: nothing left to choose
-    small_timed_run(corpus, tmp_path / "t", dropout=0.2).release()
+    # width, dropout and weight drop given: nothing left to choose
+    small_timed_run(corpus, tmp_path / "t", dropout=0.2, weight_drop=0.0).release()
 
 
 def test_a_resumed_run_keeps_its_limits_and_is_not_timed(corpus, tmp_path, monkeypatch):
@@ -211,8 +230,10 @@ def test_a_resumed_run_keeps_its_limits_and_is_not_timed(corpus, tmp_path, monke
 
     monkeypatch.setattr(Run, "_speed_at", untimed)
     saved = ckpt_io.load(tmp_path / "r" / ckpt_io.LATEST)
-    # resumed with a long budget: a fresh run would get a step limit, the resumed one does not
+    # resumed with a long budget: a fresh run would be regularised, the resumed one keeps what
+    # it started with and gets no step limit
     opts = options_from_checkpoint(saved, {"minutes": 1000.0})
     resumed = Run(corpus, tmp_path / "r", opts, resume=saved)
     resumed.release()
     assert resumed.opts.max_steps is None and step_limit_notes(resumed) == []
+    assert resumed.opts.dropout == resumed.opts.weight_drop == 0.0

@@ -121,6 +121,15 @@ def test_resume_refuses_shape_changes(corpus, tmp_path):
     with pytest.raises(ValueError, match="--hidden cannot change"):
         options_from_checkpoint(ck, {"hidden": 99})
     assert options_from_checkpoint(ck, {"max_steps": 50, "lr": 1e-3}).lr == 1e-3
+    with pytest.raises(ValueError, match="--weight-drop cannot change"):
+        options_from_checkpoint(ck, {"weight_drop": 0.5})  # the run trained with 0
+
+
+def test_a_checkpoint_from_before_weight_drop_resumes_without_it(corpus, tmp_path):
+    run_steps(corpus, tmp_path / "r", 10)
+    ck = ckpt_io.load(tmp_path / "r" / "latest.npz")
+    del ck.train["options"]["weight_drop"]
+    assert options_from_checkpoint(ck, {"max_steps": 50}).weight_drop == 0.0
 
 
 def test_evaluate_reads_everything_unless_capped(corpus, tmp_path):

@@ -116,3 +116,19 @@ def test_dropout_masks_are_locked_over_the_window():
     assert not np.array_equal(masks[0], masks[1])  # layers differ
     np.testing.assert_allclose(np.unique(masks), [0.0, 1 / 0.6], rtol=1e-6)
     assert abs(np.mean(masks[:, 0] == 0) - 0.4) < 0.04  # 800 draws
+
+
+def test_a_run_with_weight_drop_says_so_and_resumes_with_it(tmp_path):
+    from .test_cli import run_cli
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat. " * 40)
+    out = tmp_path / "run"
+    args = ["train", corpus, "--out", out, "--hidden", "8", "--batch-size", "4", "--seq-len",
+            "8", "--weight-drop", "0.2"]
+    code, _, err = run_cli(*args, "--max-steps", "3")
+    assert code == 0, err
+    code, shown, err = run_cli("info", out)
+    assert code == 0 and "weight drop 0.2," in shown, err
+    code, _, err = run_cli("train", corpus, "--out", out, "--resume", "--max-steps", "5",
+                           "--weight-drop", "0.3")
+    assert code == 2 and "--weight-drop cannot change" in err

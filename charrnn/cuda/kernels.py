@@ -661,6 +661,15 @@ def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta
         params[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps)
 
 
+@_kernel(f"void({F1}, {F1}, float64)")
+def average_weights(average, params, weight):
+    """average += weight * (params - average): the running average of the weights
+    (averaging.WeightAverage.update, weight = 1 - decay)."""
+    i = cuda.grid(1)
+    if i < params.size:
+        average[i] += weight * (params[i] - average[i])
+
+
 # ---------------------------------------------------------------------------------------------
 # sampling: one launch advances every stream through a whole chunk of characters. Block b owns
 # stream b for the chunk: its threads share the gate products of each layer, meet at a barrier,

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from numba import cuda
 
+from .. import averaging
+from ..averaging import WeightAverage
 from ..engine import no_reduction
 from ..model import Model
 from ..optim import Adam
@@ -23,8 +25,11 @@ from .model import CudaModel
 
 
 class CudaEngine:
-    def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray):
+    def __init__(self, model: Model, optimizer: Adam, h: np.ndarray, c: np.ndarray,
+                 average: WeightAverage | None = None):
         self.model, self.optimizer, self.h, self.c = model, optimizer, h, c  # host copies
+        self.average = average  # host copy; the device's is self.d_average
+        self.d_average = None if average is None else cuda.to_device(average.values)
         self.reduce_gradients = no_reduction  # called with the device's gradient buffer
         self.device_model = CudaModel(model.config, params=model.params)
         self.m = cuda.to_device(optimizer.m)
@@ -43,6 +48,8 @@ class CudaEngine:
         self.device_model.params.copy_to_host(self.model.params)
         self.m.copy_to_host(self.optimizer.m)
         self.v.copy_to_host(self.optimizer.v)
+        if self.average is not None:
+            self.d_average.copy_to_host(self.average.values)
         self.h, self.c = self.d_h.copy_to_host(), self.d_c.copy_to_host()
         self._pulled = True
 
@@ -87,6 +94,10 @@ class CudaEngine:
                                         opt.lr / (1.0 - beta1 ** opt.steps),
                                         math.sqrt(1.0 - beta2 ** opt.steps), beta1, beta2,
                                         opt.eps, self._norm_sq)
+        if self.average is not None:  # the host counts the updates; the device averages
+            d = averaging.rate(self.average.decay, self.average.updates)
+            K.average_weights[K.grid(grads.size)](self.d_average, model.params, 1.0 - d)
+            self.average.updates += 1
         hs, cs = model.last_states()
         for layer in range(self.d_h.shape[0]):  # device to device
             self.d_h[layer].copy_to_device(hs[layer])

@@ -171,7 +171,7 @@ def test_train_on_cuda_gives_the_cpu_run_and_the_same_checkpoint_format(tmp_path
         g, c = checkpoint.load(gpu_dir / name), checkpoint.load(cpu_dir / name)
         assert g.train["step"] == c.train["step"]
         np.testing.assert_allclose(g.params, c.params, rtol=0, atol=2e-5)
-        for key in ("adam.m", "adam.v", "state.h", "state.c"):
+        for key in ("adam.m", "adam.v", "state.h", "state.c", "train.params"):  # averaged
             np.testing.assert_allclose(g.arrays[key], c.arrays[key], rtol=0, atol=2e-5)
     sampled = {}
     for device in ("cpu", "cuda"):

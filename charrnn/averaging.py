@@ -1,0 +1,35 @@
+"""An exponential moving average of the weights (--ema): after every update,
+avg += (1 - d) * (params - avg), with d = min(DECAY, (1 + n) / (10 + n)) after n updates, so the
+average follows the weights closely while they move fast at the start and settles to a horizon
+of about 1 / (1 - DECAY) updates (Polyak & Juditsky 1992; the num_updates rule of TensorFlow's
+ExponentialMovingAverage). Validation, previews, best.npz and the checkpoint's `params` are the
+average; the trained weights go on being trained and are saved beside it for resuming (why:
+BENCHMARKS.md, "Quality: more compute buys a better model").
+
+Numba-free: numpy arithmetic in place, a few passes over the weights per step.
+"""
+
+import numpy as np
+
+
+def rate(decay: float, updates: int) -> float:
+    """The decay of update number updates + 1."""
+    return min(decay, (1.0 + updates) / (10.0 + updates))
+
+
+class WeightAverage:
+    """The running average of a flat weight buffer, and how many updates it has taken."""
+
+    def __init__(self, params: np.ndarray, decay: float, updates: int = 0,
+                 values: np.ndarray | None = None):
+        self.decay, self.updates = decay, updates
+        self.values = params.copy() if values is None else np.array(values, params.dtype)
+        self._step = np.empty_like(self.values)
+
+    def update(self, params: np.ndarray) -> None:
+        """Take the weights after an update into the average."""
+        d = rate(self.decay, self.updates)
+        np.subtract(params, self.values, out=self._step)
+        self._step *= 1.0 - d
+        self.values += self._step
+        self.updates += 1
