@@ -29,7 +29,9 @@ class WeightAverage:
     def update(self, params: np.ndarray) -> None:
         """Take the weights after an update into the average."""
         d = rate(self.decay, self.updates)
-        np.subtract(params, self.values, out=self._step)
-        self._step *= 1.0 - d
-        self.values += self._step
+        # a non-finite weight makes a non-finite average, quietly: the run's checks stop it
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.subtract(params, self.values, out=self._step)
+            self._step *= 1.0 - d
+            self.values += self._step
         self.updates += 1

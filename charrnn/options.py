@@ -103,7 +103,9 @@ class TrainOptions:
     ema: float = 0.995  # decay of the weights' running average (averaging.py); 0: none
     seq_len: int = 100
     batch_size: int = 64
-    lr: float = 4e-3  # with the cosine decay; 2e-3 learnt slower (tinyshakespeare, 200 steps)
+    # with the cosine decay: 3e-3 beat 4e-3 at 2 x 640 for 10 minutes' steps, and 2e-3 learnt
+    # slower at 2 x 256 (tinyshakespeare; BENCHMARKS.md, "Quality: more compute ...")
+    lr: float = 3e-3
     grad_clip: float = 5.0
     epochs: int | None = 10
     max_steps: int | None = None
