@@ -19,15 +19,21 @@ class NotEnoughMemory(Exception):
     """The arrays a command needs do not fit, as one line for the user."""
 
 
-def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4) -> int:
-    """The weights, their gradients and Adam's two moments, and one (T, B) window's workspace
-    (model.Workspace) and dropout masks."""
+def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
+                   averaged: bool = False, weight_drop: bool = False) -> int:
+    """The weights, their gradients and Adam's two moments (and, averaged, the running average
+    and its step: averaging.py), one (T, B) window's workspace (model.Workspace) and dropout
+    masks, and with weight drop the recurrent matrices' mask and saved copy (weight_drop.py)."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
     workspace = (2 * L * (T + 1) * B * W + L * T * B * config.spec.stored_acts * H
                  + 3 * T * B * GH + 2 * T * B * H + 3 * T * B * V)
     masks = L * T * B * H if config.dropout else 0
-    return itemsize * (4 * ParamLayout(config).size + workspace + masks)
+    layout = ParamLayout(config)
+    copies = 6 if averaged else 4
+    recurrent = sum(layout.shapes[f"l{k}.W_h"][0] * layout.shapes[f"l{k}.W_h"][1]
+                    for k in range(L)) if weight_drop else 0
+    return itemsize * (copies * layout.size + workspace + masks + 2 * recurrent)
 
 
 PANEL_PADDING = 32  # columns a packed matrix may gain, at most (cpu.matmul_packed's panels)

@@ -362,7 +362,9 @@ class Run:
         training does not fit in memory."""
         config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
                              hidden=hidden, dropout=dropout)
-        memory.check_fits(memory.training_bytes(config, opts.seq_len, opts.batch_size),
+        memory.check_fits(memory.training_bytes(config, opts.seq_len, opts.batch_size,
+                                                averaged=bool(opts.ema),
+                                                weight_drop=bool(opts.weight_drop)),
                           f"training a {config.layers} x {config.hidden} {config.cell} at "
                           f"batch {opts.batch_size} x {opts.seq_len}",
                           "--hidden, --layers, --batch-size or --seq-len")
