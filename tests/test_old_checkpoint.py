@@ -24,8 +24,10 @@ from charrnn.train_state import options_from_checkpoint
 FIXTURE = Path(__file__).parent / "fixtures" / "old-lstm-step6.npz"
 OLD_TEXT = "".join(f"{i} the quick brown fox jumps over the lazy dog; pack my box with five "
                    f"dozen liquor jugs.\n" for i in range(60))
+# as the old version trained the fixture: its defaults of the time included lr 0.004 and no
+# weight averaging
 OPTIONS = dict(cell="lstm", layers=1, hidden=8, batch_size=4, seq_len=16, save_every=3,
-               eval_every=3, lr_schedule="constant")
+               eval_every=3, lr_schedule="constant", lr=4e-3, ema=0.0)
 
 
 def charrnn(*args) -> subprocess.CompletedProcess:
