@@ -17,18 +17,23 @@ from charrnn.train_state import TRAINED_PARAMS, options_from_checkpoint, restore
 from .test_reliability import Quiet
 
 
-def test_the_average_is_the_running_average_with_the_warm_up_rate():
+def test_the_average_weights_the_kth_update_by_k_until_the_decay_caps_it():
     rng = np.random.default_rng(0)
     steps = [rng.normal(size=7) for _ in range(40)]
-    average = WeightAverage(steps[0], 0.9)
-    expected = steps[0].copy()
-    for n, params in enumerate(steps[1:]):
-        d = min(0.9, (1 + n) / (10 + n))  # written out: 0.1, 0.18, ... until 0.9 from n = 71
+    average = WeightAverage(steps[0], 0.95)  # capped from n = 38: 2 x 0.95 / 0.05
+    for params in steps[1:31]:
+        average.update(params)
+    k = np.arange(1, 31)  # the initial weights have no share at all
+    linear = (k[:, None] * np.array(steps[1:31])).sum(0) / k.sum()
+    np.testing.assert_allclose(average.values, linear, rtol=1e-12)
+    expected = average.values.copy()
+    for n, params in enumerate(steps[31:], start=30):
+        d = 0.95 if n >= 38 else n / (n + 2)
         expected = d * expected + (1 - d) * params
         average.update(params)
     np.testing.assert_allclose(average.values, expected, rtol=1e-13, atol=1e-15)
     assert average.updates == 39
-    assert rate(0.9, 0) == pytest.approx(0.1) and rate(0.9, 80) == 0.9
+    assert rate(0.95, 0) == 0 and rate(0.95, 37) < 0.95 and rate(0.95, 38) == 0.95
     assert not np.shares_memory(average.values, steps[0])  # a copy, not a view
 
 
