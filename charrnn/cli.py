@@ -153,7 +153,7 @@ def train(
     seq_len: Annotated[Optional[int], typer.Option(help="Characters per BPTT window." + train_default("seq_len"))] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Parallel streams." + train_default("batch_size"))] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate (the peak, under --lr-schedule cosine)." + train_default("lr"))] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output, one mask per stream for a whole window." + default_note("chosen: 0.25 when the budget allows 8 epochs and 4 characters per parameter, else 0"))] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout between layers and before the output, one mask per stream for a whole window." + default_note("chosen: 0.2 when the budget allows 8 epochs and 4 characters per parameter, else 0"))] = None,
     weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent matrices: each window zeroes this fraction of W_h's weights." + default_note("chosen with --dropout, the same"))] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the running average of the weights that validation, previews and the saved model use; 0: the trained weights themselves." + train_default("ema"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip." + train_default("grad_clip"))] = None,

@@ -102,15 +102,15 @@ def test_regularisation_needs_eight_epochs_and_four_characters_per_parameter():
     n_train, params = 1000, 500  # the README's rule, both ways round
     choose = sizing.choose_regularisation
     assert choose(7.9 * n_train, n_train, params) == 0.0
-    assert choose(8 * n_train, n_train, params) == 0.25
+    assert choose(8 * n_train, n_train, params) == 0.2
     assert choose(8 * n_train, n_train, 2.5 * n_train) == 0.0  # 3.2 per parameter
-    assert choose(10 * n_train, n_train, 2.5 * n_train) == 0.25
+    assert choose(10 * n_train, n_train, 2.5 * n_train) == 0.2
     assert choose(float("inf"), n_train, params) == 0.0  # unknown: not chosen
 
 
 @pytest.mark.parametrize("epochs, given, expected", [
-    (2, {}, (0.0, 0.0)), (10, {}, (0.25, 0.25)), (10, {"dropout": 0.0}, (0.0, 0.25)),
-    (10, {"weight_drop": 0.1}, (0.25, 0.1)), (2, {"dropout": 0.2}, (0.2, 0.0))])
+    (2, {}, (0.0, 0.0)), (10, {}, (0.2, 0.2)), (10, {"dropout": 0.0}, (0.0, 0.2)),
+    (10, {"weight_drop": 0.1}, (0.2, 0.1)), (2, {"dropout": 0.3}, (0.3, 0.0))])
 def test_a_run_without_regularisation_gets_it_from_its_epochs_and_says_so(corpus, tmp_path,
                                                                           epochs, given,
                                                                           expected):
@@ -126,7 +126,7 @@ def test_a_run_without_regularisation_gets_it_from_its_epochs_and_says_so(corpus
                           if name.replace("-", "_") not in given)
     if expected != (0.0, 0.0) and epochs == 10:
         per_param = epochs * run.streams.size / run.model.params.size
-        assert said == [f"{chosen} 0.25: the budget allows {epochs} epochs, {per_param:.0f} "
+        assert said == [f"{chosen} 0.2: the budget allows {epochs} epochs, {per_param:.0f} "
                         f"characters per parameter, enough to overfit without it (give "
                         f"{chosen} to choose)"]
     else:
@@ -176,7 +176,7 @@ def test_a_time_budget_stops_where_the_model_stops_learning_unless_regularised(
     said = step_limit_notes(run)
     if not capped:
         assert said == [] and run.opts.max_steps == given.get("max_steps")
-        assert minutes < 1000 or run.opts.dropout == run.opts.weight_drop == 0.25
+        assert minutes < 1000 or run.opts.dropout == run.opts.weight_drop == 0.2
         return
     params, per_epoch = run.model.params.size, run.steps_per_epoch
     steps = run.opts.max_steps
