@@ -78,6 +78,54 @@ class LayerNormGRUCell(nn.Module):
         return (1 - z) * n + z * h
 
 
+class RecurrentLayerNormGRUCell(LayerNormGRUCell):
+    """The layer-normalised GRU with the input side left plain: r, z from x W_x + b +
+    LN(h W_h), the candidate from x W_xn + b_n + r * LN(h W_hn). charrnn forms x W_x + b for
+    a whole window before its time loop, so this variant changes only the step."""
+
+    def forward(self, x, h):
+        ax = (x @ self.w_x + self.b).chunk(3, -1)  # 3 x (B, H)
+        ah = [ln(a) for ln, a in zip(self.ln_h, (h @ self.w_h).chunk(3, -1))]
+        r = torch.sigmoid(ax[0] + ah[0])
+        z = torch.sigmoid(ax[1] + ah[1])
+        n = torch.tanh(ax[2] + r * ah[2])
+        return (1 - z) * n + z * h
+
+
+class JointRecurrentLayerNormGRUCell(LayerNormGRUCell):
+    """As RecurrentLayerNormGRUCell, but h W_h normalised as one 3H vector (one mean and one
+    variance for r, z and n together, as Ba et al. normalise the LSTM's four gates)."""
+
+    def __init__(self, n_in: int, hidden: int):
+        super().__init__(n_in, hidden)
+        self.ln_hj = nn.LayerNorm(3 * hidden, bias=False)
+
+    def forward(self, x, h):
+        ax = (x @ self.w_x + self.b).chunk(3, -1)  # 3 x (B, H)
+        ah = self.ln_hj(h @ self.w_h).chunk(3, -1)
+        r = torch.sigmoid(ax[0] + ah[0])
+        z = torch.sigmoid(ax[1] + ah[1])
+        n = torch.tanh(ax[2] + r * ah[2])
+        return (1 - z) * n + z * h
+
+
+class InputLayerNormGRUCell(LayerNormGRUCell):
+    """The layer-normalised GRU with the recurrent side left as the GRU's (b_hn included):
+    r, z from LN(x W_x) + h W_h, the candidate from LN(x W_xn) + r * (h W_hn + b_hn)."""
+
+    def __init__(self, n_in: int, hidden: int):
+        super().__init__(n_in, hidden)
+        self.b_hn = nn.Parameter(torch.zeros(hidden))
+
+    def forward(self, x, h):
+        ax = [ln(a) for ln, a in zip(self.ln_x, (x @ self.w_x).chunk(3, -1))]  # 3 x (B, H)
+        ah = (h @ self.w_h).chunk(3, -1)
+        r = torch.sigmoid(ax[0] + ah[0])
+        z = torch.sigmoid(ax[1] + ah[1])
+        n = torch.tanh(ax[2] + r * (ah[2] + self.b_hn))
+        return (1 - z) * n + z * h
+
+
 class MultiplicativeLSTMCell(nn.Module):
     """mLSTM (Krause et al. 2016): m = (x W_mx) * (h W_mh) takes h's place in the LSTM's gates,
     so each input character chooses its own recurrent matrix."""
@@ -108,7 +156,10 @@ class CharModel(nn.Module):
         if cell in ("gru", "lstm"):  # PyTorch's own fused layers: the same arithmetic, faster
             self.rnn = (nn.GRU if cell == "gru" else nn.LSTM)(vocab, hidden, layers)
         else:
-            make = LayerNormGRUCell if cell == "lngru" else MultiplicativeLSTMCell
+            make = {"lngru": LayerNormGRUCell, "lngru-h": RecurrentLayerNormGRUCell,
+                    "lngru-hj": JointRecurrentLayerNormGRUCell,
+                    "lngru-x": InputLayerNormGRUCell,
+                    "mlstm": MultiplicativeLSTMCell}[cell]
             self.cells = nn.ModuleList(make(vocab if i == 0 else hidden, hidden)
                                        for i in range(layers))
         self.out = nn.Linear(hidden, vocab)
@@ -207,7 +258,8 @@ def train(cell: str, text: str, a) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", nargs="+", default=["gru", "lngru", "lstm", "mlstm"],
-                    choices=["gru", "lngru", "lstm", "mlstm"])
+                    choices=["gru", "lngru", "lngru-h", "lngru-hj", "lngru-x", "lstm",
+                                                      "mlstm"])
     ap.add_argument("--corpus", type=Path, default=CORPUS)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)

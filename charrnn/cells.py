@@ -36,6 +36,7 @@ class CellSpec:
     persistent_cuda: bool = True  # a layer's time loop can be one persistent CUDA launch
     identity_init: bool = False  # recurrent matrices the identity, biases 0 (IRNN)
     forget_block: int | None = None  # the gate block whose bias starts at 1 (the LSTMs' forget)
+    unit_gain_blocks: int = 0  # leading H-blocks of the extra array that start at 1 (gains)
 
     def recurrent_width(self, hidden: int, vocab_size: int) -> int:
         """Rows of W_h: the width of what the recurrence reads (h, or y for output recurrence)."""
@@ -77,6 +78,10 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("jordan", 7, gates=1, stored_acts=1, single_layer=True, output_recurrence=True,
              persistent_cuda=False,
              description="Jordan network: one layer whose recurrent input is its last output"),
+    CellSpec("gru-ln", 8, gates=3, stored_acts=7, extra_name="ln_gain_b_hn",
+             extra_shape=lambda H: (4 * H,), gate_grad_buffer=True, unit_gain_blocks=3,
+             description="GRU whose input projection is layer-normalised per gate (Ba et al. "
+                         "2016)"),
 )}
 
 CELL_NAMES = tuple(CELLS)

@@ -114,9 +114,9 @@ def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32)
     and learnt far slower (tinyshakespeare, 200 steps: 2.00 against 2.39 nats); each
     gate's (H, H) block of the recurrent matrices orthogonal, so the recurrence neither shrinks
     nor grows a state at the start (Saxe et al., 2014); the LSTMs' forget-gate bias 1, so they
-    remember by default (Jozefowicz et al., 2015). IRNN: recurrent matrices the identity and
-    biases zero (Le, Jaitly & Hinton, 2015). Jordan's recurrent matrix (V, H) keeps the uniform
-    default."""
+    remember by default (Jozefowicz et al., 2015); gru-ln's layer-norm gains 1. IRNN:
+    recurrent matrices the identity and biases zero (Le, Jaitly & Hinton, 2015). Jordan's
+    recurrent matrix (V, H) keeps the uniform default."""
     layout = ParamLayout(config)
     H = config.hidden
     bound = 1.0 / np.sqrt(H)
@@ -139,6 +139,8 @@ def init_params(config: ModelConfig, rng: np.random.Generator, dtype=np.float32)
             views[f"l{layer}.{spec.extra_name}"][:] = orthogonal(rng, H)
         if spec.forget_block is not None:  # gate blocks: i, f, g, o (coupled: f, g, o)
             b[spec.forget_block * H:(spec.forget_block + 1) * H] = 1.0
+        if spec.unit_gain_blocks:  # gru-ln's gains: 1, so it starts as plain normalisation
+            views[f"l{layer}.{spec.extra_name}"][:spec.unit_gain_blocks * H] = 1.0
     return flat
 
 

@@ -30,6 +30,29 @@ def gru_cell(x, h, W_x, W_h, b, b_hn):
     return (1.0 - z) * n + z * h
 
 
+def layer_norm_blocks(a, gain, bias, blocks=3, eps=1e-5):
+    """Each of the `blocks` equal column blocks of a normalised apart, then * gain + bias."""
+    out = []
+    for part in np.split(a, blocks, axis=-1):
+        mean = part.mean(axis=-1, keepdims=True)
+        var = ((part - mean) ** 2).mean(axis=-1, keepdims=True)
+        out.append((part - mean) / np.sqrt(var + eps))
+    return np.concatenate(out, axis=-1) * gain + bias
+
+
+def gru_ln_cell(x, h, W_x, W_h, b, ln_gain_b_hn):
+    """The GRU on a layer-normalised input projection: ln_gain_b_hn holds the gains (3H) and
+    the GRU's b_hn (H)."""
+    H = h.shape[1]
+    gain, b_hn = ln_gain_b_hn[:3 * H], ln_gain_b_hn[3 * H:]
+    ax = layer_norm_blocks(x @ W_x, gain, b)
+    ah = h @ W_h
+    r = sigmoid(ax[:, :H] + ah[:, :H])
+    z = sigmoid(ax[:, H:2 * H] + ah[:, H:2 * H])
+    n = np.tanh(ax[:, 2 * H:] + r * (ah[:, 2 * H:] + b_hn))
+    return (1.0 - z) * n + z * h
+
+
 def rnn_cell(x, h, W_x, W_h, b):
     return np.tanh(x @ W_x + h @ W_h + b)
 
@@ -112,6 +135,8 @@ def forward(weights, cell, ids, targets, h0, c0, masks=None):
                 h, c = peephole_lstm_cell(x[t], h, c, W_x, W_h, b, weights[f"l{layer}.peep"])
             elif cell == "gru":
                 h = gru_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.b_hn"])
+            elif cell == "gru-ln":
+                h = gru_ln_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.ln_gain_b_hn"])
             elif cell == "gru-classic":
                 h = gru_classic_cell(x[t], h, W_x, W_h, b, weights[f"l{layer}.W_hn"])
             elif cell == "irnn":

@@ -136,3 +136,59 @@ def test_weight_drop_matches_torch_with_the_masked_matrices(cell, dropout):
     for name, g in expected.items():
         assert scaled_error(ours[name], g) <= TOLERANCE[np.float64], name
     assert scaled_error(dh0, t_h0.grad.numpy()) <= TOLERANCE[np.float64]
+
+
+def torch_gru_ln_objective(p):
+    """The Problem's objective for gru-ln written with torch's layer_norm and autograd: each
+    H-block of x W_x through F.layer_norm with its gains and the bias b, then the GRU's
+    equations. Returns (loss, logits, hT, the leaf tensors by our names, h0)."""
+    cfg, F = p.config, torch.nn.functional
+    H, V = cfg.hidden, cfg.vocab_size
+    w = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in p.model.weights.items()}
+    h0 = torch.from_numpy(p.h0.copy()).requires_grad_()
+    x = F.one_hot(torch.from_numpy(p.ids), V).to(h0.dtype)  # (T, B, V)
+    finals = []
+    for layer in range(cfg.layers):
+        W_x, W_h, b = (w[f"l{layer}.{k}"] for k in ("W_x", "W_h", "b"))
+        gain, b_hn = w[f"l{layer}.ln_gain_b_hn"][:3 * H], w[f"l{layer}.ln_gain_b_hn"][3 * H:]
+        v = x @ W_x  # (T, B, 3H)
+        ax = torch.cat([F.layer_norm(v[..., g * H:(g + 1) * H], (H,),
+                                     gain[g * H:(g + 1) * H], b[g * H:(g + 1) * H], eps=1e-5)
+                        for g in range(3)], dim=-1)
+        h, outs = h0[layer], []
+        for t in range(x.shape[0]):
+            ah = h @ W_h
+            r = torch.sigmoid(ax[t, :, :H] + ah[:, :H])
+            z = torch.sigmoid(ax[t, :, H:2 * H] + ah[:, H:2 * H])
+            n = torch.tanh(ax[t, :, 2 * H:] + r * (ah[:, 2 * H:] + b_hn))
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        finals.append(h)
+        x = torch.stack(outs)
+        if p.masks is not None:
+            x = x * torch.from_numpy(p.masks[layer])
+    logits = x @ w["out.W"] + w["out.b"]
+    loss = F.cross_entropy(logits.reshape(-1, V), torch.from_numpy(p.targets).reshape(-1))
+    hT = torch.stack(finals)
+    (loss + (hT * torch.from_numpy(p.dhT)).sum()).backward()
+    return loss, logits, hT, w, h0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_gru_ln_matches_torch_layer_norm(layers, dropout, dtype):
+    """gru-ln against torch.nn.functional.layer_norm and torch's autograd (torch has no
+    layer-normalised GRU module): loss, logits, final state and every gradient."""
+    p = Problem("gru-ln", layers, dropout, T=7, B=3, H=8, V=10, dtype=dtype, seed=3)
+    grads, dh0, _ = p.analytic()
+    loss = p.model.forward(p.ids, p.targets, p.h0, p.c0, p.masks)
+    hT, _ = p.model.final_state()
+    t_loss, t_logits, t_hT, leaves, t_h0 = torch_gru_ln_objective(p)
+    tol = TOLERANCE[dtype]
+    assert abs(loss - t_loss.item()) <= tol * abs(t_loss.item())
+    assert scaled_error(p.model.logits(), t_logits.detach().numpy()) <= tol
+    assert scaled_error(hT, t_hT.detach().numpy()) <= tol
+    for name, leaf in leaves.items():
+        assert scaled_error(grads[name], leaf.grad.numpy()) <= tol, name
+    assert scaled_error(dh0, t_h0.grad.numpy()) <= tol

@@ -19,7 +19,8 @@ TILE = 4 if SIMULATED else 16  # GEMM tile edge: TILE x TILE threads, two TILE x
 BLOCK = 8 if SIMULATED else 256  # threads per block of the elementwise kernels
 
 # The cells' kernel ids, as in kernels/cpu.py (charrnn/cells.py's `kernel_id`s; append-only).
-LSTM, GRU, RNN, IRNN, LSTM_COUPLED, LSTM_PEEPHOLE, GRU_CLASSIC, JORDAN = range(8)
+LSTM, GRU, RNN, IRNN, LSTM_COUPLED, LSTM_PEEPHOLE, GRU_CLASSIC, JORDAN, GRU_LN = range(9)
+LN_EPS = 1e-5  # gru-ln's variance epsilon, as kernels/cpu.py
 
 SIGNATURES: dict = {}  # kernel name -> (kernel, float32 argument types as a numba signature)
 
@@ -300,6 +301,98 @@ def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act,
     if i < B * H:
         _cell_unit_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act, dx,
                             dhg, i // H, i % H, H)
+
+
+# ---------------------------------------------------------------------------------------------
+# gru-ln's input side (its step is the GRU's): each H-block of a row of x W_x normalised apart,
+# one block of LN_THREADS threads per row, reducing through shared memory.
+
+LN_THREADS = 8 if SIMULATED else 128  # threads per row's block (a power of two)
+REDUCE_SLOTS = 1024  # _block_sum's shared array: the most threads a block can have
+
+
+@cuda.jit(device=True, inline=True)
+def _block_sum(value, shared, tid, nthreads):
+    """The sum of `value` over the block's threads, returned to each (shared: float64, at
+    least nthreads long; nthreads a power of two; barriers inside)."""
+    shared[tid] = value
+    cuda.syncthreads()
+    stride = nthreads // 2
+    while stride > 0:
+        if tid < stride:
+            shared[tid] += shared[tid + stride]
+        cuda.syncthreads()
+        stride //= 2
+    total = shared[0]
+    cuda.syncthreads()
+    return total
+
+
+@cuda.jit(device=True, inline=True)
+def _block_stats(v, start, H, shared, tid, nthreads):
+    """Mean and 1/std of v[start:start + H], computed by the block's threads together."""
+    part = 0.0
+    for j in range(start + tid, start + H, nthreads):
+        part += v[j]
+    mean = _block_sum(part, shared, tid, nthreads) / H
+    part = 0.0
+    for j in range(start + tid, start + H, nthreads):
+        d = v[j] - mean
+        part += d * d
+    return mean, 1.0 / math.sqrt(_block_sum(part, shared, tid, nthreads) / H + LN_EPS)
+
+
+@cuda.jit(device=True)
+def _layer_norm_row(v, gain, bias, shared, tid, nthreads):
+    """v (3H,) = gain * normalised(v) + bias in place, each H-block apart (by the block)."""
+    H = v.shape[0] // 3
+    for g in range(3):
+        mean, rstd = _block_stats(v, g * H, H, shared, tid, nthreads)
+        for j in range(g * H + tid, (g + 1) * H, nthreads):
+            v[j] = gain[j] * ((v[j] - mean) * rstd) + bias[j]
+    cuda.syncthreads()
+
+
+@_kernel(f"void({F2}, {F1}, {F1}, {F2})")
+def input_layer_norm(xg, gain, bias, acts):
+    """xg (N, 3H): x W_x on entry, kept in acts[:, 4H:7H] (N, 7H); then normalised in place,
+    times gain, plus bias. Grid: one block of LN_THREADS per row."""
+    n = cuda.blockIdx.x
+    tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
+    shared = cuda.shared.array(REDUCE_SLOTS, float64)
+    GH = xg.shape[1]
+    H = GH // 3
+    for k in range(tid, GH, nthreads):
+        acts[n, 4 * H + k] = xg[n, k]
+    cuda.syncthreads()
+    _layer_norm_row(xg[n], gain, bias, shared, tid, nthreads)
+
+
+@_kernel(f"void({F2}, {F2}, {F1}, {F2})")
+def input_layer_norm_back(dX, acts, gain, dgain_rows):
+    """dX (N, 3H): dL/d(normalised input with gain and bias) in, dL/d(x W_x) out; dgain_rows
+    (N, 3H) out: dL/dgain per row (their column sums are the gains' gradient). Grid: one
+    block of LN_THREADS per row."""
+    n = cuda.blockIdx.x
+    tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
+    shared = cuda.shared.array(REDUCE_SLOTS, float64)
+    H = dX.shape[1] // 3
+    d, v = dX[n], acts[n, 4 * H:7 * H]
+    for g in range(3):
+        mean, rstd = _block_stats(v, g * H, H, shared, tid, nthreads)
+        part_g = 0.0  # this thread's share of the sums of dL/du and dL/du * u
+        part_gu = 0.0
+        for j in range(g * H + tid, (g + 1) * H, nthreads):
+            u = (v[j] - mean) * rstd
+            dgain_rows[n, j] = d[j] * u
+            du = d[j] * gain[j]
+            part_g += du
+            part_gu += du * u
+        mean_g = _block_sum(part_g, shared, tid, nthreads) / H
+        mean_gu = _block_sum(part_gu, shared, tid, nthreads) / H
+        for j in range(g * H + tid, (g + 1) * H, nthreads):
+            u = (v[j] - mean) * rstd
+            d[j] = (d[j] * gain[j] - mean_g - u * mean_gu) * rstd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,17 +827,19 @@ def _draw(logits, temperature, top_k, top_p, u, probs, taken):
 
 
 @cuda.jit(device=True)
-def _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads):
+def _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads, shared):
     """One layer of one step for stream b, by the threads of its block: the gate products
-    (input side into xg, recurrent side into hw), a barrier, the cell update of h, c."""
+    (input side into xg, recurrent side into hw), a barrier, the cell update of h, c.
+    shared: _block_sum's array (gru-ln)."""
     L, B, H = h.shape
     GH = xg.shape[1]
     s = 4 * layer
     W_x, W_h = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]
     bias, extra = params[offs[s + 2]:offs[s + 3]], params[offs[s + 3]:offs[s + 4]]
     GH_h = W_h.size // H  # the classic GRU's W_h has only the r, z columns
+    normalised = cell == GRU_LN  # its bias comes after the normalisation
     for k in range(tid, GH, nthreads):
-        a = bias[k]
+        a = 0.0 * bias[k] if normalised else bias[k]
         if layer == 0:
             a += W_x[xt * GH + k]
         else:
@@ -757,6 +852,9 @@ def _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthr
         xg[b, k] = a
         hw[b, k] = r
     cuda.syncthreads()  # every gate product is in before any unit changes h
+    if normalised:  # then the GRU's step, b_hn after the 3H gains
+        _layer_norm_row(xg[b], extra[:GH], bias, shared, tid, nthreads)
+        cell, extra = GRU, extra[GH:]
     if cell == GRU_CLASSIC:
         for j in range(tid, H, nthreads):  # r and z; r * h_prev into hw's n block
             r = _sigmoid(xg[b, j] + hw[b, j])
@@ -828,7 +926,8 @@ def sample_steps(cell, params, offs, x, h, c, forced, temperature, top_k, top_p,
     (B, V), probs (B, V), taken (B, V): scratch."""
     b = cuda.blockIdx.x
     tid = cuda.threadIdx.x
-    nthreads = cuda.blockDim.x
+    nthreads = cuda.blockDim.x  # a power of two (gru-ln's sums)
+    shared = cuda.shared.array(REDUCE_SLOTS, float64)
     L, B, H = h.shape
     V = logits.shape[1]
     for t in range(out.shape[0]):
@@ -838,7 +937,8 @@ def sample_steps(cell, params, offs, x, h, c, forced, temperature, top_k, top_p,
             _jordan_sample_step(params, offs, xt, h, xg, logits, b, tid, nthreads)
         else:
             for layer in range(L):
-                _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads)
+                _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthreads,
+                                   shared)
             if not feeding:
                 s = 4 * L
                 W_y, b_y = params[offs[s]:offs[s + 1]], params[offs[s + 1]:offs[s + 2]]

@@ -58,6 +58,7 @@ class DeviceWorkspace:
         if config.spec.two_gemm_step:  # the weight-gradient operands of its two GEMMs
             self.drz, self.dn = new(T * B, 2 * H), new(T * B, H)
         self.loss = cuda.to_device(np.zeros(1, np.float64))
+        self.zero_bias = new(GH)  # gru-ln's row gather: its bias comes after the normalisation
 
 
 class CudaModel:
@@ -105,6 +106,15 @@ class CudaModel:
         views = self.grad_views if grads else self.weights
         return views[f"l{layer}.{name}"]
 
+    def _step_extra(self, layer: int):
+        """What the step kernels read as the extra array: gru-ln's b_hn, after its gains."""
+        extra = self._extra(layer)
+        return extra[3 * self.config.hidden:] if self.cell == K.GRU_LN else extra
+
+    def _gains(self, layer: int, grads: bool = False):
+        """gru-ln's (3H,) gains of the normalised input (or their gradient)."""
+        return self._extra(layer, grads)[:3 * self.config.hidden]
+
     def forward(self, ids, targets, h0=None, c0=None, masks=None, loss_sum=None):
         """Model.forward on the device. h0, c0 may be host or device arrays. With loss_sum (a
         device float64 (1,) array), the window's mean loss is added to it there and nothing
@@ -131,26 +141,33 @@ class CudaModel:
             self._jordan_forward(ws, T, B, d_ids, d_targets, d_masks, h0)
             return self._loss(ws, N, loss_sum)
         w = self.weights
+        normalised = self.cell == K.GRU_LN  # its bias comes after the normalisation
+        step_cell = K.GRU if normalised else self.cell  # gru-ln's step is the GRU's
         for layer in range(L):
             W_x, W_h, b = w[f"l{layer}.W_x"], w[f"l{layer}.W_h"], w[f"l{layer}.b"]
+            hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
             if layer == 0:
-                K.gather_bias[K.grid(ws.xg.size)](W_x, b, d_ids, ws.xg)
+                K.gather_bias[K.grid(ws.xg.size)](W_x, ws.zero_bias if normalised else b, d_ids,
+                                                  ws.xg)
             else:
                 K.gemm(ws.xin[layer - 1], W_x, ws.xg)
-                K.add_bias[K.grid(ws.xg.size)](ws.xg, b)
-            hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
+                if not normalised:
+                    K.add_bias[K.grid(ws.xg.size)](ws.xg, b)
+            if normalised:
+                K.input_layer_norm[N, K.LN_THREADS](ws.xg, self._gains(layer), b,
+                                                    acts.reshape(N, acts.shape[2]))
             hs[0].copy_to_device(_layer_of(h0, layer))
             cs[0].copy_to_device(_layer_of(c0, layer))
-            extra = self._extra(layer)
+            extra = self._step_extra(layer)
             if self.plan is not None:
-                K.layer_forward_persistent(self.cell, ws.xg, W_h, extra, hs, cs, acts, ws.hw,
+                K.layer_forward_persistent(step_cell, ws.xg, W_h, extra, hs, cs, acts, ws.hw,
                                            self.plan)
             for t in range(T if self.plan is None else 0):
                 if self.cell == K.GRU_CLASSIC:
                     self._gru_classic_step(ws, layer, t, B)
                     continue
                 K.gemm(hs[t], W_h, ws.hw)
-                K.cell_forward[K.grid(B * H)](self.cell, ws.xg[t * B:(t + 1) * B], ws.hw, extra,
+                K.cell_forward[K.grid(B * H)](step_cell, ws.xg[t * B:(t + 1) * B], ws.hw, extra,
                                               hs[t], cs[t], hs[t + 1], cs[t + 1], acts[t])
             out = hs[1:].reshape(N, H)
             if d_masks is None:
@@ -261,28 +278,30 @@ class CudaModel:
         K.gemm(dlogits, w["out.W"], ws.dH, tb=1)
         dh0, dc0 = self.zero_state(B)
         d_dh, d_dc = ws.dh, ws.dc
+        normalised = self.cell == K.GRU_LN
+        step_cell = K.GRU if normalised else self.cell  # gru-ln's step is the GRU's
+        gru = step_cell == K.GRU  # dHG: the recurrent side's own gradients
         for layer in range(L - 1, -1, -1):
             if d_masks is not None:
                 K.mul[K.grid(N * H)](ws.dH, d_masks[layer], ws.dH)
             W_h = w[f"l{layer}.W_h"]
             hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
-            extra = self._extra(layer)
+            extra = self._step_extra(layer)
             if upstream:
                 d_dh.copy_to_device(np.ascontiguousarray(dhT[layer]))
                 d_dc.copy_to_device(np.ascontiguousarray(dcT[layer]))
             else:
                 K.fill[K.grid(B * H)](d_dh.reshape(B * H), 0.0)
                 K.fill[K.grid(B * H)](d_dc.reshape(B * H), 0.0)
-            gru = self.cell == K.GRU
             if self.plan is not None:
-                K.layer_backward_persistent(self.cell, ws.dH, W_h, extra, hs, cs, acts, ws.dX,
+                K.layer_backward_persistent(step_cell, ws.dH, W_h, extra, hs, cs, acts, ws.dX,
                                             ws.dHG, d_dh, d_dc, self.plan)
             for t in range(T - 1, -1, -1) if self.plan is None else ():
                 rows = slice(t * B, (t + 1) * B)
                 if self.cell == K.GRU_CLASSIC:
                     self._gru_classic_step_back(ws, layer, t, rows, d_dh)
                     continue
-                K.cell_backward[K.grid(B * H)](self.cell, ws.dH[rows], d_dh, d_dc, cs[t], hs[t],
+                K.cell_backward[K.grid(B * H)](step_cell, ws.dH[rows], d_dh, d_dc, cs[t], hs[t],
                                                hs[t + 1], extra, acts[t], ws.dX[rows],
                                                ws.dHG[rows])
                 K.gemm(ws.dHG[rows] if gru else ws.dX[rows], W_h, d_dh, tb=1, accumulate=gru)
@@ -295,11 +314,16 @@ class CudaModel:
                 K.gemm(cs[1:].reshape(N, H), ws.dn, self._extra(layer, grads=True).reshape(H, H),
                        ta=1, accumulate=1)
             K.add_col_sums[K.grid(ws.dX.shape[1])](ws.dX, g[f"l{layer}.b"])
-            if gru:
-                K.add_col_sums[K.grid(H)](ws.dHG[:, 2 * H:], self._extra(layer, grads=True))
+            if gru:  # b_hn (gru-ln: after its 3H gains)
+                K.add_col_sums[K.grid(H)](ws.dHG[:, 2 * H:],
+                                          self._extra(layer, grads=True)[-H:])
             elif self.cell == K.LSTM_PEEPHOLE:
                 K.peephole_grads[K.grid(H)](ws.dX, cs[:T].reshape(N, H),
                                             cs[1:].reshape(N, H), self._extra(layer, grads=True))
+            if normalised:  # dX becomes dL/d(x W_x); dHG, free now, the gains' rows
+                K.input_layer_norm_back[N, K.LN_THREADS](ws.dX, acts.reshape(N, acts.shape[2]),
+                                                         self._gains(layer), ws.dHG)
+                K.add_col_sums[K.grid(3 * H)](ws.dHG, self._gains(layer, grads=True))
             if layer == 0:
                 K.scatter_add_rows[K.grid(ws.dX.size)](ws.dX, d_ids, g["l0.W_x"])
             else:

@@ -13,7 +13,8 @@ boundaries of its named views (see charrnn/model.py and docs/model.md):
     slot 4*l + 1   W_h   (H, G*H)
     slot 4*l + 2   b     (G*H,)
     slot 4*l + 3   extra: GRU b_hn (H,), peephole LSTM p (3H,: i, f, o), classic GRU W_hn
-                   (H, H) (its W_h is (H, 2H): r, z), empty otherwise
+                   (H, H) (its W_h is (H, 2H): r, z), layer-normalised GRU: its gains
+                   (3H,) then b_hn (H,); empty otherwise
     slot 4*L + 0   W_y   (H, V)
     slot 4*L + 1   b_y   (V,)
 
@@ -22,8 +23,9 @@ Memory kept from forward for backward (torch-rnn style accounting), per layer an
     cs     B*H           LSTM-family cell states (plus c0); one slot only for the others
     acts   B*S*H         LSTM, peephole: i, f, g, o, tanh(c) (S=5); coupled: f, g, o, tanh(c)
                          (S=4); GRU: r, z, n, W_hn h + b_hn (S=4); classic GRU: r, z, n (S=3),
-                         with r * h_prev kept in its cs; RNN, IRNN: nothing (S=0; the
-                         derivative comes from hs)
+                         with r * h_prev kept in its cs; layer-normalised GRU: the GRU's four,
+                         then x W_x before its normalisation (S=7); RNN, IRNN: nothing (S=0;
+                         the derivative comes from hs)
 plus, once for the whole model, logits and probabilities (T*B*V each). Scratch reused across
 layers: xg, dX, dHG (T*B*G*H each), xin and dH (T*B*H each), gates (B*G*H), tmp (B*H).
 """
@@ -64,6 +66,9 @@ LSTM_COUPLED = 4
 LSTM_PEEPHOLE = 5
 GRU_CLASSIC = 6
 JORDAN = 7
+GRU_LN = 8
+
+LN_EPS = 1e-5  # gru-ln: added to the variance, as PyTorch's LayerNorm does
 
 SLOTS_PER_LAYER = 4
 
@@ -373,6 +378,8 @@ def _cell_step(cell, xg, gates, extra, h_prev, c_prev, h_out, c_out, act):
         _coupled_step(xg, gates, c_prev, h_out, c_out, act)
     elif cell == GRU:
         _gru_step(xg, gates, extra, h_prev, h_out, act)
+    elif cell == GRU_LN:  # the GRU's step on the normalised input; b_hn after the gains
+        _gru_step(xg, gates, extra[3 * h_prev.shape[1]:], h_prev, h_out, act)
     elif cell == IRNN:
         _irnn_step(xg, gates, h_out)
     elif cell == RNN:
@@ -1011,7 +1018,7 @@ def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dH
         elif cell == IRNN:
             _irnn_step_back(dh, hs[t + 1], dX[t])
             matmul_packed(dX[t], P, dh_next)  # @ W_h.T (P: its panels)
-        elif cell == GRU:
+        elif cell == GRU or cell == GRU_LN:
             _gru_step_back(dh, hs[t], acts[t], dX[t], dHG[t], tmp)
             matmul_packed(dHG[t], P, dh_next)  # @ W_h.T (P: its panels)
             for b in range(B):
@@ -1183,6 +1190,77 @@ def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, 
 # the whole model over one (T, B) window
 
 
+# ---------------------------------------------------------------------------------------------
+# gru-ln's input side: x W_x normalised over each gate's H units (Ba et al. 2016), once for the
+# whole window before the time loop, so the recurrent step stays the GRU's
+
+
+@kernel(inline="always")
+def _block_stats(v, start, H):
+    """Mean and 1/std of v[start:start + H] (two passes: the variance of the centred values)."""
+    mean = 0.0
+    for j in range(start, start + H):
+        mean += v[j]
+    mean /= H
+    var = 0.0
+    for j in range(start, start + H):
+        d = v[j] - mean
+        var += d * d
+    return mean, 1.0 / math.sqrt(var / H + LN_EPS)
+
+
+@kernel
+def layer_norm_rows(rows, gain, bias):
+    """rows (N, 3H) = gain * normalised(rows) + bias in place, each row's three H-blocks
+    normalised apart. gain, bias: (3H,)."""
+    N, GH = rows.shape
+    H = GH // 3
+    for n in range(N):
+        v = rows[n]
+        for g in range(3):
+            mean, rstd = _block_stats(v, g * H, H)
+            for j in range(g * H, (g + 1) * H):
+                v[j] = gain[j] * ((v[j] - mean) * rstd) + bias[j]
+
+
+@kernel
+def _input_layer_norm(xg, gain, bias, acts):
+    """xg (T, B, 3H): x W_x on entry, kept in acts[..., 4H:7H] for backward; then normalised
+    in place as layer_norm_rows."""
+    T, B, GH = xg.shape
+    H = GH // 3
+    for t in range(T):
+        for b in range(B):
+            acts[t, b, 4 * H:7 * H] = xg[t, b]
+    layer_norm_rows(xg.reshape((T * B, GH)), gain, bias)
+
+
+@kernel
+def _input_layer_norm_back(dX, acts, gain, dgain):
+    """dX (T, B, 3H): dL/d(normalised input with gain and bias) on entry, dL/d(x W_x) on exit;
+    dgain (3H,) += dL/dgain. The statistics are recomputed from the kept x W_x."""
+    T, B, GH = dX.shape
+    H = GH // 3
+    for t in range(T):
+        for b in range(B):
+            d, v = dX[t, b], acts[t, b, 4 * H:7 * H]
+            for g in range(3):
+                mean, rstd = _block_stats(v, g * H, H)
+                mean_g = 0.0  # means over the block of dL/du and of dL/du * u
+                mean_gu = 0.0
+                for j in range(g * H, (g + 1) * H):
+                    u = (v[j] - mean) * rstd
+                    dgain[j] += d[j] * u
+                    du = d[j] * gain[j]
+                    mean_g += du
+                    mean_gu += du * u
+                mean_g /= H
+                mean_gu /= H
+                for j in range(g * H, (g + 1) * H):
+                    u = (v[j] - mean) * rstd
+                    d[j] = (d[j] * gain[j] - mean_g - u * mean_gu) * rstd
+
+
 @kernel
 def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
                   hs, cs, acts, xg, gates, xin, logits, probs, n_total):
@@ -1206,19 +1284,24 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
         W_h = _mat(params, offs, s + 1, H)
         bias = _vec(params, offs, s + 2)
         extra = _vec(params, offs, s + 3)
+        normalised = cell == GRU_LN  # its bias comes after the normalisation
         if layer == 0:
             W_x = _mat(params, offs, s, V)
+            row_bias = np.zeros_like(bias) if normalised else bias
             for t in range(T):  # one-hot input: the projection is a row gather
                 for b in range(B):
                     row = W_x[ids[t, b]]
                     for k in range(GH):
-                        xg[t, b, k] = row[k] + bias[k]
+                        xg[t, b, k] = row[k] + row_bias[k]
         else:
             W_x = _mat(params, offs, s, H)
             x = _layer_input(hs, masks, layer - 1, use_dropout, xin)
             xg2 = xg.reshape((T * B, GH))
             np.dot(x.reshape((T * B, H)), W_x, xg2)  # all T steps in one GEMM
-            _add_bias_rows(xg2, bias)
+            if not normalised:
+                _add_bias_rows(xg2, bias)
+        if normalised:
+            _input_layer_norm(xg, extra[:GH], bias, acts[layer])
         hs[layer, 0] = h0[layer]
         cs[layer, 0] = c0[layer]
         _layer_forward(cell, xg, W_h, extra, hs[layer], cs[layer], acts[layer], gates)
@@ -1300,7 +1383,7 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
 
         # weight gradients for all T steps at once
         dX2 = dX.reshape((N, GH))
-        if cell == GRU:
+        if cell == GRU or cell == GRU_LN:
             dR2 = dHG.reshape((N, GH))
         elif cell == GRU_CLASSIC:
             dR2 = dHG.reshape(dHG.size)[:N * 2 * H].reshape((N, 2 * H))
@@ -1312,8 +1395,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
         dW_h = _mat(grads, offs, s + 1, H)
         gemm(hs[layer, :T].reshape((N, H)), dR2, dW_h, True, False, 1.0)  # dW_h += h.T @ dR
         _add_col_sums(dX2, _vec(grads, offs, s + 2))
-        if cell == GRU:
-            db_hn = _vec(grads, offs, s + 3)
+        if cell == GRU or cell == GRU_LN:
+            d_extra = _vec(grads, offs, s + 3)
+            db_hn = d_extra[d_extra.size - H:]  # gru-ln: after its 3H gains
             for n in range(N):
                 for j in range(H):
                     db_hn[j] += dR2[n, 2 * H + j]
@@ -1326,6 +1410,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
                         dp[j] += dX[t, b, j] * c[t, b, j]
                         dp[H + j] += dX[t, b, H + j] * c[t, b, j]
                         dp[2 * H + j] += dX[t, b, 3 * H + j] * c[t + 1, b, j]
+        if cell == GRU_LN:  # dX becomes dL/d(x W_x), what W_x's gradients need
+            _input_layer_norm_back(dX, acts[layer], _vec(params, offs, s + 3)[:GH],
+                                   _vec(grads, offs, s + 3)[:GH])
         if layer == 0:
             dW_x = _mat(grads, offs, s, V)
             for t in range(T):  # scatter-add: the transpose of the row gather
@@ -1388,16 +1475,21 @@ def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new
         s = SLOTS_PER_LAYER * layer
         W_h = _mat(params, offs, s + 1, H)
         bias = _vec(params, offs, s + 2)
+        extra = _vec(params, offs, s + 3)
+        normalised = cell == GRU_LN  # its bias comes after the normalisation
         if layer == 0:
             W_x = _mat(params, offs, s, V)
+            row_bias = np.zeros_like(bias) if normalised else bias
             for b in range(B):
                 row, out = W_x[x[b]], xg[b]
                 for k in range(row.size):
-                    out[k] = row[k] + bias[k]
+                    out[k] = row[k] + row_bias[k]
         else:
             _weights_times(h[layer - 1], params, offs, panels, panel_offs, s, xg)
-            _add_bias_rows(xg, bias)
-        extra = _vec(params, offs, s + 3)
+            if not normalised:
+                _add_bias_rows(xg, bias)
+        if normalised:
+            layer_norm_rows(xg, extra[:bias.size], bias)
         if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
             _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
         else:

@@ -33,7 +33,7 @@ def problem(cell, layers, dropout, dtype, T=3, B=3, H=5, V=6, seed=0, persistent
     cpu = Model(config, dtype=dtype)
     cpu.params[:] = rng.uniform(-0.8, 0.8, cpu.params.size)
     gpu = CudaModel(config, params=cpu.params.copy(), persistent=persistent)
-    assert (gpu.plan is not None) == (persistent and cell not in ("gru-classic", "jordan"))
+    assert (gpu.plan is not None) == (persistent and config.spec.persistent_cuda)
     ids = rng.integers(0, V, (T, B))
     targets = rng.integers(0, V, (T, B))
     shape = (layers, B, config.state_width)
@@ -188,7 +188,7 @@ def test_train_on_cuda_gives_the_cpu_run_and_the_same_checkpoint_format(tmp_path
 @pytest.mark.parametrize("cell, temperature, top_k, top_p", [
     ("lstm", 0.8, 0, 1.0), ("lstm", 1.0, 3, 0.9), ("lstm", 0.0, 0, 1.0), ("gru", 0.8, 0, 1.0),
     ("gru", 1.0, 3, 0.9), ("gru-classic", 0.8, 0, 1.0), ("jordan", 0.8, 0, 1.0),
-    ("lstm-peephole", 1.0, 2, 1.0), ("irnn", 0.8, 0, 0.8)])
+    ("lstm-peephole", 1.0, 2, 1.0), ("irnn", 0.8, 0, 0.8), ("gru-ln", 0.8, 0, 1.0)])
 def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top_p):
     from charrnn.sample import SampleOptions, generate
     from charrnn.tokenizer import Vocab
