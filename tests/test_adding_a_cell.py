@@ -237,7 +237,7 @@ def test_the_doc_adds_a_working_cell(tmp_path):
     doc = DOC.read_text()
     for _, _, code, _ in edits():
         assert code.strip("\n") in doc, f"the doc no longer shows:\n{code}"
-    assert max(s.kernel_id for s in CELLS.values()) + 1 == 8, "the doc's toy id is not the next"
+    assert max(s.kernel_id for s in CELLS.values()) + 1 == 9, "the doc's toy id is not the next"
     assert TOY not in CELLS
 
     package = tmp_path / "src" / "charrnn"
