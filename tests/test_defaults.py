@@ -23,7 +23,7 @@ def test_a_default_run_gets_near_the_entropy_floor(tmp_path):
     best = ckpt_io.load(out / "best.npz")
     loss = best.train["best_val_loss"]
     options = best.train["options"]
-    assert options["cell"] == "gru"  # it was the defaults that ran
+    assert options["cell"] == "gru-ln"  # it was the defaults that ran
     # 10 epochs of ~90,000 characters are 1.5 per parameter of the 2 x 256 it chooses, under
     # the 4 that regularisation needs
     assert options["dropout"] == options["weight_drop"] == 0

@@ -1195,7 +1195,7 @@ def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, 
 # whole window before the time loop, so the recurrent step stays the GRU's
 
 
-@kernel(inline="always")
+@kernel(inline="always", fastmath={"reassoc"})
 def _block_stats(v, start, H):
     """Mean and 1/std of v[start:start + H] (two passes: the variance of the centred values)."""
     mean = 0.0
@@ -1209,7 +1209,7 @@ def _block_stats(v, start, H):
     return mean, 1.0 / math.sqrt(var / H + LN_EPS)
 
 
-@kernel
+@kernel(fastmath={"reassoc"})  # sums vectorised, as _sum
 def layer_norm_rows(rows, gain, bias):
     """rows (N, 3H) = gain * normalised(rows) + bias in place, each row's three H-blocks
     normalised apart. gain, bias: (3H,)."""
@@ -1235,7 +1235,7 @@ def _input_layer_norm(xg, gain, bias, acts):
     layer_norm_rows(xg.reshape((T * B, GH)), gain, bias)
 
 
-@kernel
+@kernel(fastmath={"reassoc"})  # sums vectorised, as _sum
 def _input_layer_norm_back(dX, acts, gain, dgain):
     """dX (T, B, 3H): dL/d(normalised input with gain and bias) on entry, dL/d(x W_x) on exit;
     dgain (3H,) += dL/dgain. The statistics are recomputed from the kept x W_x."""
