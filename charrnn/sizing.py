@@ -29,7 +29,10 @@ from .model import ModelConfig, ParamLayout
 from .options import TrainOptions, flag
 
 CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768)
-CHARS_PER_PARAM = 1.25
+# 1.0 since the default cell normalises its input: it learns more from fewer characters per
+# parameter, and a wider model beat a narrower one trained for longer (BENCHMARKS.md, "Third
+# session"); 1.25 for the plain GRU before it
+CHARS_PER_PARAM = 1.0
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
 # "Figures behind the code"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
