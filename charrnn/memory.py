@@ -31,8 +31,7 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
     masks = L * T * B * H if config.dropout else 0
     layout = ParamLayout(config)
     copies = 6 if averaged else 4
-    recurrent = sum(layout.shapes[f"l{k}.W_h"][0] * layout.shapes[f"l{k}.W_h"][1]
-                    for k in range(L)) if weight_drop else 0
+    recurrent = sum(w.stop - w.start for w in layout.recurrent_slices()) if weight_drop else 0
     return itemsize * (copies * layout.size + workspace + masks + 2 * recurrent)
 
 

@@ -91,6 +91,12 @@ class ParamLayout:
         self.shapes = dict(shapes)
         self.size = int(self.offsets[-1])
 
+    def recurrent_slices(self) -> tuple[slice, ...]:
+        """Where each layer's recurrent matrix W_h lies in the flat buffer (what --weight-drop
+        masks)."""
+        return tuple(slice(int(self.offsets[k]), int(self.offsets[k + 1]))
+                     for k, name in enumerate(self.shapes) if name.endswith(".W_h"))
+
     def views(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Named views (no copies) into ``flat``."""
         out = {}

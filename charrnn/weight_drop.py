@@ -51,9 +51,7 @@ class WeightDrop:
     """Draws the window masks of rate p for a model's layout."""
 
     def __init__(self, layout: ParamLayout, p: float):
-        names = list(layout.shapes)
-        self.slices = tuple(slice(int(layout.offsets[k]), int(layout.offsets[k + 1]))
-                            for k, name in enumerate(names) if name.endswith(".W_h"))
+        self.slices = layout.recurrent_slices()
         self.size = sum(s.stop - s.start for s in self.slices)
         self.p = p
 
