@@ -66,8 +66,9 @@ class ModelConfig:
 class ParamLayout:
     """Names, shapes and offsets of the parameter arrays inside the one flat buffer.
 
-    The order is the kernels' slot order: per layer W_x, W_h, b and the cell's extra vector
-    (GRU b_hn, peephole LSTM peep; absent for the other cells), then W_y, b_y.
+    The order is the kernels' slot order: per layer W_x, W_h, b and the cell's extra array
+    (GRU b_hn, peephole LSTM peep, classic GRU W_hn, gru-ln ln_gain_b_hn; empty for the other
+    cells), then W_y, b_y.
     """
 
     def __init__(self, config: ModelConfig):

@@ -8,10 +8,10 @@ The rules (the measurements behind each threshold: BENCHMARKS.md, "Quality: more
 better model", and before it "Choosing the defaults" and "60 minutes"):
 
 - width: the widest candidate for which the characters the budget allows at that width cover
-  CHARS_PER_PARAM characters per parameter; the budget is the smallest of --epochs x the training
-  text, --max-steps x B x T and --minutes x the training speed at that width (time does not limit
-  the choice where the speed is not timed). Widths above 768 were not measured, so they are not
-  candidates.
+  chars_per_param(cell) characters per parameter (fewer for gru-ln); the budget is the smallest
+  of --epochs x the training text, --max-steps x B x T and --minutes x the training speed at
+  that width (time does not limit the choice where the speed is not timed). Widths above 768
+  were not measured, so they are not candidates.
 - regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
   at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
   REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
@@ -29,10 +29,10 @@ from .model import ModelConfig, ParamLayout
 from .options import TrainOptions, flag
 
 CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768)
-# 1.0 since the default cell normalises its input: it learns more from fewer characters per
-# parameter, and a wider model beat a narrower one trained for longer (BENCHMARKS.md, "Third
-# session"); 1.25 for the plain GRU before it
-CHARS_PER_PARAM = 1.0
+CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
+# gru-ln learns more from fewer characters per parameter: a wider one beat a narrower one
+# trained for longer (BENCHMARKS.md, "Third session")
+NORMALISED_CHARS_PER_PARAM = 1.0
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
 # "Figures behind the code"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
@@ -62,13 +62,19 @@ def budget_chars(hidden: int, *, n_train: int, batch_size: int, seq_len: int,
     return min(limits) if limits else float("inf")
 
 
+def chars_per_param(cell: str) -> float:
+    """The characters per parameter a width needs from the budget, for this cell."""
+    return NORMALISED_CHARS_PER_PARAM if cell == "gru-ln" else CHARS_PER_PARAM
+
+
 def choose_hidden(cell: str, layers: int, vocab_size: int,
                   budget: Callable[[int], float]) -> int:
-    """The widest candidate whose budget covers CHARS_PER_PARAM characters per parameter (the
-    narrowest when none does). Tries the widest first, so a speed measurement inside `budget`
-    runs only for the widths it needs."""
+    """The widest candidate whose budget covers chars_per_param(cell) characters per parameter
+    (the narrowest when none does). Tries the widest first, so a speed measurement inside
+    `budget` runs only for the widths it needs."""
+    need = chars_per_param(cell)
     for hidden in sorted(CANDIDATE_HIDDEN, reverse=True):
-        if budget(hidden) >= CHARS_PER_PARAM * parameter_count(cell, layers, hidden, vocab_size):
+        if budget(hidden) >= need * parameter_count(cell, layers, hidden, vocab_size):
             return hidden
     return min(CANDIDATE_HIDDEN)
 

@@ -22,8 +22,9 @@ def test_parameter_count_is_the_models():
         assert sizing.parameter_count(cell, 2, 24, 11) == model.params.size
 
 
-def test_the_widest_width_the_budget_covers_wins():
-    need = {h: sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 2, h, 65)
+@pytest.mark.parametrize("cell, per_param", [("gru", 1.25), ("gru-ln", 1.0), ("lstm", 1.25)])
+def test_the_widest_width_the_budget_covers_wins(cell, per_param):
+    need = {h: per_param * sizing.parameter_count(cell, 2, h, 65)
             for h in sizing.CANDIDATE_HIDDEN}
     asked = []
 
@@ -31,7 +32,8 @@ def test_the_widest_width_the_budget_covers_wins():
         asked.append(h)
         return need[384]  # exactly enough for 384, not for 512
 
-    assert sizing.choose_hidden("gru", 2, 65, budget) == 384
+    assert sizing.choose_hidden(cell, 2, 65, budget) == 384
+    assert sizing.choose_hidden(cell, 2, 65, lambda h: need[384] * 0.999) == 256
     # widest first, no more speed probes than needed
     assert asked == [h for h in sorted(sizing.CANDIDATE_HIDDEN, reverse=True) if h >= 384]
     assert sizing.choose_hidden("gru", 2, 65, lambda h: 0.0) == min(sizing.CANDIDATE_HIDDEN)

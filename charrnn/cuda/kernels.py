@@ -212,7 +212,8 @@ def _cell_unit(cell, xg, hw, extra, hp, cp, j, H):
 
 @cuda.jit(device=True, inline=True)
 def _store_acts(act, b, j, H, a0, a1, a2, a3, a4):
-    S = act.shape[1] // H  # activations stored per unit: 5, 4 or (RNN, IRNN: a dummy) 1
+    S = act.shape[1] // H  # activations stored per unit: 5, 4 (gru-ln: 7, the GRU's 4 first)
+    # or (RNN, IRNN: a dummy) 1
     if S >= 4:
         act[b, j] = a0
         act[b, H + j] = a1
@@ -308,7 +309,8 @@ def cell_backward(cell, dh, dh_next, dc_next, c_prev, h_prev, h_new, extra, act,
 # one block of LN_THREADS threads per row, reducing through shared memory.
 
 LN_THREADS = 8 if SIMULATED else 128  # threads per row's block (a power of two)
-REDUCE_SLOTS = 1024  # _block_sum's shared array: the most threads a block can have
+SAMPLE_THREADS = 8 if SIMULATED else 256  # sample_steps' block, one per stream (a power of two)
+REDUCE_SLOTS = max(LN_THREADS, SAMPLE_THREADS)  # _block_sum's shared array: a slot a thread
 
 
 @cuda.jit(device=True, inline=True)
@@ -839,7 +841,7 @@ def _layer_sample_step(cell, params, offs, layer, xt, h, c, xg, hw, b, tid, nthr
     GH_h = W_h.size // H  # the classic GRU's W_h has only the r, z columns
     normalised = cell == GRU_LN  # its bias comes after the normalisation
     for k in range(tid, GH, nthreads):
-        a = 0.0 * bias[k] if normalised else bias[k]
+        a = bias[k] - bias[k] if normalised else bias[k]  # zero in the arrays' precision
         if layer == 0:
             a += W_x[xt * GH + k]
         else:

@@ -99,7 +99,8 @@ class CudaModel:
         return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
 
     def _extra(self, layer: int, grads: bool = False):
-        """The layer's cell-specific array (GRU b_hn, peepholes, classic GRU W_hn), or a dummy."""
+        """The layer's cell-specific array (GRU b_hn, peepholes, classic GRU W_hn, gru-ln's gains
+        and b_hn), or a dummy."""
         name = self.config.spec.extra_name
         if name is None:
             return self._empty

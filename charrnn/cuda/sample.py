@@ -13,7 +13,7 @@ from ..stepper import NO_OPTIONS, Start, arranged, feeding
 from . import kernels as K
 from .model import require_kernels
 
-THREADS = 8 if K.SIMULATED else 256  # per block: each block advances one stream
+THREADS = K.SAMPLE_THREADS  # per block: each block advances one stream
 
 
 class CudaStepper:

@@ -5,9 +5,9 @@ step, backward *adds* into the gradient buffer. Every kernel compiles for float3
 float64 (gradient checks); numba specialises on the dtype of the arrays passed in.
 
 Shapes: T time steps, B streams, H hidden units, V vocabulary, L layers, G gates per cell
-(LSTM and peephole LSTM 4, coupled LSTM and GRU 3, RNN and IRNN 1). All parameters live in
-one flat buffer; ``offs`` holds the slot
-boundaries of its named views (see charrnn/model.py and docs/model.md):
+(LSTM and peephole LSTM 4, coupled LSTM and the GRUs 3, RNN, IRNN and Jordan 1). All
+parameters live in one flat buffer; ``offs`` holds the slot boundaries of its named views (see
+charrnn/model.py and docs/model.md):
 
     slot 4*l + 0   W_x   (In_l, G*H)   In_0 = V (row gather), In_l = H above
     slot 4*l + 1   W_h   (H, G*H)
@@ -1195,6 +1195,16 @@ def _jordan_backward(params, grads, offs, ids, targets, masks, use_dropout, ys, 
 # whole window before the time loop, so the recurrent step stays the GRU's
 
 
+@kernel(inline="always")
+def _gather_row(row, bias, bare, out):
+    """out = row (bare: gru-ln, whose bias comes after its normalisation) or row + bias."""
+    if bare:
+        out[:] = row
+    else:
+        for k in range(row.size):
+            out[k] = row[k] + bias[k]
+
+
 @kernel(inline="always", fastmath={"reassoc"})
 def _block_stats(v, start, H):
     """Mean and 1/std of v[start:start + H] (two passes: the variance of the centred values)."""
@@ -1287,12 +1297,9 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
         normalised = cell == GRU_LN  # its bias comes after the normalisation
         if layer == 0:
             W_x = _mat(params, offs, s, V)
-            row_bias = np.zeros_like(bias) if normalised else bias
             for t in range(T):  # one-hot input: the projection is a row gather
                 for b in range(B):
-                    row = W_x[ids[t, b]]
-                    for k in range(GH):
-                        xg[t, b, k] = row[k] + row_bias[k]
+                    _gather_row(W_x[ids[t, b]], bias, normalised, xg[t, b])
         else:
             W_x = _mat(params, offs, s, H)
             x = _layer_input(hs, masks, layer - 1, use_dropout, xin)
@@ -1479,11 +1486,8 @@ def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new
         normalised = cell == GRU_LN  # its bias comes after the normalisation
         if layer == 0:
             W_x = _mat(params, offs, s, V)
-            row_bias = np.zeros_like(bias) if normalised else bias
             for b in range(B):
-                row, out = W_x[x[b]], xg[b]
-                for k in range(row.size):
-                    out[k] = row[k] + row_bias[k]
+                _gather_row(W_x[x[b]], bias, normalised, xg[b])
         else:
             _weights_times(h[layer - 1], params, offs, panels, panel_offs, s, xg)
             if not normalised:

@@ -77,6 +77,21 @@ def test_forward_and_backward_match_the_cpu_in_float64(cell, layers, dropout, pe
     assert np.abs(grads).max() > 0
 
 
+def test_gru_ln_rows_wider_than_a_block_match_the_cpu():
+    """H = 11 against 8 threads a row under the simulator (128 on a GPU, where H = 640 is 5
+    entries a thread): a thread sums and normalises one or two entries of every gate block.
+    (The normalisation is the same whichever time loop follows: a launch per step here.)"""
+    cpu, gpu, window, upstream = problem("gru-ln", 1, 0.0, np.float64, H=11, persistent=False)
+    assert 11 > K.LN_THREADS or not K.SIMULATED
+    assert abs(cpu.forward(*window) - gpu.forward(*window)) < 1e-12
+    dh_cpu, _ = cpu.backward(*upstream)
+    dh_gpu, _ = gpu.backward(*upstream)
+    grads = gpu.grads.copy_to_host()
+    for name, view in cpu.layout.views(grads).items():
+        np.testing.assert_allclose(view, cpu.grad_views[name], rtol=0, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(dh_gpu, dh_cpu, rtol=0, atol=1e-12)
+
+
 @pytest.mark.skipif(K.SIMULATED, reason="several units per block: a GPU only (slow simulated)")
 @pytest.mark.parametrize("cell", ["lstm", "gru", "lstm-peephole"])
 def test_persistent_loops_of_many_blocks_match_the_cpu(cell):
@@ -194,8 +209,9 @@ def test_sampling_on_the_device_gives_the_cpu_text(cell, temperature, top_k, top
     from charrnn.tokenizer import Vocab
     vocab = Vocab.from_text("abcdefg \n")
     rng = np.random.default_rng(3)
+    # gru-ln's rows are wider than a simulated block (8 threads): a thread normalises several
     config = ModelConfig(vocab_size=len(vocab), cell=cell, layers=1 if cell == "jordan" else 2,
-                         hidden=5)
+                         hidden=19 if cell == "gru-ln" else 5)
     model = Model(config, dtype=np.float64)
     model.params[:] = rng.normal(0, 1.0, model.params.size)  # peaked: several ids matter
     opts = SampleOptions(length=12, temperature=temperature, top_k=top_k or None, top_p=top_p,
