@@ -83,6 +83,10 @@ class RecurrentLayerNormGRUCell(LayerNormGRUCell):
     LN(h W_h), the candidate from x W_xn + b_n + r * LN(h W_hn). charrnn forms x W_x + b for
     a whole window before its time loop, so this variant changes only the step."""
 
+    def __init__(self, n_in: int, hidden: int):
+        super().__init__(n_in, hidden)
+        del self.ln_x  # unused: its parameters must not count
+
     def forward(self, x, h):
         ax = (x @ self.w_x + self.b).chunk(3, -1)  # 3 x (B, H)
         ah = [ln(a) for ln, a in zip(self.ln_h, (h @ self.w_h).chunk(3, -1))]
@@ -98,6 +102,7 @@ class JointRecurrentLayerNormGRUCell(LayerNormGRUCell):
 
     def __init__(self, n_in: int, hidden: int):
         super().__init__(n_in, hidden)
+        del self.ln_x, self.ln_h  # unused: their parameters must not count
         self.ln_hj = nn.LayerNorm(3 * hidden, bias=False)
 
     def forward(self, x, h):
@@ -115,6 +120,7 @@ class InputLayerNormGRUCell(LayerNormGRUCell):
 
     def __init__(self, n_in: int, hidden: int):
         super().__init__(n_in, hidden)
+        del self.b, self.ln_h  # unused (ln_x has its own bias): they must not count
         self.b_hn = nn.Parameter(torch.zeros(hidden))
 
     def forward(self, x, h):
