@@ -86,10 +86,9 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
 
 CELL_NAMES = tuple(CELLS)
 # the cell of `charrnn train` and of a ModelConfig when none is named (`charrnn bench` times
-# "gru", which PyTorch has): the
-# GRU learnt more per second than the LSTM at 2 x 512 (BENCHMARKS.md, "Choosing the defaults"),
-# and the GRU with its input layer-normalised more than the GRU, its extra cost per step
-# included (BENCHMARKS.md, "Third session")
+# "gru", which PyTorch has): the GRU learnt more per second than the LSTM at 2 x 512
+# (BENCHMARKS.md, "Choosing the defaults"), and the GRU with its input layer-normalised more
+# than the GRU, its extra cost per step included (BENCHMARKS.md, "Third session")
 DEFAULT_CELL = "gru-ln"
 
 

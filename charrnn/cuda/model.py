@@ -58,7 +58,8 @@ class DeviceWorkspace:
         if config.spec.two_gemm_step:  # the weight-gradient operands of its two GEMMs
             self.drz, self.dn = new(T * B, 2 * H), new(T * B, H)
         self.loss = cuda.to_device(np.zeros(1, np.float64))
-        self.zero_bias = new(GH)  # gru-ln's row gather: its bias comes after the normalisation
+        if config.cell == "gru-ln":  # its row gather: the bias comes after the normalisation
+            self.zero_bias = new(GH)
 
 
 class CudaModel:
@@ -75,6 +76,8 @@ class CudaModel:
         self.weights = self.layout.views(self.params)  # device views, no copies
         self.grad_views = self.layout.views(self.grads)
         self.cell = config.kernel_id
+        self.normalised = self.cell == K.GRU_LN  # gru-ln: its input normalised, bias after
+        self.step_cell = K.GRU if self.normalised else self.cell  # gru-ln's step is the GRU's
         self._empty = cuda.to_device(np.zeros(1, self.dtype))  # the extra of cells without one
         self.plan = self._persistent_plan() if persistent else None  # None: a launch per step
         self._ws = None
@@ -110,7 +113,7 @@ class CudaModel:
     def _step_extra(self, layer: int):
         """What the step kernels read as the extra array: gru-ln's b_hn, after its gains."""
         extra = self._extra(layer)
-        return extra[3 * self.config.hidden:] if self.cell == K.GRU_LN else extra
+        return extra[3 * self.config.hidden:] if self.normalised else extra
 
     def _gains(self, layer: int, grads: bool = False):
         """gru-ln's (3H,) gains of the normalised input (or their gradient)."""
@@ -142,8 +145,7 @@ class CudaModel:
             self._jordan_forward(ws, T, B, d_ids, d_targets, d_masks, h0)
             return self._loss(ws, N, loss_sum)
         w = self.weights
-        normalised = self.cell == K.GRU_LN  # its bias comes after the normalisation
-        step_cell = K.GRU if normalised else self.cell  # gru-ln's step is the GRU's
+        normalised, step_cell = self.normalised, self.step_cell
         for layer in range(L):
             W_x, W_h, b = w[f"l{layer}.W_x"], w[f"l{layer}.W_h"], w[f"l{layer}.b"]
             hs, cs, acts = ws.hs[layer], ws.cs[layer], ws.acts[layer]
@@ -279,8 +281,7 @@ class CudaModel:
         K.gemm(dlogits, w["out.W"], ws.dH, tb=1)
         dh0, dc0 = self.zero_state(B)
         d_dh, d_dc = ws.dh, ws.dc
-        normalised = self.cell == K.GRU_LN
-        step_cell = K.GRU if normalised else self.cell  # gru-ln's step is the GRU's
+        normalised, step_cell = self.normalised, self.step_cell
         gru = step_cell == K.GRU  # dHG: the recurrent side's own gradients
         for layer in range(L - 1, -1, -1):
             if d_masks is not None:
