@@ -8,17 +8,19 @@ The rules (the measurements behind each threshold: BENCHMARKS.md, "Quality: more
 better model", and before it "Choosing the defaults" and "60 minutes"):
 
 - width: the widest candidate for which the characters the budget allows at that width cover
-  chars_per_param(cell) characters per parameter (fewer for gru-ln); the budget is the smallest
-  of --epochs x the training text, --max-steps x B x T and --minutes x the training speed at
-  that width (time does not limit the choice where the speed is not timed). Widths above 768
-  were not measured, so they are not candidates.
+  chars_needed(cell, ...): CHARS_PER_PARAM characters per parameter; for gru-ln, 1 per
+  parameter or WIDE_EPOCHS passes over a small text, whichever is fewer, but never under
+  NORMALISED_MIN_CHARS_PER_PARAM per parameter. The budget is the smallest of --epochs x the
+  training text, --max-steps x B x T and --minutes x the training speed at that width (time
+  does not limit the choice where the speed is not timed). Widths above 1024 were not
+  measured, so they are not candidates.
 - regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
   at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
   REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
   only once the model has had time to memorise the text.
 - stop: a --minutes run without either stops at useful_steps (the larger of USEFUL_EPOCHS epochs
-  and USEFUL_CHARS_PER_PARAM characters per parameter), its schedule decaying to that point:
-  past it, an unregularised model only overfits.
+  and useful_chars_per_param(cell) characters per parameter), its schedule decaying to that
+  point: past it, an unregularised model only overfits.
 """
 
 import dataclasses
@@ -28,11 +30,16 @@ from typing import Callable
 from .model import ModelConfig, ParamLayout
 from .options import TrainOptions, flag
 
-CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768)
+CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768, 1024)
 CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
 # gru-ln learns more from fewer characters per parameter: a wider one beat a narrower one
 # trained for longer (BENCHMARKS.md, "Third session")
 NORMALISED_CHARS_PER_PARAM = 1.0
+# ... and on a small text the passes over it count, not the characters per parameter: at the
+# same 4.5 epochs 2 x 1024 (0.47 per parameter) beat 2 x 640 (1.1); at 3 epochs 2 x 768 is not
+# yet chosen (BENCHMARKS.md, "Fourth session")
+WIDE_EPOCHS = 4
+NORMALISED_MIN_CHARS_PER_PARAM = 0.45
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
 # "Figures behind the code"), more where validation is slower or more frequent; 10% is allowed.
 TRAINING_SHARE_OF_MINUTES = 0.9
@@ -41,6 +48,8 @@ REGULARISE_FROM_CHARS_PER_PARAM = 4
 LONG_RUN_REGULARISATION = 0.2  # --dropout and --weight-drop alike; 0.1 overfits, 0.25 is slow
 USEFUL_EPOCHS = 4.5
 USEFUL_CHARS_PER_PARAM = 1.8
+# gru-ln past 4.5 epochs: measured at 0.47 per parameter (2 x 1024), so its stop is the epochs'
+NORMALISED_USEFUL_CHARS_PER_PARAM = NORMALISED_MIN_CHARS_PER_PARAM
 
 
 def parameter_count(cell: str, layers: int, hidden: int, vocab_size: int) -> int:
@@ -62,29 +71,36 @@ def budget_chars(hidden: int, *, n_train: int, batch_size: int, seq_len: int,
     return min(limits) if limits else float("inf")
 
 
-def chars_per_param(cell: str) -> float:
-    """The characters per parameter a width needs from the budget, for this cell."""
-    return NORMALISED_CHARS_PER_PARAM if cell == "gru-ln" else CHARS_PER_PARAM
+def chars_needed(cell: str, params: int, n_train: int) -> float:
+    """The budget (training characters) a width of this many parameters needs to be chosen."""
+    if cell != "gru-ln":
+        return CHARS_PER_PARAM * params
+    return max(NORMALISED_MIN_CHARS_PER_PARAM * params,
+               min(NORMALISED_CHARS_PER_PARAM * params, WIDE_EPOCHS * n_train))
 
 
-def choose_hidden(cell: str, layers: int, vocab_size: int,
+def choose_hidden(cell: str, layers: int, vocab_size: int, n_train: int,
                   budget: Callable[[int], float]) -> int:
-    """The widest candidate whose budget covers chars_per_param(cell) characters per parameter
-    (the narrowest when none does). Tries the widest first, so a speed measurement inside
-    `budget` runs only for the widths it needs."""
-    need = chars_per_param(cell)
+    """The widest candidate whose budget covers chars_needed (the narrowest when none does).
+    Tries the widest first, so a speed measurement inside `budget` runs only for the widths it
+    needs."""
     for hidden in sorted(CANDIDATE_HIDDEN, reverse=True):
-        if budget(hidden) >= need * parameter_count(cell, layers, hidden, vocab_size):
+        params = parameter_count(cell, layers, hidden, vocab_size)
+        if budget(hidden) >= chars_needed(cell, params, n_train):
             return hidden
     return min(CANDIDATE_HIDDEN)
 
 
-def useful_steps(steps_per_epoch: int, chars_per_step: int, params: int) -> int:
+def useful_chars_per_param(cell: str) -> float:
+    return NORMALISED_USEFUL_CHARS_PER_PARAM if cell == "gru-ln" else USEFUL_CHARS_PER_PARAM
+
+
+def useful_steps(cell: str, steps_per_epoch: int, chars_per_step: int, params: int) -> int:
     """The most steps a --minutes run without dropout learns from: past both USEFUL_EPOCHS
-    epochs and USEFUL_CHARS_PER_PARAM characters per parameter, more time only overfits.
+    epochs and useful_chars_per_param(cell) characters per parameter, more time only overfits.
     Counted in steps because an epoch's last window can be shorter than --seq-len."""
     return max(math.ceil(USEFUL_EPOCHS * steps_per_epoch),
-               math.ceil(USEFUL_CHARS_PER_PARAM * params / chars_per_step))
+               math.ceil(useful_chars_per_param(cell) * params / chars_per_step))
 
 
 def choose_regularisation(budget: float, n_train: int, params: int) -> float:
@@ -131,7 +147,7 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                             minutes=o.minutes, chars_per_second=chars_per_second)
 
     if o.hidden is None:
-        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, budget)
+        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, n_train, budget)
         limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
                   f"{o.max_steps} steps" if o.max_steps is not None else "",
                   f"{o.minutes:g} minutes" if o.minutes is not None else ""]
@@ -153,7 +169,7 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
     time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
     if time_alone and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
-        steps = useful_steps(steps_per_epoch, chars_per_step, params)
+        steps = useful_steps(o.cell, steps_per_epoch, chars_per_step, params)
         if budget(o.hidden) > steps * chars_per_step:
             o.max_steps = steps
             notes.append(f"stops after {steps:,} steps ({steps / steps_per_epoch:.1f} epochs, "

@@ -32,13 +32,31 @@ def test_the_widest_width_the_budget_covers_wins(cell, per_param):
         asked.append(h)
         return need[384]  # exactly enough for 384, not for 512
 
-    assert sizing.choose_hidden(cell, 2, 65, budget) == 384
-    assert sizing.choose_hidden(cell, 2, 65, lambda h: need[384] * 0.999) == 256
+    large_text = 10**9  # the passes over it never decide
+    assert sizing.choose_hidden(cell, 2, 65, large_text, budget) == 384
+    assert sizing.choose_hidden(cell, 2, 65, large_text, lambda h: need[384] * 0.999) == 256
     # widest first, no more speed probes than needed
     assert asked == [h for h in sorted(sizing.CANDIDATE_HIDDEN, reverse=True) if h >= 384]
-    assert sizing.choose_hidden("gru", 2, 65, lambda h: 0.0) == min(sizing.CANDIDATE_HIDDEN)
-    assert sizing.choose_hidden("gru", 2, 65, lambda h: float("inf")) == \
+    assert sizing.choose_hidden("gru", 2, 65, large_text, lambda h: 0.0) == \
+        min(sizing.CANDIDATE_HIDDEN)
+    assert sizing.choose_hidden("gru", 2, 65, large_text, lambda h: float("inf")) == \
         max(sizing.CANDIDATE_HIDDEN)
+
+
+@pytest.mark.parametrize("budget, n_train, expected", [
+    # a text of 1M characters (the parameter counts of 2-layer gru-ln at vocabulary 65:
+    # 640 3,861,825; 768 5,518,913; 1024 9,717,825)
+    (4.0e6, 10**6, 768),     # 4 passes cover 768 though 1 per parameter does not
+    (3.99e6, 10**6, 640),    # under 4 passes: 1 per parameter, as on a large text
+    (4.37e6, 10**6, 768),    # 4 passes over it, but 1024 needs 0.45 per parameter (4.37M)
+    (4.38e6, 10**6, 1024),
+    (5.0e6, 10**7, 640)])    # a text of 10M: 4 passes are far off, 1 per parameter decides
+def test_gru_ln_on_a_small_text_is_as_wide_as_four_passes_allow(budget, n_train, expected):
+    assert sizing.choose_hidden("gru-ln", 2, 65, n_train, lambda h: budget) == expected
+    # the cells without normalisation keep the per-parameter rule (1.25: 512 is 2,496,577
+    # parameters for the GRU, 640 3,857,985)
+    assert sizing.choose_hidden("gru", 2, 65, n_train, lambda h: budget) == \
+        (640 if budget >= 1.25 * 3_857_985 else 512)
 
 
 def test_the_budget_is_the_tightest_of_epochs_steps_and_minutes():
@@ -75,7 +93,7 @@ def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path
     hidden, V, n_train = widths[1]
     assert n_train < sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, 128, V)
     assert hidden == 128
-    # 1000 epochs (~18M characters) cover the widest (1 x 768: ~1.8M parameters)
+    # 1000 epochs (~18M characters) cover the widest (1 x 1024: ~3.2M parameters)
     hidden, V, n_train = widths[1000]
     widest = max(sizing.CANDIDATE_HIDDEN)
     assert 1000 * n_train > sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, widest, V)
@@ -135,12 +153,13 @@ def test_a_run_without_regularisation_gets_it_from_its_epochs_and_says_so(corpus
         assert said == []
 
 
-def test_useful_steps_are_the_larger_of_the_epochs_and_per_parameter_limits():
+@pytest.mark.parametrize("cell, per_param", [("gru", 1.8), ("gru-ln", 0.45)])
+def test_useful_steps_are_the_larger_of_the_epochs_and_per_parameter_limits(cell, per_param):
     # a small text: the per-parameter limit is the larger; a large one: the epochs
-    assert sizing.useful_steps(steps_per_epoch=10, chars_per_step=100, params=10_000) == \
-        math.ceil(sizing.USEFUL_CHARS_PER_PARAM * 100)
-    assert sizing.useful_steps(steps_per_epoch=1001, chars_per_step=100, params=10_000) == \
-        math.ceil(sizing.USEFUL_EPOCHS * 1001)
+    assert sizing.useful_steps(cell, steps_per_epoch=10, chars_per_step=100,
+                               params=10_000) == math.ceil(per_param * 100)
+    assert sizing.useful_steps(cell, steps_per_epoch=1001, chars_per_step=100,
+                               params=10_000) == math.ceil(4.5 * 1001)
 
 
 SPEED = 100.0  # training characters per second, as a run's timing of the width would say
@@ -184,7 +203,8 @@ def test_a_time_budget_stops_where_the_model_stops_learning_unless_regularised(
     steps = run.opts.max_steps
     # the first step past both limits
     assert steps == max(math.ceil(sizing.USEFUL_EPOCHS * per_epoch),
-                        math.ceil(sizing.USEFUL_CHARS_PER_PARAM * params / (4 * 16)))
+                        math.ceil(sizing.useful_chars_per_param(run.opts.cell) * params /
+                                  (4 * 16)))
     assert Pacer(run.opts, per_epoch).total_steps() == steps  # so the schedule decays to it
     assert run.opts.dropout == run.opts.weight_drop == 0.0
     assert said == [f"stops after {steps:,} steps ({steps / per_epoch:.1f} epochs, "
@@ -206,7 +226,7 @@ def test_an_untimed_budget_gets_the_step_limit():
     chosen, notes = sizing.choose_sizes(opts, n_train=6000, vocab_size=5, steps_per_epoch=90,
                                         chars_per_second=None)
     params = sizing.parameter_count(opts.cell, 1, 12, 5)
-    assert chosen.max_steps == sizing.useful_steps(90, 64, params)
+    assert chosen.max_steps == sizing.useful_steps(opts.cell, 90, 64, params)
     assert len(notes) == 1 and notes[0].startswith("stops after")
     assert opts.max_steps is None  # the options given are not changed
 
