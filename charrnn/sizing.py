@@ -35,9 +35,10 @@ CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
 # gru-ln learns more from fewer characters per parameter: a wider one beat a narrower one
 # trained for longer (BENCHMARKS.md, "Third session")
 NORMALISED_CHARS_PER_PARAM = 1.0
-# ... and on a small text the passes over it count, not the characters per parameter: at the
-# same 4.5 epochs 2 x 1024 (0.47 per parameter) beat 2 x 640 (1.1); at 3 epochs 2 x 768 is not
-# yet chosen (BENCHMARKS.md, "Fourth session")
+# ... and on a small text the passes over it count more than the characters per parameter: at
+# about 4.5 epochs 2 x 1024 (0.47 per parameter) beat 2 x 640 (1.1). 4 passes keep ten minutes
+# on tinyshakespeare at the measured 2 x 640 (2 x 768 there would see 3, not measured).
+# (BENCHMARKS.md, "Fourth session")
 WIDE_EPOCHS = 4
 NORMALISED_MIN_CHARS_PER_PARAM = 0.45
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
@@ -80,13 +81,14 @@ def chars_needed(cell: str, params: int, n_train: int) -> float:
 
 
 def choose_hidden(cell: str, layers: int, vocab_size: int, n_train: int,
-                  budget: Callable[[int], float]) -> int:
-    """The widest candidate whose budget covers chars_needed (the narrowest when none does).
-    Tries the widest first, so a speed measurement inside `budget` runs only for the widths it
-    needs."""
+                  budget: Callable[[int], float],
+                  fits: Callable[[int], bool] = lambda hidden: True) -> int:
+    """The widest candidate that fits in memory and whose budget covers chars_needed (the
+    narrowest when none does). Tries the widest first, so a speed measurement inside `budget`
+    runs only for the widths it needs."""
     for hidden in sorted(CANDIDATE_HIDDEN, reverse=True):
         params = parameter_count(cell, layers, hidden, vocab_size)
-        if budget(hidden) >= chars_needed(cell, params, n_train):
+        if fits(hidden) and budget(hidden) >= chars_needed(cell, params, n_train):
             return hidden
     return min(CANDIDATE_HIDDEN)
 
@@ -132,12 +134,15 @@ def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, li
 
 
 def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per_epoch: int,
-                 chars_per_second: Callable[[int], float] | None
+                 chars_per_second: Callable[[int], float] | None,
+                 fits: Callable[[int], bool] = lambda hidden: True
                  ) -> tuple[TrainOptions, list[str]]:
     """The options with the width, the dropout and, for a --minutes run without dropout, the
     step limit chosen where they are None, and the notes that say so. chars_per_second(hidden):
     the training speed at that width (asked only when --minutes limits the run and a choice
-    needs it), or None when it is not known (a GPU: a CPU timing says nothing of its speed)."""
+    needs it), or None when it is not known (a GPU: a CPU timing says nothing of its speed).
+    fits(hidden): whether training at that width fits in memory (a width that does not is not
+    chosen)."""
     o = dataclasses.replace(opts)
     notes = []
 
@@ -147,7 +152,7 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                             minutes=o.minutes, chars_per_second=chars_per_second)
 
     if o.hidden is None:
-        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, n_train, budget)
+        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, n_train, budget, fits)
         limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
                   f"{o.max_steps} steps" if o.max_steps is not None else "",
                   f"{o.minutes:g} minutes" if o.minutes is not None else ""]

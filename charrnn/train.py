@@ -325,7 +325,8 @@ class Run:
                 if self.device == "cpu" else None
             opts, self.notes = sizing.choose_sizes(
                 opts, n_train=len(train_ids), vocab_size=len(self.vocab),
-                steps_per_epoch=per_epoch, chars_per_second=speed)
+                steps_per_epoch=per_epoch, chars_per_second=speed,
+                fits=functools.partial(self._fits, opts))
         if resume is None and self.world.size > 1:  # rank 0's choices (it timed the widths)
             opts = TrainOptions(**self.world.share(dataclasses.asdict(opts)))
         self.opts = opts
@@ -369,6 +370,18 @@ class Run:
                           f"batch {opts.batch_size} x {opts.seq_len}",
                           "--hidden, --layers, --batch-size or --seq-len")
         return config
+
+    def _fits(self, opts: TrainOptions, hidden: int) -> bool:
+        """Whether training at this width fits in this machine's memory (with the dropout
+        masks and weight-drop buffers the long-run rule may add)."""
+        chosen = sizing.LONG_RUN_REGULARISATION
+        opts = dataclasses.replace(opts, weight_drop=chosen if opts.weight_drop is None
+                                   else opts.weight_drop)
+        try:
+            self._model_config(opts, hidden, chosen if opts.dropout is None else opts.dropout)
+        except memory.NotEnoughMemory:
+            return False
+        return True
 
     def _speed_at(self, opts: TrainOptions, hidden: int) -> float:
         """Training characters per second at this width (dropout not chosen yet: timed

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import sizing
+from charrnn import memory, sizing
 from charrnn.model import Model, ModelConfig
 from charrnn.synthetic import MarkovSource
 from charrnn.schedule import Pacer
@@ -98,6 +98,21 @@ def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path
     widest = max(sizing.CANDIDATE_HIDDEN)
     assert 1000 * n_train > sizing.CHARS_PER_PARAM * sizing.parameter_count("gru", 1, widest, V)
     assert hidden == widest
+
+
+def test_a_width_that_does_not_fit_in_memory_is_not_chosen(corpus, tmp_path, monkeypatch):
+    assert sizing.choose_hidden("gru-ln", 2, 65, 10**6, lambda h: float("inf"),
+                                fits=lambda h: h <= 640) == 640
+    # 1 x 1024 needs about 107 MB to train here, 1 x 768 61 MB (always taken to fit)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 100 << 20)
+    opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=1000)
+    run = Run(corpus, tmp_path / "m", opts)
+    run.release()
+    assert run.opts.hidden == 768
+    needed = memory.training_bytes(ModelConfig(vocab_size=len(run.vocab), cell=opts.cell,
+                                               layers=1, hidden=1024, dropout=0.2),
+                                   16, 4, averaged=True, weight_drop=True)
+    assert needed > 100 << 20
 
 
 def test_a_short_time_budget_picks_a_narrower_model_than_a_long_one(corpus, tmp_path):
