@@ -12,8 +12,8 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
   parameter or WIDE_EPOCHS passes over a small text, whichever is fewer, but never under
   NORMALISED_MIN_CHARS_PER_PARAM per parameter. The budget is the smallest of --epochs x the
   training text, --max-steps x B x T and --minutes x the training speed at that width (time
-  does not limit the choice where the speed is not timed). Widths above 1024 were not
-  measured, so they are not candidates.
+  does not limit the choice where the speed is not timed). 2 x 1280 learnt no better than
+  2 x 1024 in the same steps, so wider ones are not candidates.
 - regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
   at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
   REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
