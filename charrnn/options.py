@@ -96,7 +96,7 @@ def check_model_shape(cell, layers) -> None:
 @dataclass
 class TrainOptions:
     cell: str = DEFAULT_CELL
-    layers: int = 2
+    layers: int | None = None  # None: 2, or chosen with the width (sizing.py)
     hidden: int | None = None  # None: chosen from the corpus and the budget (sizing.py)
     dropout: float | None = None  # None: chosen from the epochs the budget allows (sizing.py)
     weight_drop: float | None = None  # DropConnect on W_h; None: chosen with the dropout

@@ -1,8 +1,8 @@
-"""What a run's budget chooses where the options leave it open: the model's width (--hidden), its
-regularisation (--dropout, --weight-drop), and where a --minutes run without it stops; and the
-batch and window a small text can fill. Pure functions of the budget: the training speed they
-need is given to them (engine.training_speed), so a run over several processes can choose once
-and share the result.
+"""What a run's budget chooses where the options leave it open: the model's width (--hidden)
+and, with it, its depth (--layers); its regularisation (--dropout, --weight-drop), and where a
+--minutes run without it stops; and the batch and window a small text can fill. Pure functions
+of the budget: the training speed they need is given to them (engine.training_speed), so a run
+over several processes can choose once and share the result.
 
 The rules (the measurements behind each threshold: BENCHMARKS.md, "Quality: more compute buys a
 better model", and before it "Choosing the defaults" and "60 minutes"):
@@ -14,6 +14,8 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
   training text, --max-steps x B x T and --minutes x the training speed at that width (time
   does not limit the choice where the speed is not timed). 2 x 1280 learnt no better than
   2 x 1024 in the same steps, so wider ones are not candidates.
+- depth: DEFAULT_LAYERS, except that without --layers gru-ln's widest candidate is DEEP_SHAPE
+  in place of 2 x 1024: about as many parameters, and better in the same steps.
 - regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
   at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
   REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
@@ -25,12 +27,23 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
+from .cells import CELLS
 from .model import ModelConfig, ParamLayout
 from .options import TrainOptions, flag
 
+
+class Shape(NamedTuple):
+    layers: int
+    hidden: int
+
+
 CANDIDATE_HIDDEN = (128, 256, 384, 512, 640, 768, 1024)
+DEFAULT_LAYERS = 2
+# gru-ln, --layers not given: 3 x 768 (9.1M parameters) beat 2 x 1024 (9.7M) in the same steps
+# on tinyshakespeare, and trains faster (BENCHMARKS.md, "Fifth session")
+DEEP_SHAPE = Shape(3, 768)
 CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
 # gru-ln learns more from fewer characters per parameter: a wider one beat a narrower one
 # trained for longer (BENCHMARKS.md, "Third session")
@@ -58,17 +71,30 @@ def parameter_count(cell: str, layers: int, hidden: int, vocab_size: int) -> int
                                    hidden=hidden)).size
 
 
-def budget_chars(hidden: int, *, n_train: int, batch_size: int, seq_len: int,
+def default_layers(cell: str) -> int:
+    return 1 if CELLS[cell].single_layer else DEFAULT_LAYERS
+
+
+def candidate_shapes(cell: str, layers: int | None) -> list[Shape]:
+    """The shapes a chosen width picks from, fewest parameters first: CANDIDATE_HIDDEN at the
+    given depth, or at the default one with gru-ln's widest replaced by DEEP_SHAPE."""
+    shapes = [Shape(layers or default_layers(cell), hidden) for hidden in CANDIDATE_HIDDEN]
+    if layers is None and cell == "gru-ln":
+        shapes[-1] = DEEP_SHAPE
+    return shapes
+
+
+def budget_chars(shape: Shape, *, n_train: int, batch_size: int, seq_len: int,
                  epochs: int | None, max_steps: int | None, minutes: float | None,
-                 chars_per_second: Callable[[int], float] | None) -> float:
-    """How many training characters the run will see at this width, at most."""
+                 chars_per_second: Callable[[Shape], float] | None) -> float:
+    """How many training characters the run will see at this shape, at most."""
     limits = []
     if epochs is not None:
         limits.append(epochs * n_train)
     if max_steps is not None:
         limits.append(max_steps * batch_size * seq_len)
     if minutes is not None and chars_per_second is not None:
-        limits.append(minutes * 60 * TRAINING_SHARE_OF_MINUTES * chars_per_second(hidden))
+        limits.append(minutes * 60 * TRAINING_SHARE_OF_MINUTES * chars_per_second(shape))
     return min(limits) if limits else float("inf")
 
 
@@ -80,17 +106,18 @@ def chars_needed(cell: str, params: int, n_train: int) -> float:
                min(NORMALISED_CHARS_PER_PARAM * params, WIDE_EPOCHS * n_train))
 
 
-def choose_hidden(cell: str, layers: int, vocab_size: int, n_train: int,
-                  budget: Callable[[int], float],
-                  fits: Callable[[int], bool] = lambda hidden: True) -> int:
-    """The widest candidate that fits in memory and whose budget covers chars_needed (the
-    narrowest when none does). Tries the widest first, so a speed measurement inside `budget`
-    runs only for the widths it needs."""
-    for hidden in sorted(CANDIDATE_HIDDEN, reverse=True):
-        params = parameter_count(cell, layers, hidden, vocab_size)
-        if fits(hidden) and budget(hidden) >= chars_needed(cell, params, n_train):
-            return hidden
-    return min(CANDIDATE_HIDDEN)
+def choose_shape(cell: str, layers: int | None, vocab_size: int, n_train: int,
+                 budget: Callable[[Shape], float],
+                 fits: Callable[[Shape], bool] = lambda shape: True) -> Shape:
+    """The largest of candidate_shapes that fits in memory and whose budget covers chars_needed
+    (the smallest when none does). Tries the largest first, so a speed measurement inside
+    `budget` runs only for the shapes it needs."""
+    shapes = candidate_shapes(cell, layers)
+    for shape in reversed(shapes):
+        params = parameter_count(cell, *shape, vocab_size)
+        if fits(shape) and budget(shape) >= chars_needed(cell, params, n_train):
+            return shape
+    return shapes[0]
 
 
 def useful_chars_per_param(cell: str) -> float:
@@ -134,34 +161,36 @@ def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, li
 
 
 def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per_epoch: int,
-                 chars_per_second: Callable[[int], float] | None,
-                 fits: Callable[[int], bool] = lambda hidden: True
+                 chars_per_second: Callable[[Shape], float] | None,
+                 fits: Callable[[Shape], bool] = lambda shape: True
                  ) -> tuple[TrainOptions, list[str]]:
-    """The options with the width, the dropout and, for a --minutes run without dropout, the
-    step limit chosen where they are None, and the notes that say so. chars_per_second(hidden):
-    the training speed at that width (asked only when --minutes limits the run and a choice
-    needs it), or None when it is not known (a GPU: a CPU timing says nothing of its speed).
-    fits(hidden): whether training at that width fits in memory (a width that does not is not
-    chosen)."""
+    """The options with the width and depth, the dropout and, for a --minutes run without
+    dropout, the step limit chosen where they are None, and the notes that say so.
+    chars_per_second(shape): the training speed at that shape (asked only when --minutes limits
+    the run and a choice needs it), or None when it is not known (a GPU: a CPU timing says
+    nothing of its speed). fits(shape): whether training at that shape fits in memory (a shape
+    that does not is not chosen)."""
     o = dataclasses.replace(opts)
     notes = []
 
-    def budget(hidden: int) -> float:  # under the limits as they stand at the call
-        return budget_chars(hidden, n_train=n_train, batch_size=o.batch_size,
+    def budget(shape: Shape) -> float:  # under the limits as they stand at the call
+        return budget_chars(shape, n_train=n_train, batch_size=o.batch_size,
                             seq_len=o.seq_len, epochs=o.epochs, max_steps=o.max_steps,
                             minutes=o.minutes, chars_per_second=chars_per_second)
 
     if o.hidden is None:
-        o.hidden = choose_hidden(o.cell, o.layers, vocab_size, n_train, budget, fits)
+        o.layers, o.hidden = choose_shape(o.cell, o.layers, vocab_size, n_train, budget, fits)
         limits = [f"{o.epochs} epochs" if o.epochs is not None else "",
                   f"{o.max_steps} steps" if o.max_steps is not None else "",
                   f"{o.minutes:g} minutes" if o.minutes is not None else ""]
         notes.append(f"model: {o.layers} x {o.hidden} {o.cell}, the widest that "
                      f"{' or '.join(filter(None, limits))} on {n_train:,} training "
-                     f"characters can train (--hidden to choose)")
+                     f"characters can train (--hidden and --layers to choose)")
+    elif o.layers is None:
+        o.layers = default_layers(o.cell)
     params = parameter_count(o.cell, o.layers, o.hidden, vocab_size)
     if o.dropout is None or o.weight_drop is None:
-        chars = budget(o.hidden)
+        chars = budget(Shape(o.layers, o.hidden))
         p = choose_regularisation(chars, n_train, params)
         chosen = [name for name in ("dropout", "weight_drop") if getattr(o, name) is None]
         for name in chosen:
@@ -175,7 +204,7 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
     if time_alone and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
         steps = useful_steps(o.cell, steps_per_epoch, chars_per_step, params)
-        if budget(o.hidden) > steps * chars_per_step:
+        if budget(Shape(o.layers, o.hidden)) > steps * chars_per_step:
             o.max_steps = steps
             notes.append(f"stops after {steps:,} steps ({steps / steps_per_epoch:.1f} epochs, "
                          f"{steps * chars_per_step / params:.1f} characters per parameter) "

@@ -330,7 +330,7 @@ class Run:
         if resume is None and self.world.size > 1:  # rank 0's choices (it timed the widths)
             opts = TrainOptions(**self.world.share(dataclasses.asdict(opts)))
         self.opts = opts
-        config = self._model_config(opts, opts.hidden, opts.dropout)
+        config = self._model_config(opts, sizing.Shape(opts.layers, opts.hidden), opts.dropout)
         self.model = Model(config, seed=opts.seed)
         self.optimizer = Adam(self.model.params.size, lr=opts.lr)
         h, c = self.model.zero_state(opts.batch_size)  # (L, B, W)
@@ -358,11 +358,12 @@ class Run:
                                   self.average)
         self.weight_drop = WeightDrop(self.model.layout, opts.weight_drop or 0.0)
 
-    def _model_config(self, opts: TrainOptions, hidden: int, dropout: float) -> ModelConfig:
-        """The model of these options at this width, refused before any array is made when its
+    def _model_config(self, opts: TrainOptions, shape: sizing.Shape,
+                      dropout: float) -> ModelConfig:
+        """The model of these options at this shape, refused before any array is made when its
         training does not fit in memory."""
-        config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=opts.layers,
-                             hidden=hidden, dropout=dropout)
+        config = ModelConfig(vocab_size=len(self.vocab), cell=opts.cell, layers=shape.layers,
+                             hidden=shape.hidden, dropout=dropout)
         memory.check_fits(memory.training_bytes(config, opts.seq_len, opts.batch_size,
                                                 averaged=bool(opts.ema),
                                                 weight_drop=bool(opts.weight_drop)),
@@ -371,22 +372,22 @@ class Run:
                           "--hidden, --layers, --batch-size or --seq-len")
         return config
 
-    def _fits(self, opts: TrainOptions, hidden: int) -> bool:
-        """Whether training at this width fits in this machine's memory (with the dropout
+    def _fits(self, opts: TrainOptions, shape: sizing.Shape) -> bool:
+        """Whether training at this shape fits in this machine's memory (with the dropout
         masks and weight-drop buffers the long-run rule may add)."""
         chosen = sizing.LONG_RUN_REGULARISATION
         opts = dataclasses.replace(opts, weight_drop=chosen if opts.weight_drop is None
                                    else opts.weight_drop)
         try:
-            self._model_config(opts, hidden, chosen if opts.dropout is None else opts.dropout)
+            self._model_config(opts, shape, chosen if opts.dropout is None else opts.dropout)
         except memory.NotEnoughMemory:
             return False
         return True
 
-    def _speed_at(self, opts: TrainOptions, hidden: int) -> float:
-        """Training characters per second at this width (dropout not chosen yet: timed
+    def _speed_at(self, opts: TrainOptions, shape: sizing.Shape) -> float:
+        """Training characters per second at this shape (dropout not chosen yet: timed
         without)."""
-        model = Model(self._model_config(opts, hidden, opts.dropout or 0.0), seed=opts.seed)
+        model = Model(self._model_config(opts, shape, opts.dropout or 0.0), seed=opts.seed)
         return training_speed(model, Adam(model.params.size, lr=opts.lr), self.streams,
                               opts.seq_len, opts.grad_clip)
 

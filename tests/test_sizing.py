@@ -28,19 +28,19 @@ def test_the_widest_width_the_budget_covers_wins(cell, per_param):
             for h in sizing.CANDIDATE_HIDDEN}
     asked = []
 
-    def budget(h):
-        asked.append(h)
+    def budget(shape):
+        asked.append(shape)
         return need[384]  # exactly enough for 384, not for 512
 
     large_text = 10**9  # the passes over it never decide
-    assert sizing.choose_hidden(cell, 2, 65, large_text, budget) == 384
-    assert sizing.choose_hidden(cell, 2, 65, large_text, lambda h: need[384] * 0.999) == 256
+    assert sizing.choose_shape(cell, 2, 65, large_text, budget) == (2, 384)
+    assert sizing.choose_shape(cell, 2, 65, large_text, lambda s: need[384] * 0.999) == (2, 256)
     # widest first, no more speed probes than needed
-    assert asked == [h for h in sorted(sizing.CANDIDATE_HIDDEN, reverse=True) if h >= 384]
-    assert sizing.choose_hidden("gru", 2, 65, large_text, lambda h: 0.0) == \
-        min(sizing.CANDIDATE_HIDDEN)
-    assert sizing.choose_hidden("gru", 2, 65, large_text, lambda h: float("inf")) == \
-        max(sizing.CANDIDATE_HIDDEN)
+    assert asked == [(2, h) for h in sorted(sizing.CANDIDATE_HIDDEN, reverse=True) if h >= 384]
+    assert sizing.choose_shape("gru", 2, 65, large_text, lambda s: 0.0) == \
+        (2, min(sizing.CANDIDATE_HIDDEN))
+    assert sizing.choose_shape("gru", 2, 65, large_text, lambda s: float("inf")) == \
+        (2, max(sizing.CANDIDATE_HIDDEN))
 
 
 @pytest.mark.parametrize("budget, n_train, expected", [
@@ -52,24 +52,40 @@ def test_the_widest_width_the_budget_covers_wins(cell, per_param):
     (4.38e6, 10**6, 1024),
     (5.0e6, 10**7, 640)])    # a text of 10M: 4 passes are far off, 1 per parameter decides
 def test_gru_ln_on_a_small_text_is_as_wide_as_four_passes_allow(budget, n_train, expected):
-    assert sizing.choose_hidden("gru-ln", 2, 65, n_train, lambda h: budget) == expected
+    assert sizing.choose_shape("gru-ln", 2, 65, n_train, lambda s: budget) == (2, expected)
     # the cells without normalisation keep the per-parameter rule (1.25: 512 is 2,496,577
     # parameters for the GRU, 640 3,857,985)
-    assert sizing.choose_hidden("gru", 2, 65, n_train, lambda h: budget) == \
-        (640 if budget >= 1.25 * 3_857_985 else 512)
+    assert sizing.choose_shape("gru", 2, 65, n_train, lambda s: budget) == \
+        (2, 640 if budget >= 1.25 * 3_857_985 else 512)
+
+
+@pytest.mark.parametrize("budget, expected", [
+    # 3 x 768 is 9,063,233 parameters at vocabulary 65: 0.45 per parameter is 4,078,455, more
+    # than 4 passes over 1M characters
+    (4.078e6, (2, 768)), (4.079e6, (3, 768)), (1e12, (3, 768))])
+def test_gru_ln_without_layers_is_three_by_768_in_place_of_two_by_1024(budget, expected):
+    assert sizing.parameter_count("gru-ln", 3, 768, 65) == 9_063_233
+    assert sizing.choose_shape("gru-ln", None, 65, 10**6, lambda s: budget) == expected
+    # given --layers, or another cell: the widest is 1024 at that depth
+    assert sizing.choose_shape("gru-ln", 2, 65, 10**6, lambda s: 1e12) == (2, 1024)
+    assert sizing.choose_shape("gru-ln", 3, 65, 10**6, lambda s: 1e12) == (3, 1024)
+    assert sizing.choose_shape("gru", None, 65, 10**6, lambda s: 1e12) == (2, 1024)
+    assert sizing.choose_shape("jordan", None, 65, 10**6, lambda s: 1e12) == (1, 1024)
 
 
 def test_the_budget_is_the_tightest_of_epochs_steps_and_minutes():
-    common = dict(n_train=1000, batch_size=10, seq_len=10, chars_per_second=lambda h: 1e4 / h)
-    assert sizing.budget_chars(100, epochs=3, max_steps=None, minutes=None, **common) == 3000
-    assert sizing.budget_chars(100, epochs=3, max_steps=20, minutes=None, **common) == 2000
+    common = dict(n_train=1000, batch_size=10, seq_len=10,
+                  chars_per_second=lambda shape: 1e4 / shape.hidden)
+    narrow, wide = sizing.Shape(2, 100), sizing.Shape(2, 200)
+    assert sizing.budget_chars(narrow, epochs=3, max_steps=None, minutes=None, **common) == 3000
+    assert sizing.budget_chars(narrow, epochs=3, max_steps=20, minutes=None, **common) == 2000
     by_time = 0.5 * 60 * sizing.TRAINING_SHARE_OF_MINUTES * 100
-    assert sizing.budget_chars(100, epochs=None, max_steps=None, minutes=0.5, **common) == \
+    assert sizing.budget_chars(narrow, epochs=None, max_steps=None, minutes=0.5, **common) == \
         pytest.approx(by_time)
-    assert sizing.budget_chars(200, epochs=None, max_steps=None, minutes=0.5, **common) == \
+    assert sizing.budget_chars(wide, epochs=None, max_steps=None, minutes=0.5, **common) == \
         pytest.approx(by_time / 2)  # slower at a larger width
     # speed unknown (a GPU run): time does not limit
-    assert sizing.budget_chars(100, epochs=None, max_steps=None, minutes=0.5,
+    assert sizing.budget_chars(narrow, epochs=None, max_steps=None, minutes=0.5,
                                **{**common, "chars_per_second": None}) == float("inf")
 
 
@@ -100,9 +116,25 @@ def test_a_run_without_hidden_gets_the_chosen_width_and_says_so(corpus, tmp_path
     assert hidden == widest
 
 
+def test_a_run_given_neither_layers_nor_hidden_may_get_the_deep_shape_and_says_so(corpus,
+                                                                                  tmp_path):
+    # 1000 epochs of ~18,000 characters cover every shape
+    run = Run(corpus, tmp_path / "deep", TrainOptions(seq_len=16, batch_size=4, epochs=1000))
+    run.release()
+    assert run.opts.cell == "gru-ln"
+    assert (run.opts.layers, run.opts.hidden) == sizing.DEEP_SHAPE == (3, 768)
+    assert (run.model.config.layers, run.model.config.hidden) == (3, 768)
+    assert any(note.startswith("model: 3 x 768 gru-ln, the widest") for note in run.notes)
+    # a width given without a depth: the default depth
+    given = Run(corpus, tmp_path / "given", TrainOptions(hidden=12, seq_len=16, batch_size=4,
+                                                         epochs=1))
+    given.release()
+    assert given.opts.layers == given.model.config.layers == sizing.DEFAULT_LAYERS == 2
+
+
 def test_a_width_that_does_not_fit_in_memory_is_not_chosen(corpus, tmp_path, monkeypatch):
-    assert sizing.choose_hidden("gru-ln", 2, 65, 10**6, lambda h: float("inf"),
-                                fits=lambda h: h <= 640) == 640
+    assert sizing.choose_shape("gru-ln", 2, 65, 10**6, lambda s: float("inf"),
+                               fits=lambda s: s.hidden <= 640) == (2, 640)
     # 1 x 1024 needs about 107 MB to train here, 1 x 768 61 MB (always taken to fit)
     monkeypatch.setattr(memory, "available_bytes", lambda: 100 << 20)
     opts = TrainOptions(layers=1, seq_len=16, batch_size=4, epochs=1000)
