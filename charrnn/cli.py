@@ -21,7 +21,7 @@ import typer
 from typer.core import TyperArgument
 
 from . import __version__, process
-from .cells import CELLS, choices_text
+from .cells import choices_text
 from .options import (DEFAULT_EVAL_EVERY, BenchConfig, OptionError, SampleOptions, ServeOptions,
                       TrainOptions, check_device, check_text_codec)
 
@@ -191,8 +191,6 @@ def train(
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience,
                  doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),
                  val_file=None if val_file is None else str(val_file), lines=lines or None)
-    if cell in CELLS and CELLS[cell].single_layer and layers is None:
-        given["layers"] = 1  # a Jordan network does not stack
     given = {k: v for k, v in given.items() if v is not None}
     new_opts = TrainOptions(**given)  # every value given is in range before anything is made
     if out is not None and out.exists() and not out.is_dir():
