@@ -8,12 +8,12 @@ The rules (the measurements behind each threshold: BENCHMARKS.md, "Quality: more
 better model", and before it "Choosing the defaults" and "60 minutes"):
 
 - width: the widest candidate for which the characters the budget allows at that width cover
-  chars_needed(cell, ...): CHARS_PER_PARAM characters per parameter; for gru-ln, 1 per
-  parameter or WIDE_EPOCHS passes over a small text, whichever is fewer, but never under
-  NORMALISED_MIN_CHARS_PER_PARAM per parameter. The budget is the smallest of --epochs x the
-  training text, --max-steps x B x T and --minutes x the training speed at that width (time
-  does not limit the choice where the speed is not timed). 2 x 1280 learnt no better than
-  2 x 1024 in the same steps, so wider ones are not candidates.
+  chars_needed(cell, ...): CHARS_PER_PARAM characters per parameter; for gru-ln,
+  NORMALISED_CHARS_PER_PARAM per parameter or WIDE_EPOCHS passes over a small text, whichever
+  is fewer, but never under NORMALISED_MIN_CHARS_PER_PARAM per parameter. The budget is the
+  smallest of --epochs x the training text, --max-steps x B x T and --minutes x the training
+  speed at that width (time does not limit the choice where the speed is not timed).
+  2 x 1280 learnt no better than 2 x 1024 in the same steps, so wider ones are not candidates.
 - depth: DEFAULT_LAYERS, except that without --layers gru-ln's widest candidate is DEEP_SHAPE
   in place of 2 x 1024: about as many parameters, and better in the same steps.
 - regularisation: LONG_RUN_REGULARISATION, as dropout and as weight drop, only when the budget
@@ -45,10 +45,11 @@ DEFAULT_LAYERS = 2
 # on tinyshakespeare, and trains faster (BENCHMARKS.md, "Fifth session")
 DEEP_SHAPE = Shape(3, 768)
 CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
-# gru-ln learns more from fewer characters per parameter: a wider one beat a narrower one
-# trained for longer (BENCHMARKS.md, "Third session")
-NORMALISED_CHARS_PER_PARAM = 1.0
-# ... and on a small text the passes over it count more than the characters per parameter: at
+# gru-ln where the text is large enough for the budget's steps to matter more than the passes:
+# in ten minutes on python-stdlib (1.8M characters), 2 x 512 at 2.5 characters per parameter
+# beat 2 x 640 at 1.1 and 2 x 384 at 5.5 (BENCHMARKS.md, "Sixth session")
+NORMALISED_CHARS_PER_PARAM = 1.5
+# ... while on a small text the passes over it count more than the characters per parameter: at
 # about 4.5 epochs 2 x 1024 (0.47 per parameter) beat 2 x 640 (1.1). 4 passes keep ten minutes
 # on tinyshakespeare at the measured 2 x 640 (2 x 768 there would see 3, not measured).
 # (BENCHMARKS.md, "Fourth session")
