@@ -51,8 +51,9 @@ CHARS_PER_PARAM = 1.25  # the cells without normalisation (measured on the GRU)
 NORMALISED_CHARS_PER_PARAM = 1.5
 # ... while on a small text the passes over it count more than the characters per parameter: at
 # about 4.5 epochs 2 x 1024 (0.47 per parameter) beat 2 x 640 (1.1) (BENCHMARKS.md, "Fourth
-# session"). Ten minutes give 2 x 640 about 4.3 passes over tinyshakespeare and 2 x 768 3;
-# 3.5 keeps the measured 2 x 640 with room for the noise of the speed probe ("Sixth session").
+# session"). Ten minutes' budget covers about 4.1 passes over tinyshakespeare at 2 x 640 and 3
+# at 2 x 768 on the host measured: 3.5 keeps 2 x 640 there, where 4 sat within 2% of it and
+# the noise of the speed probe ("Sixth session").
 WIDE_EPOCHS = 3.5
 NORMALISED_MIN_CHARS_PER_PARAM = 0.45
 # Start-up, validation, checkpoints and previews take part of a --minutes budget (BENCHMARKS.md,
