@@ -157,7 +157,7 @@ def train(
     weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent matrices: each window zeroes this fraction of W_h's weights." + default_note("chosen with --dropout, the same"))] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the running average of the weights that validation, previews and the saved model use; 0: the trained weights themselves." + train_default("ema"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip." + train_default("grad_clip"))] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text." + default_note(f"{TrainOptions.epochs}, or no limit with --minutes"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the text." + default_note(f"{TrainOptions.epochs}, fewer where a model without dropout stops learning (as under --minutes), or no limit with --minutes"))] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones)." + default_note("none"))] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation); a new run without --epochs, --max-steps, and without --dropout or --weight-drop above 0 (given or chosen), stops sooner where its model stops learning: 4.5 epochs or, per parameter, 0.45 characters (gru-ln) or 1.8 (the other cells), whichever is more." + default_note("none"))] = None,
     val_frac: Annotated[Optional[float], typer.Option(help="Last fraction of the text held out for validation." + train_default("val_frac"))] = None,
@@ -247,7 +247,8 @@ def train(
     with process.terminate_through_clean_ups():  # sizing and warming up may compile
         run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
                   errors=errors, device=chosen, compiling=compiling, parent=parent,
-                  keep_vocab=keep_vocab, world=ranks)
+                  keep_vocab=keep_vocab, world=ranks,
+                  length_given=epochs is not None or max_steps is not None)
     reporter = _reporter(quiet)
     stop = process.StopOnSignal()
     try:

@@ -1,6 +1,6 @@
 """What a run's budget chooses where the options leave it open: the model's width (--hidden)
 and, with it, its depth (--layers); its regularisation (--dropout, --weight-drop), and where a
---minutes run without it stops; and the batch and window a small text can fill. Pure functions
+run without it stops; and the batch and window a small text can fill. Pure functions
 of the budget: the training speed they need is given to them (engine.training_speed), so a run
 over several processes can choose once and share the result.
 
@@ -20,9 +20,10 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
   at the chosen width covers REGULARISE_FROM_EPOCHS passes over the text and
   REGULARISE_FROM_CHARS_PER_PARAM characters per parameter: it slows early learning and pays
   only once the model has had time to memorise the text.
-- stop: a --minutes run without either stops at useful_steps (the larger of USEFUL_EPOCHS epochs
-  and useful_chars_per_param(cell) characters per parameter), its schedule decaying to that
-  point: past it, an unregularised model only overfits.
+- stop: a run without either, whose length the user did not give (no --epochs, no --max-steps:
+  the default 10 epochs, or --minutes alone), stops at useful_steps (the larger of USEFUL_EPOCHS
+  epochs and useful_chars_per_param(cell) characters per parameter), its schedule decaying to
+  that point: past it, an unregularised model only overfits.
 """
 
 import dataclasses
@@ -127,7 +128,7 @@ def useful_chars_per_param(cell: str) -> float:
 
 
 def useful_steps(cell: str, steps_per_epoch: int, chars_per_step: int, params: int) -> int:
-    """The most steps a --minutes run without dropout learns from: past both USEFUL_EPOCHS
+    """The most steps a run without dropout learns from: past both USEFUL_EPOCHS
     epochs and useful_chars_per_param(cell) characters per parameter, more time only overfits.
     Counted in steps because an epoch's last window can be shorter than --seq-len."""
     return max(math.ceil(USEFUL_EPOCHS * steps_per_epoch),
@@ -163,11 +164,12 @@ def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, li
 
 
 def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per_epoch: int,
-                 chars_per_second: Callable[[Shape], float] | None,
+                 chars_per_second: Callable[[Shape], float] | None, length_given: bool,
                  fits: Callable[[Shape], bool] = lambda shape: True
                  ) -> tuple[TrainOptions, list[str]]:
-    """The options with the width and depth, the dropout and, for a --minutes run without
-    dropout, the step limit chosen where they are None, and the notes that say so.
+    """The options with the width and depth, the dropout and, for a run without dropout whose
+    length was not given (length_given: --epochs or --max-steps was), the step limit chosen
+    where they are None, and the notes that say so.
     chars_per_second(shape): the training speed at that shape (asked only when --minutes limits
     the run and a choice needs it), or None when it is not known (a GPU: a CPU timing says
     nothing of its speed). fits(shape): whether training at that shape fits in memory (a shape
@@ -202,15 +204,15 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
             notes.append(f"{said} {p:g}: the budget allows {chars / n_train:.0f} epochs, "
                          f"{chars / params:.0f} characters per parameter, enough to overfit "
                          f"without it (give {said} to choose)")
-    time_alone = o.minutes is not None and o.epochs is None and o.max_steps is None
-    if time_alone and not o.dropout and not o.weight_drop:
+    if not length_given and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
         steps = useful_steps(o.cell, steps_per_epoch, chars_per_step, params)
         if budget(Shape(o.layers, o.hidden)) > steps * chars_per_step:
             o.max_steps = steps
+            unless = "" if o.minutes is None else \
+                f" unless the {o.minutes:g} minutes run out first"
             notes.append(f"stops after {steps:,} steps ({steps / steps_per_epoch:.1f} epochs, "
-                         f"{steps * chars_per_step / params:.1f} characters per parameter) "
-                         f"unless the {o.minutes:g} minutes run out first: past that, this "
-                         f"model without dropout overfits (--max-steps, --epochs, or --dropout "
-                         f"above 0 to train longer)")
+                         f"{steps * chars_per_step / params:.1f} characters per parameter)"
+                         f"{unless}: past that, this model without dropout overfits "
+                         f"(--max-steps, --epochs, or --dropout above 0 to train longer)")
     return o, notes

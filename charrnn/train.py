@@ -106,12 +106,16 @@ class Run:
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
                  device: str = "cpu", compiling: AbstractContextManager = nullcontext(),
                  parent: Parent | None = None, keep_vocab: bool = False,
-                 world: World | None = None):
+                 world: World | None = None, length_given: bool | None = None):
         """corpus: a text file, or files and folders (documents.py). resume: the checkpoint
         of the run to go on with; parent: the model a new run starts from (--init-from), whose
         vocabulary it extends with the corpus's, or keeps (keep_vocab: the corpus's other
         characters dropped). world: the processes training together (distributed.py); rank 0
-        alone touches the run directory."""
+        alone touches the run directory. length_given: whether the user gave --epochs or
+        --max-steps (a run without either may stop sooner, sizing.choose_sizes); by default,
+        whether opts has either."""
+        self._length_given = length_given if length_given is not None else \
+            opts.epochs is not None or opts.max_steps is not None
         self.world = world or World()
         self.sources = [Path(corpus)] if isinstance(corpus, (str, Path)) else \
             [Path(p) for p in corpus]
@@ -326,7 +330,7 @@ class Run:
             opts, self.notes = sizing.choose_sizes(
                 opts, n_train=len(train_ids), vocab_size=len(self.vocab),
                 steps_per_epoch=per_epoch, chars_per_second=speed,
-                fits=functools.partial(self._fits, opts))
+                length_given=self._length_given, fits=functools.partial(self._fits, opts))
         if resume is None and self.world.size > 1:  # rank 0's choices (it timed the widths)
             opts = TrainOptions(**self.world.share(dataclasses.asdict(opts)))
         self.opts = opts

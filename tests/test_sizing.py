@@ -263,6 +263,32 @@ def test_a_time_budget_stops_where_the_model_stops_learning_unless_regularised(
                     f"(--max-steps, --epochs, or --dropout above 0 to train longer)"]
 
 
+# the bare command: its 10 epochs are the default, not asked for, so an unregularised model stops
+# where it stops learning as under --minutes alone; --epochs or --max-steps given are kept. A
+# Run made without saying (length_given None) reads "given" from the options: 10 epochs there.
+@pytest.mark.parametrize("length_given, capped", [(False, True), (True, False), (None, False)])
+def test_the_default_epochs_stop_where_the_model_stops_learning(corpus, tmp_path, length_given,
+                                                                 capped):
+    # 1 x 128: ten epochs of the ~18,000 characters are under 4 per parameter, so unregularised
+    opts = TrainOptions(hidden=128, layers=1, seq_len=16, batch_size=4)
+    assert opts.epochs == 10 and opts.minutes is None and opts.max_steps is None
+    run = Run(corpus, tmp_path / "d", opts, length_given=length_given)
+    run.release()
+    said, per_epoch, params = step_limit_notes(run), run.steps_per_epoch, run.model.params.size
+    assert run.opts.dropout == run.opts.weight_drop == 0.0
+    if not capped:
+        assert said == [] and run.opts.max_steps is None
+        return
+    steps = math.ceil(sizing.USEFUL_EPOCHS * per_epoch)
+    assert steps * 64 > sizing.useful_chars_per_param(run.opts.cell) * params  # epochs decide
+    assert run.opts.max_steps == steps and run.opts.epochs == 10
+    assert Pacer(run.opts, per_epoch).total_steps() == steps  # so the schedule decays to it
+    assert said == [f"stops after {steps:,} steps ({steps / per_epoch:.1f} epochs, "
+                    f"{steps * 64 / params:.1f} characters per parameter): past that, this "
+                    f"model without dropout overfits (--max-steps, --epochs, or --dropout above "
+                    f"0 to train longer)"]
+
+
 def test_a_time_budget_shorter_than_the_useful_steps_sets_no_step_limit(corpus, tmp_path):
     run = small_timed_run(corpus, tmp_path / "s", minutes=1e-4)  # 6 ms
     run.release()
@@ -274,7 +300,7 @@ def test_an_untimed_budget_gets_the_step_limit():
     opts = TrainOptions(hidden=12, layers=1, seq_len=16, batch_size=4, epochs=None,
                         minutes=1000.0)
     chosen, notes = sizing.choose_sizes(opts, n_train=6000, vocab_size=5, steps_per_epoch=90,
-                                        chars_per_second=None)
+                                        chars_per_second=None, length_given=False)
     params = sizing.parameter_count(opts.cell, 1, 12, 5)
     assert chosen.max_steps == sizing.useful_steps(opts.cell, 90, 64, params)
     assert len(notes) == 1 and notes[0].startswith("stops after")
@@ -309,3 +335,26 @@ def test_a_resumed_run_keeps_its_limits_and_is_not_timed(corpus, tmp_path, monke
     resumed.release()
     assert resumed.opts.max_steps is None and step_limit_notes(resumed) == []
     assert resumed.opts.dropout == resumed.opts.weight_drop == 0.0
+
+
+@pytest.mark.parametrize("given, capped", [((), True), (("--epochs", 10), False)])
+def test_the_cli_stops_the_bare_command_where_the_model_stops_learning(tmp_path, given, capped):
+    """Through `charrnn train`: the default 10 epochs of an unregularised model end at the
+    useful steps, and say so; the same 10 epochs given with --epochs are trained in full."""
+    from .test_cli import run_cli
+
+    text = tmp_path / "small.txt"
+    text.write_text(MarkovSource(alphabet="abcdé\n", order=2, seed=2).sample_text(3000))
+    # 1 x 64: ten epochs of ~2,700 training characters are under 4 per parameter
+    code, out, err = run_cli("train", text, "--hidden", 64, "--layers", 1, "--seq-len", 16,
+                             "--batch-size", 4, "--out", tmp_path / "run", *given)
+    assert code == 0, err
+    ck = ckpt_io.load(tmp_path / "run" / ckpt_io.LATEST)
+    steps_said = [line for line in err.splitlines() if line.startswith("stops after")]
+    if capped:
+        assert len(steps_said) == 1 and "(4.5 epochs" in steps_said[0]
+        assert ck.train["options"]["epochs"] == 10
+        assert ck.train["step"] == ck.train["options"]["max_steps"] and ck.train["epoch"] == 4
+    else:
+        assert steps_said == [] and ck.train["options"]["max_steps"] is None
+        assert ck.train["epoch"] == 10
