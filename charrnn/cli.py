@@ -157,6 +157,7 @@ def train(
     weight_drop: Annotated[Optional[float], typer.Option(help="DropConnect on the recurrent matrices: each window zeroes this fraction of W_h's weights." + default_note("chosen with --dropout, the same"))] = None,
     ema: Annotated[Optional[float], typer.Option(help="Decay of the running average of the weights that validation, previews and the saved model use; 0: the trained weights themselves." + train_default("ema"))] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Global gradient-norm clip." + train_default("grad_clip"))] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW's decoupled weight decay: every step shrinks each weight by this times the step's learning rate." + train_default("weight_decay"))] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Passes over the text." + default_note(f"{TrainOptions.epochs}, fewer where a model without dropout stops learning (as under --minutes), or no limit with --minutes"))] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (in total, counting resumed ones)." + default_note("none"))] = None,
     minutes: Annotated[Optional[float], typer.Option(help="Stop after this much wall-clock time (this invocation); a new run without --epochs, --max-steps, and without --dropout or --weight-drop above 0 (given or chosen), stops sooner where its model stops learning: 4.5 epochs or, per parameter, 0.45 characters (gru-ln) or 1.8 (the other cells), whichever is more." + default_note("none"))] = None,
@@ -187,6 +188,7 @@ def train(
     check_text_codec(encoding, errors)
     given = dict(cell=cell, layers=layers, hidden=hidden, seq_len=seq_len, batch_size=batch_size,
                  lr=lr, dropout=dropout, weight_drop=weight_drop, ema=ema, grad_clip=grad_clip,
+                 weight_decay=weight_decay,
                  epochs=epochs, max_steps=max_steps, minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience,
                  doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),

@@ -9,11 +9,13 @@ from .kernels import cpu
 
 
 class Adam:
-    """torch.optim.Adam (no weight decay) over one flat buffer."""
+    """torch.optim.Adam over one flat buffer, or torch.optim.AdamW with weight_decay above 0
+    (the decay decoupled from the gradient: every weight shrinks by lr * weight_decay a step)."""
 
     def __init__(self, size: int, dtype=np.float32, lr: float = 2e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        self.lr, self.betas, self.eps = lr, betas, eps
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = np.zeros(size, dtype)  # first moment
         self.v = np.zeros(size, dtype)  # second moment
         self.steps = 0
@@ -21,7 +23,7 @@ class Adam:
     def step(self, params: np.ndarray, grads: np.ndarray) -> None:
         self.steps += 1
         cpu.adam_step(params, grads, self.m, self.v, self.steps, self.lr,
-                      self.betas[0], self.betas[1], self.eps)
+                      self.betas[0], self.betas[1], self.eps, self.weight_decay)
 
     def state(self) -> dict:
         return {"m": self.m, "v": self.v, "steps": self.steps}

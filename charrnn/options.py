@@ -107,6 +107,7 @@ class TrainOptions:
     # slower at 2 x 256 (tinyshakespeare; BENCHMARKS.md, "Quality: more compute ...")
     lr: float = 3e-3
     grad_clip: float = 5.0
+    weight_decay: float = 0.0  # AdamW's, decoupled from the gradient (optim.Adam)
     epochs: int | None = 10
     max_steps: int | None = None
     minutes: float | None = None
@@ -144,6 +145,10 @@ class TrainOptions:
         check_float("val_frac", self.val_frac, 0, 1, high_open=True)
         check_float("lr", self.lr, 0, math.inf, low_open=True)
         check_float("grad_clip", self.grad_clip, 0, math.inf, low_open=True, infinite_ok=True)
+        check_float("weight_decay", self.weight_decay, 0, math.inf)
+        if self.weight_decay * self.lr >= 1:  # a step keeps 1 - lr x decay of every weight
+            raise OptionError(f"--weight-decay x --lr must be under 1, not {self.weight_decay:g} "
+                              f"x {self.lr:g}")
         check_float("minutes", self.minutes, 0, math.inf, low_open=True, infinite_ok=True)
         check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
 

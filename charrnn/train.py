@@ -336,7 +336,7 @@ class Run:
         self.opts = opts
         config = self._model_config(opts, sizing.Shape(opts.layers, opts.hidden), opts.dropout)
         self.model = Model(config, seed=opts.seed)
-        self.optimizer = Adam(self.model.params.size, lr=opts.lr)
+        self.optimizer = Adam(self.model.params.size, lr=opts.lr, weight_decay=opts.weight_decay)
         h, c = self.model.zero_state(opts.batch_size)  # (L, B, W)
         self.state = TrainState.fresh(opts.seed)
         if parent is not None:

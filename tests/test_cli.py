@@ -370,6 +370,11 @@ BAD_INPUT = [
     ("weight-drop-1", ["train", "{corpus}", "--weight-drop", "1.0", "--out", "{tmp}/o"], 2,
      "--weight-drop"),
     ("cell-foo", ["train", "{corpus}", "--cell", "foo", "--out", "{tmp}/o"], 2, "--cell"),
+    ("weight-decay-negative", ["train", "{corpus}", "--weight-decay", "-0.1", "--out", "{tmp}/o"],
+     2, "--weight-decay"),
+    # lr x weight decay of 1 would zero every weight in one step
+    ("weight-decay-past-inverse-lr", ["train", "{corpus}", "--lr", "0.5", "--weight-decay", "2",
+                                "--out", "{tmp}/o"], 2, "--weight-decay"),
     ("train-missing-argument", ["train"], 2, "CORPUS"),
     ("unknown-option", ["sample", "{run}", "--bogus"], 2, "--bogus"),
     ("length-not-a-number", ["sample", "{run}", "--length", "abc"], 2, "--length"),

@@ -552,6 +552,7 @@ TRAIN_OPTIONS = {
     "--dropout": float_values(["0", "0.5", "0.999"], ["1", "-0.1"]),
     "--weight-drop": float_values(["0", "0.5", "0.999"], ["1", "-0.1"]),
     "--grad-clip": float_values(["1e-30", "5", "1e30"]),
+    "--weight-decay": float_values(["0", "0.3", "2"], ["1e3", "-0.1"]),  # under 1/--lr
     "--epochs": int_values(["1", "2"], [TEN_9]),  # bounded() keeps a limit
     "--max-steps": int_values(["1", "5", "8"], [TEN_9]),
     "--minutes": float_values(["0.0001", "0.01", "1e30"]),  # with a step limit (bounded())

@@ -32,6 +32,27 @@ def test_adam_matches_the_paper():
     assert np.abs(p - params).max() > 1e-3  # it moved
 
 
+def test_weight_decay_shrinks_the_weights_before_the_adam_step():
+    """AdamW's decoupled decay (Loshchilov and Hutter 2019): the step with weight decay wd at
+    rate lr is Adam's step from the weights times 1 - lr * wd, with the same moments, whatever
+    the gradient."""
+    rng = np.random.default_rng(4)
+    params = rng.normal(size=30)
+    decayed, plain, undecayed = (Adam(30, np.float64, lr=0.02, weight_decay=wd)
+                                 for wd in (0.7, 0.0, 0.0))
+    p, q, r = params.copy(), params.copy(), params.copy()
+    for step, g in enumerate(random_grads(30, np.float64, seed=5)):
+        lr = 0.02 / (1 + step)  # a schedule changes the rate, and the decay with it
+        decayed.lr = plain.lr = undecayed.lr = lr
+        decayed.step(p, g.copy())
+        q *= 1 - lr * 0.7
+        plain.step(q, g.copy())
+        undecayed.step(r, g.copy())
+        assert scaled_error(p, q) < 1e-14
+    assert np.array_equal(decayed.m, plain.m) and np.array_equal(decayed.v, plain.v)
+    assert np.abs(p - r).max() > 1e-3  # the decay moved the weights
+
+
 def test_clip_scales_to_max_norm_only_when_above():
     g = np.array([3.0, 4.0], np.float32)
     assert clip_grad_norm(g, 10.0) == pytest.approx(5.0)
@@ -60,7 +81,7 @@ def _torch():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("name", ["adam", "sgd"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_step_with_clipping_matches_torch(name, dtype):
     torch = _torch()
     n, max_norm = 40, 2.0
@@ -69,6 +90,10 @@ def test_step_with_clipping_matches_torch(name, dtype):
     if name == "adam":
         ours = Adam(n, dtype, lr=0.01, betas=(0.8, 0.99), eps=1e-6)
         theirs = torch.optim.Adam([t_param], lr=0.01, betas=(0.8, 0.99), eps=1e-6)
+    elif name == "adamw":
+        ours = Adam(n, dtype, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=3.0)
+        theirs = torch.optim.AdamW([t_param], lr=0.01, betas=(0.8, 0.99), eps=1e-6,
+                                   weight_decay=3.0)
     else:
         ours = SGD(n, dtype, lr=0.05, momentum=0.9)
         theirs = torch.optim.SGD([t_param], lr=0.05, momentum=0.9)

@@ -132,6 +132,22 @@ def test_a_checkpoint_from_before_weight_drop_resumes_without_it(corpus, tmp_pat
     assert options_from_checkpoint(ck, {"max_steps": 50}).weight_drop == 0.0
 
 
+def test_weight_decay_trains_resumes_exactly_and_old_checkpoints_run_without_it(corpus,
+                                                                                  tmp_path):
+    straight, _, _ = run_steps(corpus, tmp_path / "straight", 20, weight_decay=2.0)
+    plain, _, _ = run_steps(corpus, tmp_path / "plain", 20)
+    assert straight.optimizer.weight_decay == 2.0
+    # the decay pulls the weights in: the same steps end smaller
+    assert np.linalg.norm(straight.model.params) < np.linalg.norm(plain.model.params)
+    run_steps(corpus, tmp_path / "split", 10, weight_decay=2.0)
+    saved = ckpt_io.load(tmp_path / "split" / "latest.npz")
+    resumed, _, _ = run_steps(corpus, tmp_path / "split", 20, resume=saved)
+    assert resumed.opts.weight_decay == 2.0
+    assert np.array_equal(straight.model.params, resumed.model.params)
+    del saved.train["options"]["weight_decay"]  # saved before the option existed
+    assert options_from_checkpoint(saved, {"max_steps": 50}).weight_decay == 0.0
+
+
 def test_evaluate_reads_everything_unless_capped(corpus, tmp_path):
     run, _, _ = run_steps(corpus, tmp_path / "v", 5)
     ids = run.val_ids

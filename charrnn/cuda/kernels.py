@@ -743,17 +743,20 @@ def note_nonfinite(norm_sq, loss, flag):
 
 
 @_kernel(f"void({F1}, {F1}, {F1}, {F1}, float64, float64, float64, float64, float64, "
-         f"float64[:])")
-def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, norm_sq):
-    """One Adam update with the arithmetic of torch.optim.Adam (as kernels/cpu.adam_step);
-    step_size = lr / (1 - beta1**step). Skipped when the gradient norm is not finite, so a bad
-    step never reaches the weights (the trainer reports it at its next read-back)."""
+         f"float64, float64[:])")
+def adam_step(params, grads, m, v, step_size, bias_correction2_sqrt, beta1, beta2, eps, keep,
+              norm_sq):
+    """One Adam update with the arithmetic of torch.optim.Adam, or AdamW (as
+    kernels/cpu.adam_step); step_size = lr / (1 - beta1**step), keep = 1 - lr * weight_decay.
+    Skipped when the gradient norm is not finite, so a bad step never reaches the weights (the
+    trainer reports it at its next read-back)."""
     i = cuda.grid(1)
     if i < params.size and math.isfinite(norm_sq[0]):
         g = grads[i]
         m[i] += (1.0 - beta1) * (g - m[i])
         v[i] = v[i] * beta2 + (1.0 - beta2) * g * g
-        params[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps)
+        params[i] = params[i] * keep - step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt
+                                                            + eps)
 
 
 @_kernel(f"void({F1}, {F1}, float64)")

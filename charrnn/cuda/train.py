@@ -93,7 +93,8 @@ class CudaEngine:
         K.adam_step[K.grid(grads.size)](model.params, grads, self.m, self.v,
                                         opt.lr / (1.0 - beta1 ** opt.steps),
                                         math.sqrt(1.0 - beta2 ** opt.steps), beta1, beta2,
-                                        opt.eps, self._norm_sq)
+                                        opt.eps, 1.0 - opt.lr * opt.weight_decay,
+                                        self._norm_sq)
         if self.average is not None:  # the host counts the updates; the device averages
             d = averaging.rate(self.average.decay, self.average.updates)
             K.average_weights[K.grid(grads.size)](self.d_average, model.params, 1.0 - d)

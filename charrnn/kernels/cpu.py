@@ -1606,16 +1606,19 @@ def clip_grad_norm(grads, max_norm):
 
 
 @kernel
-def adam_step(params, grads, m, v, step, lr, beta1, beta2, eps):
-    """One Adam update (step counts from 1), the arithmetic of torch.optim.Adam."""
+def adam_step(params, grads, m, v, step, lr, beta1, beta2, eps, weight_decay):
+    """One Adam update (step counts from 1), the arithmetic of torch.optim.Adam, or of
+    torch.optim.AdamW with weight_decay above 0: the weights shrink by lr * weight_decay first."""
     bias_correction1 = 1.0 - beta1 ** step
     bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
     step_size = lr / bias_correction1
+    keep = 1.0 - lr * weight_decay
     for i in range(params.size):
         g = grads[i]
         m[i] += (1.0 - beta1) * (g - m[i])
         v[i] = v[i] * beta2 + (1.0 - beta2) * g * g
-        params[i] -= step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps)
+        params[i] = params[i] * keep - step_size * m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt
+                                                            + eps)
 
 
 @kernel

@@ -148,16 +148,16 @@ def test_adam_and_clipping_match_the_cpu():
     gpu_norm = float(np.sqrt(total.copy_to_host()[0]))
     assert abs(gpu_norm - norm) < 1e-12 * norm
     K.clip_by_norm[K.grid(n)](d[1], total, 1.5)
-    step, lr, b1, b2, eps = 3, 2e-3, 0.9, 0.999, 1e-8
-    C.adam_step(params, grads, m, v, step, lr, b1, b2, eps)
+    step, lr, b1, b2, eps, decay = 3, 2e-3, 0.9, 0.999, 1e-8, 0.5  # decay: AdamW's
+    C.adam_step(params, grads, m, v, step, lr, b1, b2, eps, decay)
     K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], lr / (1 - b1 ** step),
-                           np.sqrt(1 - b2 ** step), b1, b2, eps, total)
+                           np.sqrt(1 - b2 ** step), b1, b2, eps, 1 - lr * decay, total)
     for host, dev in zip((params, grads, m, v), d):
         np.testing.assert_allclose(dev.copy_to_host(), host, rtol=1e-12, atol=1e-15)
     # a non-finite norm: no clipping arithmetic, no update, and the flag goes up
     before = d[0].copy_to_host()
     bad_norm, flag = cuda.to_device(np.array([np.nan])), cuda.to_device(np.zeros(1, np.int32))
-    K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], 1e-3, 1.0, b1, b2, eps, bad_norm)
+    K.adam_step[K.grid(n)](d[0], d[1], d[2], d[3], 1e-3, 1.0, b1, b2, eps, 0.5, bad_norm)
     np.testing.assert_array_equal(d[0].copy_to_host(), before)
     K.note_nonfinite[1, 1](bad_norm, cuda.to_device(np.zeros(1)), flag)
     assert flag.copy_to_host()[0] == 1
