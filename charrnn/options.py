@@ -107,7 +107,10 @@ class TrainOptions:
     # slower at 2 x 256 (tinyshakespeare; BENCHMARKS.md, "Quality: more compute ...")
     lr: float = 3e-3
     grad_clip: float = 5.0
-    weight_decay: float = 0.0  # AdamW's, decoupled from the gradient (optim.Adam)
+    # AdamW's, decoupled from the gradient (optim.Adam). 0.3 and 0.5 both took the hour's
+    # 3 x 768 on tinyshakespeare below the same steps without it; 1.0 learnt too slowly
+    # (BENCHMARKS.md, "Eighth session")
+    weight_decay: float = 0.3
     epochs: int | None = 10
     max_steps: int | None = None
     minutes: float | None = None

@@ -221,6 +221,7 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
     # a run saved before these options trained without them
     saved.setdefault("weight_drop", 0.0)
     saved.setdefault("ema", 0.0)
+    saved.setdefault("weight_decay", 0.0)
     for name, value in given.items():
         if value is None:
             continue
