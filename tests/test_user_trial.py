@@ -162,7 +162,8 @@ def test_info_shows_the_run_and_its_best(run_dir, corpus, tmp_path, monkeypatch,
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     code, _, err = call_main(monkeypatch, capsys, "train", corpus, "--out", run, "--resume",
-                             "--max-steps", "40", "--eval-every", "1000", "--lr", "1.0", "-q")
+                             "--max-steps", "40", "--eval-every", "1000", "--lr", "1.0",
+                             "--weight-decay", "0", "-q")
     assert code == 0, err
     best_step = ckpt_io.load(run / ckpt_io.BEST).train["step"]
     assert best_step < 40, "the resumed run was meant to end worse than its best"
@@ -205,10 +206,12 @@ def test_a_pipe_is_a_corpus(source, corpus, tmp_path):
 
 
 def test_a_diverging_run_is_warned_about(corpus, tmp_path, monkeypatch, capsys):
-    """--lr 1e6: the losses stay finite and huge; the run says it diverges, once."""
+    """--lr 1e6 (without weight decay, which it would not allow): the losses stay finite and
+    huge; the run says it diverges, once."""
     out = tmp_path / "run"
     code, _, err = call_main(monkeypatch, capsys, "train", corpus, "--out", out, *SMALL[:-2],
-                             "--lr", "1e6", "--max-steps", "30", "--eval-every", "10")
+                             "--lr", "1e6", "--weight-decay", "0", "--max-steps", "30",
+                             "--eval-every", "10")
     assert code == 0, err
     assert err.count("training is diverging") == 1, err
     assert sum(1 for r in metrics(out) if r.get("diverging")) == 1
