@@ -194,7 +194,9 @@ def train(
                  doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),
                  val_file=None if val_file is None else str(val_file), lines=lines or None)
     given = {k: v for k, v in given.items() if v is not None}
-    new_opts = TrainOptions(**given)  # every value given is in range before anything is made
+    # every value given is in range before anything is made; a resumed run's values are checked
+    # together with its own options (options_from_checkpoint), not with today's defaults
+    new_opts = TrainOptions(**given) if not resume else None
     if out is not None and out.exists() and not out.is_dir():
         raise Failure(f"--out {out} is a file; a run directory is needed")
     if init_from is not None and resume:
@@ -596,7 +598,7 @@ def _run_app() -> None:
                 sys.exit(e.exit_code)
             _fail(e.format_message(), e.exit_code)
         if isinstance(e, _user_errors()):
-            _fail(str(e), 1)
+            _fail(str(e), 1, on_every_rank=getattr(e, "on_every_rank", False))
         if isinstance(e, OSError):
             _fail(f"{str(e.filename) + ': ' if e.filename else ''}{e.strerror or e}", 1)
         if isinstance(e, MemoryError):
@@ -624,13 +626,18 @@ def console_main() -> None:
     os._exit(process.flush_streams(code))
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, on_every_rank: bool = False) -> None:
+    """One line on stderr, then the exit. on_every_rank: every process of several failed
+    alike at the same point; rank 0 says it and all end through MPI_Finalize."""
     # stderr is a MessageStream here: a write that fails does not raise
     from . import distributed
     rank = distributed.current_rank()
+    if on_every_rank and rank:
+        sys.exit(code)
     where = f" (rank {rank})" if rank else ""
     print(f"charrnn{where}: error: {process.one_line(message)}", file=sys.stderr)
-    distributed.abort(code)  # over several processes: the others may wait for this one
+    if not on_every_rank:
+        distributed.abort(code)  # over several processes: the others may wait for this one
     sys.exit(code)
 
 

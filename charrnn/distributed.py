@@ -25,7 +25,14 @@ LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASK
 
 
 class WorldError(Exception):
-    """The ranks cannot train together (MPI missing, options or corpora that differ)."""
+    """The ranks cannot train together (MPI missing, options or corpora that differ).
+    on_every_rank: every rank raised it at the same point (from values they all gathered), so
+    they can end together through MPI_Finalize rather than MPI_Abort, whose launcher may kill
+    the ranks before it has passed on what they wrote to stderr."""
+
+    def __init__(self, message: str, on_every_rank: bool = False):
+        super().__init__(message)
+        self.on_every_rank = on_every_rank
 
 
 def launched_by_mpi() -> bool:

@@ -258,7 +258,7 @@ class Run:
                 raise WorldError(f"the processes do not train the same thing: rank "
                                  f"{', '.join(map(str, differ))} has other {what} than rank 0 "
                                  f"(every rank must be given the same corpus, options and "
-                                 f"checkpoint)")
+                                 f"checkpoint)", on_every_rank=True)
 
     def check_weights_agree(self) -> None:
         """Over several processes: the weights must be the same on every rank (they get the

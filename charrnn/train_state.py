@@ -222,6 +222,11 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
     saved.setdefault("weight_drop", 0.0)
     saved.setdefault("ema", 0.0)
     saved.setdefault("weight_decay", 0.0)
+    try:
+        TrainOptions(**saved)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's training options are malformed: "
+                              f"{e}") from None
     for name, value in given.items():
         if value is None:
             continue
@@ -229,11 +234,7 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
             raise OptionError(f"{flag(name)} cannot change when resuming "
                               f"(the run uses {saved.get(name)})")
         saved[name] = value
-    try:
-        opts = TrainOptions(**saved)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"the checkpoint's training options are malformed: "
-                              f"{e}") from None
+    opts = TrainOptions(**saved)  # the values given, together with the run's own (OptionError)
     step, epoch = ck.train.get("step", 0), ck.train.get("epoch", 0)
     if opts.max_steps is not None and step >= opts.max_steps:
         raise OptionError(f"the run already did {step} steps (--max-steps {opts.max_steps}); "

@@ -402,6 +402,11 @@ BAD_INPUT = [
      "--resume"),
     ("resume-changes-hidden",
      ["train", "{corpus}", "--out", "{run}", "--resume", "--hidden", "32"], 2, "--hidden"),
+    ("resume-lr-negative", ["train", "{corpus}", "--out", "{run}", "--resume", "--lr", "-1"], 2,
+     "--lr"),
+    # the run trained with the default decay 0.3: 0.3 x 4 >= 1
+    ("resume-lr-against-the-runs-decay",
+     ["train", "{corpus}", "--out", "{run}", "--resume", "--lr", "4"], 2, "--weight-decay"),
     ("no-model-no-recorded-run", ["sample"], 1, "train"),
     ("unknown-prime", ["sample", "{run}", "--prime", "Q"], 1, "'Q'"),
 ]

@@ -150,6 +150,9 @@ def test_ranks_given_other_corpora_or_options_refuse_to_start(work):
                            timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
         assert p.returncode != 0
         assert f"rank 1 has other {what} than rank 0" in p.stderr, p.stderr
+        # every rank found it alike: rank 0 says it once, and all end through MPI_Finalize
+        # (under MPI_Abort the launcher once killed them before it passed on their stderr)
+        assert p.stderr.count("error:") == 1, p.stderr
         assert "Traceback" not in p.stderr, p.stderr
         assert not (out / "latest.npz").exists()
 

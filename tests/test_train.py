@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint as ckpt_io
+from charrnn.options import OptionError
 from charrnn.synthetic import MarkovSource
 from charrnn.tokenizer import CorpusError
 from charrnn.schedule import Pacer
@@ -135,7 +136,7 @@ def test_a_checkpoint_from_before_weight_drop_resumes_without_it(corpus, tmp_pat
 def test_weight_decay_trains_resumes_exactly_and_old_checkpoints_run_without_it(corpus,
                                                                                   tmp_path):
     straight, _, _ = run_steps(corpus, tmp_path / "straight", 20, weight_decay=2.0)
-    plain, _, _ = run_steps(corpus, tmp_path / "plain", 20)
+    plain, _, _ = run_steps(corpus, tmp_path / "plain", 20, weight_decay=0.0)
     assert straight.optimizer.weight_decay == 2.0
     # the decay pulls the weights in: the same steps end smaller
     assert np.linalg.norm(straight.model.params) < np.linalg.norm(plain.model.params)
@@ -144,8 +145,12 @@ def test_weight_decay_trains_resumes_exactly_and_old_checkpoints_run_without_it(
     resumed, _, _ = run_steps(corpus, tmp_path / "split", 20, resume=saved)
     assert resumed.opts.weight_decay == 2.0
     assert np.array_equal(straight.model.params, resumed.model.params)
+    # --weight-decay x --lr < 1 holds for the run's own decay, not for today's default
+    with pytest.raises(OptionError, match="--weight-decay x --lr"):
+        options_from_checkpoint(saved, {"max_steps": 50, "lr": 0.5})
     del saved.train["options"]["weight_decay"]  # saved before the option existed
     assert options_from_checkpoint(saved, {"max_steps": 50}).weight_decay == 0.0
+    assert options_from_checkpoint(saved, {"max_steps": 50, "lr": 4.0}).lr == 4.0
 
 
 def test_evaluate_reads_everything_unless_capped(corpus, tmp_path):
