@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """What averaging several trained models' predictions would buy on the held-out text.
 
-Reads the held-out part of CORPUS exactly as `charrnn train` validates it (the last --val-frac,
-64 streams with the state carried over windows of 100), runs each checkpoint over it, and
+Reads the held-out part of CORPUS as `charrnn train` validates it with the default --batch-size
+and --seq-len (the last --val-frac, 64 streams with the state carried over windows of 100; a run
+given other sizes validates with those), runs each checkpoint over it, and
 prints the loss of each model alone and of the mean of their predicted probabilities, in
 nats/char, one JSON object per line:
 
@@ -22,7 +23,7 @@ from charrnn.batches import stream_matrix, windows
 from charrnn.loading import load_model
 from charrnn.tokenizer import read_corpus, split
 
-VAL_BATCH, VAL_SEQ_LEN = 64, 100  # what training's validation reads
+VAL_BATCH, VAL_SEQ_LEN = 64, 100  # what training's validation reads by default
 
 
 def target_log_probs(model, ids: np.ndarray) -> np.ndarray:
