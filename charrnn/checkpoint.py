@@ -19,6 +19,8 @@ FORMAT = "charrnn-checkpoint"
 VERSION = 1
 LATEST = "latest.npz"
 BEST = "best.npz"
+ENSEMBLE = "ensemble.npz"  # a run of several members: all of them (ensemble.py)
+MEMBERS = "ensemble.members"  # an ensemble's (K - 1, P) weights of the members after the first
 
 
 class CheckpointError(Exception):
@@ -180,6 +182,14 @@ def _validate(path: Path, ckpt: Checkpoint) -> None:
                               f"{ckpt.params.dtype}; the config needs ({size},) floats")
     if not np.all(np.isfinite(ckpt.params)):
         raise CheckpointError(f"{path}: weights contain NaN or infinity")
+    members = ckpt.arrays.get(MEMBERS)
+    if members is not None and (members.dtype != ckpt.params.dtype or members.ndim != 2
+                                or members.shape[1] != size or not len(members)):
+        raise CheckpointError(f"{path}: the ensemble's members have shape {members.shape} and "
+                              f"dtype {members.dtype}; the config needs (K, {size}) "
+                              f"{ckpt.params.dtype}")
+    if members is not None and not np.all(np.isfinite(members)):
+        raise CheckpointError(f"{path}: the ensemble's weights contain NaN or infinity")
 
 
 def _config_keys_problem(config: dict, cls) -> str | None:
@@ -195,10 +205,11 @@ def _config_keys_problem(config: dict, cls) -> str | None:
 
 
 def resolve(model: Path) -> Path:
-    """A checkpoint file as given, or the best (else latest) checkpoint of a run directory."""
+    """A checkpoint file as given, or a run directory's ensemble of its members (a run of
+    several), else its best, else its latest checkpoint."""
     model = Path(model)
     if model.is_dir():
-        for name in (BEST, LATEST):
+        for name in (ENSEMBLE, BEST, LATEST):
             if (model / name).exists():
                 return model / name
         raise CheckpointError(f"{model} holds no checkpoint ({BEST} or {LATEST})")

@@ -172,6 +172,7 @@ def train(
     lines: Annotated[bool, typer.Option("--lines", help="Each line is one example (names, titles): the lines are shuffled into the streams afresh every epoch.")] = False,
     init_from: Annotated[Optional[Path], typer.Option(help="Start a new run from this model's weights (a checkpoint or a run directory): fine-tuning. Its vocabulary grows by the corpus's new characters." + default_note("none"))] = None,
     keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep the model's vocabulary, dropping the corpus's characters it does not know (counted).")] = False,
+    members: Annotated[Optional[int], typer.Option(help="Train this many models apart, one after another, with seeds --seed, --seed + 1, ...; sample, eval and serve average their predictions (an ensemble: each member costs its model's time at every character)." + default_note("1; under --minutes, where the model stops learning before the time is up, as many as the time trains, up to 3"))] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run directory." + default_note("runs/<corpus name>, numbered if taken"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
@@ -192,7 +193,8 @@ def train(
                  epochs=epochs, max_steps=max_steps, minutes=minutes, val_frac=val_frac, eval_every=eval_every,
                  save_every=save_every, seed=seed, lr_schedule=lr_schedule, patience=patience,
                  doc_sep=None if doc_sep is None else unescape(doc_sep, "--doc-sep"),
-                 val_file=None if val_file is None else str(val_file), lines=lines or None)
+                 val_file=None if val_file is None else str(val_file), lines=lines or None,
+                 members=members)
     given = {k: v for k, v in given.items() if v is not None}
     # every value given is in range before anything is made; a resumed run's values are checked
     # together with its own options (options_from_checkpoint), not with today's defaults
@@ -205,24 +207,27 @@ def train(
     if keep_vocab and init_from is None:
         raise UsageProblem("--keep-vocab keeps the vocabulary of --init-from's model: give "
                            "--init-from")
+    if init_from is not None and (members or 1) > 1:
+        raise UsageProblem("--init-from starts one model from another: it takes no --members")
 
     from . import checkpoint as ckpt_io
+    from .members import Member, resumed_member
     from .runs import last_run, new_run_dir
     from .schedule import schedule_change
-    from .train import Run
-    from .train import train as train_loop
-    from .train_state import options_from_checkpoint, options_from_parent, parent_of
+    from .train_state import options_from_parent, parent_of
 
-    resumed = parent = None
+    parent = first_opts = None
     if resume:
         run_dir = out or last_run()
         if ranks.size > 1:  # rank 0's "most recent run" for all
             run_dir = ranks.share(None if run_dir is None else str(run_dir))
         if run_dir is None:
             raise Failure("--resume: no run to resume; pass --out RUN_DIR")
-        resumed = ckpt_io.load(Path(run_dir) / ckpt_io.LATEST)
-        opts = options_from_checkpoint(resumed, given)
-        if not quiet and (note := schedule_change(resumed.train["options"], opts)):
+        first = ckpt_io.load(Path(run_dir) / ckpt_io.LATEST)
+        member, first_opts = resumed_member(Path(run_dir), first, given)
+        opts = member.opts
+        if not quiet and member.resume is not None and \
+                (note := schedule_change(member.resume.train["options"], opts)):
             say(note)
     else:
         run_dir = out or (new_run_dir(corpus[0]) if ranks.root else None)
@@ -235,8 +240,10 @@ def train(
         if init_from is not None:
             parent = parent_of(init_from)
             opts = options_from_parent(parent, given)
+            opts.members = 1
         if minutes is not None and epochs is None:
             opts.epochs = None  # a time budget alone: train for that long
+        member = Member(1, opts)
     from . import device as devices
     if ranks.size > 1:
         if device == "cuda":
@@ -247,26 +254,60 @@ def train(
         chosen = devices.resolve(device, opts.cell)
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
-    compiling = _compile_notice(quiet)
-    with process.terminate_through_clean_ups():  # sizing and warming up may compile
-        run = Run(corpus, Path(run_dir), opts, resume=resumed, encoding=encoding,
-                  errors=errors, device=chosen, compiling=compiling, parent=parent,
-                  keep_vocab=keep_vocab, world=ranks,
-                  length_given=epochs is not None or max_steps is not None)
-    reporter = _reporter(quiet)
-    stop = process.StopOnSignal()
-    try:
-        summary = train_loop(run, reporter, should_stop=stop.requested,
-                             output_lost=lambda: getattr(sys.stderr, "lost", None))
-    finally:
-        reporter.close()
-        stop.restore()
+    summary, signum = _train_members(
+        member, first_opts, corpus, Path(run_dir), chosen, encoding, errors, parent,
+        keep_vocab, ranks, quiet, length_given=epochs is not None or max_steps is not None)
     if summary["stopped_by"] == "interrupted":
         if ranks.root:
-            say(f"interrupted; saved step {summary['step']}. Resume with: charrnn train "
+            where = "" if Path(summary["run_dir"]) == Path(run_dir) else \
+                f" of {summary['run_dir']}"
+            say(f"interrupted; saved step {summary['step']}{where}. Resume with: charrnn train "
                 f"{' '.join(map(str, corpus))} --out {run_dir} --resume")
         # (a rank the signal did not reach stopped with rank 0)
-        raise typer.Exit(128 + (stop.signum or signal.SIGINT))
+        raise typer.Exit(128 + (signum or signal.SIGINT))
+
+
+def _train_members(member, first_opts, corpus, run_dir: Path, device: str, encoding: str,
+                   errors: str, parent, keep_vocab: bool, ranks, quiet: bool,
+                   length_given: bool) -> tuple[dict, int]:
+    """Train the run's member `member` and the members after it (members.py), each a Run in
+    its directory; returns the last one's summary and the signal that stopped it (or 0)."""
+    from .ensemble import inference_model
+    from .members import member_dir, train_members
+    from .train import MAX_EVAL_CHARS, Run, evaluate
+    from .train import train as train_loop
+
+    val = {}  # the held-out text and sizes of the last member, for the ensemble's validation
+    stop = process.StopOnSignal()
+
+    def train_one(m) -> tuple[dict, object]:
+        compiling = _compile_notice(quiet)
+        with process.terminate_through_clean_ups():  # sizing and warming up may compile
+            run = Run(corpus, member_dir(run_dir, m.k), m.opts, resume=m.resume,
+                      encoding=encoding, errors=errors, device=device, compiling=compiling,
+                      parent=parent if m.k == 1 else None, keep_vocab=keep_vocab, world=ranks,
+                      length_given=length_given or m.k > 1)
+        val.update(ids=run.val_ids, batch_size=run.opts.batch_size, seq_len=run.opts.seq_len)
+        reporter = _reporter(quiet)
+        try:
+            return train_loop(run, reporter, should_stop=stop.requested,
+                              output_lost=lambda: getattr(sys.stderr, "lost", None)), run.opts
+        finally:
+            reporter.close()
+
+    def val_loss(members) -> float | None:
+        if len(val["ids"]) < 2:
+            return None
+        model = inference_model(members[0].config, [m.params for m in members])
+        return evaluate(model, val["ids"], val["batch_size"], val["seq_len"], MAX_EVAL_CHARS)
+
+    try:
+        summary = train_members(member, first_opts, train_one=train_one, val_loss=val_loss,
+                                run_dir=run_dir, world=ranks,
+                                say=say if not quiet else lambda text: None)
+    finally:
+        stop.restore()
+    return summary, stop.signum
 
 
 def _compile_notice(quiet: bool = False):
@@ -327,7 +368,8 @@ def sample(
     net, vocab, _ = load_model(model)
     _check_output_can_write(vocab.chars + (sep if num_samples > 1 else ""))
     from . import device as devices
-    chosen = devices.resolve(device, net.config.cell)
+    from .ensemble import members_of
+    chosen = devices.resolve(device, net.config.cell, members_of(net))
     opts = dataclasses.replace(opts, prime=_prime_text(prime, prime_file))
     if chosen == "cuda":
         say(f"sampling on CUDA: {devices.gpu_name()}")
@@ -534,9 +576,11 @@ def serve(
     from .loading import load_model, model_path
     from .serve_process import bind, run, served_name
 
+    from .ensemble import members_of
+
     path = model_path(model)
     net, vocab, ck = load_model(path)
-    chosen = devices.resolve(device, net.config.cell)
+    chosen = devices.resolve(device, net.config.cell, members_of(net))
     sock = bind(opts.host, opts.port)  # a port in use is one line, before anything compiles
     run(net, vocab, ck, served_name(path), sock, opts, api_key, chosen, say,
         compiling=_compile_notice())

@@ -1,10 +1,12 @@
 """What `charrnn info` says about a model: its configuration, size, vocabulary and training
-history, of a run (its latest.npz, and its best validation in best.npz) or of one checkpoint.
-Numba-free: reading a checkpoint's description compiles nothing."""
+history, of a run (its latest.npz, its best validation in best.npz, and the ensemble of its
+members in ensemble.npz) or of one checkpoint. Numba-free: reading a checkpoint's description
+compiles nothing."""
 
 from pathlib import Path
 
 from . import checkpoint as ckpt_io
+from .ensemble import member_params
 from .loading import model_path
 from .report import curve_lines, loss_text
 from .tokenizer import Vocab
@@ -13,9 +15,11 @@ from .words import plural
 
 def describe(model: Path | str | None) -> dict:
     """The description of MODEL as `info --json` prints it: for a run directory its latest.npz
-    (the run) with its best.npz beside it; for a file the file; for None the most recent run."""
+    (the run) with its best.npz and ensemble.npz beside it; for a file the file; for None the
+    most recent run. "members": how many models the checkpoint holds (an ensemble's)."""
     path = model_path(model)
     best_path = path / ckpt_io.BEST if path.is_dir() else None
+    ensemble = _ensemble(path / ckpt_io.ENSEMBLE) if path.is_dir() else None
     if best_path is not None and (path / ckpt_io.LATEST).exists():
         path = path / ckpt_io.LATEST
     path = ckpt_io.resolve(path)
@@ -32,7 +36,17 @@ def describe(model: Path | str | None) -> dict:
             "corpus": t.get("corpus"), "parent": t.get("parent"),
             "history": t.get("history", []),
             "best": {"checkpoint": str(best_path), "step": best_step,
-                     "val_loss": t.get("best_val_loss")} if has_best else None}
+                     "val_loss": t.get("best_val_loss")} if has_best else None,
+            "members": len(member_params(ck)), "ensemble": ensemble}
+
+
+def _ensemble(path: Path) -> dict | None:
+    """What info says of a run's ensemble.npz, if it has one."""
+    if not path.exists():
+        return None
+    ck = ckpt_io.load(path)
+    return {"checkpoint": str(path), "members": len(member_params(ck)),
+            "val_loss": ck.train.get("best_val_loss")}
 
 
 def description_text(d: dict) -> str:
@@ -48,8 +62,15 @@ def description_text(d: dict) -> str:
              f"best val    {loss_text(d['best_val_loss'])}"]
     if d["best_step"] is not None:
         lines[-1] += f" at step {d['best_step']}"
-    if d["best"]:
+    if d["members"] > 1:
+        lines[2] = (f"ensemble    {d['members']} members, trained apart "
+                    f"({Path(d['checkpoint']).name})")
+    if d["best"] and not d["ensemble"]:
         lines[-1] += " (best.npz: the weights sample and eval use)"
+    if d["ensemble"]:
+        e = d["ensemble"]
+        lines.append(f"ensemble    {e['members']} members, val {loss_text(e['val_loss'])} "
+                     f"({Path(e['checkpoint']).name}: the model sample and eval use)")
     if isinstance(d.get("parent"), dict):
         p = d["parent"]
         lines.append(f"started     from {p.get('checkpoint')} (sha256 "

@@ -38,15 +38,19 @@ def gpu_name() -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def resolve(requested: str, cell: str | None = None) -> str:
-    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell; raises DeviceError for
-    cuda where it cannot run. A cell without CUDA kernels runs on the CPU under auto."""
+def resolve(requested: str, cell: str | None = None, members: int = 1) -> str:
+    """'cpu' or 'cuda' for --device auto|cpu|cuda and the model's cell and number of members
+    (an ensemble's, ensemble.py); raises DeviceError for cuda where it cannot run. A cell
+    without CUDA kernels, and an ensemble (whose CUDA sampler is not built), run on the CPU
+    under auto."""
     from .cells import CELLS
     if requested == "cpu":
         return "cpu"
     problem = cuda_problem()
     if cell is not None and not CELLS[cell].cuda_kernels:
         problem = f"--cell {cell} has no CUDA kernels yet"
+    if members > 1:
+        problem = f"the model is an ensemble of {members}, which samples on the CPU"
     if requested == "cuda" and problem:
         raise DeviceError(f"--device cuda: {problem}; use --device cpu")
     return "cpu" if problem else "cuda"

@@ -1,14 +1,16 @@
 """A trained model from where the user says it is: a checkpoint file, a run directory (its
-best.npz, else latest.npz) or, with nothing named, the most recent run."""
+ensemble.npz, else best.npz, else latest.npz) or, with nothing named, the most recent run."""
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import checkpoint as ckpt_io
+from .ensemble import inference_model, member_params
 from .runs import last_run
 from .tokenizer import Vocab
 
 if TYPE_CHECKING:
+    from .ensemble import Ensemble
     from .model import Model
 
 
@@ -27,10 +29,10 @@ def model_path(model: Path | str | None) -> Path:
     return Path(model)
 
 
-def load_model(model: Path | str | None) -> tuple["Model", Vocab, ckpt_io.Checkpoint]:
-    """(Model, Vocab, Checkpoint) from a checkpoint file, a run directory or, for None, the most
-    recent run; the weights as float32. Raises CheckpointError (NoModelGiven among them)."""
-    from .model import Model, ModelConfig  # numba: imported only when a model is made
-
+def load_model(model: Path | str | None
+               ) -> tuple["Model | Ensemble", Vocab, ckpt_io.Checkpoint]:
+    """(model, Vocab, Checkpoint) from a checkpoint file, a run directory or, for None, the
+    most recent run; the weights as float32. The model is an Ensemble where the checkpoint
+    holds several members. Raises CheckpointError (NoModelGiven among them)."""
     ck = ckpt_io.load(ckpt_io.resolve(model_path(model)))
-    return Model(ModelConfig(**ck.config), params=ck.params.astype("float32")), Vocab(ck.vocab), ck
+    return inference_model(ck.config, member_params(ck)), Vocab(ck.vocab), ck

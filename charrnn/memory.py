@@ -38,14 +38,17 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
 PANEL_PADDING = 32  # columns a packed matrix may gain, at most (cpu.matmul_packed's panels)
 
 
-def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4) -> int:
+def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4, members: int = 1) -> int:
     """B streams' state and scratch (stepper.CpuStepper), a chunk's draws and ids, and the
     stepper's packed copy of the weights (each multiplied matrix, H rows but layer 0's input,
-    padded to whole panels)."""
+    padded to whole panels), and its stacked copy of an ensemble's members' weights: each
+    member has its own state, logits and packed weights."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
-    per_stream = 2 * L * W + 2 * GH + config.spec.stored_acts * H + 2 * H + V
-    packed = ParamLayout(config).size + 2 * L * H * PANEL_PADDING
+    per_stream = members * (2 * L * W + V) + 2 * GH + config.spec.stored_acts * H + 2 * H
+    size = ParamLayout(config).size
+    packed = members * (size + 2 * L * H * PANEL_PADDING) + (size * members if members > 1
+                                                             else 0)
     return itemsize * (B * per_stream + packed) + 12 * SAMPLE_CHUNK * B
 
 

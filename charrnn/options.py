@@ -20,6 +20,7 @@ MAX_SEED = 2**63 - 1
 # a model's size in elements stays far inside int64 (memory.py refuses what does not fit long
 # before these)
 MAX_HIDDEN, MAX_LAYERS = 2**20, 2**10
+MAX_MEMBERS = 64  # an ensemble's: each costs its whole model's arithmetic at every character
 SCHEDULES = ("cosine", "constant")
 DEFAULT_EVAL_EVERY = 200  # --eval-every, unless an epoch is shorter
 DEVICES = ("auto", "cpu", "cuda")
@@ -125,6 +126,9 @@ class TrainOptions:
     doc_sep: str = "\n\n"  # between documents of several files (documents.py)
     val_file: str | None = None  # held out whole, instead of the last --val-frac of each file
     lines: bool = False  # each line an example, shuffled into the streams every epoch
+    # models trained apart, one after another, their predictions averaged (ensemble.py,
+    # members.py); None: chosen (sizing.py)
+    members: int | None = None
 
     def __post_init__(self):
         check_model_shape(self.cell, self.layers)
@@ -141,6 +145,10 @@ class TrainOptions:
             check_int(name, getattr(self, name), 1)
         check_int("seed", self.seed, 0, MAX_SEED)
         check_int("patience", self.patience, 0)
+        check_int("members", self.members, 1, MAX_MEMBERS)
+        if self.members is not None and self.seed + self.members - 1 > MAX_SEED:
+            raise OptionError(f"--seed {self.seed} leaves no seed for {self.members} members "
+                              f"(member k trains with --seed plus k - 1): give a smaller --seed")
         check_int("preview_chars", self.preview_chars, 0)
         check_float("dropout", self.dropout, 0, 1, high_open=True)
         check_float("weight_drop", self.weight_drop, 0, 1, high_open=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from . import memory
+from .ensemble import Ensemble, members_of
 from .model import Model
 from .options import SampleOptions
 from .stepper import Slots, make_stepper, start_ids
@@ -27,7 +28,7 @@ def sample_rng(seed: int | None, b: int) -> np.random.Generator:
     return np.random.default_rng(seed if b == 0 or seed is None else [seed, b])
 
 
-def generate(model: Model, vocab: Vocab, opts: SampleOptions,
+def generate(model: Model | Ensemble, vocab: Vocab, opts: SampleOptions,
              device: str = "cpu") -> Iterator[tuple[int, str]]:
     """Yield (sample index, text) pieces as they are generated; a sample ends after
     opts.length new characters or just before its stop string. The prime comes first, as the
@@ -37,13 +38,13 @@ def generate(model: Model, vocab: Vocab, opts: SampleOptions,
     for the memory, prime characters the model does not know), so that a caller can fail
     before it prepares anything for the pieces."""
     B = opts.num_samples
-    memory.check_fits(memory.sampling_bytes(model.config, B), f"sampling {B:,} streams at once",
-                      "--num-samples")
+    memory.check_fits(memory.sampling_bytes(model.config, B, members=members_of(model)),
+                      f"sampling {B:,} streams at once", "--num-samples")
     start_ids(vocab, opts.prime, opts.skip_unknown)  # raises UnknownCharacters now
     return _pieces(model, vocab, opts, device)
 
 
-def _pieces(model: Model, vocab: Vocab, opts: SampleOptions,
+def _pieces(model: Model | Ensemble, vocab: Vocab, opts: SampleOptions,
             device: str) -> Iterator[tuple[int, str]]:
     slots = Slots(make_stepper(model, device), vocab)
     index = {slots.fill(opts, sample_rng(opts.seed, b)): b for b in range(opts.num_samples)}
@@ -64,7 +65,7 @@ class IncompleteLines(Exception):
     """--lines gave up: too many attempts ended without a complete line."""
 
 
-def generate_lines(model: Model, vocab: Vocab, opts: SampleOptions,
+def generate_lines(model: Model | Ensemble, vocab: Vocab, opts: SampleOptions,
                    device: str = "cpu") -> Iterator[str]:
     """Yield opts.lines complete lines, each ending with its newline, as each is complete (the
     order in which they end, not the order they were started in).
@@ -81,13 +82,13 @@ def generate_lines(model: Model, vocab: Vocab, opts: SampleOptions,
     if opts.lines is None:
         raise ValueError("generate_lines needs opts.lines")
     B = min(opts.lines, LINE_SLOTS)
-    memory.check_fits(memory.sampling_bytes(model.config, B), f"sampling {B:,} lines at once",
-                      "--lines")
+    memory.check_fits(memory.sampling_bytes(model.config, B, members=members_of(model)),
+                      f"sampling {B:,} lines at once", "--lines")
     start_ids(vocab, opts.prime, opts.skip_unknown)  # raises UnknownCharacters now
     return _lines(model, vocab, opts, B, device)
 
 
-def _lines(model: Model, vocab: Vocab, opts: SampleOptions, B: int,
+def _lines(model: Model | Ensemble, vocab: Vocab, opts: SampleOptions, B: int,
            device: str) -> Iterator[str]:
     slots = Slots(make_stepper(model, device), vocab)
     attempt = dataclasses.replace(opts, stop="\n", lines=None)

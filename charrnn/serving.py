@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from . import memory
+from .ensemble import members_of
 from .model import Model
 from .options import SampleOptions
 from .sample import sample_rng
@@ -69,7 +70,8 @@ class BatchEngine:
 
     def __init__(self, model: Model, vocab: Vocab, device: str = "cpu", max_batch: int = 64,
                  max_waiting: int = 256, chunk: int = SERVER_CHUNK):
-        memory.check_fits(memory.sampling_bytes(model.config, max_batch),
+        memory.check_fits(memory.sampling_bytes(model.config, max_batch,
+                                                members=members_of(model)),
                           f"serving {max_batch:,} streams at once", "--max-batch")
         self.vocab = vocab
         self.slots = Slots(make_stepper(model, device), vocab, chunk=chunk, primes_in_steps=True)

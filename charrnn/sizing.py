@@ -24,6 +24,10 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
   the default 10 epochs, or --minutes alone), stops at useful_steps (the larger of USEFUL_EPOCHS
   epochs and useful_chars_per_param(cell) characters per parameter), its schedule decaying to
   that point: past it, a model without dropout only overfits, weight decay or not.
+- members: where that stop ends a --minutes budget early, the rest of the time trains more
+  models of the same shape with other seeds to the same stop, whose predictions are averaged
+  (members.py): as many as the budget covers, up to MAX_CHOSEN_MEMBERS. Otherwise one (a run
+  without --minutes keeps one model, which samples fastest).
 """
 
 import dataclasses
@@ -69,6 +73,10 @@ USEFUL_EPOCHS = 4.5
 USEFUL_CHARS_PER_PARAM = 1.8
 # gru-ln: 2 x 1024 overfit past 4.5 epochs at 0.47 per parameter, so the floor of its width rule
 NORMALISED_USEFUL_CHARS_PER_PARAM = NORMALISED_MIN_CHARS_PER_PARAM
+# the most members a budget chooses: on tinyshakespeare the hour's 3 x 768 gained 0.0165 from a
+# second member and 0.009 more from a third (BENCHMARKS.md, "Tenth session"), while each costs
+# its model's arithmetic at every sampled character
+MAX_CHOSEN_MEMBERS = 3
 
 
 def parameter_count(cell: str, layers: int, hidden: int, vocab_size: int) -> int:
@@ -150,6 +158,14 @@ def choose_regularisation(budget: float, n_train: int, params: int) -> float:
     return LONG_RUN_REGULARISATION if long_run else 0.0
 
 
+def choose_members(budget: float, member_chars: float) -> int:
+    """How many members of member_chars training characters each a budget of that many
+    trains: at least one, at most MAX_CHOSEN_MEMBERS; one where the budget is unknown (inf)."""
+    if budget == float("inf"):
+        return 1
+    return max(1, min(MAX_CHOSEN_MEMBERS, int(budget // member_chars)))
+
+
 def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, list[str]]:
     """Batch size and window length that the training text can fill, shrunk if needed, with
     the warnings to show. Needs at least 2 characters (one input, one target)."""
@@ -170,8 +186,9 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                  fits: Callable[[Shape], bool] = lambda shape: True
                  ) -> tuple[TrainOptions, list[str]]:
     """The options with the width and depth, the dropout and, for a run without dropout whose
-    length was not given (length_given: --epochs or --max-steps was), the step limit chosen
-    where they are None, and the notes that say so.
+    length was not given (length_given: --epochs or --max-steps was), the step limit and under
+    --minutes the members chosen where they are None (members: 1 where not chosen), and the
+    notes that say so.
     chars_per_second(shape): the training speed at that shape (asked only when --minutes limits
     the run and a choice needs it), or None when it is not known (a GPU: a CPU timing says
     nothing of its speed). fits(shape): whether training at that shape fits in memory (a shape
@@ -206,15 +223,26 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
             notes.append(f"{said} {p:g}: the budget allows {chars / n_train:.0f} epochs, "
                          f"{chars / params:.0f} characters per parameter, enough to overfit "
                          f"without it (give {said} to choose)")
+    members_chosen = False
     if not length_given and not o.dropout and not o.weight_drop:
         chars_per_step = o.batch_size * o.seq_len
         steps = useful_steps(o.cell, steps_per_epoch, chars_per_step, params)
-        if budget(Shape(o.layers, o.hidden)) > steps * chars_per_step:
+        chars = budget(Shape(o.layers, o.hidden))
+        if chars > steps * chars_per_step:
             o.max_steps = steps
+            if o.members is None and o.minutes is not None:
+                o.members = choose_members(chars, steps * chars_per_step)
+                members_chosen = True
+            each = "" if (o.members or 1) == 1 else "each member "
             unless = "" if o.minutes is None else \
                 f" unless the {o.minutes:g} minutes run out first"
-            notes.append(f"stops after {steps:,} steps ({steps / steps_per_epoch:.1f} epochs, "
-                         f"{steps * chars_per_step / params:.1f} characters per parameter)"
-                         f"{unless}: past that, this model without dropout overfits "
+            notes.append(f"{each}stops after {steps:,} steps ({steps / steps_per_epoch:.1f} "
+                         f"epochs, {steps * chars_per_step / params:.1f} characters per "
+                         f"parameter){unless}: past that, this model without dropout overfits "
                          f"(--max-steps, --epochs, or --dropout above 0 to train longer)")
+    if members_chosen and o.members > 1:
+        notes.append(f"{o.members} members: models trained apart with seeds {o.seed} to "
+                     f"{o.seed + o.members - 1}, their predictions averaged; the "
+                     f"{o.minutes:g} minutes have time for them (--members to choose)")
+    o.members = o.members or 1
     return o, notes

@@ -7,7 +7,8 @@ Two layers:
 - A `Stepper` holds one model's weights (a CUDA stepper uploads them once, at its making, and
   keeps them for every chunk and every slot) and the state of its rows, the active streams, kept
   contiguous: only active streams are computed. `CpuStepper` here, `cuda.sample.CudaStepper` on
-  a GPU (imported only by `make_stepper(model, "cuda")`).
+  a GPU (imported only by `make_stepper(model, "cuda")`). The CPU's also steps an ensemble
+  (ensemble.py), drawing from the mean of its members' probabilities.
 - `Slots` gives stable handles to callers, turns ids into text pieces and finish reasons, and
   rearranges the stepper's rows when the set of slots changes.
 
@@ -30,6 +31,7 @@ import numpy as np
 
 from . import memory
 from .kernels import cpu
+from .ensemble import Ensemble
 from .model import Model, ParamLayout
 from .parallel import StreamSplitter, row_ranges
 from .options import SampleOptions
@@ -183,7 +185,8 @@ class SplitChoice:
 class CpuStepper:
     """A Stepper on the CPU: the @njit kernels of kernels/cpu.py over the model's weights
     (packed once, for the register tile's products; a model trained further needs a new
-    stepper, as on the GPU).
+    stepper, as on the GPU). An ensemble's K members step together in each kernel call, their
+    weights stacked (K, P) and their states (K * L, B, W), as Ensemble.zero_state makes them.
 
     A batch of rows can run as one kernel call or split into shards of rows, one per thread
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
@@ -192,42 +195,52 @@ class CpuStepper:
     of batch sizes (SplitChoice). A row's result is the same either way (cpu.matmul_packed), so
     the measurement decides the speed, never the text."""
 
-    def __init__(self, model: Model, splitter: StreamSplitter | None = None):
+    def __init__(self, model: Model | Ensemble, splitter: StreamSplitter | None = None):
         self.model = model
+        self.members = model.members if isinstance(model, Ensemble) else [model]
+        self.params = model.params[None] if len(self.members) == 1 else \
+            np.stack([m.params for m in self.members])  # (K, P)
         self.splitter = splitter or _sampling_splitter()
-        self.h, self.c = model.zero_state(0)  # (L, B, W)
+        self.h, self.c = model.zero_state(0)  # (K * L, B, W)
         self._panels: Panels | None = None  # the packed weights (_panels_for)
         self._one_row_panels: Panels | None = None
         self._one = self._scratch(1)  # for feeding a prime alone
 
     def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
-        """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (B, V), probs (V,)
-        float64 and powers (V,) int64."""
+        """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (K, B, V), probs (V,)
+        float64, powers (V,) int64, acc (V,) float64 and mixed (V,)."""
         cfg, dtype = self.model.config, self.model.dtype
-        GH, H = cfg.gates * cfg.hidden, cfg.hidden
+        GH, H, V = cfg.gates * cfg.hidden, cfg.hidden, cfg.vocab_size
         return (np.zeros((B, GH), dtype), np.zeros((B, GH), dtype),
                 np.zeros((B, cfg.spec.stored_acts * H), dtype), np.zeros((B, H), dtype),
-                np.zeros((B, H), dtype), np.zeros((B, cfg.vocab_size), dtype),
-                np.zeros(cfg.vocab_size, np.float64), np.zeros(cfg.vocab_size, np.int64))
+                np.zeros((B, H), dtype), np.zeros((len(self.members), B, V), dtype),
+                np.zeros(V, np.float64), np.zeros(V, np.int64), np.zeros(V, np.float64),
+                np.zeros(V, dtype))
 
     def _panels_for(self, rows: int) -> Panels:
         """The packed weights for a batch of `rows`: every multiplied matrix, made at the first
         batch of two or more rows; before that, for one row, only the matrices one row reads
         through them (a single stream never packs the large ones, which go through gemv)."""
         if rows > 1 and self._panels is None:
-            self._panels = packed_weights(self.model)
+            self._panels = self._packed(one_row=False)
         if self._panels is not None:
             return self._panels
         if self._one_row_panels is None:
-            self._one_row_panels = packed_weights(self.model, one_row=True)
+            self._one_row_panels = self._packed(one_row=True)
         return self._one_row_panels
+
+    def _packed(self, one_row: bool) -> Panels:
+        """Each member's Panels, their flat buffers stacked (K, n) (one config: one layout)."""
+        panels = [packed_weights(m, one_row) for m in self.members]
+        return Panels(np.stack([p.flat for p in panels]), panels[0].offsets)
 
     def _kernel(self, panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:
-        m = self.model
-        cpu.generate(m.config.kernel_id, m.params, m.layout.offsets, *panels, x, h, c, forced,
-                     temperature, top_k, top_p, uniforms, out,
-                     *(scratch or self._scratch(len(x))))
+        m, K = self.model, len(self.members)
+        by_member = (K, h.shape[0] // K, *h.shape[1:])  # (K, L, B, W): views, h is contiguous
+        cpu.generate(m.config.kernel_id, self.params, m.layout.offsets, *panels, x,
+                     h.reshape(by_member), c.reshape(by_member), forced, temperature, top_k,
+                     top_p, uniforms, out, *(scratch or self._scratch(len(x))))
 
     def _fed(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, c = self.model.zero_state(1)
@@ -259,8 +272,8 @@ class CpuStepper:
         if most == 1 or self.model.config.kernel_id in UNSPLIT_CELLS:
             return None
         cfg = self.model.config
-        key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, self.model.dtype.str,
-               most, B.bit_length())
+        key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, len(self.members),
+               self.model.dtype.str, most, B.bit_length())
         return _SPLITS.setdefault(key, SplitChoice(most))
 
     def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
@@ -282,9 +295,12 @@ class CpuStepper:
         self.splitter.map(shard, row_ranges(len(x), parts))
 
 
-def make_stepper(model: Model, device: str = "cpu") -> Stepper:
-    """The stepper of `device` ("cpu" or "cuda") for model; make it once and keep it."""
+def make_stepper(model: Model | Ensemble, device: str = "cpu") -> Stepper:
+    """The stepper of `device` ("cpu" or "cuda") for model; make it once and keep it. An
+    ensemble steps on the CPU only (devices.for_model chooses it)."""
     if device == "cuda":
+        if isinstance(model, Ensemble):
+            raise ValueError("an ensemble samples on the CPU")
         from .cuda.sample import CudaStepper
         return CudaStepper(model)
     return CpuStepper(model)

@@ -209,10 +209,15 @@ def options_from_parent(parent: Parent, given: dict) -> TrainOptions:
     return TrainOptions(**{**given, **{name: config[name] for name in SHAPE_OPTIONS}})
 
 
-def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
+class BudgetUsedUp(OptionError):
+    """A run resumed with a budget it has already used up."""
+
+
+def options_from_checkpoint(ck: Checkpoint, given: dict, check_budget: bool = True
+                            ) -> TrainOptions:
     """The saved options of a run being resumed, with the budget and cadence options the user
-    gave now. Refuses (OptionError) changes to what shapes the model or the data stream, and a
-    budget the run has already used up."""
+    gave now. Refuses (OptionError) changes to what shapes the model or the data stream, and
+    (BudgetUsedUp, unless not check_budget) a budget the run has already used up."""
     saved = ck.train.get("options")
     if not isinstance(saved, dict):
         raise CheckpointError("the checkpoint has no training options to resume with")
@@ -222,6 +227,7 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
     saved.setdefault("weight_drop", 0.0)
     saved.setdefault("ema", 0.0)
     saved.setdefault("weight_decay", 0.0)
+    saved.setdefault("members", 1)
     try:
         TrainOptions(**saved)
     except (TypeError, ValueError) as e:
@@ -236,9 +242,11 @@ def options_from_checkpoint(ck: Checkpoint, given: dict) -> TrainOptions:
         saved[name] = value
     opts = TrainOptions(**saved)  # the values given, together with the run's own (OptionError)
     step, epoch = ck.train.get("step", 0), ck.train.get("epoch", 0)
+    if not check_budget:
+        return opts
     if opts.max_steps is not None and step >= opts.max_steps:
-        raise OptionError(f"the run already did {step} steps (--max-steps {opts.max_steps}); "
+        raise BudgetUsedUp(f"the run already did {step} steps (--max-steps {opts.max_steps}); "
                           f"pass a larger --max-steps to go on")
     if opts.epochs is not None and epoch >= opts.epochs:
-        raise OptionError(f"the run already did {epoch} epochs; pass a larger --epochs to go on")
+        raise BudgetUsedUp(f"the run already did {epoch} epochs; pass a larger --epochs to go on")
     return opts

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from charrnn import CELL_NAMES
+from charrnn.ensemble import Ensemble
 from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.parallel import StreamSplitter
@@ -134,14 +135,29 @@ def test_options_out_of_range(bad):
 # slots: per-slot options, filled and freed between chunks
 
 
-@pytest.fixture(scope="module")
-def strong():
+def strong_models(seeds):
     """Strong weights: the text depends on the input and the state, so a slot given another
     row's state (or options) would show it."""
+    models = [Model(ModelConfig(vocab_size=4, cell="gru", layers=2, hidden=8), seed=seed)
+              for seed in seeds]
+    for model in models:
+        model.params[:] *= 4
+    return models
+
+
+@pytest.fixture(scope="module", params=["model", "ensemble"])
+def strong(request):
+    """A strong model, and an ensemble of three, whose state holds each member's layers one
+    after another: a slot must get its own rows of every member's."""
     vocab = Vocab.from_text("abc\n")
-    model = Model(ModelConfig(vocab_size=4, cell="gru", layers=2, hidden=8), seed=3)
-    model.params[:] *= 4
-    return model, vocab
+    return (strong_models([3])[0] if request.param == "model"
+            else Ensemble(strong_models([3, 4, 5]))), vocab
+
+
+@pytest.fixture(scope="module")
+def strong_one():
+    """The strong model alone: the stop strings below are picked from its texts."""
+    return strong_models([3])[0], Vocab.from_text("abc\n")
 
 
 class Recorder(CpuStepper):
@@ -328,14 +344,14 @@ def test_freeing_a_slot_leaves_the_others_texts_alone(strong):
     slots.free(handles[0])  # finished already: nothing to do
 
 
-def test_each_slot_ends_before_its_own_stop_string_with_its_reason(strong):
+def test_each_slot_ends_before_its_own_stop_string_with_its_reason(strong_one):
     seeds = [21, 22, 23, 24]
     base = SampleOptions(length=400, temperature=1.2, prime="b")
-    full = [alone(*strong, base, s)[0][1:] for s in seeds]  # the generated text, no stop
+    full = [alone(*strong_one, base, s)[0][1:] for s in seeds]  # the generated text, no stop
     stops = ["cb", "c\na", None, "cc"]
     assert all(stop in f for stop, f in zip(stops[:2], full[:2])), "pick stops they hold"
     assert stops[3] not in full[3]
-    slots = Slots(CpuStepper(strong[0]), strong[1])
+    slots = Slots(CpuStepper(strong_one[0]), strong_one[1])
     handles = [slots.fill(SampleOptions(length=400, temperature=1.2, prime="b", stop=stop),
                           np.random.default_rng(s)) for s, stop in zip(seeds, stops)]
     texts, reasons, _ = drive(slots)
@@ -346,13 +362,13 @@ def test_each_slot_ends_before_its_own_stop_string_with_its_reason(strong):
             assert texts[slot] == "b" + f and reasons[slot] == "length"
 
 
-def test_only_text_that_may_start_the_stop_string_is_held_back(strong):
+def test_only_text_that_may_start_the_stop_string_is_held_back(strong_one):
     """After each chunk a slot has said all it generated but the longest end that is the start
     of its stop string (not a fixed len(stop) - 1 characters)."""
     stop = "\n\nx"  # x is not in the vocabulary: the stop never comes, the sample runs its length
     opts = SampleOptions(length=900, temperature=1.2, stop=stop)
-    full = alone(*strong, SampleOptions(length=900, temperature=1.2), 5)[0]
-    slots = Slots(CpuStepper(strong[0]), strong[1])
+    full = alone(*strong_one, SampleOptions(length=900, temperature=1.2), 5)[0]
+    slots = Slots(CpuStepper(strong_one[0]), strong_one[1])
     slot = slots.fill(opts, np.random.default_rng(5))
     said, generated, held_back = "", 0, []
     for n in (FIRST_CHUNK, CHUNK, CHUNK, CHUNK):

@@ -1551,23 +1551,59 @@ def _draw(logits, temperature, top_k, top_p, u, probs, powers):
 
 
 @kernel
+def _mix(logits, b, probs, acc, powers, mixed):
+    """mixed (V,) = log of the mean over the K members of softmax(logits[k, b]), logits
+    (K, B, V): an ensemble's prediction as logits (their softmax is the mean of the members'
+    probabilities; at a temperature, that mean to the power 1 / temperature, renormalised).
+    probs, acc (V,) float64 and powers (V,) int64: scratch."""
+    K, _, V = logits.shape
+    acc[:] = 0.0
+    for k in range(K):
+        row = logits[k, b]
+        best = 0
+        for v in range(1, V):
+            if row[v] > row[best]:
+                best = v
+        total = _exp_shifted(row, row[best], 1.0, probs, powers)
+        for v in range(V):
+            acc[v] += probs[v] / total
+    for v in range(V):
+        mixed[v] = math.log(acc[v] / K) if acc[v] > 0.0 else -np.inf
+
+
+@kernel
 def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperature, top_k,
-             top_p, uniforms, out, xg, gates, act, h_new, c_new, logits, probs, powers):
+             top_p, uniforms, out, xg, gates, act, h_new, c_new, logits, probs, powers, acc,
+             mixed):
     """Step every stream out.shape[0] times, each step on its last id x[b], and write the
     stream's next id to out (n, B) and x: forced[t, b] where that is >= 0 (a prompt character
     fed in the same batched step as the other streams' draws), else an id drawn from the
     prediction with temperature[b] (float64), top_k[b] (int64, 0: all), top_p[b] (float64) and
-    uniforms[t, b] in [0, 1). h, c (L, B, H): the state after the ids before x, updated."""
+    uniforms[t, b] in [0, 1).
+
+    The model is K members (an ensemble; K = 1: one model) of one config: params (K, P),
+    panels (K, n), h, c (K, L, B, H): each member's state after the ids before x, updated;
+    logits (K, B, V). With K > 1 the draw is from the mean of the members' probabilities
+    (_mix, into mixed (V,); acc (V,) float64 scratch); with one, from its logits as they
+    are."""
     n, B = out.shape
+    K = params.shape[0]
     for t in range(n):
-        _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new, c_new,
-              logits)
+        for k in range(K):
+            _step(cell, params[k], offs, panels[k], panel_offs, x, h[k], c[k], xg, gates, act,
+                  h_new, c_new, logits[k])
         for b in range(B):
             if forced[t, b] >= 0:
                 x[b] = forced[t, b]
+                out[t, b] = x[b]
+                continue
+            if K == 1:
+                row = logits[0, b]
             else:
-                x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b], uniforms[t, b],
-                             probs, powers)
+                _mix(logits, b, probs, acc, powers, mixed)
+                row = mixed
+            x[b] = _draw(row, temperature[b], top_k[b], top_p[b], uniforms[t, b], probs,
+                         powers)
             out[t, b] = x[b]
 
 
