@@ -304,7 +304,8 @@ def _train_members(member, first_opts, corpus, run_dir: Path, device: str, encod
     try:
         summary = train_members(member, first_opts, train_one=train_one, val_loss=val_loss,
                                 run_dir=run_dir, world=ranks,
-                                say=say if not quiet else lambda text: None)
+                                say=say if not quiet else lambda text: None,
+                                should_stop=stop.requested)
     finally:
         stop.restore()
     return summary, stop.signum

@@ -54,8 +54,14 @@ def resumed_member(run_dir: Path, first: ckpt_io.Checkpoint, given: dict
                    ) -> tuple[Member, TrainOptions]:
     """Where `--resume` goes on: the first member whose budget is not used up (with the
     options given now), and the first member's options. Raises BudgetUsedUp when every member
-    the run trains (--members as given now, else as saved) has used its budget up."""
+    the run trains has used its budget up: --members as given now, else as many as the first
+    member's options say or as the run has begun (a resume given --members added some)."""
     first_opts = options_from_checkpoint(first, given, check_budget=False)
+    if given.get("members") is None:
+        begun = 1
+        while (member_dir(run_dir, begun + 1) / ckpt_io.LATEST).exists():
+            begun += 1
+        first_opts.members = max(first_opts.members, begun)
     for k in range(1, first_opts.members + 1):
         path = member_dir(run_dir, k) / ckpt_io.LATEST
         if k > 1 and not path.exists():
@@ -83,13 +89,15 @@ def finished(summary: dict) -> bool:
 def train_members(member: Member, first_opts: TrainOptions | None, *,
                   train_one: Callable[[Member], tuple[dict, TrainOptions]],
                   val_loss: Callable[[list], float | None], run_dir: Path, world: World,
-                  say: Callable[[str], None]) -> dict:
+                  say: Callable[[str], None],
+                  should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Train `member`, then the members after it that the first's options ask for
     (first_opts; None: a new run's first member, whose options are chosen as it starts), while
     each finishes and (under --minutes) the time left covers the last one's. train_one(member)
     trains one and returns its summary and options as trained; val_loss(members' checkpoints)
     is the validation loss of their ensemble, None without a validation text (rank 0 calls
-    it). Returns the last member's summary."""
+    it). should_stop(): a signal came; no member starts after it. Returns the last member's
+    summary (stopped_by "interrupted" after a signal)."""
     started = time.monotonic()
     while True:
         total = member.opts.members if first_opts is None else first_opts.members
@@ -116,6 +124,8 @@ def train_members(member: Member, first_opts: TrainOptions | None, *,
                 say(f"stopped after {plural(member.k, 'member')}: the {minutes:.1f} minutes "
                     f"left would not train another (the last took {took / 60:.1f})")
                 return summary
+        if world.share(should_stop() if world.root else None):
+            return {**summary, "stopped_by": "interrupted"}
         member = Member(member.k + 1, member_options(first_opts, member.k + 1, minutes))
 
 

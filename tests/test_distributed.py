@@ -119,6 +119,20 @@ def test_ranks_train_the_model_one_process_trains(work, ranks):
     assert weights(work / "one")["params"].std() > 0.05, "trained weights, not zeros"
 
 
+def test_ranks_train_each_member_of_an_ensemble_as_one_process_does(work):
+    train(work, 1, "members1", "--max-steps", 10, "--members", 2)
+    train(work, 2, "members2", "--max-steps", 10, "--members", 2)
+    for run in ("members1", "members2"):
+        assert (work / run / "members" / "2" / "latest.npz").exists()
+    assert_same_training(work / "members1" / "members" / "2", work / "members2" / "members" / "2")
+    one, two = (ckpt_io.load(work / run / "ensemble.npz") for run in ("members1", "members2"))
+    assert one.arrays["ensemble.members"].shape == two.arrays["ensemble.members"].shape == \
+        (1, one.params.size)
+    np.testing.assert_allclose(two.arrays["ensemble.members"], one.arrays["ensemble.members"],
+                               atol=WEIGHTS_ATOL, rtol=0)
+    assert two.train["best_val_loss"] == pytest.approx(one.train["best_val_loss"], rel=1e-5)
+
+
 def test_a_rerun_gives_the_same_bits(work):
     train(work, 2, "again-a", "--max-steps", 20)
     train(work, 2, "again-b", "--max-steps", 20)

@@ -711,3 +711,28 @@ def test_no_queue_still_serves_what_fits(loaded):
     engine.submit(Completion(opts, 2, (), lambda *a: None))  # fits the batch: no waiting
     with pytest.raises(Overloaded):
         engine.submit(Completion(opts, 1, (), lambda *a: None))
+
+
+def test_an_ensemble_is_served_the_text_it_samples(loaded):
+    """The server's batch steps an ensemble as `sample` does: a request gets the text a lone
+    sample with its seed gets."""
+    from charrnn.ensemble import Ensemble
+    from charrnn.model import Model
+    from charrnn.options import SampleOptions
+    from charrnn.sample import generate
+    from charrnn.serving import BatchEngine
+    net, vocab = loaded
+    ensemble = Ensemble([net, Model(net.config, seed=7)])
+    opts = SampleOptions(length=30, seed=4, prime="ab")
+    engine = BatchEngine(ensemble, vocab, max_batch=2)
+    engine.start()
+    try:
+        other = _submit(engine, SampleOptions(length=30, seed=5, prime="b"))
+        text, finish = _submit(engine, opts)()
+        other()
+    finally:
+        engine.stop()
+    alone = "".join(piece for _, piece in generate(ensemble, vocab, opts))
+    assert (text, finish) == (alone[len("ab"):], "length")
+    assert alone != "".join(piece for _, piece in generate(net, vocab, opts)), \
+        "the second member changes the text"
