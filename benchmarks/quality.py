@@ -18,7 +18,9 @@ Both curves are validation loss (nats/char) against seconds spent training (eval
 excluded on both sides: charrnn's metrics.jsonl `elapsed_s`, the same clock for PyTorch).
 Prints one JSON object per run and, at the end, a table of every run's last and best
 validation loss; writes the runs to --json; draws --png when matplotlib is installed. Run
-nothing else meanwhile: the runs take the machine one after the other.
+nothing else meanwhile: the runs take the machine one after the other. For a run that trained
+several members (an ensemble) the curve is its first member's, and the last and best loss are
+the ensemble's (the model `sample` reads), with `members` and `first_member_best`.
 """
 
 import argparse
@@ -59,17 +61,22 @@ def run_charrnn(corpus: Path, minutes: float, extra_args: list[str], tree: Path)
                        check=True, env=env, cwd=tmp)
         wall = time.time() - t0
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        options = json.loads(subprocess.run(
-            [sys.executable, "-m", "charrnn", "info", "--json", str(out / "latest.npz")],
-            capture_output=True, text=True, check=True, env=env, cwd=tmp).stdout)["options"]
+        info = json.loads(subprocess.run(
+            [sys.executable, "-m", "charrnn", "info", "--json", str(out)],
+            capture_output=True, text=True, check=True, env=env, cwd=tmp).stdout)
+        options, ensemble = info["options"], info.get("ensemble")
         revision = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
                                   capture_output=True, text=True).stdout.strip()
     curve = [(r["elapsed_s"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
-    return {"impl": "charrnn", "revision": revision, "corpus": corpus.name, "args": extra_args,
-            "minutes": minutes, "options": options,
-            "wall_s": round(wall, 1), "steps": max(r["step"] for r in rows), "curve": curve,
-            "final_val_loss": curve[-1][1] if curve else None,
-            "best_val_loss": min(v for _, v in curve) if curve else None}
+    result = {"impl": "charrnn", "revision": revision, "corpus": corpus.name,
+              "args": extra_args, "minutes": minutes, "options": options,
+              "wall_s": round(wall, 1), "steps": max(r["step"] for r in rows), "curve": curve,
+              "final_val_loss": curve[-1][1] if curve else None,
+              "best_val_loss": min(v for _, v in curve) if curve else None}
+    if ensemble:  # several members: the curve is the first's; the model is their ensemble
+        result.update(members=ensemble["members"], first_member_best=result["best_val_loss"],
+                      final_val_loss=ensemble["val_loss"], best_val_loss=ensemble["val_loss"])
+    return result
 
 
 def run_torch(corpus: Path, minutes: float, eval_every_s: float = 60.0, hidden: int = 256,
@@ -152,8 +159,9 @@ def label(r: dict) -> str:
     o = r["options"]
     who = r["impl"] + (f" {r['revision']}" if r.get("revision") else "")
     extra = f" {' '.join(r['args'])}" if r.get("args") else ""
+    members = f", {r['members']} members averaged" if r.get("members") else ""
     return (f"{who}{extra}, {r['minutes']:g} min: {o['layers']} x {o['hidden']} {o['cell']}, "
-            f"dropout {o['dropout']:g}, weight drop {o.get('weight_drop') or 0:g}")
+            f"dropout {o['dropout']:g}, weight drop {o.get('weight_drop') or 0:g}{members}")
 
 
 def plot(results: list[dict], path: Path) -> bool:
