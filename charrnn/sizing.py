@@ -24,9 +24,11 @@ better model", and before it "Choosing the defaults" and "60 minutes"):
   the default 10 epochs, or --minutes alone), stops at useful_steps (the larger of USEFUL_EPOCHS
   epochs and useful_chars_per_param(cell) characters per parameter), its schedule decaying to
   that point: past it, a model without dropout only overfits, weight decay or not.
-- members: where that stop ends a --minutes budget early, the rest of the time trains more
-  models of the same shape with other seeds to the same stop, whose predictions are averaged
-  (members.py): as many as the budget covers, up to MAX_CHOSEN_MEMBERS. Otherwise one (a run
+- members: where that stop ends a timed --minutes budget early, the rest of the time trains
+  more models of the same shape with other seeds to the same stop, whose predictions are
+  averaged (members.py): up to MAX_CHOSEN_MEMBERS, each started while the minutes left cover
+  the last one's time (the clock decides: the speed probe, a short window, judged the hour's
+  3 x 768 slower than it trains, BENCHMARKS.md "Eleventh session"). Otherwise one (a run
   without --minutes keeps one model, which samples fastest).
 """
 
@@ -158,14 +160,6 @@ def choose_regularisation(budget: float, n_train: int, params: int) -> float:
     return LONG_RUN_REGULARISATION if long_run else 0.0
 
 
-def choose_members(budget: float, member_chars: float) -> int:
-    """How many members of member_chars training characters each a budget of that many
-    trains: at least one, at most MAX_CHOSEN_MEMBERS; one where the budget is unknown (inf)."""
-    if budget == float("inf"):
-        return 1
-    return max(1, min(MAX_CHOSEN_MEMBERS, int(budget // member_chars)))
-
-
 def fit_sizes(n_train: int, batch_size: int, seq_len: int) -> tuple[int, int, list[str]]:
     """Batch size and window length that the training text can fill, shrunk if needed, with
     the warnings to show. Needs at least 2 characters (one input, one target)."""
@@ -230,9 +224,8 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
         chars = budget(Shape(o.layers, o.hidden))
         if chars > steps * chars_per_step:
             o.max_steps = steps
-            if o.members is None and o.minutes is not None:
-                o.members = choose_members(chars, steps * chars_per_step)
-                members_chosen = True
+            if o.members is None and o.minutes is not None and chars != float("inf"):
+                o.members, members_chosen = MAX_CHOSEN_MEMBERS, True
             each = "" if (o.members or 1) == 1 else "each member "
             unless = "" if o.minutes is None else \
                 f" unless the {o.minutes:g} minutes run out first"
@@ -240,9 +233,9 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                          f"epochs, {steps * chars_per_step / params:.1f} characters per "
                          f"parameter){unless}: past that, this model without dropout overfits "
                          f"(--max-steps, --epochs, or --dropout above 0 to train longer)")
-    if members_chosen and o.members > 1:
-        notes.append(f"{o.members} members: models trained apart with seeds {o.seed} to "
-                     f"{o.seed + o.members - 1}, their predictions averaged; the "
-                     f"{o.minutes:g} minutes have time for them (--members to choose)")
+    if members_chosen:
+        notes.append(f"up to {o.members} members: models trained apart with seeds {o.seed} "
+                     f"to {o.seed + o.members - 1}, each started while the minutes left cover "
+                     f"the last one's time, their predictions averaged (--members to choose)")
     o.members = o.members or 1
     return o, notes

@@ -3,7 +3,6 @@ trains, the run directory's ensemble.npz holds every finished member's best weig
 goes on with the member where the run stopped, and under --minutes another member starts only
 while the time left covers the last one's."""
 
-import math
 
 import numpy as np
 import pytest
@@ -188,14 +187,6 @@ def test_no_member_starts_after_a_signal(monkeypatch, tmp_path):
     assert seen == [1, 2] and summary["stopped_by"] == "interrupted"
 
 
-def test_the_budget_chooses_members_up_to_three():
-    assert sizing.choose_members(10.0, 3.0) == 3
-    assert sizing.choose_members(7.0, 3.0) == 2
-    assert sizing.choose_members(2.0, 3.0) == 1
-    assert sizing.choose_members(100.0, 3.0) == sizing.MAX_CHOSEN_MEMBERS == 3
-    assert sizing.choose_members(math.inf, 3.0) == 1  # an untimed budget: one
-
-
 def choose(minutes=None, speed=None, **given):
     opts = TrainOptions(**{"hidden": 12, "layers": 1, "seq_len": 16, "batch_size": 4,
                            "epochs": None if minutes else 10, "minutes": minutes, **given})
@@ -204,30 +195,35 @@ def choose(minutes=None, speed=None, **given):
                                length_given=False)
 
 
-def test_a_time_budget_past_the_stop_trains_members_and_says_so():
+@pytest.mark.parametrize("members_of_budget", [1.2, 2.5, 10])
+def test_a_time_budget_past_the_stop_trains_up_to_three_members_and_says_so(
+        members_of_budget):
+    """The clock, not the speed probe, decides how many of the three train (members.py)."""
     params = sizing.parameter_count("gru-ln", 1, 12, 5)
     steps = sizing.useful_steps("gru-ln", 90, 64, params)
-    # a budget of 2.5 members' characters: two
-    speed = 2.5 * steps * 64 / (60 * sizing.TRAINING_SHARE_OF_MINUTES)
+    speed = members_of_budget * steps * 64 / (60 * sizing.TRAINING_SHARE_OF_MINUTES)
     chosen, notes = choose(minutes=1.0, speed=speed, dropout=0.0, weight_drop=0.0)
-    assert chosen.max_steps == steps and chosen.members == 2
-    assert notes[-1] == ("2 members: models trained apart with seeds 0 to 1, their predictions "
-                         "averaged; the 1 minutes have time for them (--members to choose)")
+    assert chosen.max_steps == steps and chosen.members == sizing.MAX_CHOSEN_MEMBERS == 3
+    assert notes[-1] == ("up to 3 members: models trained apart with seeds 0 to 2, each "
+                         "started while the minutes left cover the last one's time, their "
+                         "predictions averaged (--members to choose)")
     assert notes[-2].startswith(f"each member stops after {steps:,} steps")
 
 
 @pytest.mark.parametrize("how", ["no minutes", "untimed", "given", "short"])
 def test_other_budgets_keep_one_member_unless_given(how):
+    unregularised = dict(dropout=0.0, weight_drop=0.0)
     if how == "no minutes":  # the default epochs: the stop, but one model (fastest to sample)
-        chosen, notes = choose()
+        chosen, notes = choose(**unregularised)
     elif how == "untimed":  # a GPU's speed is not timed
-        chosen, notes = choose(minutes=60.0)
+        chosen, notes = choose(minutes=60.0, **unregularised)
     elif how == "given":
-        chosen, notes = choose(minutes=60.0, speed=1e9, members=4)
+        chosen, notes = choose(minutes=60.0, speed=1e9, members=4, **unregularised)
     else:  # the time runs out before the stop
-        chosen, notes = choose(minutes=1e-4, speed=100.0)
+        chosen, notes = choose(minutes=1e-4, speed=100.0, **unregularised)
     assert chosen.members == (4 if how == "given" else 1)
     assert not any("members:" in note for note in notes)
+    assert (chosen.max_steps is not None) == (how != "short")  # the stop, where it applies
 
 
 @pytest.mark.parametrize("args, said", [

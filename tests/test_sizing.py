@@ -227,7 +227,9 @@ def small_timed_run(corpus, run_dir, minutes=1000.0, speed=None, monkeypatch=Non
 
 
 def step_limit_notes(run):
-    return [note for note in run.notes if note.startswith("stops after")]
+    """The notes that say where the run stops (each member, when there are several)."""
+    return [note.removeprefix("each member ") for note in run.notes
+            if note.startswith(("stops after", "each member stops after"))]
 
 
 # 20 minutes at SPEED: 108,000 characters, 6 epochs, past the useful ones (4.5) but short of
