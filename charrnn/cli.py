@@ -172,7 +172,7 @@ def train(
     lines: Annotated[bool, typer.Option("--lines", help="Each line is one example (names, titles): the lines are shuffled into the streams afresh every epoch.")] = False,
     init_from: Annotated[Optional[Path], typer.Option(help="Start a new run from this model's weights (a checkpoint or a run directory): fine-tuning. Its vocabulary grows by the corpus's new characters." + default_note("none"))] = None,
     keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep the model's vocabulary, dropping the corpus's characters it does not know (counted).")] = False,
-    members: Annotated[Optional[int], typer.Option(help="Train this many models apart, one after another, with seeds --seed, --seed + 1, ...; sample, eval and serve average their predictions (an ensemble: each member costs its model's time at every character)." + default_note("1; under --minutes, where the model stops learning before the time is up, as many as the time trains, up to 3"))] = None,
+    members: Annotated[Optional[int], typer.Option(help="Train this many models apart, one after another, with seeds --seed, --seed + 1, ...; sample, eval and serve average their predictions (an ensemble: each member costs its model's time at every character)." + default_note("1; under --minutes, where the model stops learning before the time is up, up to 3, each started while the minutes left cover the last one's time"))] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     out: Annotated[Optional[Path], typer.Option(help="Run directory." + default_note("runs/<corpus name>, numbered if taken"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out (default: the most recent run) from its latest checkpoint.")] = False,
@@ -574,10 +574,9 @@ def serve(
     opts = ServeOptions(host=host, port=port, max_batch=max_batch, max_waiting=max_waiting,
                         max_tokens=max_tokens)
     from . import device as devices
+    from .ensemble import members_of
     from .loading import load_model, model_path
     from .serve_process import bind, run, served_name
-
-    from .ensemble import members_of
 
     path = model_path(model)
     net, vocab, ck = load_model(path)

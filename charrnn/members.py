@@ -9,8 +9,8 @@ with every finished member's best weights, and its validation loss is said. Unde
 another member starts only while the time left covers the last member's: a member cut short by
 the clock would pull the average down.
 
-Who decides: sizing.choose_sizes chooses how many (--members); rank 0's clock decides whether
-another starts, for every rank.
+Who decides: sizing.choose_sizes chooses how many at most (--members); rank 0's clock decides
+whether another starts, for every rank.
 """
 
 import dataclasses
@@ -25,6 +25,7 @@ from .distributed import World
 from .ensemble import ENSEMBLE, ensemble_checkpoint
 from .options import TrainOptions
 from .runs import record_last_run
+from .schedule import FINISHED_EPOCHS, REACHED_STEPS
 from .train import TrainingError
 from .train_state import BudgetUsedUp, options_from_checkpoint
 from .words import plural
@@ -83,7 +84,7 @@ def resumed_member(run_dir: Path, first: ckpt_io.Checkpoint, given: dict
 def finished(summary: dict) -> bool:
     """Whether a member's run reached its own limit (its steps or epochs), not the clock's, a
     signal's or an early stop's."""
-    return summary["stopped_by"].startswith(("reached its step limit", "finished "))
+    return summary["stopped_by"].startswith((REACHED_STEPS + " ", FINISHED_EPOCHS + " "))
 
 
 def train_members(member: Member, first_opts: TrainOptions | None, *,

@@ -18,6 +18,8 @@ WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
 FINAL_LR_FRACTION = 0.02
 PLATEAU_FACTOR = 0.5  # the cosine schedule's lr is multiplied by this per validation without gain
 BUDGETS = ("max_steps", "epochs", "minutes")
+# how a stop at the run's own length begins (StepPlan.stop): members.py tells it from the others
+REACHED_STEPS, FINISHED_EPOCHS = "reached its step limit", "finished"
 
 
 def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
@@ -109,9 +111,9 @@ class Pacer:
         o = self.opts
         used = self._minutes_used()
         if o.max_steps is not None and step >= o.max_steps:
-            return StepPlan(0.0, f"reached its step limit ({o.max_steps:,})")
+            return StepPlan(0.0, f"{REACHED_STEPS} ({o.max_steps:,})")
         if o.epochs is not None and epoch >= o.epochs:
-            return StepPlan(0.0, f"finished {o.epochs} epochs")
+            return StepPlan(0.0, f"{FINISHED_EPOCHS} {o.epochs} epochs")
         if used >= 1.0:
             return StepPlan(0.0, f"used the --minutes {o.minutes:g} budget")
         if self.early:
