@@ -204,12 +204,12 @@ def _config_keys_problem(config: dict, cls) -> str | None:
     return None
 
 
-def resolve(model: Path) -> Path:
+def resolve(model: Path, ensemble: bool = True) -> Path:
     """A checkpoint file as given, or a run directory's ensemble of its members (a run of
-    several), else its best, else its latest checkpoint."""
+    several; not without `ensemble`), else its best, else its latest checkpoint."""
     model = Path(model)
     if model.is_dir():
-        for name in (ENSEMBLE, BEST, LATEST):
+        for name in (ENSEMBLE, BEST, LATEST)[0 if ensemble else 1:]:
             if (model / name).exists():
                 return model / name
         raise CheckpointError(f"{model} holds no checkpoint ({BEST} or {LATEST})")

@@ -255,7 +255,7 @@ def train(
     if chosen == "cuda" and not quiet:
         say(f"training on CUDA: {devices.gpu_name()}")
     summary, signum = _train_members(
-        member, first_opts, corpus, Path(run_dir), chosen, encoding, errors, parent,
+        member, first_opts, given, corpus, Path(run_dir), chosen, encoding, errors, parent,
         keep_vocab, ranks, quiet, length_given=epochs is not None or max_steps is not None)
     if summary["stopped_by"] == "interrupted":
         if ranks.root:
@@ -267,18 +267,20 @@ def train(
         raise typer.Exit(128 + (signum or signal.SIGINT))
 
 
-def _train_members(member, first_opts, corpus, run_dir: Path, device: str, encoding: str,
-                   errors: str, parent, keep_vocab: bool, ranks, quiet: bool,
+def _train_members(member, first_opts, given: dict, corpus, run_dir: Path, device: str,
+                   encoding: str, errors: str, parent, keep_vocab: bool, ranks, quiet: bool,
                    length_given: bool) -> tuple[dict, int]:
     """Train the run's member `member` and the members after it (members.py), each a Run in
-    its directory; returns the last one's summary and the signal that stopped it (or 0)."""
+    its directory; returns the last one's summary and the signal that stopped it (or 0). A
+    signal during a member's training stops it there; before or between members, it stops the
+    command as during any start-up (nothing half-written: every save is atomic)."""
     from .ensemble import inference_model
     from .members import member_dir, train_members
     from .train import MAX_EVAL_CHARS, Run, evaluate
     from .train import train as train_loop
 
     val = {}  # the held-out text and sizes of the last member, for the ensemble's validation
-    stop = process.StopOnSignal()
+    signals = [0]
 
     def train_one(m) -> tuple[dict, object]:
         compiling = _compile_notice(quiet)
@@ -286,14 +288,17 @@ def _train_members(member, first_opts, corpus, run_dir: Path, device: str, encod
             run = Run(corpus, member_dir(run_dir, m.k), m.opts, resume=m.resume,
                       encoding=encoding, errors=errors, device=device, compiling=compiling,
                       parent=parent if m.k == 1 else None, keep_vocab=keep_vocab, world=ranks,
-                      length_given=length_given or m.k > 1)
+                      length_given=length_given or m.k > 1, record_as=run_dir)
         val.update(ids=run.val_ids, batch_size=run.opts.batch_size, seq_len=run.opts.seq_len)
         reporter = _reporter(quiet)
+        stop = process.StopOnSignal()
         try:
             return train_loop(run, reporter, should_stop=stop.requested,
                               output_lost=lambda: getattr(sys.stderr, "lost", None)), run.opts
         finally:
             reporter.close()
+            stop.restore()
+            signals[0] = stop.signum
 
     def val_loss(members) -> float | None:
         if len(val["ids"]) < 2:
@@ -301,14 +306,10 @@ def _train_members(member, first_opts, corpus, run_dir: Path, device: str, encod
         model = inference_model(members[0].config, [m.params for m in members])
         return evaluate(model, val["ids"], val["batch_size"], val["seq_len"], MAX_EVAL_CHARS)
 
-    try:
-        summary = train_members(member, first_opts, train_one=train_one, val_loss=val_loss,
-                                run_dir=run_dir, world=ranks,
-                                say=say if not quiet else lambda text: None,
-                                should_stop=stop.requested)
-    finally:
-        stop.restore()
-    return summary, stop.signum
+    summary = train_members(member, first_opts, given, train_one=train_one, val_loss=val_loss,
+                            run_dir=run_dir, world=ranks,
+                            say=say if not quiet else lambda text: None)
+    return summary, signals[0]
 
 
 def _compile_notice(quiet: bool = False):

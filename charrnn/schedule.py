@@ -20,6 +20,7 @@ PLATEAU_FACTOR = 0.5  # the cosine schedule's lr is multiplied by this per valid
 BUDGETS = ("max_steps", "epochs", "minutes")
 # how a stop at the run's own length begins (StepPlan.stop): members.py tells it from the others
 REACHED_STEPS, FINISHED_EPOCHS = "reached its step limit", "finished"
+EARLY_STOP = "(early stop)"  # how an early stop ends
 
 
 def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
@@ -141,7 +142,7 @@ class Pacer:
         (--patience), said by the next plan()."""
         patience = self.opts.patience
         if patience and evals_without_improvement(history) >= patience:
-            self.early = f"no better validation loss in {patience} evaluations (early stop)"
+            self.early = f"no better validation loss in {patience} evaluations {EARLY_STOP}"
 
 
 def schedule_change(saved: dict, opts: TrainOptions) -> str | None:

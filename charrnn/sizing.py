@@ -38,7 +38,7 @@ from typing import Callable, NamedTuple
 
 from .cells import CELLS
 from .model import ModelConfig, ParamLayout
-from .options import TrainOptions, flag
+from .options import MAX_SEED, TrainOptions, flag
 
 
 class Shape(NamedTuple):
@@ -225,7 +225,9 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
         if chars > steps * chars_per_step:
             o.max_steps = steps
             if o.members is None and o.minutes is not None and chars != float("inf"):
-                o.members, members_chosen = MAX_CHOSEN_MEMBERS, True
+                # (member k trains with --seed + k - 1, which must stay a seed)
+                o.members = min(MAX_CHOSEN_MEMBERS, MAX_SEED - o.seed + 1)
+                members_chosen = True
             each = "" if (o.members or 1) == 1 else "each member "
             unless = "" if o.minutes is None else \
                 f" unless the {o.minutes:g} minutes run out first"
@@ -233,7 +235,7 @@ def choose_sizes(opts: TrainOptions, *, n_train: int, vocab_size: int, steps_per
                          f"epochs, {steps * chars_per_step / params:.1f} characters per "
                          f"parameter){unless}: past that, this model without dropout overfits "
                          f"(--max-steps, --epochs, or --dropout above 0 to train longer)")
-    if members_chosen:
+    if members_chosen and o.members > 1:
         notes.append(f"up to {o.members} members: models trained apart with seeds {o.seed} "
                      f"to {o.seed + o.members - 1}, each started while the minutes left cover "
                      f"the last one's time, their predictions averaged (--members to choose)")

@@ -104,12 +104,14 @@ class Panels(NamedTuple):
     offsets: np.ndarray
 
 
-def packed_weights(model: Model, one_row: bool = False) -> Panels:
+def packed_weights(model: Model | Ensemble, one_row: bool = False) -> Panels:
     """The model's Panels; for one_row, only the matrices one row multiplies through them (up to
-    cpu.ONE_ROW_MAX_BYTES: a larger one goes through BLAS's gemv)."""
+    cpu.ONE_ROW_MAX_BYTES: a larger one goes through BLAS's gemv). An ensemble's are one
+    buffer, `flat` (K, n), each member's row starting on a cache line."""
     cfg = model.config
     layout = ParamLayout(cfg)
-    views = layout.views(model.params)
+    members = model.members if isinstance(model, Ensemble) else [model]
+    views = layout.views(members[0].params)
     multiplied = set()
     if cfg.kernel_id != cpu.JORDAN:
         multiplied |= {f"l{layer}.W_x" for layer in range(1, cfg.layers)} | {"out.W"}
@@ -118,7 +120,7 @@ def packed_weights(model: Model, one_row: bool = False) -> Panels:
     if one_row:
         multiplied = {name for name in multiplied
                       if name in views and views[name].nbytes <= cpu.ONE_ROW_MAX_BYTES}
-    size = model.params.itemsize
+    size = members[0].params.itemsize
     columns = cpu.PANEL_BYTES // size  # a panel's
     align = cpu.PANEL_ALIGN // size  # every matrix's panels start on a cache line
     sizes = []
@@ -130,12 +132,17 @@ def packed_weights(model: Model, one_row: bool = False) -> Panels:
             sizes.append(0)
     starts = np.cumsum([0] + [-(-n // align) * align for n in sizes[:-1]])
     offsets = np.append(starts, starts[-1] + sizes[-1]).astype(np.int64)
-    flat = cpu.new_panels(1, max(int(offsets[-1]), 1), model.params).ravel()
-    for name, a, n in zip(layout.shapes, starts, sizes):
-        if n:
-            K, N = layout.shapes[name]
-            cpu.pack_panels(views[name], flat[a:a + n].reshape((-1, K, columns)))
-    return Panels(flat[:offsets[-1]], offsets)
+    row = max(-(-int(offsets[-1]) // align) * align, 1)  # a member's, padded to a cache line
+    flat = cpu.new_panels(1, len(members) * row, members[0].params).ravel()
+    flat = flat[:len(members) * row].reshape(len(members), row)
+    for member, into in zip(members, flat):
+        views = layout.views(member.params)
+        for name, a, n in zip(layout.shapes, starts, sizes):
+            if n:
+                K, N = layout.shapes[name]
+                cpu.pack_panels(views[name], into[a:a + n].reshape((-1, K, columns)))
+    flat = flat[:, :offsets[-1]]
+    return Panels(flat if isinstance(model, Ensemble) else flat[0], offsets)
 
 
 @functools.cache
@@ -230,9 +237,9 @@ class CpuStepper:
         return self._one_row_panels
 
     def _packed(self, one_row: bool) -> Panels:
-        """Each member's Panels, their flat buffers stacked (K, n) (one config: one layout)."""
-        panels = [packed_weights(m, one_row) for m in self.members]
-        return Panels(np.stack([p.flat for p in panels]), panels[0].offsets)
+        """Every member's Panels, flat (K, n) (one row for a single model)."""
+        panels = packed_weights(self.model, one_row)
+        return Panels(panels.flat.reshape(len(self.members), -1), panels.offsets)
 
     def _kernel(self, panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:

@@ -106,14 +106,17 @@ class Run:
                  resume: ckpt_io.Checkpoint | None = None, encoding="utf-8", errors="strict",
                  device: str = "cpu", compiling: AbstractContextManager = nullcontext(),
                  parent: Parent | None = None, keep_vocab: bool = False,
-                 world: World | None = None, length_given: bool | None = None):
+                 world: World | None = None, length_given: bool | None = None,
+                 record_as: Path | None = None):
         """corpus: a text file, or files and folders (documents.py). resume: the checkpoint
         of the run to go on with; parent: the model a new run starts from (--init-from), whose
         vocabulary it extends with the corpus's, or keeps (keep_vocab: the corpus's other
         characters dropped). world: the processes training together (distributed.py); rank 0
         alone touches the run directory. length_given: whether the user gave --epochs or
         --max-steps (a run without either may stop sooner, sizing.choose_sizes); by default,
-        whether opts has either."""
+        whether opts has either. record_as: the run `sample` without a MODEL reads once this one
+        has saved (default run_dir; an ensemble's member records the whole run's)."""
+        self._record_as = Path(record_as or run_dir)
         self._length_given = length_given if length_given is not None else \
             opts.epochs is not None or opts.max_steps is not None
         self.world = world or World()
@@ -519,7 +522,7 @@ class Run:
         except OSError as e:
             raise TrainingError(f"could not save {path}: {e.strerror or e}; {before}") \
                 from None
-        record_last_run(self.run_dir)
+        record_last_run(self._record_as)
 
     def _check_savable(self) -> None:
         """Refuse to save a state that cannot go on: non-finite weights or optimizer moments,

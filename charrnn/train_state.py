@@ -184,8 +184,9 @@ class Parent:
 
 
 def parent_of(path: Path) -> Parent:
-    """The checkpoint at path (a file, or a run directory's best, else latest) as a parent."""
-    path = resolve(Path(path))
+    """The checkpoint at path (a file, or a run directory's best, else latest: of an ensemble's
+    run, its first member) as a parent."""
+    path = resolve(Path(path), ensemble=False)
     ck = load(path)
     digest = hashlib.sha256()
     with open(path, "rb") as f:

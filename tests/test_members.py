@@ -4,6 +4,9 @@ goes on with the member where the run stopped, and under --minutes another membe
 while the time left covers the last one's."""
 
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -81,7 +84,6 @@ def test_sample_eval_and_info_read_the_ensemble(two, text):
     assert code == 0 and len(out) == 40 and set(out) <= set("abcdé\n"), err
     code, out, err = run_cli("eval", run, text, "--json")
     assert code == 0, err
-    import json
     ck = ckpt_io.load(run / ENSEMBLE)
     vocab, ids = read_corpus(text)
     from charrnn.scoring import EVAL_BATCH, EVAL_SEQ_LEN
@@ -104,7 +106,6 @@ def test_sample_with_no_model_reads_the_last_runs_ensemble(text, tmp_path):
                            tmp_path / "run", state_dir=state)
     assert code == 0, err
     code, out, err = run_cli("info", "--json", state_dir=state)
-    import json
     assert code == 0 and json.loads(out)["ensemble"]["members"] == 2, err
 
 
@@ -123,6 +124,37 @@ def test_resume_goes_on_with_the_member_where_it_stopped(text, tmp_path, two):
     assert err.count("\n") == 1
 
 
+def copy_of(run, tmp_path):
+    """A copy of a finished run, to resume (paths inside its checkpoints are only recorded)."""
+    import shutil
+    return Path(shutil.copytree(run, tmp_path / "copy"))
+
+
+def test_resume_with_the_first_command_s_seed_goes_on_with_each_member(two, text, tmp_path):
+    run = copy_of(two[0] / "run", tmp_path)
+    err = train(text, "--resume", "--out", run, "--seed", 0, "--max-steps", 14)
+    # member 1 goes on to 14, then member 2 (seed 1) from its own step 12, not from scratch
+    assert "member 2 of 2 (seed 1)" in err
+    second = ckpt_io.load(run / "members" / "2" / ckpt_io.LATEST)
+    assert second.train["step"] == 14
+    steps = [json.loads(line)["step"] for line in
+             (run / "members" / "2" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] < 12 and steps[-1] == 14, "its first 12 steps' records are kept"
+    assert members.ensemble_is_current(run, 2)
+
+
+def test_an_ensemble_that_was_not_written_is_written_on_resume(two, text, tmp_path):
+    run = copy_of(two[0] / "run", tmp_path)
+    (run / ENSEMBLE).unlink()
+    err = train(text, "--resume", "--out", run)
+    assert "ensemble of 2 members" in err
+    for got, best in zip(member_params(ckpt_io.load(run / ENSEMBLE)),
+                         [run / ckpt_io.BEST, run / "members" / "2" / ckpt_io.BEST]):
+        np.testing.assert_array_equal(got, params(best))
+    code, _, err = run_cli("train", text, *SMALL, "--resume", "--out", run, "--members", 1)
+    assert code == 2 and "trained all its 2 members: give --members 3" in err
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0
@@ -131,29 +163,36 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize("minutes, each, trained", [
-    (1.0, 25, 2),      # 25 s, then 35 s left: a second; then 10 s left: no third
-    (1.0, 15, 3),      # three of 15 s fit; a fourth is not asked for
-    (1.0, 61, 1),      # the first took the whole budget
-    (None, 1000, 3)])  # no time budget: all that --members asks
-def test_another_member_starts_only_while_the_time_left_covers_the_last(
-        monkeypatch, tmp_path, minutes, each, trained):
-    clock = FakeClock()
-    monkeypatch.setattr(members.time, "monotonic", clock)
-    written = []
-    monkeypatch.setattr(members, "_write_ensemble", lambda run_dir, k, *a: written.append(k))
-    first = TrainOptions(hidden=8, max_steps=10, minutes=minutes, members=3, seed=5)
-    seen = []
+def fake_members(tmp_path, first, summaries, each, clock=None, given=None):
+    """train_members over fake members (no training; ensemble writes recorded): each takes
+    `each` seconds of clock and ends with the next of summaries' stop reasons."""
+    clock = clock or FakeClock()
+    seen, said = [], []
+    stops = iter(summaries)
 
     def train_one(member):
         seen.append(member)
         clock.now += each
-        return {"stopped_by": "reached its step limit (10)"}, member.opts
+        return {"stopped_by": next(stops), "step": 10}, member.opts
 
-    said = []
-    members.train_members(members.Member(1, first), None, train_one=train_one,
-                          val_loss=lambda cks: None, run_dir=tmp_path, world=World(),
-                          say=said.append)
+    summary = members.train_members(members.Member(1, first), None, given or {},
+                                    train_one=train_one, val_loss=lambda cks: None,
+                                    run_dir=tmp_path, world=World(), say=said.append,
+                                    clock=clock)
+    return summary, seen, said
+
+
+@pytest.mark.parametrize("minutes, each, trained", [
+    (1.0, 25, 2),      # 25 s, then 35 s left: a second; then 10 s left: no third
+    (1.0, 15, 3),      # three of 15 s fit; a fourth is not asked for
+    (1.0, 31, 1),      # 29 s left after the first: too few for another
+    (None, 1000, 3)])  # no time budget: all that --members asks
+def test_another_member_starts_only_while_the_time_left_covers_the_last(
+        monkeypatch, tmp_path, minutes, each, trained):
+    written = []
+    monkeypatch.setattr(members, "_write_ensemble", lambda run_dir, k, *a: written.append(k))
+    first = TrainOptions(hidden=8, max_steps=10, minutes=minutes, members=3, seed=5)
+    _, seen, said = fake_members(tmp_path, first, ["reached its step limit (10)"] * 3, each)
     assert [m.k for m in seen] == list(range(1, trained + 1))
     assert [m.opts.seed for m in seen] == [5 + k for k in range(trained)]
     assert written == list(range(2, trained + 1))
@@ -163,28 +202,19 @@ def test_another_member_starts_only_while_the_time_left_covers_the_last(
     assert len(stopped) == (trained < 3)
 
 
-def test_a_member_that_did_not_finish_ends_the_ensemble(monkeypatch, tmp_path):
-    monkeypatch.setattr(members, "_write_ensemble", lambda *a: pytest.fail("written"))
-    summary = members.train_members(
-        members.Member(1, TrainOptions(hidden=8, members=3)), None,
-        train_one=lambda m: ({"stopped_by": "interrupted"}, m.opts), val_loss=lambda c: None,
-        run_dir=tmp_path, world=World(), say=lambda line: None)
-    assert summary["stopped_by"] == "interrupted"
-
-
-def test_no_member_starts_after_a_signal(monkeypatch, tmp_path):
-    monkeypatch.setattr(members, "_write_ensemble", lambda *a: None)
-    seen = []
-
-    def train_one(m):
-        seen.append(m.k)
-        return {"stopped_by": "reached its step limit (10)", "step": 10}, m.opts
-
-    summary = members.train_members(
-        members.Member(1, TrainOptions(hidden=8, members=3)), None, train_one=train_one,
-        val_loss=lambda c: None, run_dir=tmp_path, world=World(), say=lambda line: None,
-        should_stop=lambda: len(seen) == 2)  # the signal comes during the second member
-    assert seen == [1, 2] and summary["stopped_by"] == "interrupted"
+@pytest.mark.parametrize("stop, goes_on", [
+    ("interrupted", False), ("used the --minutes 1 budget", False),
+    ("no better validation loss in 5 evaluations (early stop)", True),
+    ("finished 3 epochs", True)])
+def test_a_member_cut_short_ends_the_ensemble_and_says_so(monkeypatch, tmp_path, stop,
+                                                          goes_on):
+    written = []
+    monkeypatch.setattr(members, "_write_ensemble", lambda run_dir, k, *a: written.append(k))
+    summary, seen, said = fake_members(tmp_path, TrainOptions(hidden=8, members=2),
+                                       [stop, "reached its step limit (10)"], 1)
+    assert len(seen) == (2 if goes_on else 1) and written == ([2] if goes_on else [])
+    told = [line for line in said if "ended before its limit" in line]
+    assert len(told) == (stop not in ("interrupted",) and not goes_on)
 
 
 def choose(minutes=None, speed=None, **given):
@@ -224,6 +254,11 @@ def test_other_budgets_keep_one_member_unless_given(how):
     assert chosen.members == (4 if how == "given" else 1)
     assert not any("members:" in note for note in notes)
     assert (chosen.max_steps is not None) == (how != "short")  # the stop, where it applies
+
+
+def test_a_seed_near_the_last_leaves_fewer_members():
+    chosen, _ = choose(minutes=1.0, speed=1e5, dropout=0.0, weight_drop=0.0, seed=2**63 - 2)
+    assert chosen.members == 2  # seeds 2**63 - 2 and 2**63 - 1
 
 
 @pytest.mark.parametrize("args, said", [
