@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .model import Model
 
 __all__ = ["ENSEMBLE", "MEMBERS", "Ensemble", "ensemble_checkpoint", "inference_model",
-           "member_params", "members_of"]
+           "member_params", "members_of", "models_of"]
 
 
 def member_params(ck: Checkpoint) -> list[np.ndarray]:
@@ -66,12 +66,11 @@ class Ensemble:
         return np.split(state, len(self.members))
 
     def forward(self, ids, targets, h0=None, c0=None) -> float:
-        T, B = np.shape(ids)
-        zh, zc = self.zero_state(B)
-        h0 = zh if h0 is None else h0
-        c0 = zc if c0 is None else c0
+        K = len(self.members)
+        starts = zip(self._split(h0) if h0 is not None else [None] * K,
+                     self._split(c0) if c0 is not None else [None] * K)
         log_probs, hs, cs = [], [], []
-        for m, h, c in zip(self.members, self._split(h0), self._split(c0)):
+        for m, (h, c) in zip(self.members, starts):  # (None: the member's zero state)
             m.forward(ids, targets, h, c)
             z = m.logits().astype(np.float64)  # (T, B, V)
             z -= z.max(axis=2, keepdims=True)
@@ -96,9 +95,14 @@ class Ensemble:
         return self._log_probs.astype(self.dtype)
 
 
+def models_of(model) -> list["Model"]:
+    """The models that make model's prediction: an Ensemble's members, else model itself."""
+    return model.members if isinstance(model, Ensemble) else [model]
+
+
 def members_of(model) -> int:
-    """How many models make model's prediction: an Ensemble's members, else 1."""
-    return len(model.members) if isinstance(model, Ensemble) else 1
+    """How many models make model's prediction."""
+    return len(models_of(model))
 
 
 def inference_model(config: dict, params: list[np.ndarray]) -> "Model | Ensemble":

@@ -85,9 +85,9 @@ def resumed_member(run_dir: Path, first: ckpt_io.Checkpoint, given: dict
     has used its budget up but the ensemble file is missing or older than a member (its
     writing failed), the last member, to write it again; else raises BudgetUsedUp."""
     first_opts = options_from_checkpoint(first, given, check_budget=False)
-    if given.get("members") is None:
-        first_opts.members = max(first_opts.members, begun(run_dir))
     most = max(first_opts.members, begun(run_dir))
+    if given.get("members") is None:
+        first_opts.members = most
     try:
         member = Member(1, options_from_checkpoint(first, given), first)
     except BudgetUsedUp:

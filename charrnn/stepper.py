@@ -31,7 +31,7 @@ import numpy as np
 
 from . import memory
 from .kernels import cpu
-from .ensemble import Ensemble
+from .ensemble import Ensemble, models_of
 from .model import Model, ParamLayout
 from .parallel import StreamSplitter, row_ranges
 from .options import SampleOptions
@@ -110,7 +110,7 @@ def packed_weights(model: Model | Ensemble, one_row: bool = False) -> Panels:
     buffer, `flat` (K, n), each member's row starting on a cache line."""
     cfg = model.config
     layout = ParamLayout(cfg)
-    members = model.members if isinstance(model, Ensemble) else [model]
+    members = models_of(model)
     views = layout.views(members[0].params)
     multiplied = set()
     if cfg.kernel_id != cpu.JORDAN:
@@ -204,7 +204,7 @@ class CpuStepper:
 
     def __init__(self, model: Model | Ensemble, splitter: StreamSplitter | None = None):
         self.model = model
-        self.members = model.members if isinstance(model, Ensemble) else [model]
+        self.members = models_of(model)
         self.params = model.params[None] if len(self.members) == 1 else \
             np.stack([m.params for m in self.members])  # (K, P)
         self.splitter = splitter or _sampling_splitter()

@@ -1,38 +1,37 @@
 """benchmarks/ensemble_loss.py reads the held-out text as training's validation does, so its
-figures for one model are the validation's, and its ensemble is the mean of probabilities."""
+figure for each run is the validation the run kept, and scores the runs' ensemble."""
 
-import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from charrnn.model import Model, ModelConfig
-from charrnn.train import evaluate
+from charrnn import checkpoint as ckpt_io
+from charrnn.synthetic import MarkovSource
+
+from .test_cli import cli_env, run_cli
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ensemble_loss.py"
 
 
-@pytest.fixture(scope="module")
-def ensemble_loss():
-    spec = importlib.util.spec_from_file_location("ensemble_loss", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_one_model_scores_as_validation_does(ensemble_loss):
-    V = 7
-    ids = np.random.default_rng(0).integers(V, size=64 * 230).astype(np.uint16)  # 3 windows
-    model = Model(ModelConfig(vocab_size=V, cell="gru-ln", layers=2, hidden=8), seed=3)
-    log_p = ensemble_loss.target_log_probs(model, ids)
-    assert len(log_p) == 64 * (230 - 1)
-    assert -log_p.mean() == pytest.approx(evaluate(model, ids, batch_size=64, seq_len=100),
-                                          rel=1e-5)
-
-
-def test_the_ensemble_averages_probabilities_not_losses(ensemble_loss):
-    a, b = np.log([0.9, 0.1]), np.log([0.1, 0.9])  # two models, each sure of one position
-    ensemble = ensemble_loss.ensemble_log_probs([a, b])
-    np.testing.assert_allclose(ensemble, np.log([0.5, 0.5]))
-    assert -ensemble.mean() < min(-a.mean(), -b.mean())
+def test_each_run_scores_its_kept_validation_and_the_ensemble_beats_their_mean(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text(MarkovSource(alphabet="abcdefgh \n", order=2, seed=4).sample_text(30_000))
+    runs = []
+    for seed in (0, 1):  # the default validation sizes: 64 streams, windows of 100
+        run = tmp_path / f"run{seed}"
+        code, _, err = run_cli("train", text, "--hidden", 16, "--layers", 1, "--max-steps", 4,
+                               "--eval-every", 4, "--seed", seed, "--out", run, "-q")
+        assert code == 0, err
+        runs.append(run)
+    p = subprocess.run([sys.executable, str(SCRIPT), str(text), *map(str, runs)],
+                       capture_output=True, text=True, env=cli_env(None), check=True)
+    *alone, ensemble = [json.loads(line) for line in p.stdout.splitlines()]
+    for row, run in zip(alone, runs, strict=True):
+        kept = ckpt_io.load(run / ckpt_io.BEST).train["best_val_loss"]
+        assert row["loss_nats"] == pytest.approx(kept, abs=2e-5)
+    assert ensemble["ensemble_of"] == 2
+    # the mean of probabilities is below the mean of the losses (Jensen), where they differ
+    assert ensemble["loss_nats"] < sum(row["loss_nats"] for row in alone) / 2
