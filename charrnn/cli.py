@@ -213,7 +213,7 @@ def train(
     from . import checkpoint as ckpt_io
     from .members import Member, resumed_member
     from .runs import last_run, new_run_dir
-    from .schedule import schedule_change
+    from .schedule import SIGNAL, schedule_change
     from .train_state import options_from_parent, parent_of
 
     parent = first_opts = None
@@ -257,7 +257,7 @@ def train(
     summary, signum = _train_members(
         member, first_opts, given, corpus, Path(run_dir), chosen, encoding, errors, parent,
         keep_vocab, ranks, quiet, length_given=epochs is not None or max_steps is not None)
-    if summary["stopped_by"] == "interrupted":
+    if summary["stop_reason"] == SIGNAL:
         if ranks.root:
             where = "" if Path(summary["run_dir"]) == Path(run_dir) else \
                 f" of {summary['run_dir']}"

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt_io
 from .distributed import World
 from .ensemble import ENSEMBLE, ensemble_checkpoint, member_params
 from .options import TrainOptions
-from .schedule import EARLY_STOP, FINISHED_EPOCHS, REACHED_STEPS
+from .schedule import OWN_ENDS, SIGNAL
 from .train import TrainingError
 from .train_state import BudgetUsedUp, options_from_checkpoint
 from .words import plural
@@ -123,9 +123,7 @@ def ensemble_is_current(run_dir: Path, n: int) -> bool:
 def finished(summary: dict) -> bool:
     """Whether a member's run reached its own end: its steps or epochs, or an early stop (not
     the clock or a signal)."""
-    stop = summary["stopped_by"]
-    return stop.startswith((REACHED_STEPS + " ", FINISHED_EPOCHS + " ")) or \
-        stop.endswith(EARLY_STOP)
+    return summary["stop_reason"] in OWN_ENDS
 
 
 def train_members(member: Member, first_opts: TrainOptions | None, given: dict, *,
@@ -149,7 +147,7 @@ def train_members(member: Member, first_opts: TrainOptions | None, given: dict, 
         first_opts = first_opts or opts
         total = first_opts.members
         if not finished(summary):
-            if total > 1 and summary["stopped_by"] != "interrupted":
+            if total > 1 and summary["stop_reason"] != SIGNAL:
                 say(f"member {member.k} ended before its limit ({summary['stopped_by']}); the "
                     f"ensemble holds the members before it (--resume goes on with it)")
             return summary

@@ -18,9 +18,10 @@ WARMUP_FRACTION, MAX_WARMUP_STEPS = 0.02, 100
 FINAL_LR_FRACTION = 0.02
 PLATEAU_FACTOR = 0.5  # the cosine schedule's lr is multiplied by this per validation without gain
 BUDGETS = ("max_steps", "epochs", "minutes")
-# how a stop at the run's own length begins (StepPlan.stop): members.py tells it from the others
-REACHED_STEPS, FINISHED_EPOCHS = "reached its step limit", "finished"
-EARLY_STOP = "(early stop)"  # how an early stop ends
+# why a run stops (StepPlan.reason): members.py goes on to the next member only after one of
+# OWN_ENDS (the run reached its own end), not after the clock or a signal
+STEPS, EPOCHS, EARLY, MINUTES, SIGNAL = "steps", "epochs", "early", "minutes", "signal"
+OWN_ENDS = (STEPS, EPOCHS, EARLY)
 
 
 def scheduled_lr(opts: TrainOptions, step: int, total_steps: int | None,
@@ -69,7 +70,8 @@ def evals_without_improvement(history: list[dict]) -> int:
 class StepPlan:
     """What the pacer decided before a step: its learning rate, or why the run stops instead."""
     lr: float
-    stop: str | None = None
+    stop: str | None = None  # why the run stops, in words
+    reason: str | None = None  # and as one of STEPS, EPOCHS, EARLY, MINUTES, SIGNAL
 
 
 class Pacer:
@@ -112,15 +114,15 @@ class Pacer:
         o = self.opts
         used = self._minutes_used()
         if o.max_steps is not None and step >= o.max_steps:
-            return StepPlan(0.0, f"{REACHED_STEPS} ({o.max_steps:,})")
+            return StepPlan(0.0, f"reached its step limit ({o.max_steps:,})", STEPS)
         if o.epochs is not None and epoch >= o.epochs:
-            return StepPlan(0.0, f"{FINISHED_EPOCHS} {o.epochs} epochs")
+            return StepPlan(0.0, f"finished {o.epochs} epochs", EPOCHS)
         if used >= 1.0:
-            return StepPlan(0.0, f"used the --minutes {o.minutes:g} budget")
+            return StepPlan(0.0, f"used the --minutes {o.minutes:g} budget", MINUTES)
         if self.early:
-            return StepPlan(0.0, self.early)
+            return StepPlan(0.0, self.early, EARLY)
         if self.should_stop():
-            return StepPlan(0.0, "interrupted")
+            return StepPlan(0.0, "interrupted", SIGNAL)
         return StepPlan(self.learning_rate(step, history, used))
 
     def learning_rate(self, step: int, history: list[dict], minutes_used: float | None = None
@@ -142,7 +144,7 @@ class Pacer:
         (--patience), said by the next plan()."""
         patience = self.opts.patience
         if patience and evals_without_improvement(history) >= patience:
-            self.early = f"no better validation loss in {patience} evaluations {EARLY_STOP}"
+            self.early = f"no better validation loss in {patience} evaluations (early stop)"
 
 
 def schedule_change(saved: dict, opts: TrainOptions) -> str | None:

@@ -630,6 +630,7 @@ def _train_loop(run: Run, reporter: Reporter, pacer: Pacer, output_lost,
     if saved_at != s.step:
         run.save(ckpt_io.LATEST)
     summary = {"step": s.step, "epoch": s.epoch, "stopped_by": plan.stop,
+               "stop_reason": plan.reason,
                "best_val_loss": None if math.isinf(s.best_val) else s.best_val,
                "run_dir": str(run.run_dir)}
     reporter.finish(summary)

@@ -19,6 +19,7 @@ import numpy as np
 from .checkpoint import Checkpoint, CheckpointError, load, resolve
 from .averaging import WeightAverage
 from .options import OptionError, TrainOptions, flag
+from .schedule import evals_without_improvement
 
 ADAM_M, ADAM_V, STATE_H, STATE_C = "adam.m", "adam.v", "state.h", "state.c"
 # the trained weights, where `params` holds their running average (--ema)
@@ -250,4 +251,10 @@ def options_from_checkpoint(ck: Checkpoint, given: dict, check_budget: bool = Tr
                           f"pass a larger --max-steps to go on")
     if opts.epochs is not None and epoch >= opts.epochs:
         raise BudgetUsedUp(f"the run already did {epoch} epochs; pass a larger --epochs to go on")
+    # a run that stopped early would stop again after its next validation: its history says so
+    without_gain = evals_without_improvement(ck.train.get("history", []))
+    if opts.patience and without_gain >= opts.patience:
+        raise BudgetUsedUp(f"the run stopped early: no better validation loss in its last "
+                           f"{without_gain} evaluations (--patience {opts.patience}); pass a "
+                           f"larger --patience, or --patience 0, to go on")
     return opts

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from charrnn import checkpoint as ckpt_io
-from charrnn import members, sizing
+from charrnn import members, schedule, sizing
 from charrnn.distributed import World
 from charrnn.ensemble import ENSEMBLE, inference_model, member_params
 from charrnn.options import TrainOptions
@@ -124,6 +124,24 @@ def test_resume_goes_on_with_the_member_where_it_stopped(text, tmp_path, two):
     assert err.count("\n") == 1
 
 
+def test_resume_passes_over_a_member_that_stopped_early(tmp_path):
+    corpus = tmp_path / "shift.txt"  # the held-out end is text the training part never shows
+    corpus.write_text("ab" * 1800 + "cd" * 200)
+    run = tmp_path / "run"
+    err = train(corpus, "--patience", 2, "--lr", 0.01, "--max-steps", 400, "--out", run)
+    assert "(early stop)" in err
+    step = ckpt_io.load(run / ckpt_io.LATEST).train["step"]
+    assert step < 400
+    # alone, it would only stop again after its next validation: refused, nothing written
+    code, _, err = run_cli("train", corpus, *SMALL, "--resume", "--out", run,
+                           state_dir=tmp_path / "state")
+    assert code == 2 and err.count("\n") == 1 and "the run stopped early" in err, err
+    err = train(corpus, "--resume", "--out", run, "--members", 2)
+    assert "member 2 of 2 (seed 1)" in err and "member 1 " not in err
+    assert ckpt_io.load(run / ckpt_io.LATEST).train["step"] == step
+    assert members.ensemble_is_current(run, 2)
+
+
 def copy_of(run, tmp_path):
     """A copy of a finished run, to resume (paths inside its checkpoints are only recorded)."""
     import shutil
@@ -165,7 +183,8 @@ class FakeClock:
 
 def fake_members(tmp_path, first, summaries, each, clock=None, given=None):
     """train_members over fake members (no training; ensemble writes recorded): each takes
-    `each` seconds of clock and ends with the next of summaries' stop reasons."""
+    `each` seconds of clock and ends with the next of summaries' stop reasons (schedule.py's
+    codes)."""
     clock = clock or FakeClock()
     seen, said = [], []
     stops = iter(summaries)
@@ -173,7 +192,9 @@ def fake_members(tmp_path, first, summaries, each, clock=None, given=None):
     def train_one(member):
         seen.append(member)
         clock.now += each
-        return {"stopped_by": next(stops), "step": 10}, member.opts
+        reason = next(stops)
+        return {"stopped_by": f"in words: {reason}", "stop_reason": reason, "step": 10}, \
+            member.opts
 
     summary = members.train_members(members.Member(1, first), None, given or {},
                                     train_one=train_one, val_loss=lambda cks: None,
@@ -192,7 +213,7 @@ def test_another_member_starts_only_while_the_time_left_covers_the_last(
     written = []
     monkeypatch.setattr(members, "_write_ensemble", lambda run_dir, k, *a: written.append(k))
     first = TrainOptions(hidden=8, max_steps=10, minutes=minutes, members=3, seed=5)
-    _, seen, said = fake_members(tmp_path, first, ["reached its step limit (10)"] * 3, each)
+    _, seen, said = fake_members(tmp_path, first, [schedule.STEPS] * 3, each)
     assert [m.k for m in seen] == list(range(1, trained + 1))
     assert [m.opts.seed for m in seen] == [5 + k for k in range(trained)]
     assert written == list(range(2, trained + 1))
@@ -203,18 +224,18 @@ def test_another_member_starts_only_while_the_time_left_covers_the_last(
 
 
 @pytest.mark.parametrize("stop, goes_on", [
-    ("interrupted", False), ("used the --minutes 1 budget", False),
-    ("no better validation loss in 5 evaluations (early stop)", True),
-    ("finished 3 epochs", True)])
+    (schedule.SIGNAL, False), (schedule.MINUTES, False), (schedule.EARLY, True),
+    (schedule.EPOCHS, True), (schedule.STEPS, True)])
 def test_a_member_cut_short_ends_the_ensemble_and_says_so(monkeypatch, tmp_path, stop,
                                                           goes_on):
     written = []
     monkeypatch.setattr(members, "_write_ensemble", lambda run_dir, k, *a: written.append(k))
     summary, seen, said = fake_members(tmp_path, TrainOptions(hidden=8, members=2),
-                                       [stop, "reached its step limit (10)"], 1)
+                                       [stop, schedule.STEPS], 1)
     assert len(seen) == (2 if goes_on else 1) and written == ([2] if goes_on else [])
     told = [line for line in said if "ended before its limit" in line]
-    assert len(told) == (stop not in ("interrupted",) and not goes_on)
+    assert len(told) == (stop != schedule.SIGNAL and not goes_on)
+    assert all(f"in words: {stop}" in line for line in told)  # the stop said in words
 
 
 def choose(minutes=None, speed=None, **given):

@@ -317,6 +317,7 @@ def test_a_stop_resumed_with_the_same_budget_is_exact_under_cosine(corpus, tmp_p
     run = Run(corpus, split, TrainOptions(**opts))
     summary = train(run, Quiet(), should_stop=lambda: run.state.step >= 13)
     assert summary["stopped_by"] == "interrupted" and summary["step"] == 13
+    assert summary["stop_reason"] == "signal"
     ck = latest(split)
     train(Run(corpus, split, options_from_checkpoint(ck, {}), resume=ck), Quiet())
     assert_same_training(split, straight, 30)

@@ -92,6 +92,7 @@ def test_run_directory_contents(corpus, tmp_path):
 def test_epochs_budget_and_state_reset(corpus, tmp_path):
     run, summary, _ = run_steps(corpus, tmp_path / "e", None, epochs=1)
     assert summary["stopped_by"] == "finished 1 epochs" and run.state.epoch == 1
+    assert summary["stop_reason"] == "epochs"
     assert run.state.step == run.steps_per_epoch and run.state.position == 0
     assert not run.engine.h.any()  # a new epoch starts from a clean state
 
@@ -219,7 +220,7 @@ def test_early_stop_when_validation_stops_improving(tmp_path):
     rec = Recorder()
     run = Run(corpus, tmp_path / "run", TrainOptions(**{**SMALL, "patience": 2, "lr": 1e-2}))
     summary = train(run, rec)
-    assert "early stop" in summary["stopped_by"], summary
+    assert "early stop" in summary["stopped_by"] and summary["stop_reason"] == "early", summary
     vals = [h["val_loss"] for h in run.state.history]
     assert len(vals) >= 3 and min(vals) < min(vals[-2:])  # two evaluations past the best
     best = ckpt_io.load(tmp_path / "run" / "best.npz")
