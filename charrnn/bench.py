@@ -56,13 +56,30 @@ def sampling_flops_per_char(c: BenchConfig) -> float:
     return flops_per_char(c) / 3
 
 
-def gemm_peak_gflops(n: int = 2048) -> float:
-    """float32 GEMM throughput of the BLAS numba calls, on an (n, n) x (n, n) product."""
+def gemm_peak_gflops(n: int = 2048) -> dict:
+    """float32 GEMM throughput on an (n, n) x (n, n) product, GFLOP/s: "blas", the BLAS numba
+    calls with its own threads; "tile", the register tile (cpu.tile_gemm, what training's large
+    products run on), its rows split over training's worker threads; "peak", the faster, which
+    the fractions of the peak are of (a fraction of a slower BLAS's rate alone can exceed 1)."""
     from .kernels import cpu
+    from .parallel import StreamSplitter, row_ranges
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     out = np.empty_like(a)
-    cpu.matmul(a, a, out)
-    return 2 * n ** 3 / best_time(lambda: cpu.matmul(a, a, out), 3) / 1e9
+    splitter = StreamSplitter(min_rows=1)
+    shards = row_ranges(n, splitter.parts(n))
+
+    def blas():
+        cpu.matmul(a, a, out)
+
+    def tile():
+        splitter.map(lambda rows: cpu.tile_gemm(a[rows[0]:rows[1]], a, out[rows[0]:rows[1]],
+                                                False, False, 0), shards)
+
+    rates = {}
+    for name, product in (("blas", blas), ("tile", tile)):
+        product()
+        rates[name] = 2 * n ** 3 / best_time(product, 3) / 1e9
+    return {**rates, "peak": max(rates.values())}
 
 
 def bench_charrnn(c: BenchConfig) -> dict:
@@ -113,7 +130,8 @@ def bench_charrnn(c: BenchConfig) -> dict:
     st = best_time(lambda: sample(c.sample_chars, 1), c.repeats) / c.sample_chars
     batched = batched_rate(c.batched_samples)
     train_cps = c.batch_size * c.seq_len / dt
-    peak = gemm_peak_gflops() if c.device == "cpu" else None  # the GPU's: not measured
+    rates = gemm_peak_gflops() if c.device == "cpu" else {}  # the GPU's: not measured
+    peak = rates.get("peak")
 
     def fraction(gflops: float) -> float | None:
         return round(gflops / peak, 5) if peak else None
@@ -129,6 +147,8 @@ def bench_charrnn(c: BenchConfig) -> dict:
                                        for b in c.sample_batches},
         "train_gflops": round(train_cps * flops_per_char(c) / 1e9, 1),
         "gemm_peak_gflops": round(peak, 1) if peak else None,
+        "blas_gemm_gflops": round(rates["blas"], 1) if rates else None,
+        "tile_gemm_gflops": round(rates["tile"], 1) if rates else None,
         "fraction_of_peak": fraction(train_cps * flops_per_char(c) / 1e9),
         "batched_sample_gflops": round(sample_gflops, 3),
         "batched_sample_fraction_of_peak": fraction(sample_gflops),

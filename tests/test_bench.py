@@ -22,8 +22,12 @@ def test_json_has_the_figures_and_they_are_consistent():
     r = bench("--no-torch", "--cell", "gru")
     for key in ["train_chars_per_s", "sample_chars_per_s", "batched_sample_chars_per_s",
                 "ms_per_iter", "peak_rss_mb", "gemm_peak_gflops", "fraction_of_peak",
-                "batched_sample_gflops", "batched_sample_fraction_of_peak"]:
+                "batched_sample_gflops", "batched_sample_fraction_of_peak", "blas_gemm_gflops",
+                "tile_gemm_gflops"]:
         assert r[key] > 0, key
+    # the peak is the faster of BLAS's product and the register tile's (rounded apart)
+    assert r["gemm_peak_gflops"] == pytest.approx(max(r["blas_gemm_gflops"],
+                                                      r["tile_gemm_gflops"]), abs=0.1)
     sampled = r["batched_sample_chars_per_s"] * flops_per_char(BenchConfig(cell="gru",
                                                                            hidden=8)) / 3 / 1e9
     assert r["batched_sample_gflops"] == pytest.approx(sampled, rel=0.01)

@@ -7,11 +7,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from numba.core.errors import TypingError
 
-from charrnn.kernels.cpu import (FEW_ROWS, ONE_ROW_MAX_BYTES, PANEL_ALIGN, PANEL_BYTES,
-                                 TILE_ROWS, _exp_shifted, _matmul, gemm, matmul_few_rows,
-                                 matmul_packed, new_panels, pack_panels, packed)
+from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PANEL_ALIGN,
+                                 PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS, _exp_shifted, _matmul,
+                                 matmul_few_rows, matmul_packed, new_panels, pack_panels, packed,
+                                 tile_gemm)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -145,55 +145,87 @@ def test_a_build_for_any_x86_64_has_its_own_tile_and_the_same_guarantees(tmp_pat
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-# BLAS's gemm with transposes and beta (the weight gradients): every combination, a view with
-# a row stride wider than its rows, and an empty inner dimension
+# The training's large products (tile_gemm): every combination of transposes and beta, float32
+# and float64, against an extended-precision product. K crosses two K_BLOCK boundaries (the sums
+# are split there) and ends off a vector; M and N leave rows and columns over past the tiles and
+# panels, and one M crosses a rows block; C is a view whose neighbours must stay as they were.
+def _rows_block(dtype, K):
+    return max(TILE_ROWS, ROWS_BLOCK_BYTES // (min(K, K_BLOCK) * np.dtype(dtype).itemsize)
+               // TILE_ROWS * TILE_ROWS)
+
+
 @pytest.mark.parametrize("a_t", [False, True])
 @pytest.mark.parametrize("b_t", [False, True])
-@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+@pytest.mark.parametrize("beta", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gemm_with_transposes_and_beta(a_t, b_t, beta, dtype):
-    rng = np.random.default_rng(int(a_t) + 2 * int(b_t) + int(4 * beta))
-    M, N, K = 7, 13, 29
+@pytest.mark.parametrize("M, N, K", [(7, 13, 29), (2 * TILE_ROWS + 3, 2 * NR32 + 5,
+                                                   2 * K_BLOCK + 5), (1, 1, 1)])
+def test_tile_gemm_matches_the_exact_product(a_t, b_t, beta, dtype, M, N, K):
+    rng = np.random.default_rng(int(a_t) + 2 * int(b_t) + 4 * beta + M)
     A = rng.standard_normal((K, M) if a_t else (M, K)).astype(dtype)
     B = rng.standard_normal((N, K) if b_t else (K, N)).astype(dtype)
     big = rng.standard_normal((M + 2, N + 5)).astype(dtype)
     C = big[1:M + 1, 2:N + 2]  # a view: row stride N + 5
     before = big.copy()
-    expected = (A.T if a_t else A).astype(np.float64) @ (B.T if b_t else B) + beta * C
-    gemm(A, B, C, a_t, b_t, beta)
-    np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-4 if dtype == np.float32 else 1e-12)
+    opA = (A.T if a_t else A).astype(np.longdouble)
+    opB = (B.T if b_t else B).astype(np.longdouble)
+    exact = (opA @ opB + beta * C.astype(np.longdouble)).astype(np.float64)
+    scale = np.abs(opA) @ np.abs(opB) + np.abs(C)  # the error bound of a sum grows with sum |a b|
+    tile_gemm(A, B, C, a_t, b_t, beta)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_array_less(np.abs(C - exact), tol * scale.astype(np.float64) + 1e-300)
     outside = np.ones(big.shape, bool)
     outside[1:M + 1, 2:N + 2] = False
     np.testing.assert_array_equal(big[outside], before[outside])
 
 
-def test_gemm_reads_views_with_wide_rows_and_single_rows():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_gemm_over_more_than_one_rows_block(dtype):
+    K = 40
+    M = _rows_block(dtype, K) + 3
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    B = rng.standard_normal((K, NR32 + 3)).astype(dtype)
+    C = np.full((M, NR32 + 3), np.nan, dtype)  # every entry written, none accumulated
+    tile_gemm(A, B, C, False, False, 0)
+    exact = A.astype(np.longdouble) @ B.astype(np.longdouble)
+    scale = np.abs(A) @ np.abs(B)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300)
+
+
+def test_tile_gemm_reads_views_with_any_strides():
     rng = np.random.default_rng(9)
     A = rng.standard_normal((6, 11))[1:5, 2:9]  # (4, 7), row stride 11
     B = rng.standard_normal((9, 8))[:7, :5]  # (7, 5), row stride 8
     C = np.empty((4, 5))
-    gemm(A, B, C, False, False, 0.0)
+    tile_gemm(A, B, C, False, False, 0)
     np.testing.assert_allclose(C, A @ B, rtol=1e-12)
-    row = rng.standard_normal(7)[None, :]  # one row, whatever its row stride
+    tile_gemm(A[::-1, ::2], B[::2], C, False, False, 0)  # reversed rows, every other column
+    np.testing.assert_allclose(C, A[::-1, ::2] @ B[::2], rtol=1e-12)
+    row = rng.standard_normal(7)[None, :]  # one row
     one = np.empty((1, 5))
-    gemm(row, B, one, False, False, 0.0)
+    tile_gemm(row, B, one, False, False, 0)
     np.testing.assert_allclose(one, row @ B, rtol=1e-12)
 
 
-def test_gemm_refuses_mismatched_shapes_types_and_strides_and_scales_by_beta_over_nothing():
+def test_tile_gemm_refuses_mismatches_and_beta_over_nothing():
     A, B = np.ones((4, 3)), np.ones((3, 5))
     for a, b, c in [(A, B, np.zeros((4, 6))), (A, np.ones((2, 5)), np.zeros((4, 5))),
-                    (np.ones((4, 6))[:, ::2], B, np.zeros((4, 5))),
-                    (A[::-1], B, np.zeros((4, 5)))]:
-        with pytest.raises(ValueError, match="do not match"):
-            gemm(a, b, c, False, False, 0.0)
-    with pytest.raises(TypingError):
-        gemm(A.astype(np.float32), B, np.zeros((4, 5)), False, False, 0.0)
+                    (np.ones((3, 4)), B, np.zeros((4, 5)))]:
+        with pytest.raises(ValueError, match="shapes do not match"):
+            tile_gemm(a, b, c, False, False, 0)
+    with pytest.raises(ValueError, match="strides do not match"):
+        tile_gemm(A, B, np.zeros((4, 10))[:, ::2], False, False, 0)
+    with pytest.raises(ValueError, match="types do not match"):
+        tile_gemm(A.astype(np.float32), B, np.zeros((4, 5)), False, False, 0)
+    with pytest.raises(ValueError, match="beta"):
+        tile_gemm(A, B, np.zeros((4, 5)), False, False, 0.5)
     C = np.full((4, 5), 3.0)
-    gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0.5)
-    assert (C == 1.5).all()
+    tile_gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 1)  # adds nothing
+    assert (C == 3.0).all()
     C[0, 0] = np.nan
-    gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0.0)  # beta 0 overwrites, as BLAS
+    tile_gemm(np.ones((4, 0)), np.ones((0, 5)), C, False, False, 0)  # beta 0 overwrites
     assert (C == 0).all()
 
 

@@ -577,6 +577,11 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 # NR columns, K rows each, contiguous and zero-padded past its last column (pack_panels), so the
 # tile reads its panel as one sequential stream.
 #
+# Training's large products (the input projections and output layer of a whole window, the
+# weight gradients, the gradients through W_x and W_y) go through the same tile (tile_gemm),
+# blocked for the caches, rather than BLAS: on the AMD EPYC (Zen 5) of BENCHMARKS.md's issue-24
+# sections OpenBLAS reaches about 60% of the tile's rate on them.
+#
 # The tile's shape comes from the CPU numba compiles for: vectors as wide as its registers
 # (AVX-512: 16 float32), two per tile row, and as many rows as the accumulators that fit beside
 # the panel's two vectors, a broadcast and a spare (32 registers: 14 rows; AVX2's 16: 6).
@@ -623,10 +628,13 @@ PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
 PANEL_ALIGN = 64  # bytes: panels start on a cache line
 
 
-def _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, rows, panels=1):
+def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1,
+               accumulate=None):
     """IR for one tile of `rows` rows by `panels` panels side by side: the loop over k, then the
     stores (all columns, or for one panel the first ncols through a buffer: the last panel of a
-    matrix whose width is no multiple of NR)."""
+    matrix whose width is no multiple of NR). A[r, k] is at A + r * lda + k * ka (ka = 1: rows
+    contiguous; lda = 1: A is the transpose of a row-major array). accumulate (an i64, nonzero:
+    add to C instead of overwriting it) or None: overwrite."""
     i64 = ir.IntType(64)
     W = vt.count
     NR = TILE_VECTORS * W
@@ -661,7 +669,8 @@ def _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, rows, panels=1):
     splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
     new = []
     for r in range(rows):
-        x = builder.load(builder.gep(A, [builder.add(builder.mul(const(r), lda), k)]))
+        x = builder.load(builder.gep(A, [builder.add(builder.mul(const(r), lda),
+                                                     builder.mul(k, ka))]))
         xs = builder.shuffle_vector(builder.insert_element(undef, x, lane0), undef, splat)
         new.append([builder.call(fma, [xs, b[v], acc[r][v]]) for v in range(n_vec)])
     k_next = builder.add(k, const(1))
@@ -682,25 +691,44 @@ def _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, rows, panels=1):
             s.add_incoming(new[r][v], end)
             row.append(s)
         out.append(row)
-    full = fn.append_basic_block(f"tile{rows}x{panels}.full")
-    part = fn.append_basic_block(f"tile{rows}x{panels}.part")
+    adding = [False] if accumulate is None else [False, True]
     done = fn.append_basic_block(f"tile{rows}x{panels}.done")
-    builder.cbranch(builder.icmp_signed("==", ncols, const(panels * NR)), full, part)
-    builder.position_at_end(full)
-    for r in range(rows):
-        for v in range(n_vec):
-            at = builder.add(builder.mul(const(r), ldc), const(v * W))
-            builder.store(out[r][v], builder.bitcast(builder.gep(C, [at]), vptr), align=elem_bytes)
-    builder.branch(done)
-    builder.position_at_end(part)
-    if panels == 1:
-        buffer = cgutils.alloca_once(builder, vt, size=TILE_VECTORS)
-        for r in range(rows):
-            for v in range(TILE_VECTORS):
-                builder.store(out[r][v], builder.gep(buffer, [const(v)]), align=elem_bytes)
-            row_start = builder.gep(C, [builder.mul(const(r), ldc)])
-            cgutils.raw_memcpy(builder, row_start, buffer, ncols, elem_bytes)
-    builder.branch(done)  # (several panels are always whole: matmul_packed sees to it)
+    blocks = {(add, whole): fn.append_basic_block(f"tile{rows}x{panels}.{add:d}{whole:d}")
+              for add in adding for whole in (False, True)}
+    is_whole = builder.icmp_signed("==", ncols, const(panels * NR))
+    if accumulate is None:
+        builder.cbranch(is_whole, blocks[False, True], blocks[False, False])
+    else:
+        overwrite = fn.append_basic_block(f"tile{rows}x{panels}.overwrite")
+        add = fn.append_basic_block(f"tile{rows}x{panels}.add")
+        builder.cbranch(builder.icmp_signed("!=", accumulate, const(0)), add, overwrite)
+        builder.position_at_end(overwrite)
+        builder.cbranch(is_whole, blocks[False, True], blocks[False, False])
+        builder.position_at_end(add)
+        builder.cbranch(is_whole, blocks[True, True], blocks[True, False])
+    for (add, whole), block in blocks.items():
+        builder.position_at_end(block)
+        if whole:
+            for r in range(rows):
+                for v in range(n_vec):
+                    at = builder.bitcast(builder.gep(C, [builder.add(builder.mul(const(r), ldc),
+                                                                     const(v * W))]), vptr)
+                    value = out[r][v]
+                    if add:
+                        value = builder.fadd(builder.load(at, align=elem_bytes), value)
+                    builder.store(value, at, align=elem_bytes)
+        elif panels == 1:  # (several panels are always whole: the callers see to it)
+            buffer = cgutils.alloca_once(builder, vt, size=TILE_VECTORS)
+            for r in range(rows):
+                row_start = builder.gep(C, [builder.mul(const(r), ldc)])
+                if add:
+                    cgutils.raw_memcpy(builder, buffer, row_start, ncols, elem_bytes)
+                for v in range(TILE_VECTORS):
+                    at = builder.gep(buffer, [const(v)])
+                    value = builder.fadd(builder.load(at), out[r][v]) if add else out[r][v]
+                    builder.store(value, at, align=elem_bytes)
+                cgutils.raw_memcpy(builder, row_start, buffer, ncols, elem_bytes)
+        builder.branch(done)
     builder.position_at_end(done)
 
 
@@ -717,14 +745,15 @@ def _vector_type(context, float_type):
 
 
 @intrinsic
-def _tile(typingctx, a_ptr, lda, p_ptr, k, c_ptr, ldc, ncols, rows, zero):
-    """C[r, c] = sum_k A[r, k] P[k, c] for r < rows (1..TILE_ROWS), c < ncols (<= NR): A, P and
-    C given by the addresses of their first elements, A and C by their row strides in elements,
+def _tile(typingctx, a_ptr, lda, ka, p_ptr, k, c_ptr, ldc, ncols, rows, accumulate, zero):
+    """C[r, c] = sum_k A[r, k] P[k, c] (accumulate nonzero: C[r, c] += that sum) for r < rows
+    (1..TILE_ROWS), c < ncols (<= NR): A, P and C given by the addresses of their first
+    elements, A by its strides in elements (A[r, k] at r * lda + k * ka), C by its row stride,
     P contiguous (K, NR); `zero` a 0 of the arrays' float type. The caller checks the bounds."""
-    sig = types.void(*(types.intp,) * 8, zero)
+    sig = types.void(*(types.intp,) * 10, zero)
 
     def codegen(context, builder, signature, args):
-        a_ptr, lda, p_ptr, K, c_ptr, ldc, ncols, rows, _ = args
+        a_ptr, lda, ka, p_ptr, K, c_ptr, ldc, ncols, rows, accumulate, _ = args
         vt = _vector_type(context, signature.args[-1])
         fma = _fma_declaration(builder, vt)
         A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
@@ -734,7 +763,8 @@ def _tile(typingctx, a_ptr, lda, p_ptr, k, c_ptr, ldc, ncols, rows, zero):
             block = builder.function.append_basic_block(f"tile.rows{r}")
             switch.add_case(ir.Constant(ir.IntType(64), r), block)
             builder.position_at_end(block)
-            _emit_tile(builder, vt, fma, A, lda, P, C, ldc, K, ncols, r)
+            _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, r,
+                       accumulate=accumulate)
             builder.branch(after)
         builder.position_at_end(after)
         return context.get_dummy_value()
@@ -758,23 +788,28 @@ def _row_tile(typingctx, a_ptr, p_ptr, k, c_ptr, zero):
         vt = _vector_type(context, signature.args[-1])
         A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
         width = ir.Constant(ir.IntType(64), ROW_TILE_PANELS * TILE_VECTORS * vt.count)
-        _emit_tile(builder, vt, _fma_declaration(builder, vt), A, K, P, C, width, K, width, 1,
-                   ROW_TILE_PANELS)
+        one = ir.Constant(ir.IntType(64), 1)
+        _emit_tile(builder, vt, _fma_declaration(builder, vt), A, K, one, P, C, width, K, width,
+                   1, ROW_TILE_PANELS)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @kernel
+def _aligned(n, like):
+    """An uninitialised (n,) array of like's dtype starting on a cache line."""
+    raw = np.empty(n + PANEL_ALIGN // like.itemsize, like.dtype)
+    start = (-raw.ctypes.data) % PANEL_ALIGN // like.itemsize
+    return raw[start:start + n]
+
+
+@kernel
 def new_panels(K, N, like):
     """An uninitialised (ceil(N / NR), K, NR) array of panels of like's dtype, starting on a
     cache line."""
-    size = like.itemsize
-    NR = PANEL_BYTES // size
-    n = (N + NR - 1) // NR * K * NR
-    raw = np.empty(n + PANEL_ALIGN // size, like.dtype)
-    start = (-raw.ctypes.data) % PANEL_ALIGN // size
-    return raw[start:start + n].reshape(((N + NR - 1) // NR, K, NR))
+    NR = PANEL_BYTES // like.itemsize
+    return _aligned((N + NR - 1) // NR * K * NR, like).reshape(((N + NR - 1) // NR, K, NR))
 
 
 @kernel
@@ -786,10 +821,15 @@ def pack_panels(W, P):
     if P.shape[1] != K or n_panels != (N + NR - 1) // NR:
         raise ValueError("pack_panels: shapes do not match")
     for p in range(n_panels):
-        for k in range(K):
-            for c in range(NR):
-                j = p * NR + c
-                P[p, k, c] = W[k, j] if j < N else 0
+        j0 = p * NR
+        if j0 + NR <= N:  # a whole panel: no test per element, so the copy vectorises
+            for k in range(K):
+                for c in range(NR):
+                    P[p, k, c] = W[k, j0 + c]
+        else:
+            for k in range(K):
+                for c in range(NR):
+                    P[p, k, c] = W[k, j0 + c] if j0 + c < N else 0
 
 
 @kernel
@@ -827,8 +867,8 @@ def matmul_packed(A, P, C):
         for p in range(0, whole - whole % ROW_TILE_PANELS, ROW_TILE_PANELS):
             _row_tile(a0, p0 + p * K * NR * size, K, c0 + p * NR * size, z)
         for p in range(whole - whole % ROW_TILE_PANELS, n_panels):
-            _tile(a0, K, p0 + p * K * NR * size, K, c0 + p * NR * size, 0,
-                  min(NR, N - p * NR), 1, z)
+            _tile(a0, K, 1, p0 + p * K * NR * size, K, c0 + p * NR * size, 0,
+                  min(NR, N - p * NR), 1, 0, z)
         return
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
@@ -836,88 +876,86 @@ def matmul_packed(A, P, C):
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
             rows = (M - i) // (tiles - t)
-            _tile(a0 + i * lda * size, lda, p0 + p * K * NR * size, K,
-                  c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, z)
+            _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
+                  c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
 
 
-# ---------------------------------------------------------------------------------------------
-# BLAS's gemm with its transposes and beta, which np.dot does not expose: a weight gradient
-# `dW += X.T @ dY` through np.dot makes a temporary of dW's size and adds it, and `dY @ W.T`
-# a transposed copy of W; both cost most when the shards' threads run them at once
-# (BENCHMARKS.md, "A register tile in LLVM IR"). numba's own binding of the BLAS that np.dot
-# calls: the symbol numba_xxgemm of its helper library, column-major like BLAS itself.
-
-def _xxgemm_signature(dtype):
-    ptr = types.CPointer(dtype)
-    return types.intc(types.char, types.char, types.char, types.intp, types.intp, types.intp,
-                      ptr, ptr, types.intp, ptr, types.intp, ptr, ptr, types.intp)
-
-
-def _blas_gemm(A, B, C, a_transposed, b_transposed, beta):
-    pass  # (numba compiles the overload below; this body is never run)
+def _cache_bytes(level: int, default: int) -> int:
+    """One core's data cache at `level` (1 or 2) as Linux reports it, else `default`."""
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in root.glob("index*"):
+            kind = (index / "type").read_text().strip()
+            if int((index / "level").read_text()) == level and kind in ("Data", "Unified"):
+                text = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+                return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return default
 
 
-@overload(_blas_gemm)
-def _blas_gemm_impl(A, B, C, a_transposed, b_transposed, beta):
-    if not (A.dtype == B.dtype == C.dtype and A.dtype in (types.float32, types.float64)):
-        return None  # (numba then refuses the call: no implementation for these types)
-    xxgemm = types.ExternalFunction("numba_xxgemm", _xxgemm_signature(A.dtype))
-    kind = ord("s" if A.dtype == types.float32 else "d")
-    transposed, as_is = ord("t"), ord("n")
-
-    def impl(A, B, C, a_transposed, b_transposed, beta):
-        M, N = C.shape
-        K = A.shape[0] if a_transposed else A.shape[1]
-        if ((A.shape[1] if a_transposed else A.shape[0]) != M
-                or (B.shape[1] if b_transposed else B.shape[0]) != K
-                or (B.shape[0] if b_transposed else B.shape[1]) != N):
-            raise ValueError("gemm: shapes do not match")
-        if M == 0 or N == 0:
-            return
-        if K == 0:
-            if beta == 0:
-                C[:] = 0  # as BLAS: beta = 0 overwrites, NaN and inf included
-            else:
-                C *= beta
-            return
-        lda, ldb, ldc = _leading(A), _leading(B), _leading(C)
-        if lda < 0 or ldb < 0 or ldc < 0:
-            raise ValueError("gemm: strides do not match (rows must be contiguous, in order)")
-        one = np.ones(1, C.dtype)
-        b = np.full(1, beta, C.dtype)
-        # row-major C = op(A) op(B) is column-major C.T = op(B).T op(A).T: B goes first, and a
-        # row-major array read column-major is its own transpose
-        status = xxgemm(kind, transposed if b_transposed else as_is,
-                        transposed if a_transposed else as_is, N, M, K, one.ctypes, B.ctypes,
-                        ldb, A.ctypes, lda, b.ctypes, C.ctypes, ldc)
-        if status != 0:
-            raise RuntimeError("gemm: BLAS could not be called")
-
-    return impl
+# tile_gemm's blocks, from this machine's caches: a slice of a panel (K_BLOCK rows) fills half
+# of L1 and a block of A (ROWS_BLOCK rows by K_BLOCK) half of L2, so each tile streams its
+# panel from L1 and its rows from L2 (the blocking of GotoBLAS and BLIS).
+K_BLOCK = max(16, _cache_bytes(1, 32 << 10) // 2 // PANEL_BYTES)
+ROWS_BLOCK_BYTES = _cache_bytes(2, 256 << 10) // 2
 
 
 @kernel
-def _leading(X):
-    """X's leading dimension for BLAS: its row stride in elements (a single row may have any
-    stride; BLAS needs at least its width), or -1 where its rows are not contiguous, or not in
-    order."""
-    size = X.itemsize
-    rows, cols = X.shape
-    if X.strides[1] != size and cols > 1:
-        return -1
-    if rows == 1:
-        return max(cols, 1)
-    if X.strides[0] % size != 0 or X.strides[0] < cols * size:
-        return -1
-    return X.strides[0] // size
-
-
-@kernel
-def gemm(A, B, C, a_transposed, b_transposed, beta):
-    """C = op(A) @ op(B) + beta * C, op(X) = X.T where asked: C (M, N), op(A) (M, K), op(B)
-    (K, N); rows of every array contiguous."""
-    _blas_gemm(A, B, C, a_transposed, b_transposed, beta)
+def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
+    """C = op(A) @ op(B) + beta * C, op(X) = X.T where asked, beta 0 or 1, through the register
+    tile: C (M, N) with contiguous rows, op(A) (M, K) and op(B) (K, N) any strides. op(B) is
+    packed K_BLOCK rows at a time; the sums over k are split at the blocks (so a row's bits
+    depend on K, not on M: unlike matmul_packed, not for the sampler)."""
+    M, N = C.shape
+    K = A.shape[0] if a_transposed else A.shape[1]
+    if ((A.shape[1] if a_transposed else A.shape[0]) != M
+            or (B.shape[1] if b_transposed else B.shape[0]) != K
+            or (B.shape[0] if b_transposed else B.shape[1]) != N):
+        raise ValueError("tile_gemm: shapes do not match")
+    if beta != 0 and beta != 1:
+        raise ValueError("tile_gemm: beta must be 0 or 1")
+    size = C.itemsize
+    if A.itemsize != size or B.itemsize != size:
+        raise ValueError("tile_gemm: types do not match")
+    if C.strides[1] != size and N > 1:
+        raise ValueError("tile_gemm: strides do not match (C's rows must be contiguous)")
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        if beta == 0:
+            C[:] = 0
+        return
+    NR = PANEL_BYTES // size
+    n_panels = (N + NR - 1) // NR
+    # A[r, k] at a0 + (r * lda + k * ka) elements
+    lda, ka = (A.strides[1], A.strides[0]) if a_transposed else (A.strides[0], A.strides[1])
+    lda //= size
+    ka //= size
+    ldc = C.strides[0] // size
+    op_b = B.T if b_transposed else B
+    kc_max = min(K, K_BLOCK)
+    rows_block = max(TILE_ROWS, ROWS_BLOCK_BYTES // (kc_max * size) // TILE_ROWS * TILE_ROWS)
+    buffer = _aligned(n_panels * kc_max * NR, C)
+    a0, c0, p0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data
+    z = C.dtype.type(0)
+    for k0 in range(0, K, kc_max):
+        kc = min(kc_max, K - k0)
+        pack_panels(op_b[k0:k0 + kc], buffer[:n_panels * kc * NR].reshape((n_panels, kc, NR)))
+        add = 1 if beta == 1 or k0 > 0 else 0
+        for i0 in range(0, M, rows_block):
+            rows_here = min(rows_block, M - i0)
+            tiles = (rows_here + TILE_ROWS - 1) // TILE_ROWS
+            for p in range(n_panels):  # a panel's slice from L1 for every tile of the block
+                j = p * NR
+                i = i0
+                for t in range(tiles):
+                    rows = (i0 + rows_here - i) // (tiles - t)
+                    _tile(a0 + (i * lda + k0 * ka) * size, lda, ka, p0 + p * kc * NR * size,
+                          kc, c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, add, z)
+                    i += rows
 
 
 FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured: BENCHMARKS.md)
@@ -1304,7 +1342,7 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
             W_x = _mat(params, offs, s, H)
             x = _layer_input(hs, masks, layer - 1, use_dropout, xin)
             xg2 = xg.reshape((T * B, GH))
-            np.dot(x.reshape((T * B, H)), W_x, xg2)  # all T steps in one GEMM
+            tile_gemm(x.reshape((T * B, H)), W_x, xg2, False, False, 0)  # all T steps in one GEMM
             if not normalised:
                 _add_bias_rows(xg2, bias)
         if normalised:
@@ -1316,7 +1354,7 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
     W_y = _mat(params, offs, SLOTS_PER_LAYER * L, H)
     b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
     y = _layer_input(hs, masks, L - 1, use_dropout, xin)
-    np.dot(y.reshape((T * B, H)), W_y, logits)
+    tile_gemm(y.reshape((T * B, H)), W_y, logits, False, False, 0)
     _add_bias_rows(logits, b_y)
     return _softmax_xent(logits, targets.reshape(T * B), probs) / n_total
 
@@ -1372,9 +1410,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
     W_y = _mat(params, offs, SLOTS_PER_LAYER * L, H)
     dW_y = _mat(grads, offs, SLOTS_PER_LAYER * L, H)
     y = _layer_input(hs, masks, L - 1, use_dropout, xin).reshape((N, H))
-    gemm(y, dlogits, dW_y, True, False, 1.0)  # dW_y += y.T @ dlogits
+    tile_gemm(y, dlogits, dW_y, True, False, 1)  # dW_y += y.T @ dlogits
     _add_col_sums(dlogits, _vec(grads, offs, SLOTS_PER_LAYER * L + 1))
-    gemm(dlogits, W_y, dH.reshape((N, H)), False, True, 0.0)  # dH = dlogits @ W_y.T
+    tile_gemm(dlogits, W_y, dH.reshape((N, H)), False, True, 0)  # dH = dlogits @ W_y.T
 
     for layer in range(L - 1, -1, -1):
         if use_dropout:
@@ -1396,11 +1434,12 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
             dR2 = dHG.reshape(dHG.size)[:N * 2 * H].reshape((N, 2 * H))
             dn = dHG.reshape(dHG.size)[N * 2 * H:].reshape((N, H))
             dW_hn = _vec(grads, offs, s + 3).reshape((H, H))
-            gemm(cs[layer, 1:].reshape((N, H)), dn, dW_hn, True, False, 1.0)  # += (r h_prev)^T dn
+            # dW_hn += (r h_prev)^T dn
+            tile_gemm(cs[layer, 1:].reshape((N, H)), dn, dW_hn, True, False, 1)
         else:
             dR2 = dX2
         dW_h = _mat(grads, offs, s + 1, H)
-        gemm(hs[layer, :T].reshape((N, H)), dR2, dW_h, True, False, 1.0)  # dW_h += h.T @ dR
+        tile_gemm(hs[layer, :T].reshape((N, H)), dR2, dW_h, True, False, 1)  # dW_h += h.T @ dR
         _add_col_sums(dX2, _vec(grads, offs, s + 2))
         if cell == GRU or cell == GRU_LN:
             d_extra = _vec(grads, offs, s + 3)
@@ -1431,9 +1470,9 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
             W_x = _mat(params, offs, s, H)
             dW_x = _mat(grads, offs, s, H)
             x = _layer_input(hs, masks, layer - 1, use_dropout, xin).reshape((N, H))
-            gemm(x, dX2, dW_x, True, False, 1.0)  # dW_x += x.T @ dX
+            tile_gemm(x, dX2, dW_x, True, False, 1)  # dW_x += x.T @ dX
             # gradient w.r.t. the layer below's output
-            gemm(dX2, W_x, dH.reshape((N, H)), False, True, 0.0)  # dH = dX @ W_x.T
+            tile_gemm(dX2, W_x, dH.reshape((N, H)), False, True, 0)  # dH = dX @ W_x.T
 
 
 # ---------------------------------------------------------------------------------------------
