@@ -22,8 +22,10 @@ class NotEnoughMemory(Exception):
 def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
                    averaged: bool = False, weight_drop: bool = False) -> int:
     """The weights, their gradients and Adam's two moments (and, averaged, the running average
-    and its step: averaging.py), one (T, B) window's workspace (model.Workspace) and dropout
-    masks, and with weight drop the recurrent matrices' mask and saved copy (weight_drop.py)."""
+    and its step: averaging.py), the recurrent matrices and their transposes packed for a
+    window (Model._packed_recurrent), one (T, B) window's workspace (model.Workspace) and
+    dropout masks, and with weight drop the recurrent matrices' mask and saved copy
+    (weight_drop.py)."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
     workspace = (2 * L * (T + 1) * B * W + L * T * B * config.spec.stored_acts * H
@@ -32,7 +34,8 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
     layout = ParamLayout(config)
     copies = 6 if averaged else 4
     recurrent = sum(w.stop - w.start for w in layout.recurrent_slices()) if weight_drop else 0
-    return itemsize * (copies * layout.size + workspace + masks + 2 * recurrent)
+    packed = L * (H * (GH + PANEL_PADDING) + GH * (H + PANEL_PADDING))
+    return itemsize * (copies * layout.size + packed + workspace + masks + 2 * recurrent)
 
 
 PANEL_PADDING = 32  # columns a packed matrix may gain, at most (cpu.matmul_packed's panels)

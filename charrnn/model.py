@@ -267,6 +267,7 @@ class Model:
         self.grad_views = self.layout.views(self.grads)
         self._shards: list[Shard] = []
         self._window = None  # (T, B, use_dropout) of the last forward, for backward
+        self._panels = [None, None]  # every layer's W_h, and W_h.T, packed for a window
 
     def zero_state(self, B: int) -> tuple[np.ndarray, np.ndarray]:
         """Initial (h, c), each (L, B, H); c is unused (stays zero) outside the LSTM family."""
@@ -321,12 +322,13 @@ class Model:
         cell = self.config.kernel_id
         shards = self._shards_for(T, B)
         total = T * (B if streams is None else streams)
+        panels = self._packed_recurrent(transposed=False)
 
         def run(shard: Shard) -> None:
             ws = shard.ws
             shard.inputs = (shard.take(ids, 1), shard.take(targets, 1),
                             shard.take(masks, 2) if use_dropout else masks)
-            shard.loss = cpu.model_forward(cell, self.params, self.layout.offsets,
+            shard.loss = cpu.model_forward(cell, self.params, self.layout.offsets, panels,
                                            *shard.inputs[:2], shard.take(h0, 1),
                                            shard.take(c0, 1), shard.inputs[2], use_dropout,
                                            ws.hs, ws.cs, ws.acts, ws.xg, ws.gates, ws.xin,
@@ -335,6 +337,21 @@ class Model:
         self.splitter.map(run, shards)
         self._window = (T, B, use_dropout, total)
         return float(sum(shard.loss for shard in shards))
+
+    def _packed_recurrent(self, transposed: bool) -> np.ndarray:
+        """Every layer's W_h (forward), or W_h.T (backward), in panels (cpu.pack_recurrent),
+        packed from the weights as they are now, once for all the shards of a window."""
+        c = self.config
+        L, H, GH = c.layers, c.hidden, c.gates * c.hidden
+        # the cells with products of their own read none: empty panels
+        K, N = (H, GH) if c.kernel_id not in (cpu.GRU_CLASSIC, cpu.JORDAN) else (0, 0)
+        if transposed:
+            K, N = N, K
+        if self._panels[transposed] is None:
+            self._panels[transposed] = cpu.new_layer_panels(L, K, N, self.params)
+        cpu.pack_recurrent(c.kernel_id, self.params, self.layout.offsets, H, transposed,
+                           self._panels[transposed])
+        return self._panels[transposed]
 
     def final_state(self) -> tuple[np.ndarray, np.ndarray]:
         """(hT, cT) of the last forward, each (L, B, H), as copies."""
@@ -362,6 +379,7 @@ class Model:
         dcT = zc if dcT is None else np.asarray(dcT, dtype=self.dtype)
         dh0, dc0 = self.zero_state(B)
         cell = self.config.kernel_id
+        panels = self._packed_recurrent(transposed=True)
 
         def run(shard: Shard) -> None:
             ws = shard.ws
@@ -369,7 +387,7 @@ class Model:
                 shard.grads[:] = 0
             ids, targets, masks = shard.inputs
             dh, dc = self.zero_state(targets.shape[1])
-            cpu.model_backward(cell, self.params, shard.grads, self.layout.offsets,
+            cpu.model_backward(cell, self.params, shard.grads, self.layout.offsets, panels,
                                ids, targets, masks, use_dropout,
                                ws.hs, ws.cs, ws.acts, ws.xin, ws.probs,
                                shard.take(dhT, 1), shard.take(dcT, 1), dh, dc,

@@ -41,3 +41,25 @@ def test_the_sampling_estimate_holds_the_packed_weights(cell):
     assert memory.PANEL_PADDING >= cpu.PANEL_BYTES // 4  # float32 panels on this CPU
     config = ModelConfig(vocab_size=7, cell=cell, layers=1 if cell == "jordan" else 3, hidden=5)
     assert packed_weights(Model(config)).flat.nbytes <= memory.sampling_bytes(config, 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_training_estimate_holds_the_packed_recurrent_matrices(cell):
+    """A window's packed W_h and W_h.T (every one padded to whole panels, at its worst on
+    narrow matrices), with the weights, gradients, Adam's moments and the workspace, fit in
+    what training_bytes counts."""
+    import numpy as np
+
+    from charrnn.model import Model, ModelConfig, Workspace
+
+    config = ModelConfig(vocab_size=7, cell=cell, layers=3, hidden=5)
+    model = Model(config)
+    T, B = 4, 3
+    ids = np.zeros((T, B), np.int64)
+    model.forward(ids, ids)
+    model.backward()
+    packed = sum(p.nbytes for p in model._panels)
+    assert packed >= 2 * 3 * 5 * 5 * 4  # both were packed
+    ws = Workspace(config, T, B, np.float32)
+    workspace = sum(a.nbytes for a in vars(ws).values())
+    assert 4 * model.params.nbytes + packed + workspace <= memory.training_bytes(config, T, B)

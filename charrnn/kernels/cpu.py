@@ -841,6 +841,27 @@ def packed(W):
 
 
 @kernel
+def new_layer_panels(L, K, N, like):
+    """An uninitialised (L, ceil(N / NR), K, NR) array: L matrices' panels (new_panels)."""
+    NR = PANEL_BYTES // like.itemsize
+    n = (N + NR - 1) // NR
+    return _aligned(L * n * K * NR, like).reshape((L, n, K, NR))
+
+
+@kernel
+def pack_recurrent(cell, params, offs, H, transposed, panels):
+    """Every layer's W_h (H, GH), or its transpose, into its panels panels[layer]
+    (new_layer_panels): once per window, read by every shard (each its own copy would double
+    what the caches must hold: W_h is 16 MB at 1024 x 4096). Nothing for the cells whose
+    recurrent products are their own (the classic GRU, Jordan)."""
+    if cell == GRU_CLASSIC or cell == JORDAN:
+        return
+    for layer in range(panels.shape[0]):
+        W_h = _mat(params, offs, SLOTS_PER_LAYER * layer + 1, H)
+        pack_panels(W_h.T if transposed else W_h, panels[layer])
+
+
+@kernel
 def matmul_packed(A, P, C):
     """C (M, N) = A (M, K) @ W, for P the panels of W (K, N). Rows of A and C contiguous (any
     row stride); each C[i, j] has the same bits whatever M and i."""
@@ -896,11 +917,12 @@ def _cache_bytes(level: int, default: int) -> int:
     return default
 
 
-# tile_gemm's blocks, from this machine's caches: a slice of a panel (K_BLOCK rows) fills half
-# of L1 and a block of A (ROWS_BLOCK rows by K_BLOCK) half of L2, so each tile streams its
-# panel from L1 and its rows from L2 (the blocking of GotoBLAS and BLIS).
-K_BLOCK = max(16, _cache_bytes(1, 32 << 10) // 2 // PANEL_BYTES)
-ROWS_BLOCK_BYTES = _cache_bytes(2, 256 << 10) // 2
+# tile_gemm's blocks, from this machine's caches (the blocking of GotoBLAS and BLIS): a slice
+# of a panel (K_BLOCK rows) fills two thirds of L1, so each tile reads its panel from L1; a
+# block of A (rows by K_BLOCK) a sixteenth of L2. Those fractions were the fastest of those
+# measured (BENCHMARKS.md, "Training's large products through the tile").
+K_BLOCK = max(16, _cache_bytes(1, 32 << 10) * 2 // 3 // PANEL_BYTES)
+ROWS_BLOCK_BYTES = _cache_bytes(2, 256 << 10) // 16
 
 
 @kernel
@@ -1010,17 +1032,16 @@ def _matmul(A, W, C):
 
 
 @kernel
-def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
-    """xg: (T, B, GH) input projection with bias; hs: (T+1, B, H) with hs[0] = h0 on entry;
-    cs: (T+1, B, H) likewise for the LSTM family (else (1, B, H), never written);
-    acts: (T, B, S*H); gates: (B, GH) scratch."""
+def _layer_forward(cell, xg, W_h, P, extra, hs, cs, acts, gates):
+    """xg: (T, B, GH) input projection with bias; P: W_h's panels (pack_recurrent); hs:
+    (T+1, B, H) with hs[0] = h0 on entry; cs: (T+1, B, H) likewise for the LSTM family (else
+    (1, B, H), never written); acts: (T, B, S*H); gates: (B, GH) scratch."""
     T = xg.shape[0]
     if cell == GRU_CLASSIC:
         for t in range(T):
             _gru_classic_step(xg[t], W_h, extra, hs[t], hs[t + 1], cs[t + 1], acts[t], gates)
         return
     with_c = has_cell_state(cell)
-    P = packed(W_h)  # (GH / NR, H, NR) panels, once per window
     for t in range(T):
         matmul_packed(hs[t], P, gates)  # (B, H) @ (H, GH): the only per-step GEMM
         c_prev, c_out = (cs[t], cs[t + 1]) if with_c else (cs[0], cs[0])
@@ -1028,17 +1049,17 @@ def _layer_forward(cell, xg, W_h, extra, hs, cs, acts, gates):
 
 
 @kernel
-def _layer_backward(cell, dH, W_h, extra, hs, cs, acts, dh_next, dc_next, dX, dHG, tmp):
-    """dH: (T, B, H) gradient w.r.t. this layer's outputs hs[1:] from above (overwritten: it
-    becomes the running dL/dh_t). dh_next, dc_next: (B, H), in: gradient w.r.t. the final
-    states, out: gradient w.r.t. the initial states. dX, dHG: (T, B, GH) out: gradient w.r.t.
-    the input-side and recurrent-side pre-activations (dHG is filled for GRU only)."""
+def _layer_backward(cell, dH, W_h, P, extra, hs, cs, acts, dh_next, dc_next, dX, dHG, tmp):
+    """P: the panels of W_h.T (pack_recurrent). dH: (T, B, H) gradient w.r.t. this layer's
+    outputs hs[1:] from above (overwritten: it becomes the running dL/dh_t). dh_next,
+    dc_next: (B, H), in: gradient w.r.t. the final states, out: gradient w.r.t. the initial
+    states. dX, dHG: (T, B, GH) out: gradient w.r.t. the input-side and recurrent-side
+    pre-activations (dHG is filled for GRU only)."""
     if cell == GRU_CLASSIC:
         _gru_classic_layer_backward(dH, W_h, extra, hs, acts, dh_next, dX, dHG, tmp)
         return
     T = dH.shape[0]
     B, H = dh_next.shape
-    P = packed(W_h.T)  # (H / NR, GH, NR) panels of W_h.T, once per window
     for t in range(T - 1, -1, -1):
         dh = dH[t]
         for b in range(B):
@@ -1310,10 +1331,11 @@ def _input_layer_norm_back(dX, acts, gain, dgain):
 
 
 @kernel
-def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
+def model_forward(cell, params, offs, panels, ids, targets, h0, c0, masks, use_dropout,
                   hs, cs, acts, xg, gates, xin, logits, probs, n_total):
     """Forward pass of the window; returns its summed cross-entropy in nats over n_total (T*B
     for the mean per character; the whole batch's T*B when this window is a shard of its streams).
+    panels: every layer's W_h packed (pack_recurrent's forward).
 
     ids, targets: (T, B) ints. h0, c0: (L, B, H) initial states. masks: (L, T, B, H) inverted
     dropout masks applied to each layer's output (used when use_dropout). Writes hs (L, T+1, B, H)
@@ -1349,7 +1371,8 @@ def model_forward(cell, params, offs, ids, targets, h0, c0, masks, use_dropout,
             _input_layer_norm(xg, extra[:GH], bias, acts[layer])
         hs[layer, 0] = h0[layer]
         cs[layer, 0] = c0[layer]
-        _layer_forward(cell, xg, W_h, extra, hs[layer], cs[layer], acts[layer], gates)
+        _layer_forward(cell, xg, W_h, panels[layer], extra, hs[layer], cs[layer], acts[layer],
+                       gates)
 
     W_y = _mat(params, offs, SLOTS_PER_LAYER * L, H)
     b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
@@ -1378,10 +1401,11 @@ def _softmax_xent(logits, targets, probs):
 
 
 @kernel
-def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
+def model_backward(cell, params, grads, offs, panels, ids, targets, masks, use_dropout,
                    hs, cs, acts, xin, probs, dhT, dcT, dh0, dc0,
                    dlogits, dX, dHG, dH, tmp, n_total):
     """Backward pass of the window last run through model_forward (same hs, cs, acts, probs).
+    panels: every layer's W_h.T packed (pack_recurrent's backward).
 
     Adds dL/dparams into grads (same layout as params), where L is the summed loss over n_total
     (as model_forward) plus <hT, dhT> + <cT, dcT>: dhT, dcT (L, B, H) are the gradients flowing
@@ -1423,8 +1447,8 @@ def model_backward(cell, params, grads, offs, ids, targets, masks, use_dropout,
         dc_next = dc0[layer]
         dh_next[:] = dhT[layer]
         dc_next[:] = dcT[layer]
-        _layer_backward(cell, dH, W_h, _vec(params, offs, s + 3), hs[layer], cs[layer],
-                        acts[layer], dh_next, dc_next, dX, dHG, tmp)
+        _layer_backward(cell, dH, W_h, panels[layer], _vec(params, offs, s + 3), hs[layer],
+                        cs[layer], acts[layer], dh_next, dc_next, dX, dHG, tmp)
 
         # weight gradients for all T steps at once
         dX2 = dX.reshape((N, GH))
