@@ -864,7 +864,8 @@ def pack_recurrent(cell, params, offs, H, transposed, panels):
 @kernel
 def matmul_packed(A, P, C):
     """C (M, N) = A (M, K) @ W, for P the panels of W (K, N). Rows of A and C contiguous (any
-    row stride); each C[i, j] has the same bits whatever M and i."""
+    row stride); each C[i, j] has the same bits whatever M and i. Several rows are first
+    copied tile by tile (_pack_tiles), one row is read where it is."""
     M, K = A.shape
     N = C.shape[1]
     n_panels, _, NR = P.shape
@@ -880,7 +881,7 @@ def matmul_packed(A, P, C):
     if (A.strides[1] != size or C.strides[1] != size or P.strides[2] != size
             or P.strides[1] != NR * size or (n_panels > 1 and P.strides[0] != K * NR * size)):
         raise ValueError("matmul_packed: strides do not match")
-    lda, ldc = A.strides[0] // size, C.strides[0] // size
+    ldc = C.strides[0] // size
     a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
     z = A.dtype.type(0)
     if M == 1:  # one row: whole panels four at a time, then what is left one by one
@@ -892,14 +893,34 @@ def matmul_packed(A, P, C):
                   min(NR, N - p * NR), 1, 0, z)
         return
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    A_tiles = _aligned(M * K, A)
+    _pack_tiles(A, A_tiles)
+    b0 = A_tiles.ctypes.data
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
             rows = (M - i) // (tiles - t)
-            _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
+            _tile(b0 + i * K * size, 1, rows, p0 + p * K * NR * size, K,
                   c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
+
+
+@kernel
+def _pack_tiles(A, out):
+    """A (M, K) into out tile by tile (the heights matmul_packed cuts M rows into), each
+    tile's rows k-major: A[i, k] of a tile of `rows` rows from row i1 at i1 * K + k * rows +
+    (i - i1). A tile then reads one stream of A instead of one per row (the speed it buys:
+    BENCHMARKS.md, "Training's large products through the tile")."""
+    M, K = A.shape
+    tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    i = 0
+    for t in range(tiles):
+        rows = (M - i) // (tiles - t)
+        for k in range(K):
+            for r in range(rows):
+                out[i * K + k * rows + r] = A[i + r, k]
+        i += rows
 
 
 def _cache_bytes(level: int, default: int) -> int:
