@@ -3,7 +3,9 @@
 50, seq 50, vocabulary 65) and an LSTM 2 x 256 with a vocabulary of 4,000 (a Chinese corpus),
 each measurement one `charrnn bench` run (both sides measured in the same run, so the ratios
 hold on a noisy machine): training, sampling one stream and 8, 16 and 64 streams at once, and
-the fractions of the machine's GEMM peak that training and 64-stream sampling reach.
+the fractions of the machine's GEMM peak that training and 64-stream sampling reach. The peak is
+this checkout's bench figure (the faster of BLAS's 2048 x 2048 product and the register tile's),
+the median over its runs, and both tables' fractions are of it.
 
     python benchmarks/speed_table.py [--cells lstm gru] [--sizes 128 256 512 1024]
                                      [--vocab-row 256 4000 | --no-vocab-row] [--repeats 3]
@@ -33,7 +35,7 @@ from pathlib import Path
 
 HERE = str(Path(__file__).resolve().parents[1])  # this checkout
 sys.path.insert(0, HERE)
-from charrnn.bench import BenchConfig, sampling_flops_per_char  # noqa: E402
+from charrnn.bench import BenchConfig, flops_per_char, sampling_flops_per_char  # noqa: E402
 STREAMS = (8, 16)  # besides 1 and the 64 of --batched-samples
 
 # One `charrnn bench --json` as the command does it, with the BenchConfig fields given as JSON,
@@ -104,21 +106,19 @@ def flat(r: dict) -> dict:
     return out
 
 
-def median_row(runs: list[dict], torch_runs: list[dict]) -> dict:
+def median_row(runs: list[dict], torch_runs: list[dict], peak: float) -> dict:
     """The median of each figure over the runs of one row: charrnn's, PyTorch's (from
     torch_runs: the runs of the row that have PyTorch's figures for every stream count) and
-    the ratios."""
+    the ratios; the fractions of the GEMM peak are of `peak`, one figure for every checkout
+    (an old checkout's bench took BLAS's product alone for the peak)."""
     med = lambda values: statistics.median(values)  # noqa: E731
     ours = [flat(r) for r in runs]
     row = {k: med([o[k] for o in ours]) for k in ours[0]}
-    for r in runs:  # an old checkout's bench did not give sampling's fraction of the peak
-        if r.get("batched_sample_fraction_of_peak") is None and r.get("gemm_peak_gflops"):
-            r["batched_sample_fraction_of_peak"] = (
-                r["batched_sample_chars_per_s"] * sampling_flops_per_char(BenchConfig(
-                    cell=r["cell"], layers=r["layers"], hidden=r["hidden"], vocab=r["vocab"]))
-                / 1e9 / r["gemm_peak_gflops"])
-    for k in ("fraction_of_peak", "batched_sample_fraction_of_peak"):
-        row[k] = med([r[k] for r in runs]) if runs[0].get(k) is not None else None
+    config = BenchConfig(cell=runs[0]["cell"], layers=runs[0]["layers"],
+                         hidden=runs[0]["hidden"], vocab=runs[0]["vocab"])
+    row["fraction_of_peak"] = row["train_chars_per_s"] * flops_per_char(config) / 1e9 / peak
+    row["batched_sample_fraction_of_peak"] = (row["batched_sample_chars_per_s"]
+                                              * sampling_flops_per_char(config) / 1e9 / peak)
     row.update(cell=runs[0]["cell"], layers=runs[0]["layers"], hidden=runs[0]["hidden"],
                vocab=runs[0]["vocab"])
     if torch_runs:
@@ -143,7 +143,7 @@ def print_table(rows: list[dict], repeats: int) -> None:
         t = r.get("pytorch")
         pair = lambda k: f"{r[k]:,.0f} / {t[k]:,.0f}" if t else f"{r[k]:,.0f}"  # noqa: E731
         ratio = lambda k: f"{r['ratio'][k]:.2f}x" if t else "-"  # noqa: E731
-        pct = lambda k: f"{r[k]:.0%}" if r[k] is not None else "-"  # noqa: E731
+        pct = lambda k: f"{r[k]:.0%}"  # noqa: E731
         train_range = (f" ({r['train_ratio_range'][0]:.2f}-{r['train_ratio_range'][1]:.2f})"
                        if "train_ratio_range" in r else "")
         vocab = f", vocabulary {r['vocab']:,}" if r["vocab"] != 65 else ""
@@ -188,6 +188,13 @@ def main():
                 with open(a.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
             done.append(row)
+    # the GEMM peak: this checkout's measure (the faster of BLAS's product and the tile's),
+    # the median over all its runs, for both tables
+    peaks = {k: statistics.median(r[k] for shape in shapes for r in runs[(HERE, shape)])
+             for k in ("gemm_peak_gflops", "blas_gemm_gflops", "tile_gemm_gflops")}
+    print(f"\nGEMM peak {peaks['gemm_peak_gflops']:.0f} GFLOP/s (BLAS "
+          f"{peaks['blas_gemm_gflops']:.0f}, register tile {peaks['tile_gemm_gflops']:.0f}; "
+          f"medians of {sum(len(runs[(HERE, s)]) for s in shapes)} runs)")
     for tree in trees:
         print(f"\n{tree}:")
         rows = []
@@ -195,7 +202,7 @@ def main():
             # PyTorch's figures at every stream count: from the runs that have them
             with_torch = [r for t in trees for r in runs[(t, shape)] if "pytorch" in r
                           and "sample_batches_chars_per_s" in r["pytorch"]]
-            rows.append(median_row(runs[(tree, shape)], with_torch))
+            rows.append(median_row(runs[(tree, shape)], with_torch, peaks["gemm_peak_gflops"]))
         print_table(rows, a.repeats)
 
 
