@@ -579,8 +579,8 @@ def _gru_classic_layer_backward(dH, W_h, W_hn_flat, hs, acts, dh_next, dX, dHG, 
 #
 # Training's large products (the input projections and output layer of a whole window, the
 # weight gradients, the gradients through W_x and W_y) go through the same tile (tile_gemm),
-# blocked for the caches, rather than BLAS: on the AMD EPYC (Zen 5) of BENCHMARKS.md's issue-24
-# sections OpenBLAS reaches about 60% of the tile's rate on them.
+# blocked for the caches, rather than BLAS, which was much slower on them where measured
+# (BENCHMARKS.md, "Training's large products through the tile").
 #
 # The tile's shape comes from the CPU numba compiles for: vectors as wide as its registers
 # (AVX-512: 16 float32), two per tile row, and as many rows as the accumulators that fit beside
