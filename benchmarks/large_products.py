@@ -14,11 +14,11 @@ JSON object per H.
 
 import argparse
 import json
-import time
 
 import numba
 import numpy as np
 
+from charrnn.bench import best_time
 from charrnn.kernels.cpu import TILE_ROWS, _tile, matmul_packed, packed, tile_gemm
 from charrnn.parallel import _openblas_thread_switches
 
@@ -65,13 +65,8 @@ def _steps(A, P, C, packed_rows, calls):
 
 
 def best_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    fn()  # compiles or loads the kernels
+    return best_time(fn, repeats)
 
 
 def rates(H: int, N: int) -> dict:
