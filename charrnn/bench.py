@@ -62,10 +62,11 @@ def gemm_peak_gflops(n: int = 2048) -> dict:
     products run on), its rows split over training's worker threads; "peak", the faster, which
     the fractions of the peak are of (a fraction of a slower BLAS's rate alone can exceed 1)."""
     from .kernels import cpu
-    from .parallel import StreamSplitter, row_ranges
+    from .model import _default_splitter
+    from .parallel import row_ranges
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     out = np.empty_like(a)
-    splitter = StreamSplitter(min_rows=1)
+    splitter = _default_splitter()  # training's worker threads
     shards = row_ranges(n, splitter.parts(n))
 
     def blas():

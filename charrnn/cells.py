@@ -38,6 +38,12 @@ class CellSpec:
     forget_block: int | None = None  # the gate block whose bias starts at 1 (the LSTMs' forget)
     unit_gain_blocks: int = 0  # leading H-blocks of the extra array that start at 1 (gains)
 
+    @property
+    def packs_recurrent(self) -> bool:
+        """Whether training packs W_h for the register tile (cpu.pack_recurrent): not for the
+        cells whose recurrent products are their own (the classic GRU's two, Jordan's)."""
+        return not (self.two_gemm_step or self.output_recurrence)
+
     def recurrent_width(self, hidden: int, vocab_size: int) -> int:
         """Rows of W_h: the width of what the recurrence reads (h, or y for output recurrence)."""
         return vocab_size if self.output_recurrence else hidden

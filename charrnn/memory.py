@@ -34,7 +34,8 @@ def training_bytes(config: ModelConfig, T: int, B: int, itemsize: int = 4, *,
     layout = ParamLayout(config)
     copies = 6 if averaged else 4
     recurrent = sum(w.stop - w.start for w in layout.recurrent_slices()) if weight_drop else 0
-    packed = L * (H * (GH + PANEL_PADDING) + GH * (H + PANEL_PADDING))
+    packed = (L * (H * (GH + PANEL_PADDING) + GH * (H + PANEL_PADDING))
+              if config.spec.packs_recurrent else 0)
     return itemsize * (copies * layout.size + packed + workspace + masks + 2 * recurrent)
 
 

@@ -343,8 +343,7 @@ class Model:
         packed from the weights as they are now, once for all the shards of a window."""
         c = self.config
         L, H, GH = c.layers, c.hidden, c.gates * c.hidden
-        # the cells with products of their own read none: empty panels
-        K, N = (H, GH) if c.kernel_id not in (cpu.GRU_CLASSIC, cpu.JORDAN) else (0, 0)
+        K, N = (H, GH) if c.spec.packs_recurrent else (0, 0)  # (0, 0): never read
         if transposed:
             K, N = N, K
         if self._panels[transposed] is None:

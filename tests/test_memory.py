@@ -63,3 +63,26 @@ def test_the_training_estimate_holds_the_packed_recurrent_matrices(cell):
     ws = Workspace(config, T, B, np.float32)
     workspace = sum(a.nbytes for a in vars(ws).values())
     assert 4 * model.params.nbytes + packed + workspace <= memory.training_bytes(config, T, B)
+
+
+@pytest.mark.parametrize("cell", ["gru-classic", "jordan"])
+def test_cells_with_their_own_recurrent_products_pack_nothing_and_count_nothing(cell,
+                                                                                 monkeypatch):
+    """The classic GRU and Jordan multiply through their own kernels: training packs no W_h for
+    them, and the estimate holds no room for it (wider padding of packed matrices leaves it
+    as it is, where it grows a packing cell's)."""
+    import numpy as np
+
+    from charrnn.model import Model, ModelConfig
+
+    config = ModelConfig(vocab_size=7, cell=cell, layers=1, hidden=5)
+    model = Model(config)
+    ids = np.zeros((4, 3), np.int64)
+    model.forward(ids, ids)
+    model.backward()
+    assert sum(p.nbytes for p in model._panels) == 0
+    packing = ModelConfig(vocab_size=7, cell="gru", layers=1, hidden=5)
+    before = [memory.training_bytes(c, 4, 3) for c in (config, packing)]
+    monkeypatch.setattr(memory, "PANEL_PADDING", 1000)
+    after = [memory.training_bytes(c, 4, 3) for c in (config, packing)]
+    assert after[0] == before[0] and after[1] > before[1]
