@@ -211,6 +211,9 @@ def _sum(a):
 # touching two or three arrays: LLVM vectorises those (a single fused loop over six arrays needs
 # too many runtime alias checks and stays scalar and far slower: BENCHMARKS.md, "Figures behind
 # the code").
+# A loop over one block of a row runs over range(H) with the block's offset in the index, never
+# over range(2 * H, 3 * H): inside the steps, numba and LLVM made the second form several times
+# slower (BENCHMARKS.md, "The gate loops and the packing of rows").
 #
 # Forward: gates (B, G*H) holds h_prev @ W_h on entry and is used as scratch.
 
@@ -226,10 +229,10 @@ def _lstm_step(xg, gates, c_prev, h_out, c_out, act):
             a[k] += x[k]
         for k in range(2 * H):
             s[k] = _sigmoid(a[k])  # i, f
-        for k in range(2 * H, 3 * H):
-            s[k] = _tanh(a[k])  # g
-        for k in range(3 * H, 4 * H):
-            s[k] = _sigmoid(a[k])  # o
+        for j in range(H):
+            s[2 * H + j] = _tanh(a[2 * H + j])  # g
+        for j in range(H):
+            s[3 * H + j] = _sigmoid(a[3 * H + j])  # o
         for j in range(H):
             co[j] = s[H + j] * cp[j] + s[j] * s[2 * H + j]  # c = f * c_prev + i * g
         for j in range(H):
@@ -288,10 +291,10 @@ def _coupled_step(xg, gates, c_prev, h_out, c_out, act):
             a[k] += x[k]
         for k in range(H):
             s[k] = _sigmoid(a[k])  # f
-        for k in range(H, 2 * H):
-            s[k] = _tanh(a[k])  # g
-        for k in range(2 * H, 3 * H):
-            s[k] = _sigmoid(a[k])  # o
+        for j in range(H):
+            s[H + j] = _tanh(a[H + j])  # g
+        for j in range(H):
+            s[2 * H + j] = _sigmoid(a[2 * H + j])  # o
         for j in range(H):
             g = s[H + j]
             co[j] = g + s[j] * (cp[j] - g)  # f * c_prev + (1 - f) * g
@@ -316,14 +319,14 @@ def _peephole_step(xg, gates, p, c_prev, h_out, c_out, act):
             a[H + j] += p[H + j] * cp[j]
         for k in range(2 * H):
             s[k] = _sigmoid(a[k])  # i, f
-        for k in range(2 * H, 3 * H):
-            s[k] = _tanh(a[k])  # g
+        for j in range(H):
+            s[2 * H + j] = _tanh(a[2 * H + j])  # g
         for j in range(H):
             co[j] = s[H + j] * cp[j] + s[j] * s[2 * H + j]
         for j in range(H):
             a[3 * H + j] += p[2 * H + j] * co[j]
-        for k in range(3 * H, 4 * H):
-            s[k] = _sigmoid(a[k])  # o
+        for j in range(H):
+            s[3 * H + j] = _sigmoid(a[3 * H + j])  # o
         for j in range(H):
             s[4 * H + j] = _tanh(co[j])
         for j in range(H):
@@ -917,9 +920,10 @@ def _pack_tiles(A, out):
     i = 0
     for t in range(tiles):
         rows = (M - i) // (tiles - t)
-        for k in range(K):
-            for r in range(rows):
-                out[i * K + k * rows + r] = A[i + r, k]
+        for r in range(rows):  # row by row, A read in order: faster than column by column
+            a = A[i + r]
+            for k in range(K):
+                out[i * K + k * rows + r] = a[k]
         i += rows
 
 
@@ -1289,12 +1293,12 @@ def _gather_row(row, bias, bare, out):
 def _block_stats(v, start, H):
     """Mean and 1/std of v[start:start + H] (two passes: the variance of the centred values)."""
     mean = 0.0
-    for j in range(start, start + H):
-        mean += v[j]
+    for j in range(H):
+        mean += v[start + j]
     mean /= H
     var = 0.0
-    for j in range(start, start + H):
-        d = v[j] - mean
+    for j in range(H):
+        d = v[start + j] - mean
         var += d * d
     return mean, 1.0 / math.sqrt(var / H + LN_EPS)
 
@@ -1309,7 +1313,8 @@ def layer_norm_rows(rows, gain, bias):
         v = rows[n]
         for g in range(3):
             mean, rstd = _block_stats(v, g * H, H)
-            for j in range(g * H, (g + 1) * H):
+            for i in range(H):
+                j = g * H + i
                 v[j] = gain[j] * ((v[j] - mean) * rstd) + bias[j]
 
 
@@ -1338,7 +1343,8 @@ def _input_layer_norm_back(dX, acts, gain, dgain):
                 mean, rstd = _block_stats(v, g * H, H)
                 mean_g = 0.0  # means over the block of dL/du and of dL/du * u
                 mean_gu = 0.0
-                for j in range(g * H, (g + 1) * H):
+                for i in range(H):
+                    j = g * H + i
                     u = (v[j] - mean) * rstd
                     dgain[j] += d[j] * u
                     du = d[j] * gain[j]
@@ -1346,7 +1352,8 @@ def _input_layer_norm_back(dX, acts, gain, dgain):
                     mean_gu += du * u
                 mean_g /= H
                 mean_gu /= H
-                for j in range(g * H, (g + 1) * H):
+                for i in range(H):
+                    j = g * H + i
                     u = (v[j] - mean) * rstd
                     d[j] = (d[j] * gain[j] - mean_g - u * mean_gu) * rstd
 
