@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PANEL_ALIGN,
-                                 PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS, _exp_shifted, _matmul,
-                                 matmul_few_rows, matmul_packed, new_panels, pack_panels, packed,
-                                 tile_gemm)
+from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PACK_MIN_PANELS,
+                                 PANEL_ALIGN, PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS,
+                                 _exp_shifted, _matmul, matmul_few_rows, matmul_packed,
+                                 new_panels, pack_panels, packed, tile_gemm)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -19,12 +19,13 @@ NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 wit
 # The register tile's product (training's per-step products and the sampler's batch product).
 # M covers one tile, every height the balanced tiling makes (up to three tiles, so heights
 # TILE_ROWS - 1 and TILE_ROWS side by side) and a tall batch; N whole panels, a part panel, only
-# a part panel, in both float types' panel widths, and for one row groups of whole panels
-# (ROW_TILE_PANELS at a time) with and without panels left over; K a single term and lengths
-# off a vector.
+# a part panel, in both float types' panel widths, too few panels to copy A's rows and enough,
+# and for one row groups of whole panels (ROW_TILE_PANELS at a time) with and without panels
+# left over; K a single term and lengths off a vector.
 @pytest.mark.parametrize("M", sorted({1, 2, 3, TILE_ROWS - 1, TILE_ROWS, TILE_ROWS + 1,
                                       2 * TILE_ROWS + 1, 3 * TILE_ROWS - 1, 64}))
-@pytest.mark.parametrize("N", [1, 7, NR32 // 2 + 3, NR32, 2 * NR32 + 5, 4 * NR32, 9 * NR32 + 3])
+@pytest.mark.parametrize("N", [1, 7, NR32 // 2 + 3, NR32, 2 * NR32 + 5, 4 * NR32,
+                               (PACK_MIN_PANELS + 1) * NR32 + 3])
 @pytest.mark.parametrize("K", [1, 17, 130])
 def test_the_register_tile_matches_the_exact_product(M, N, K):
     rng = np.random.default_rng(M * 100000 + N * 100 + K)
@@ -69,14 +70,16 @@ def test_panels_hold_the_matrix_or_its_transpose_zero_padded():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_rows_product_is_the_same_bits_in_any_batch(dtype):
+@pytest.mark.parametrize("panels", [6, PACK_MIN_PANELS + 2], ids=["rows-in-place", "rows-packed"])
+def test_a_rows_product_is_the_same_bits_in_any_batch(dtype, panels):
     """What lets a batch split across threads without changing a stream's text: a row's
     result does not depend on how many rows there are or where the row sits (in which tile,
-    of which height)."""
+    of which height), with A's rows read in place or copied."""
     rng = np.random.default_rng(1)
     M = 2 * TILE_ROWS + 3
     A = rng.standard_normal((M, 203)).astype(dtype)
-    N = 5 * NR32 + 7  # one row takes its whole panels four at a time
+    NR = PANEL_BYTES // np.dtype(dtype).itemsize
+    N = (panels - 1) * NR + 7  # one row takes its whole panels four at a time
     P = packed(rng.standard_normal((203, N)).astype(dtype))
     whole = np.empty((M, N), dtype)
     matmul_packed(A, P, whole)

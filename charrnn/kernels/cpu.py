@@ -864,11 +864,19 @@ def pack_recurrent(cell, params, offs, H, transposed, panels):
         pack_panels(W_h.T if transposed else W_h, panels[layer])
 
 
+# Below this many panels (N < PACK_MIN_PANELS * NR), matmul_packed reads A's rows where they
+# are: a copy of A (_pack_tiles) costs one pass over it, which fewer panels do not repay
+# (measured: BENCHMARKS.md, "The gate loops and the packing of rows").
+PACK_MIN_PANELS = 8
+
+
 @kernel
 def matmul_packed(A, P, C):
     """C (M, N) = A (M, K) @ W, for P the panels of W (K, N). Rows of A and C contiguous (any
     row stride); each C[i, j] has the same bits whatever M and i. Several rows are first
-    copied tile by tile (_pack_tiles), one row is read where it is."""
+    copied tile by tile (_pack_tiles) where W has PACK_MIN_PANELS panels or more; one row,
+    or rows against fewer panels, are read where they are (the same multiply-adds, so the
+    same bits)."""
     M, K = A.shape
     N = C.shape[1]
     n_panels, _, NR = P.shape
@@ -896,6 +904,17 @@ def matmul_packed(A, P, C):
                   min(NR, N - p * NR), 1, 0, z)
         return
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    if n_panels < PACK_MIN_PANELS:  # too few panels to repay copying A: its rows where they are
+        lda = A.strides[0] // size
+        i = 0
+        for t in range(tiles):  # the tile's rows stay in cache while the panels pass
+            rows = (M - i) // (tiles - t)
+            for p in range(n_panels):
+                j = p * NR
+                _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
+                      c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
+            i += rows
+        return
     A_tiles = _aligned(M * K, A)
     _pack_tiles(A, A_tiles)
     b0 = A_tiles.ctypes.data
