@@ -5,9 +5,11 @@ with one thread, on operands already laid out as it reads them best: contiguous,
 copied). The shapes of one training shard (25 streams x 50 steps = 1,250 rows) at hidden size H,
 an LSTM's 4H gates: the input projection x @ W_x, the weight gradient W += x.T @ dX, the
 gradient through W_x (dX @ W_x.T) and the output layer y @ W_y (vocabulary 65). Then the
-per-step product (25, H) x (H, 4H) through matmul_packed, each row read where it is (the code
-before its rows were packed) and packed tile by tile (the code now). Best of five. Prints one
-JSON object per H.
+products of several rows that matmul_packed makes, both ways it has (cpu._rows_times_panels):
+A's rows copied tile by tile first, and read where they are; matmul_packed copies them against
+PACK_MIN_PANELS panels or more. Their shapes: training's per-step product (25, H) x (H, 4H) and
+its backward (25, 4H) x (4H, H); sampling's per-shard (32, H) x (H, 4H), its output layer
+(32, H) x (H, 65), and 8 streams' (8, H) x (H, 4H). Best of five. Prints one JSON object per H.
 
     python benchmarks/large_products.py [--hidden 128 512 1024] [--rows 1250]
 """
@@ -19,7 +21,7 @@ import numba
 import numpy as np
 
 from charrnn.bench import best_time
-from charrnn.kernels.cpu import TILE_ROWS, _tile, matmul_packed, packed, tile_gemm
+from charrnn.kernels.cpu import PACK_MIN_PANELS, _rows_times_panels, packed, tile_gemm
 from charrnn.parallel import _openblas_thread_switches
 
 
@@ -36,32 +38,9 @@ def _blas_products(A, B, C, calls):
 
 
 @numba.njit(nogil=True, cache=True)
-def _rows_where_they_are(A, P, C):
-    """matmul_packed's tiles before _pack_tiles: each tile reads its rows of A in place."""
-    M, K = A.shape
-    N = C.shape[1]
-    n_panels, _, NR = P.shape
-    size = A.itemsize
-    lda, ldc = A.strides[0] // size, C.strides[0] // size
-    a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
-    tiles = (M + TILE_ROWS - 1) // TILE_ROWS
-    for p in range(n_panels):
-        i = 0
-        for t in range(tiles):
-            rows = (M - i) // (tiles - t)
-            _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
-                  c0 + (i * ldc + p * NR) * size, ldc, min(NR, N - p * NR), rows, 0,
-                  A.dtype.type(0))
-            i += rows
-
-
-@numba.njit(nogil=True, cache=True)
-def _steps(A, P, C, packed_rows, calls):
-    for _ in range(calls):
-        if packed_rows:
-            matmul_packed(A, P, C)
-        else:
-            _rows_where_they_are(A, P, C)
+def _steps(A, P, C, copy_rows, calls):
+    for t in range(calls):
+        _rows_times_panels(A[t % A.shape[0]], P, C, copy_rows)
 
 
 def best_seconds(fn, repeats: int = 5) -> float:
@@ -89,13 +68,21 @@ def rates(H: int, N: int) -> dict:
         tile = best_seconds(lambda: _tile_products(A, B, C, a_t, b_t, beta, 3))
         blas = best_seconds(lambda: _blas_products(opA, opB, C, 3))
         out[name] = {"tile": round(flop / tile / 1e9, 1), "blas": round(flop / blas / 1e9, 1)}
-    h = rng.standard_normal((25, H)).astype(f32)
-    P = packed(rng.standard_normal((H, G)).astype(f32))
-    gates = np.empty((25, G), f32)
-    flop = 2 * 25 * H * G * 50
-    out["per_step_25_rows"] = {
-        way: round(flop / best_seconds(lambda: _steps(h, P, gates, packed_rows, 50)) / 1e9, 1)
-        for way, packed_rows in (("rows_where_they_are", False), ("rows_packed", True))}
+    steps = 50
+    for name, (m, k, n) in [("per_step_25_rows", (25, H, G)),
+                            ("backward_step_25_rows", (25, G, H)),
+                            ("sampling_32_rows", (32, H, G)),
+                            ("sampling_output_32_rows", (32, H, 65)),
+                            ("sampling_8_rows", (8, H, G))]:
+        A = rng.standard_normal((steps, m, k)).astype(f32)  # a new A each step, as a window's
+        P = packed(rng.standard_normal((k, n)).astype(f32))
+        C = np.empty((m, n), f32)
+        flop = 2 * m * k * n * steps
+        out[name] = {"panels": P.shape[0], "chosen": "copied" if P.shape[0] >= PACK_MIN_PANELS
+                     else "in_place"}
+        for way, copy_rows in (("copied", True), ("in_place", False)):
+            seconds = best_seconds(lambda: _steps(A, P, C, copy_rows, steps))
+            out[name][way] = round(flop / seconds / 1e9, 1)
     return out
 
 

@@ -864,9 +864,10 @@ def pack_recurrent(cell, params, offs, H, transposed, panels):
         pack_panels(W_h.T if transposed else W_h, panels[layer])
 
 
-# Below this many panels (N < PACK_MIN_PANELS * NR), matmul_packed reads A's rows where they
-# are: a copy of A (_pack_tiles) costs one pass over it, which fewer panels do not repay
-# (measured: BENCHMARKS.md, "The gate loops and the packing of rows").
+# From this many panels up (N >= PACK_MIN_PANELS * NR), matmul_packed copies A's rows first;
+# below, it reads them where they are: the copy costs a pass over A, which fewer panels do not
+# repay (measured: BENCHMARKS.md, "The gate loops and the packing of rows";
+# benchmarks/row_copy.py).
 PACK_MIN_PANELS = 8
 
 
@@ -892,7 +893,6 @@ def matmul_packed(A, P, C):
     if (A.strides[1] != size or C.strides[1] != size or P.strides[2] != size
             or P.strides[1] != NR * size or (n_panels > 1 and P.strides[0] != K * NR * size)):
         raise ValueError("matmul_packed: strides do not match")
-    ldc = C.strides[0] // size
     a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
     z = A.dtype.type(0)
     if M == 1:  # one row: whole panels four at a time, then what is left one by one
@@ -903,22 +903,38 @@ def matmul_packed(A, P, C):
             _tile(a0, K, 1, p0 + p * K * NR * size, K, c0 + p * NR * size, 0,
                   min(NR, N - p * NR), 1, 0, z)
         return
+    _rows_times_panels(A, P, C, n_panels >= PACK_MIN_PANELS)
+
+
+@kernel
+def _rows_times_panels(A, P, C, copy_rows):
+    """matmul_packed's product of several rows (arguments checked there): A's rows copied
+    tile by tile first (copy_rows: _pack_tiles), then each panel read once and used by every
+    tile; or read where they are, tile by tile, the tile's rows staying in cache while the
+    panels pass. The same multiply-adds either way."""
+    M, K = A.shape
+    N = C.shape[1]
+    n_panels, _, NR = P.shape
+    size = A.itemsize
+    ldc = C.strides[0] // size
+    c0, p0 = C.ctypes.data, P.ctypes.data
+    z = A.dtype.type(0)
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
-    if n_panels < PACK_MIN_PANELS:  # too few panels to repay copying A: its rows where they are
+    if not copy_rows:
         lda = A.strides[0] // size
         i = 0
-        for t in range(tiles):  # the tile's rows stay in cache while the panels pass
+        for t in range(tiles):
             rows = (M - i) // (tiles - t)
             for p in range(n_panels):
                 j = p * NR
-                _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
+                _tile(A.ctypes.data + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
                       c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
         return
     A_tiles = _aligned(M * K, A)
     _pack_tiles(A, A_tiles)
     b0 = A_tiles.ctypes.data
-    for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
+    for p in range(n_panels):
         j = p * NR
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
