@@ -20,26 +20,29 @@ import numpy as np
 from charrnn.kernels.cpu import matmul_few_rows, matmul_packed, packed
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _blas_products(A, W, C, calls):
     for _ in range(calls):
         np.dot(A, W, C)
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _row_by_row_products(A, W, C, calls):
     for _ in range(calls):
         for i in range(A.shape[0]):
             np.dot(A[i:i + 1], W, C[i:i + 1])
 
 
-@numba.njit(cache=True)
+# Not cached (cache=True): numba's disk cache checks only this file, so a cached loop would
+# keep running the charrnn kernels it was compiled with after they change, or another
+# checkout's when timed from PYTHONPATH.
+@numba.njit
 def _few_rows_products(A, W, C, calls):
     for _ in range(calls):
         matmul_few_rows(A, W, C)
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _packed_products(A, P, C, calls):
     for _ in range(calls):
         matmul_packed(A, P, C)

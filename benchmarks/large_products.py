@@ -25,19 +25,22 @@ from charrnn.kernels.cpu import PACK_MIN_PANELS, _rows_times_panels, packed, til
 from charrnn.parallel import _openblas_thread_switches
 
 
-@numba.njit(nogil=True, cache=True)
+# Not cached (cache=True): numba's disk cache checks only this file, so a cached loop would
+# keep running the charrnn kernels it was compiled with after they change, or another
+# checkout's when timed from PYTHONPATH.
+@numba.njit(nogil=True)
 def _tile_products(A, B, C, a_t, b_t, beta, calls):
     for _ in range(calls):
         tile_gemm(A, B, C, a_t, b_t, beta)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _blas_products(A, B, C, calls):
     for _ in range(calls):
         np.dot(A, B, C)
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _steps(A, P, C, copy_rows, calls):
     for t in range(calls):
         _rows_times_panels(A[t % A.shape[0]], P, C, copy_rows)

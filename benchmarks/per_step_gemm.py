@@ -22,13 +22,16 @@ from charrnn.kernels.cpu import matmul_packed, packed
 from charrnn.parallel import _openblas_thread_switches
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True)
 def _products(h, W, out, calls):
     for _ in range(calls):
         np.dot(h, W, out)
 
 
-@numba.njit(nogil=True, cache=True)
+# Not cached (cache=True): numba's disk cache checks only this file, so a cached loop would
+# keep running the charrnn kernels it was compiled with after they change, or another
+# checkout's when timed from PYTHONPATH.
+@numba.njit(nogil=True)
 def _tile_products(a, P, out, calls):
     for _ in range(calls):
         matmul_packed(a, P, out)

@@ -252,8 +252,12 @@ def _gru_step(xg, gates, b_hn, h_prev, h_out, act):
             s[k] = _sigmoid(x[k] + a[k])  # r, z
         for j in range(H):
             s[3 * H + j] = a[2 * H + j] + b_hn[j]
+        # n's pre-activation goes through a (scratch): a loop that reads s where it writes s
+        # stays scalar (BENCHMARKS.md, "The gate loops and the packing of rows")
         for j in range(H):
-            s[2 * H + j] = _tanh(x[2 * H + j] + s[j] * s[3 * H + j])  # n
+            a[2 * H + j] = x[2 * H + j] + s[j] * s[3 * H + j]
+        for j in range(H):
+            s[2 * H + j] = _tanh(a[2 * H + j])  # n
         for j in range(H):
             n = s[2 * H + j]
             ho[j] = n + s[H + j] * (hp[j] - n)  # (1 - z) * n + z * h_prev
