@@ -871,7 +871,7 @@ def pack_recurrent(cell, params, offs, H, transposed, panels):
 # From this many panels up (N >= PACK_MIN_PANELS * NR), matmul_packed copies A's rows first;
 # below, it reads them where they are: the copy costs a pass over A, which fewer panels do not
 # repay (measured: BENCHMARKS.md, "The gate loops and the packing of rows";
-# benchmarks/row_copy.py).
+# benchmarks/large_products.py).
 PACK_MIN_PANELS = 8
 
 
@@ -921,7 +921,7 @@ def _rows_times_panels(A, P, C, copy_rows):
     n_panels, _, NR = P.shape
     size = A.itemsize
     ldc = C.strides[0] // size
-    c0, p0 = C.ctypes.data, P.ctypes.data
+    a0, c0, p0 = A.ctypes.data, C.ctypes.data, P.ctypes.data
     z = A.dtype.type(0)
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
     if not copy_rows:
@@ -931,14 +931,14 @@ def _rows_times_panels(A, P, C, copy_rows):
             rows = (M - i) // (tiles - t)
             for p in range(n_panels):
                 j = p * NR
-                _tile(A.ctypes.data + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
+                _tile(a0 + i * lda * size, lda, 1, p0 + p * K * NR * size, K,
                       c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
         return
     A_tiles = _aligned(M * K, A)
     _pack_tiles(A, A_tiles)
     b0 = A_tiles.ctypes.data
-    for p in range(n_panels):
+    for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
