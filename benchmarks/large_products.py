@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from charrnn.bench import best_time
-from charrnn.kernels.cpu import PACK_MIN_PANELS, _rows_times_panels, packed, tile_gemm
+from charrnn.kernels.cpu import _rows_times_panels, copies_rows, packed, tile_gemm
 from charrnn.parallel import _openblas_thread_switches
 
 
@@ -81,8 +81,8 @@ def rates(H: int, N: int) -> dict:
         P = packed(rng.standard_normal((k, n)).astype(f32))
         C = np.empty((m, n), f32)
         flop = 2 * m * k * n * steps
-        out[name] = {"panels": P.shape[0], "chosen": "copied" if P.shape[0] >= PACK_MIN_PANELS
-                     else "in_place"}
+        out[name] = {"panels": P.shape[0],
+                     "chosen": "copied" if copies_rows(P.shape[0]) else "in_place"}
         for way, copy_rows in (("copied", True), ("in_place", False)):
             seconds = best_seconds(lambda: _steps(A, P, C, copy_rows, steps))
             out[name][way] = round(flop / seconds / 1e9, 1)

@@ -10,8 +10,9 @@ import pytest
 
 from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PACK_MIN_PANELS,
                                  PANEL_ALIGN, PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS,
-                                 _exp_shifted, _matmul, matmul_few_rows, matmul_packed,
-                                 new_panels, pack_panels, packed, tile_gemm)
+                                 _exp_shifted, _matmul, _rows_times_panels, copies_rows,
+                                 matmul_few_rows, matmul_packed, new_panels, pack_panels,
+                                 packed, tile_gemm)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -87,6 +88,22 @@ def test_a_rows_product_is_the_same_bits_in_any_batch(dtype, panels):
         part = np.empty((len(rows), N), dtype)
         matmul_packed(np.ascontiguousarray(A[rows]), P, part)
         np.testing.assert_array_equal(part, whole[rows], err_msg=f"rows {rows}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M, K, N", [(2, 5, 3), (TILE_ROWS + 3, 130, 2 * NR32 + 5),
+                                     (3 * TILE_ROWS - 1, 64, (PACK_MIN_PANELS + 1) * NR32 + 3)])
+def test_rows_copied_or_read_in_place_give_the_same_bits(dtype, M, K, N):
+    """matmul_packed's two ways with several rows make the same multiply-adds: which one
+    copies_rows picks changes the speed, never a bit."""
+    rng = np.random.default_rng(M * K + N)
+    A = rng.standard_normal((M, K)).astype(dtype)
+    P = packed(rng.standard_normal((K, N)).astype(dtype))
+    copied, in_place = np.empty((M, N), dtype), np.empty((M, N), dtype)
+    _rows_times_panels(A, P, copied, True)
+    _rows_times_panels(A, P, in_place, False)
+    np.testing.assert_array_equal(copied, in_place)
+    assert copies_rows(PACK_MIN_PANELS) and not copies_rows(PACK_MIN_PANELS - 1)
 
 
 def test_the_register_tile_propagates_nan_and_inf_and_refuses_mismatched_shapes():

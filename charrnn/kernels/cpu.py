@@ -876,6 +876,13 @@ PACK_MIN_PANELS = 8
 
 
 @kernel
+def copies_rows(n_panels):
+    """Whether matmul_packed copies several rows of A before multiplying them by n_panels
+    panels."""
+    return n_panels >= PACK_MIN_PANELS
+
+
+@kernel
 def matmul_packed(A, P, C):
     """C (M, N) = A (M, K) @ W, for P the panels of W (K, N). Rows of A and C contiguous (any
     row stride); each C[i, j] has the same bits whatever M and i. Several rows are first
@@ -907,7 +914,7 @@ def matmul_packed(A, P, C):
             _tile(a0, K, 1, p0 + p * K * NR * size, K, c0 + p * NR * size, 0,
                   min(NR, N - p * NR), 1, 0, z)
         return
-    _rows_times_panels(A, P, C, n_panels >= PACK_MIN_PANELS)
+    _rows_times_panels(A, P, C, copies_rows(n_panels))
 
 
 @kernel
