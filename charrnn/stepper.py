@@ -14,10 +14,10 @@ Two layers:
 
 A slot's text depends only on its own options, generator and prime, not on the other slots:
 every kernel computes each row on its own. On the CPU the products go through kernels/cpu.py's
-matmul_packed, whose result for a row is the same whatever the batch, one row alone included;
-but the classic GRU's and Jordan's own products go through _matmul (BLAS above a few rows), and
-one row's product with a matrix over ONE_ROW_MAX_BYTES through BLAS's gemv, whose rounding may
-differ in the last bit: that changes a draw only where a uniform falls within rounding of a
+matmul_packed, whose result for a row is the same whatever the batch, one row alone included
+(and one row in halves on two threads, one_stream.py); but the classic GRU's and Jordan's own
+products go through _matmul (BLAS above a few rows), whose rounding may differ in the last bit
+with the number of rows: that changes a draw only where a uniform falls within rounding of a
 boundary.
 """
 
@@ -29,7 +29,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from . import memory
+from . import memory, one_stream
 from .kernels import cpu
 from .ensemble import Ensemble, models_of
 from .model import Model, ParamLayout
@@ -104,10 +104,9 @@ class Panels(NamedTuple):
     offsets: np.ndarray
 
 
-def packed_weights(model: Model | Ensemble, one_row: bool = False) -> Panels:
-    """The model's Panels; for one_row, only the matrices one row multiplies through them (up to
-    cpu.ONE_ROW_MAX_BYTES: a larger one goes through BLAS's gemv). An ensemble's are one
-    buffer, `flat` (K, n), each member's row starting on a cache line."""
+def packed_weights(model: Model | Ensemble) -> Panels:
+    """The model's Panels. An ensemble's are one buffer, `flat` (K, n), each member's row
+    starting on a cache line."""
     cfg = model.config
     layout = ParamLayout(cfg)
     members = models_of(model)
@@ -117,9 +116,6 @@ def packed_weights(model: Model | Ensemble, one_row: bool = False) -> Panels:
         multiplied |= {f"l{layer}.W_x" for layer in range(1, cfg.layers)} | {"out.W"}
     if cfg.kernel_id not in (cpu.JORDAN, cpu.GRU_CLASSIC):
         multiplied |= {f"l{layer}.W_h" for layer in range(cfg.layers)}
-    if one_row:
-        multiplied = {name for name in multiplied
-                      if name in views and views[name].nbytes <= cpu.ONE_ROW_MAX_BYTES}
     size = members[0].params.itemsize
     columns = cpu.PANEL_BYTES // size  # a panel's
     align = cpu.PANEL_ALIGN // size  # every matrix's panels start on a cache line
@@ -209,9 +205,11 @@ class CpuStepper:
             np.stack([m.params for m in self.members])  # (K, P)
         self.splitter = splitter or _sampling_splitter()
         self.h, self.c = model.zero_state(0)  # (K * L, B, W)
-        self._panels: Panels | None = None  # the packed weights (_panels_for)
-        self._one_row_panels: Panels | None = None
-        self._one = self._scratch(1)  # for feeding a prime alone
+        self._panels: Panels | None = None  # the packed weights, made at the first call
+        self._one = self._scratch(1)  # for one row on one thread
+        # where one stream's rows split between two threads (None: it never does)
+        self._halves = one_stream.halves_of(model) \
+            if len(self.members) == 1 and self.splitter.threads > 1 else None
 
     def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
         """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (K, B, V), probs (V,)
@@ -224,22 +222,12 @@ class CpuStepper:
                 np.zeros(V, np.float64), np.zeros(V, np.int64), np.zeros(V, np.float64),
                 np.zeros(V, dtype))
 
-    def _panels_for(self, rows: int) -> Panels:
-        """The packed weights for a batch of `rows`: every multiplied matrix, made at the first
-        batch of two or more rows; before that, for one row, only the matrices one row reads
-        through them (a single stream never packs the large ones, which go through gemv)."""
-        if rows > 1 and self._panels is None:
-            self._panels = self._packed(one_row=False)
-        if self._panels is not None:
-            return self._panels
-        if self._one_row_panels is None:
-            self._one_row_panels = self._packed(one_row=True)
-        return self._one_row_panels
-
-    def _packed(self, one_row: bool) -> Panels:
-        """Every member's Panels, flat (K, n) (one row for a single model)."""
-        panels = packed_weights(self.model, one_row)
-        return Panels(panels.flat.reshape(len(self.members), -1), panels.offsets)
+    def _packed(self) -> Panels:
+        """Every member's Panels, flat (K, n) (one row for a single model), made once."""
+        if self._panels is None:
+            panels = packed_weights(self.model)
+            self._panels = Panels(panels.flat.reshape(len(self.members), -1), panels.offsets)
+        return self._panels
 
     def _kernel(self, panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                 scratch=None) -> None:
@@ -253,8 +241,8 @@ class CpuStepper:
         h, c = self.model.zero_state(1)
         if len(ids):
             x, forced = feeding(ids)
-            self._kernel(self._panels_for(1), x, h, c, forced, *NO_OPTIONS,
-                         np.zeros(forced.shape), np.zeros_like(forced), self._one)
+            self._stepped(h, c, x, forced, *NO_OPTIONS, np.zeros(forced.shape),
+                          np.zeros_like(forced))
         return h, c
 
     def arrange(self, keep: Sequence[int], starts: Sequence[Start]) -> None:
@@ -265,18 +253,26 @@ class CpuStepper:
 
     def generate(self, x, forced, temperature, top_k, top_p, uniforms) -> np.ndarray:
         out = np.zeros(uniforms.shape, np.int32)
+        self._stepped(self.h, self.c, x, forced, temperature, top_k, top_p, uniforms, out)
+        return out
+
+    def _stepped(self, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
+        """The steps of `generate` on the rows h, c, split the way measured fastest so far."""
         choice = self._split_choice(len(x))
         parts = choice.pick() if choice else 1
         start = time.perf_counter()
-        self._run(parts, self.h, self.c, x, forced, temperature, top_k, top_p, uniforms, out)
+        self._run(parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
         if choice:
             choice.timed(parts, time.perf_counter() - start, *out.shape[::-1])
-        return out
 
     def _split_choice(self, B: int) -> SplitChoice | None:
-        """How B rows are best split (None: they never are)."""
-        most = self.splitter.parts(B)
-        if most == 1 or self.model.config.kernel_id in UNSPLIT_CELLS:
+        """How B rows are best split (None: they never are): several rows in shards of rows,
+        one row in halves of its units (2 parts)."""
+        if B == 1:
+            most = 1 if self._halves is None else 2
+        else:
+            most = 1 if self.model.config.kernel_id in UNSPLIT_CELLS else self.splitter.parts(B)
+        if most == 1:
             return None
         cfg = self.model.config
         key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, len(self.members),
@@ -284,11 +280,21 @@ class CpuStepper:
         return _SPLITS.setdefault(key, SplitChoice(most))
 
     def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
-        """The kernel over all B rows of h, c (L, B, W) at once, or over `parts` shards of
-        rows on the splitter's threads, each on its own contiguous copy of its rows."""
-        panels = self._panels_for(len(x))  # (made here, not by each shard's thread)
+        """The kernel over all B rows of h, c (L, B, W) at once; or, for `parts` > 1, one row
+        in halves (one_stream.py), or several in `parts` shards of rows on the splitter's
+        threads, each on its own contiguous copy of its rows."""
+        panels = self._packed()  # (made here, not by each shard's thread)
         if parts == 1:
-            self._kernel(panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out)
+            self._kernel(panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
+                         self._one if len(x) == 1 else None)
+            return
+        if len(x) == 1:
+            done = one_stream.generate(self.model, self._halves, panels.flat[0], panels.offsets,
+                                       h, c, x, forced, temperature, top_k, top_p, uniforms,
+                                       out)
+            if done < len(out):  # the halves gave up: the rest on this thread
+                self._run(1, h, c, x, forced[done:], temperature, top_k, top_p,
+                          uniforms[done:], out[done:])
             return
 
         def shard(rows: tuple[int, int]) -> None:

@@ -33,6 +33,7 @@ layers: xg, dX, dHG (T*B*G*H each), xin and dH (T*B*H each), gates (B*G*H), tmp 
 import functools
 import math
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -1586,27 +1587,14 @@ def _panels(panels, panel_offs, slot, K):
 
 
 @kernel
-def _weights_times(A, params, offs, panels, panel_offs, slot, C):
-    """C (M, N) = A (M, K) @ the (K, N) matrix in slot, through matmul_packed on its panels in
-    `panels` (the stepper's packed copy of every matrix the sampler multiplies), the same bits
-    for a row in any batch; but for one row and a matrix over ONE_ROW_MAX_BYTES, BLAS's gemv on
-    params, which streams it with every core."""
-    M, K = A.shape
-    W = _mat(params, offs, slot, K)
-    if M == 1 and W.size * W.itemsize > ONE_ROW_MAX_BYTES:
-        np.dot(A, W, C)
-    else:
-        matmul_packed(A, _panels(panels, panel_offs, slot, K), C)
-
-
-@kernel
 def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new, c_new,
           logits):
     """Advance the state (L, B, H) h and c in place on input ids x (B,); write logits (B, V).
 
-    panels, panel_offs: the multiplied matrices packed (_weights_times). xg, gates: (B, GH),
-    act: (B, S*H), h_new, c_new: (B, H) scratch. The cell writes into h_new/c_new and they are
-    copied back: in-place updates would alias and not vectorise."""
+    panels, panel_offs: the multiplied matrices packed (_panels), the same bits for a row in
+    any batch (matmul_packed). xg, gates: (B, GH), act: (B, S*H), h_new, c_new: (B, H)
+    scratch. The cell writes into h_new/c_new and they are copied back: in-place updates would
+    alias and not vectorise."""
     if cell == JORDAN:  # h holds y_{t-1} (1, B, V); h_new serves as the hidden layer
         _jordan_hidden(params, offs, x, h[0], h_new, gates)
         _matmul(h_new, _mat(params, offs, SLOTS_PER_LAYER, h_new.shape[1]), logits)
@@ -1626,7 +1614,7 @@ def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new
             for b in range(B):
                 _gather_row(W_x[x[b]], bias, normalised, xg[b])
         else:
-            _weights_times(h[layer - 1], params, offs, panels, panel_offs, s, xg)
+            matmul_packed(h[layer - 1], _panels(panels, panel_offs, s, H), xg)
             if not normalised:
                 _add_bias_rows(xg, bias)
         if normalised:
@@ -1634,13 +1622,12 @@ def _step(cell, params, offs, panels, panel_offs, x, h, c, xg, gates, act, h_new
         if cell == GRU_CLASSIC:  # c_new serves as its r * h scratch
             _gru_classic_step(xg, W_h, extra, h[layer], h_new, c_new, act, gates)
         else:
-            _weights_times(h[layer], params, offs, panels, panel_offs, s + 1, gates)
+            matmul_packed(h[layer], _panels(panels, panel_offs, s + 1, H), gates)
             _cell_step(cell, xg, gates, extra, h[layer], c[layer], h_new, c_new, act)
         h[layer] = h_new
         if has_cell_state(cell):
             c[layer] = c_new
-    _weights_times(h[L - 1], params, offs, panels, panel_offs, SLOTS_PER_LAYER * L,
-                   logits)
+    matmul_packed(h[L - 1], _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H), logits)
     _add_bias_rows(logits, _vec(params, offs, SLOTS_PER_LAYER * L + 1))
 
 
@@ -1742,6 +1729,211 @@ def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperatur
             x[b] = _draw(row, temperature[b], top_k[b], top_p[b], uniforms[t, b], probs,
                          powers)
             out[t, b] = x[b]
+
+
+# ---------------------------------------------------------------------------------------------
+# One stream on two threads. One row's step is a few products of a vector by matrices that
+# outgrow one core's cache, too little work to split by streams; so each of two threads takes
+# half of every layer's hidden units (their columns in every gate block) and half of the output
+# columns, and the two meet after each layer and after the logits. A meeting must cost well
+# under a microsecond, so it is a spin on a counter the other thread writes (numba has no CPU
+# atomics: the intrinsics below); a thread kept waiting long (its partner lost its core to
+# another process) yields between looks, and both then finish the chunk's step and hand the
+# rest of it to one thread (the caller's). Each column is the same chain of multiply-adds as in
+# matmul_packed for the whole row, and each unit's gate arithmetic the same, so the halves give
+# the same bits as one thread.
+
+SPIN_CYCLES = 1 << 16  # a wait longer than this (tens of microseconds) yields between looks
+# The halves give up on a chunk once a thread has waited more than GIVE_UP_CYCLES (about a
+# millisecond) in all and more than WAITING_SHARE of the time since the start: one thread alone
+# would then be about as fast. A moment's hiccup does not stop them; a busy machine soon does.
+GIVE_UP_CYCLES = 1 << 22
+WAITING_SHARE = 0.5
+
+
+@intrinsic
+def _load_acquire(typingctx, address):
+    """The int64 at `address`, read with acquire ordering (the other thread's writes before
+    its matching release are then seen)."""
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(types.intp), codegen
+
+
+@intrinsic
+def _store_release(typingctx, address, value):
+    """Write the int64 `value` at `address` with release ordering."""
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+        builder.store_atomic(args[1], ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(types.intp, types.int64), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The x86 pause hint in a spin loop (nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            pause = builder.module.declare_intrinsic("llvm.x86.sse2.pause",
+                                                     fnty=ir.FunctionType(ir.VoidType(), []))
+            builder.call(pause, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _cycles(typingctx):
+    """The CPU's cycle counter (rdtsc on x86)."""
+    def codegen(context, builder, signature, args):
+        read = builder.module.declare_intrinsic("llvm.readcyclecounter",
+                                                fnty=ir.FunctionType(ir.IntType(64), []))
+        return builder.call(read, [])
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def _yield_core(typingctx):
+    """sched_yield(): let another runnable thread have this core."""
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module,
+                                            ir.FunctionType(ir.IntType(32), []), "sched_yield")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@kernel
+def _meet(sync, me, count):
+    """Thread `me` (0 or 1) has done its part up to meeting number `count`: publish that in
+    sync[me, 0] and wait until the other has too. sync (2, 16) int64, a row per thread (a cache
+    line each). Returns the cycles waited."""
+    row = sync.strides[0]
+    _store_release(sync.ctypes.data + me * row, count)
+    other = sync.ctypes.data + (1 - me) * row
+    start = _cycles()
+    while True:
+        for _ in range(64):
+            if _load_acquire(other) >= count:
+                return _cycles() - start
+            _spin_pause()
+        if _cycles() - start > SPIN_CYCLES:
+            _yield_core()
+
+
+@kernel
+def _own_blocks(row, u0, Hm, H, out):
+    """out[g * Hm + j] = row[g * H + u0 + j]: units u0..u0 + Hm of each H-block of row."""
+    for g in range(row.size // H):
+        for j in range(Hm):
+            out[g * Hm + j] = row[g * H + u0 + j]
+
+
+@kernel
+def _own_columns(A, P, u0, u1, H, C, width, offset):
+    """For each H-block g of the matrix whose panels are P: C[0, offset + g * width + j] =
+    (A @ W)[0, g * H + u0 + j] for j < u1 - u0, u0 and H multiples of the panel width."""
+    NR = P.shape[2]
+    for g in range(P.shape[0] * NR // H):
+        c = offset + g * width
+        matmul_packed(A, P[(g * H + u0) // NR:(g * H + u1) // NR], C[:, c:c + u1 - u0])
+
+
+@kernel
+def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs, panels,
+                  panel_offs, x, hs, c, forced, temperature, top_k, top_p, uniforms, out, sync,
+                  shared, logits, extra, row, xg, gates, act, h_prev, c_prev, h_new, c_new,
+                  probs, powers):
+    """Thread me's (0 or 1) half of `generate` for one stream and one model: hidden units
+    units[me]..units[me + 1] of every layer and logits columns columns[me]..columns[me + 1]
+    (multiples of the panel width). Both threads run it at once with the same arguments but
+    their own scratch, and meet through sync ((2, 16) int64, zero): after each layer (its h is
+    whole) and after the logits, which both then draw from alike (only thread 0 writes out).
+
+    hs (2, L, H): the state in hs[0] on entry, each step reading one and writing the other; c
+    (L, 1, H) updated in place (each thread its own units). shared (1, GH): gru-ln's input
+    projection before its normalisation, whole; logits (1, V). Own scratch: x (1,) the last id,
+    extra (L, E * Hm) the layer's extra vector's units of this half (_own_blocks), row (1, GH),
+    xg, gates (1, G * Hm), act (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), probs,
+    powers (V,). Returns the steps done: all of out's, or fewer where a thread waited over
+    give_up cycles in all and over waiting_share of the time (GIVE_UP_CYCLES, WAITING_SHARE;
+    the state is then hs[steps % 2] and c, x the last id)."""
+    n = out.shape[0]
+    L, H = hs.shape[1], hs.shape[2]
+    V = logits.shape[1]
+    u0, u1, v0, v1 = units[me], units[me + 1], columns[me], columns[me + 1]
+    Hm = u1 - u0
+    NR = PANEL_BYTES // params.itemsize
+    normalised = cell == GRU_LN
+    met = 1
+    _meet(sync, me, met)  # both started (how late the other was is not counted)
+    start = _cycles()
+    waited = 0
+    for t in range(n):
+        now, after = t % 2, 1 - t % 2
+        for layer in range(L):
+            s = SLOTS_PER_LAYER * layer
+            bias = _vec(params, offs, s + 2)
+            if layer == 0:  # the input row gathered whole: a few H, cheaper than a meeting
+                _gather_row(_mat(params, offs, s, V)[x[0]], bias, normalised, row[0])
+            elif normalised:  # normalised over whole blocks: the halves meet first
+                _own_columns(hs[after, layer - 1:layer], _panels(panels, panel_offs, s, H),
+                             u0, u1, H, shared, H, u0)
+                met += 1
+                waited += _meet(sync, me, met)
+                row[:] = shared
+            else:
+                _own_columns(hs[after, layer - 1:layer], _panels(panels, panel_offs, s, H),
+                             u0, u1, H, xg, Hm, 0)
+                for g in range(xg.shape[1] // Hm):  # + b, as _add_bias_rows
+                    for j in range(Hm):
+                        xg[0, g * Hm + j] += bias[g * H + u0 + j]
+            if layer == 0 or normalised:
+                if normalised:
+                    layer_norm_rows(row, _vec(params, offs, s + 3)[:3 * H], bias)
+                _own_blocks(row[0], u0, Hm, H, xg[0])
+            _own_columns(hs[now, layer:layer + 1], _panels(panels, panel_offs, s + 1, H),
+                         u0, u1, H, gates, Hm, 0)
+            h_prev[0] = hs[now, layer, u0:u1]
+            c_prev[0] = c[layer, 0, u0:u1]
+            _cell_step(cell, xg, gates, extra[layer], h_prev, c_prev, h_new, c_new, act)
+            hs[after, layer, u0:u1] = h_new[0]
+            if has_cell_state(cell):
+                c[layer, 0, u0:u1] = c_new[0]
+            met += 1
+            waited += _meet(sync, me, met)
+        if v1 > v0:
+            matmul_packed(hs[after, L - 1:L],
+                          _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)[
+                              v0 // NR:(v1 + NR - 1) // NR], logits[:, v0:v1])
+            b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
+            for k in range(v0, v1):
+                logits[0, k] += b_y[k]
+        slow = waited > give_up and waited > waiting_share * (_cycles() - start)
+        decisions = sync.ctypes.data + 8 * (1 + t % 2)  # this step's word in each row
+        _store_release(decisions + me * sync.strides[0], 1 if slow else 0)
+        met += 1
+        waited += _meet(sync, me, met)
+        stop = _load_acquire(decisions) + _load_acquire(decisions + sync.strides[0]) > 0
+        if forced[t, 0] >= 0:
+            x[0] = forced[t, 0]
+        else:
+            x[0] = _draw(logits[0], temperature[0], top_k[0], top_p[0], uniforms[t, 0], probs,
+                         powers)
+        if me == 0:
+            out[t, 0] = x[0]
+        if stop:
+            return t + 1
+    return n
 
 
 @kernel

@@ -1,0 +1,111 @@
+"""One stream's sampling on two threads: the caller's and a partner thread, each taking half of
+every layer's hidden units and half of the output columns (kernels/cpu.py's generate_half).
+
+A single stream has one row to multiply by each matrix: too little work to split by streams
+(parallel.StreamSplitter), and at 2 x 256 and up its weights outgrow one core's cache, so one
+core streams them from L3 or memory at its own bandwidth. Split by units, each core streams half
+of every matrix and the two meet a few times a step. The halves give the same bits as one
+thread (generate_half), so which runs is a matter of speed only: the stepper measures both on
+its chunks (stepper.SplitChoice), and a chunk whose threads keep waiting on each other (the
+machine busy with other work) hands its remaining steps to one thread.
+"""
+
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+
+from .kernels import cpu
+from .model import Model
+
+_PARTNER_FREE = threading.Lock()  # one chunk at a time runs in halves; another runs whole
+
+
+@functools.cache
+def _partner() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="charrnn-half")
+
+
+class Halves(NamedTuple):
+    """Where a model's rows split: hidden units units[0]..units[1] to the caller's thread and
+    units[1]..units[2] to the partner, and the output columns likewise, each cut on a panel
+    boundary (matmul_packed multiplies whole panels)."""
+
+    units: np.ndarray
+    columns: np.ndarray
+
+
+def halves_of(model: Model) -> Halves | None:
+    """The model's Halves, or None where one stream cannot run in halves: the classic GRU and
+    Jordan (whose products are their own), and widths that are not whole panels for each
+    half."""
+    cfg = model.config
+    width = cpu.PANEL_BYTES // model.dtype.itemsize  # columns in a panel
+    H, V = cfg.hidden, cfg.vocab_size
+    if cfg.kernel_id in (cpu.GRU_CLASSIC, cpu.JORDAN) or H % width or H < 2 * width:
+        return None
+    return Halves(np.array([0, H // width // 2 * width, H], np.int64),
+                  np.array([0, min(-(-V // width) // 2 * width, V), V], np.int64))
+
+
+def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offsets: np.ndarray,
+             h: np.ndarray, c: np.ndarray, x: np.ndarray, forced: np.ndarray,
+             temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray,
+             uniforms: np.ndarray, out: np.ndarray,
+             give_up: int = cpu.GIVE_UP_CYCLES,
+             waiting_share: float = cpu.WAITING_SHARE) -> int:
+    """cpu.generate for one stream (h, c (L, 1, H), x (1,), out (n, 1)...) in halves. Returns
+    the steps done: all n, fewer where the threads kept waiting on each other (give_up and
+    waiting_share: cpu.generate_half's; the state and
+    x are then those after the steps done), or 0 where the partner is busy with another
+    stepper's chunk."""
+    if not _PARTNER_FREE.acquire(blocking=False):
+        return 0
+    try:
+        cfg, dtype = model.config, model.dtype
+        L, H, V = cfg.layers, cfg.hidden, cfg.vocab_size
+        hs = np.empty((2, L, H), dtype)  # (2, L, H): read one, write the other, each step
+        hs[0] = h[:, 0]
+        shared = (cfg.kernel_id, model.params, model.layout.offsets, flat_panels,
+                  panel_offsets)
+        state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
+                 np.zeros((2, 16), np.int64),  # sync: a cache line per thread
+                 np.zeros((1, cfg.gates * H), dtype), np.zeros((1, V), dtype))
+        # every argument made before the partner starts: its Python work would wait for the
+        # GIL while this thread makes its own
+        mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
+                         x.copy(), *state, *_scratch(model, halves, me)) for me in (0, 1))
+        partner = _partner().submit(cpu.generate_half, *theirs)
+        steps = cpu.generate_half(*mine)
+        if partner.result() != steps:
+            raise RuntimeError("the halves of a sampling step disagree on the steps done")
+        h[:, 0] = hs[steps % 2]
+        if steps:
+            x[0] = out[steps - 1, 0]
+        return steps
+    finally:
+        _PARTNER_FREE.release()
+
+
+def _scratch(model: Model, halves: Halves, me: int) -> tuple[np.ndarray, ...]:
+    """One thread's own arrays for generate_half: extra (L, E * Hm) (each layer's extra vector,
+    this half's units of each of its E blocks), row (1, GH), xg, gates (1, G * Hm), act
+    (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), probs (V,) float64, powers (V,)
+    int64."""
+    cfg, dtype = model.config, model.dtype
+    H, V, G = cfg.hidden, cfg.vocab_size, cfg.gates
+    u0, u1 = int(halves.units[me]), int(halves.units[me + 1])
+    offs, slots = model.layout.offsets, cpu.SLOTS_PER_LAYER
+    extras = [model.params[offs[slots * layer + 3]:offs[slots * layer + 4]]
+              for layer in range(cfg.layers)]
+    E = extras[0].size // H
+    extra = np.zeros((cfg.layers, E * (u1 - u0)), dtype)
+    for layer, vector in enumerate(extras):
+        extra[layer] = vector.reshape(E, H)[:, u0:u1].ravel()
+    Hm = u1 - u0
+    return (extra, np.zeros((1, G * H), dtype), np.zeros((1, G * Hm), dtype),
+            np.zeros((1, G * Hm), dtype), np.zeros((1, cfg.spec.stored_acts * Hm), dtype),
+            *(np.zeros((1, Hm), dtype) for _ in range(4)), np.zeros(V, np.float64),
+            np.zeros(V, np.int64))

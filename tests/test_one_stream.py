@@ -1,0 +1,145 @@
+"""One stream in halves on two threads (charrnn/one_stream.py, cpu.generate_half): the same
+ids, state and last id to the bit as the whole row on one thread, for every cell it runs, in
+float32 and float64; and what happens when the halves give up, or the partner is busy."""
+
+import numpy as np
+import pytest
+
+from charrnn import one_stream
+from charrnn.ensemble import Ensemble
+from charrnn.kernels import cpu
+from charrnn.model import Model, ModelConfig
+from charrnn.parallel import StreamSplitter
+from charrnn.stepper import CpuStepper
+
+HALVED_CELLS = ["lstm", "gru", "gru-ln", "rnn", "irnn", "lstm-coupled", "lstm-peephole"]
+STEPS = 40
+
+
+def panel_width(dtype) -> int:
+    return cpu.PANEL_BYTES // np.dtype(dtype).itemsize
+
+
+def model_of(cell: str, dtype, hidden_panels: int = 3, vocab: int = 37) -> Model:
+    """Three panels of units (halves of one and two panels: uneven) and a vocabulary that is
+    no whole number of panels; weights scaled up so that the draws depend on every bit."""
+    config = ModelConfig(vocab_size=vocab, cell=cell, layers=2,
+                         hidden=hidden_panels * panel_width(dtype))
+    model = Model(config, dtype=dtype, seed=3)
+    model.params[:] *= 1 if cell == "irnn" else 3  # (the IRNN's ReLUs grow without bound)
+    return model
+
+
+def sampled(model: Model, parts: int, generate=None) -> tuple[np.ndarray, ...]:
+    """STEPS ids of one stream through the stepper's `_run` (parts 2: in halves), with a prompt
+    fed in the middle and top-k and top-p set; the ids, h, c and the last id."""
+    stepper = CpuStepper(model, StreamSplitter(threads=2))
+    stepper.arrange([], [np.array([4, 9, 1], np.int32)])
+    rng = np.random.default_rng(7)
+    forced = np.full((STEPS, 1), -1, np.int32)
+    forced[10:14, 0] = [1, 2, 3, 4]
+    x, out = np.array([2], np.int32), np.zeros((STEPS, 1), np.int32)
+    if generate is not None:
+        stepper_generate, one_stream.generate = one_stream.generate, generate
+    try:
+        stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([0.9]),
+                     np.array([12]), np.array([0.97]), rng.random((STEPS, 1)), out)
+    finally:
+        if generate is not None:
+            one_stream.generate = stepper_generate
+    return out, stepper.h, stepper.c, x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cell", HALVED_CELLS)
+def test_halves_give_the_bits_of_one_thread(cell, dtype):
+    model = model_of(cell, dtype)
+    assert one_stream.halves_of(model) is not None
+    whole, halves = sampled(model, 1), sampled(model, 2)
+    assert len(np.unique(whole[0])) > 5  # the draws are not all one id
+    for got, want in zip(halves, whole):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru-ln"])
+def test_halves_that_give_up_hand_the_rest_to_one_thread(cell):
+    """Thresholds below any wait: the halves stop after their first step, and the stepper runs
+    the rest on its own thread from the state they reached, to the same bits."""
+    model = model_of(cell, np.float32)
+    steps = []
+
+    def impatient(*args, **kwargs):
+        done = original(*args, give_up=-1, waiting_share=-1.0)
+        steps.append(done)
+        return done
+
+    original = one_stream.generate
+    whole, given_up = sampled(model, 1), sampled(model, 2, impatient)
+    assert steps == [1]
+    for got, want in zip(given_up, whole):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_busy_partner_leaves_the_chunk_to_one_thread():
+    """While another stepper's chunk holds the partner, a chunk runs whole, to the same bits."""
+    model = model_of("gru", np.float32)
+    steps = []
+
+    def counted(*args, **kwargs):
+        steps.append(original(*args, **kwargs))
+        return steps[-1]
+
+    original = one_stream.generate
+    whole = sampled(model, 1)
+    with one_stream._PARTNER_FREE:
+        busy = sampled(model, 2, counted)
+    assert steps == [0]
+    for got, want in zip(busy, whole):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_the_stepper_measures_halves_for_one_stream_only_where_they_can_run():
+    threads2 = StreamSplitter(threads=2)
+    model = model_of("lstm", np.float32)
+    choice = CpuStepper(model, threads2)._split_choice(1)
+    assert choice is not None and set(choice.seconds) == {1, 2}
+    assert CpuStepper(model, StreamSplitter(threads=1))._split_choice(1) is None
+    ensemble = Ensemble([model, model_of("lstm", np.float32)])
+    assert CpuStepper(ensemble, threads2)._split_choice(1) is None
+
+
+@pytest.mark.parametrize("cell, hidden, why", [
+    ("gru-classic", 2, "its products are its own"),
+    ("jordan", 2, "its products are its own"),
+    ("lstm", 1, "fewer than two panels of units"),
+])
+def test_models_that_never_run_in_halves(cell, hidden, why):
+    layers = 1 if cell == "jordan" else 2
+    config = ModelConfig(vocab_size=9, cell=cell, layers=layers,
+                         hidden=hidden * panel_width(np.float32))
+    assert one_stream.halves_of(Model(config)) is None, why
+
+
+def test_units_that_are_no_whole_number_of_panels_never_run_in_halves():
+    config = ModelConfig(vocab_size=9, cell="gru", layers=1,
+                         hidden=2 * panel_width(np.float32) + 1)
+    assert one_stream.halves_of(Model(config)) is None
+
+
+def test_the_halves_cut_units_and_columns_on_panel_boundaries():
+    width = panel_width(np.float32)
+    halves = one_stream.halves_of(model_of("lstm", np.float32, hidden_panels=5, vocab=65))
+    np.testing.assert_array_equal(halves.units, [0, 2 * width, 5 * width])
+    cut = -(-65 // width) // 2 * width  # half the output's panels, rounded down
+    np.testing.assert_array_equal(halves.columns, [0, cut, 65])
+
+
+def test_a_vocabulary_of_one_panel_leaves_one_thread_no_columns():
+    """One output panel: the caller's thread computes no logits, the partner all of them, and
+    both draw from them alike."""
+    model = model_of("gru", np.float32, vocab=5)
+    assert list(one_stream.halves_of(model).columns) == [0, 0, 5]
+    whole, halves = sampled(model, 1), sampled(model, 2)
+    for got, want in zip(halves, whole):
+        np.testing.assert_array_equal(got, want)
+
