@@ -257,9 +257,12 @@ class CpuStepper:
         return out
 
     def _stepped(self, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
-        """The steps of `generate` on the rows h, c, split the way measured fastest so far."""
+        """The steps of `generate` on the rows h, c, split the way measured fastest so far; but
+        one row's short chunk (a prime, a first chunk) runs whole: its halves would spend more
+        on waking the partner thread than they save on so few steps."""
         choice = self._split_choice(len(x))
-        parts = choice.pick() if choice else 1
+        short_row = len(x) == 1 and len(out) < SplitChoice.TIMED_STEPS
+        parts = choice.pick() if choice and not short_row else 1
         start = time.perf_counter()
         self._run(parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
         if choice:

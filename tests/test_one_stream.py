@@ -143,3 +143,27 @@ def test_a_vocabulary_of_one_panel_leaves_one_thread_no_columns():
     for got, want in zip(halves, whole):
         np.testing.assert_array_equal(got, want)
 
+
+
+def test_a_short_chunk_of_one_stream_runs_whole_and_a_long_one_as_measured(monkeypatch):
+    """Halves that measured faster run a chunk of TIMED_STEPS steps or more; a shorter one (a
+    prime, a first chunk) runs on one thread, where waking the partner would cost more than it
+    saves."""
+    from charrnn.stepper import SplitChoice
+    model = model_of("gru", np.float32)
+    stepper = CpuStepper(model, StreamSplitter(threads=2))
+    monkeypatch.setattr(stepper._split_choice(1), "seconds", {1: 2.0, 2: 1.0})  # halves faster
+    calls = []
+    original = one_stream.generate
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[-1]))  # the chunk's out: its steps
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(one_stream, "generate", counted)
+    stepper.arrange([], [np.array([1, 2, 3], np.int32)])  # a prime of 3: whole
+    for n in (SplitChoice.TIMED_STEPS - 1, SplitChoice.TIMED_STEPS):
+        stepper.generate(np.array([2], np.int32), np.full((n, 1), -1, np.int32), np.ones(1),
+                         np.zeros(1, np.int64), np.ones(1),
+                         np.random.default_rng(0).random((n, 1)))
+    assert calls == [SplitChoice.TIMED_STEPS]
