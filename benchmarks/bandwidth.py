@@ -9,7 +9,7 @@ arithmetic. For each model this reads arrays of the same total size (two threads
 half, as one_stream.py splits the units) with a vectorised sum, best of five, and divides.
 
     python benchmarks/bandwidth.py [--cells lstm gru] [--sizes 128 256 512 1024]
-                                   [--vocab-row 256 4000] [--out bandwidth.jsonl]
+                                   [--vocab-row 256 4000] [> bandwidth.jsonl]
 
 Prints one JSON object per model: the bytes a character reads, GB/s with one and two threads,
 and the characters a second each allows (an upper bound: a real step adds the gate arithmetic,
@@ -68,7 +68,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--vocab-row", nargs=2, type=int, default=[256, 4000],
                     metavar=("HIDDEN", "VOCAB"), help="an LSTM with a large vocabulary")
-    ap.add_argument("--out", help="also append the JSON rows to this file")
     args = ap.parse_args()
     models = [(cell, size, 65) for cell in args.cells for size in args.sizes]
     models.append(("lstm", args.vocab_row[0], args.vocab_row[1]))
@@ -81,9 +80,6 @@ def main() -> None:
                "bound_chars_per_s_1_thread": round(one * 1e9 / size),
                "bound_chars_per_s_2_threads": round(two * 1e9 / size)}
         print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

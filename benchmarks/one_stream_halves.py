@@ -4,7 +4,7 @@ same model and chunk, alternating: characters a second and the steps after which
 gave up (their threads kept waiting on each other), if they did.
 
     python benchmarks/one_stream_halves.py [--models lstm:256:65 gru:512:65 ...]
-                                           [--chunk 256] [--rounds 5] [--out FILE.jsonl]
+                                           [--chunk 256] [--rounds 5] [> FILE.jsonl]
 
 A model is CELL:HIDDEN:VOCAB, two layers, random weights. Each round times one chunk each way
 (the first round also compiles and is dropped); prints one JSON object per model with the best
@@ -58,7 +58,6 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
     ap.add_argument("--chunk", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--out", help="also append the JSON rows to this file")
     args = ap.parse_args()
     for spec in args.models:
         cell, hidden, vocab = spec.split(":")
@@ -82,9 +81,6 @@ def main() -> None:
                "halves_median": round(statistics.median(rates[2])),
                "halves_gave_up_after": [d for d in done[1:] if d < args.chunk]}
         print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -57,10 +57,9 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
              give_up: int = cpu.GIVE_UP_CYCLES,
              waiting_share: float = cpu.WAITING_SHARE) -> int:
     """cpu.generate for one stream (h, c (L, 1, H), x (1,), out (n, 1)...) in halves. Returns
-    the steps done: all n, fewer where the threads kept waiting on each other (give_up and
-    waiting_share: cpu.generate_half's; the state and
-    x are then those after the steps done), or 0 where the partner is busy with another
-    stepper's chunk."""
+    the steps done: all n; fewer where the threads kept waiting on each other (give_up and
+    waiting_share as cpu.generate_half's), the state and x then those after the steps done; or
+    0 where the partner is busy with another stepper's chunk."""
     if not _PARTNER_FREE.acquire(blocking=False):
         return 0
     try:

@@ -195,8 +195,9 @@ class CpuStepper:
     (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
     wait for each other. Whether splitting pays depends on the machine, its load, the model and
     the rows per shard, so it is measured on the chunks themselves, for each power-of-two range
-    of batch sizes (SplitChoice). A row's result is the same either way (cpu.matmul_packed), so
-    the measurement decides the speed, never the text."""
+    of batch sizes (SplitChoice). One row can run in halves of its units on two threads
+    (one_stream.py), chosen the same way. A row's result is the same either way
+    (cpu.matmul_packed), so the measurement decides the speed, never the text."""
 
     def __init__(self, model: Model | Ensemble, splitter: StreamSplitter | None = None):
         self.model = model

@@ -1737,11 +1737,12 @@ def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperatur
 # half of every layer's hidden units (their columns in every gate block) and half of the output
 # columns, and the two meet after each layer and after the logits. A meeting must cost well
 # under a microsecond, so it is a spin on a counter the other thread writes (numba has no CPU
-# atomics: the intrinsics below); a thread kept waiting long (its partner lost its core to
-# another process) yields between looks, and both then finish the chunk's step and hand the
-# rest of it to one thread (the caller's). Each column is the same chain of multiply-adds as in
-# matmul_packed for the whole row, and each unit's gate arithmetic the same, so the halves give
-# the same bits as one thread.
+# atomics: the intrinsics below). A thread kept waiting (its partner lost its core to another
+# process) yields between looks; where the threads keep waiting on each other (GIVE_UP_CYCLES,
+# WAITING_SHARE) both finish the step and hand the rest of the chunk to one thread (the
+# caller's). Each column is the same chain of multiply-adds as in matmul_packed for the whole
+# row, and each unit's gate arithmetic the same, so the halves give the same bits as one
+# thread.
 
 SPIN_CYCLES = 1 << 16  # a wait longer than this (tens of microseconds) yields between looks
 # The halves give up on a chunk once a thread has waited more than GIVE_UP_CYCLES (about a
