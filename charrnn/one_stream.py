@@ -38,13 +38,12 @@ class Halves(NamedTuple):
 
 
 def halves_of(model: Model) -> Halves | None:
-    """The model's Halves, or None where one stream cannot run in halves: the classic GRU and
-    Jordan (whose products are their own), and widths that are not whole panels for each
-    half."""
+    """The model's Halves, or None where its width is not whole panels for each half. (The
+    stepper never asks for the cells whose products are their own: stepper.UNSPLIT_CELLS.)"""
     cfg = model.config
     width = cpu.PANEL_BYTES // model.dtype.itemsize  # columns in a panel
     H, V = cfg.hidden, cfg.vocab_size
-    if cfg.kernel_id in (cpu.GRU_CLASSIC, cpu.JORDAN) or H % width or H < 2 * width:
+    if H % width or H < 2 * width:
         return None
     return Halves(np.array([0, H // width // 2 * width, H], np.int64),
                   np.array([0, min(-(-V // width) // 2 * width, V), V], np.int64))

@@ -149,7 +149,8 @@ def _sampling_splitter() -> StreamSplitter:
 
 
 # cells whose own products go through BLAS (the classic GRU's two, Jordan's), whose rounding
-# depends on the number of rows: their batches are never split, so a seed gives one text
+# depends on the number of rows: their batches are never split, so a seed gives one text, and
+# one stream never runs in halves (which multiply through the panels)
 UNSPLIT_CELLS = (cpu.GRU_CLASSIC, cpu.JORDAN)
 # How each model shape, thread count and power-of-two range of batch sizes is best split, learnt
 # across the steppers of a process (a `sample` command makes a stepper per call, a server one)
@@ -210,7 +211,8 @@ class CpuStepper:
         self._one = self._scratch(1)  # for one row on one thread
         # where one stream's rows split between two threads (None: it never does)
         self._halves = one_stream.halves_of(model) \
-            if len(self.members) == 1 and self.splitter.threads > 1 else None
+            if len(self.members) == 1 and self.splitter.threads > 1 \
+            and model.config.kernel_id not in UNSPLIT_CELLS else None
 
     def _scratch(self, B: int) -> tuple[np.ndarray, ...]:
         """xg, gates (B, G*H), act (B, S*H), h_new, c_new (B, H), logits (K, B, V), probs (V,)
@@ -259,8 +261,8 @@ class CpuStepper:
 
     def _stepped(self, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
         """The steps of `generate` on the rows h, c, split the way measured fastest so far; but
-        one row's short chunk (a prime, a first chunk) runs whole: its halves would spend more
-        on waking the partner thread than they save on so few steps."""
+        one row's chunk too short to time (a prime, a first chunk) runs whole: starting the
+        halves costs more than a few steps (BENCHMARKS.md, "One stream in halves")."""
         choice = self._split_choice(len(x))
         short_row = len(x) == 1 and len(out) < SplitChoice.TIMED_STEPS
         parts = choice.pick() if choice and not short_row else 1

@@ -30,7 +30,7 @@ def model_of(cell: str, dtype, hidden_panels: int = 3, vocab: int = 37) -> Model
     return model
 
 
-def sampled(model: Model, parts: int, generate=None) -> tuple[np.ndarray, ...]:
+def sampled(model: Model, parts: int) -> tuple[np.ndarray, ...]:
     """STEPS ids of one stream through the stepper's `_run` (parts 2: in halves), with a prompt
     fed in the middle and top-k and top-p set; the ids, h, c and the last id."""
     stepper = CpuStepper(model, StreamSplitter(threads=2))
@@ -39,14 +39,8 @@ def sampled(model: Model, parts: int, generate=None) -> tuple[np.ndarray, ...]:
     forced = np.full((STEPS, 1), -1, np.int32)
     forced[10:14, 0] = [1, 2, 3, 4]
     x, out = np.array([2], np.int32), np.zeros((STEPS, 1), np.int32)
-    if generate is not None:
-        stepper_generate, one_stream.generate = one_stream.generate, generate
-    try:
-        stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([0.9]),
-                     np.array([12]), np.array([0.97]), rng.random((STEPS, 1)), out)
-    finally:
-        if generate is not None:
-            one_stream.generate = stepper_generate
+    stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([0.9]), np.array([12]),
+                 np.array([0.97]), rng.random((STEPS, 1)), out)
     return out, stepper.h, stepper.c, x
 
 
@@ -62,37 +56,39 @@ def test_halves_give_the_bits_of_one_thread(cell, dtype):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru-ln"])
-def test_halves_that_give_up_hand_the_rest_to_one_thread(cell):
+def test_halves_that_give_up_hand_the_rest_to_one_thread(cell, monkeypatch):
     """Thresholds below any wait: the halves stop after their first step, and the stepper runs
     the rest on its own thread from the state they reached, to the same bits."""
     model = model_of(cell, np.float32)
     steps = []
+    original = one_stream.generate
 
     def impatient(*args, **kwargs):
-        done = original(*args, give_up=-1, waiting_share=-1.0)
-        steps.append(done)
-        return done
+        steps.append(original(*args, give_up=-1, waiting_share=-1.0))
+        return steps[-1]
 
-    original = one_stream.generate
-    whole, given_up = sampled(model, 1), sampled(model, 2, impatient)
+    whole = sampled(model, 1)
+    monkeypatch.setattr(one_stream, "generate", impatient)
+    given_up = sampled(model, 2)
     assert steps == [1]
     for got, want in zip(given_up, whole):
         np.testing.assert_array_equal(got, want)
 
 
-def test_a_busy_partner_leaves_the_chunk_to_one_thread():
+def test_a_busy_partner_leaves_the_chunk_to_one_thread(monkeypatch):
     """While another stepper's chunk holds the partner, a chunk runs whole, to the same bits."""
     model = model_of("gru", np.float32)
     steps = []
+    original = one_stream.generate
 
     def counted(*args, **kwargs):
         steps.append(original(*args, **kwargs))
         return steps[-1]
 
-    original = one_stream.generate
     whole = sampled(model, 1)
+    monkeypatch.setattr(one_stream, "generate", counted)
     with one_stream._PARTNER_FREE:
-        busy = sampled(model, 2, counted)
+        busy = sampled(model, 2)
     assert steps == [0]
     for got, want in zip(busy, whole):
         np.testing.assert_array_equal(got, want)
@@ -117,7 +113,8 @@ def test_models_that_never_run_in_halves(cell, hidden, why):
     layers = 1 if cell == "jordan" else 2
     config = ModelConfig(vocab_size=9, cell=cell, layers=layers,
                          hidden=hidden * panel_width(np.float32))
-    assert one_stream.halves_of(Model(config)) is None, why
+    stepper = CpuStepper(Model(config), StreamSplitter(threads=2))
+    assert stepper._halves is None and stepper._split_choice(1) is None, why
 
 
 def test_units_that_are_no_whole_number_of_panels_never_run_in_halves():

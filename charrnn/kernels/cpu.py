@@ -1916,9 +1916,7 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
             matmul_packed(hs[after, L - 1:L],
                           _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)[
                               v0 // NR:(v1 + NR - 1) // NR], logits[:, v0:v1])
-            b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
-            for k in range(v0, v1):
-                logits[0, k] += b_y[k]
+            _add_bias_rows(logits[:, v0:v1], _vec(params, offs, SLOTS_PER_LAYER * L + 1)[v0:v1])
         slow = waited > give_up and waited > waiting_share * (_cycles() - start)
         decisions = sync.ctypes.data + 8 * (1 + t % 2)  # this step's word in each row
         _store_release(decisions + me * sync.strides[0], 1 if slow else 0)
