@@ -3,9 +3,9 @@
 OpenBLAS, with its threads) against charrnn's matmul_few_rows (one thread), against M one-row
 np.dot calls (OpenBLAS hands a one-row product to its gemv, which does not pack W as its gemm
 does) and against charrnn's matmul_packed on W's panels (one thread: what the sampler runs, a
-shard of rows per thread, but for one row and a W over ONE_ROW_MAX_BYTES), microseconds per
-product, best of seven. ONE_ROW_MAX_BYTES in charrnn/kernels/cpu.py is chosen from it. Prints
-one JSON object per shape.
+shard of rows per thread), microseconds per product, best of seven. ONE_ROW_MAX_BYTES in
+charrnn/kernels/cpu.py, where _matmul (the classic GRU's and Jordan's own products) hands one
+row to gemv, is chosen from it. Prints one JSON object per shape.
 
     python benchmarks/few_rows_product.py [--rows 1 2 4 8] [--hidden 128 256 512] [--gates 3 4]
 """

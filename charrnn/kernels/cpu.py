@@ -1056,7 +1056,9 @@ FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured:
 # one row against a matrix larger than this (more than a core's L2 holds beside the rest) is
 # bound by memory bandwidth, and OpenBLAS's gemv streams it with every core, faster than one
 # core's register tile or matmul_few_rows (BENCHMARKS.md, "Sampling a few streams" and "A
-# register tile in LLVM IR"; benchmarks/few_rows_product.py)
+# register tile in LLVM IR"; benchmarks/few_rows_product.py). Only _matmul (the classic GRU's
+# and Jordan's own products) goes by it; the sampler's other one-row products run in halves
+# on two cores instead (one_stream.py).
 ONE_ROW_MAX_BYTES = 1 << 20
 
 
