@@ -70,7 +70,8 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
                   panel_offsets)
         state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
                  np.zeros((2, 16), np.int64),  # sync: a cache line per thread
-                 np.zeros((1, cfg.gates * H), dtype), np.zeros((1, V), dtype))
+                 np.zeros((1, cfg.gates * H), dtype), np.zeros((1, V), dtype),
+                 np.zeros(V, np.float64))  # probs: each half exp's its columns
         # every argument made before the partner starts: its Python work would wait for the
         # GIL while this thread makes its own
         mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
@@ -90,8 +91,7 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
 def _scratch(model: Model, halves: Halves, me: int) -> tuple[np.ndarray, ...]:
     """One thread's own arrays for generate_half: extra (L, E * Hm) (each layer's extra vector,
     this half's units of each of its E blocks), row (1, GH), xg, gates (1, G * Hm), act
-    (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), probs (V,) float64, powers (V,)
-    int64."""
+    (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), powers (V,) int64."""
     cfg, dtype = model.config, model.dtype
     H, V, G = cfg.hidden, cfg.vocab_size, cfg.gates
     u0, u1 = int(halves.units[me]), int(halves.units[me + 1])
@@ -105,5 +105,4 @@ def _scratch(model: Model, halves: Halves, me: int) -> tuple[np.ndarray, ...]:
     Hm = u1 - u0
     return (extra, np.zeros((1, G * H), dtype), np.zeros((1, G * Hm), dtype),
             np.zeros((1, G * Hm), dtype), np.zeros((1, cfg.spec.stored_acts * Hm), dtype),
-            *(np.zeros((1, Hm), dtype) for _ in range(4)), np.zeros(V, np.float64),
-            np.zeros(V, np.int64))
+            *(np.zeros((1, Hm), dtype) for _ in range(4)), np.zeros(V, np.int64))

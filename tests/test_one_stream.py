@@ -30,17 +30,22 @@ def model_of(cell: str, dtype, hidden_panels: int = 3, vocab: int = 37) -> Model
     return model
 
 
-def sampled(model: Model, parts: int) -> tuple[np.ndarray, ...]:
+TOP_K_AND_P = (0.9, 12, 0.97)  # temperature, top_k, top_p
+
+
+def sampled(model: Model, parts: int, draw=TOP_K_AND_P) -> tuple[np.ndarray, ...]:
     """STEPS ids of one stream through the stepper's `_run` (parts 2: in halves), with a prompt
-    fed in the middle and top-k and top-p set; the ids, h, c and the last id."""
+    fed in the middle and the draw's temperature, top_k and top_p; the ids, h, c and the last
+    id."""
     stepper = CpuStepper(model, StreamSplitter(threads=2))
     stepper.arrange([], [np.array([4, 9, 1], np.int32)])
     rng = np.random.default_rng(7)
     forced = np.full((STEPS, 1), -1, np.int32)
     forced[10:14, 0] = [1, 2, 3, 4]
     x, out = np.array([2], np.int32), np.zeros((STEPS, 1), np.int32)
-    stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([0.9]), np.array([12]),
-                 np.array([0.97]), rng.random((STEPS, 1)), out)
+    temperature, top_k, top_p = draw
+    stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([temperature]),
+                 np.array([top_k]), np.array([top_p]), rng.random((STEPS, 1)), out)
     return out, stepper.h, stepper.c, x
 
 
@@ -53,6 +58,48 @@ def test_halves_give_the_bits_of_one_thread(cell, dtype):
     assert len(np.unique(whole[0])) > 5  # the draws are not all one id
     for got, want in zip(halves, whole):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("draw", [(1.0, 0, 1.0), (0.7, 0, 1.0), (0.0, 0, 1.0), (1.3, 0, 0.9)],
+                         ids=["plain", "temperature", "greedy", "top-p"])
+def test_halves_split_the_draw_over_a_large_vocabulary_to_the_bits_of_one_thread(draw, dtype):
+    """Each half finds the largest of its logits and exp's its columns; the id drawn from the
+    whole is the one thread's, at every kind of draw (the columns here: several panels each,
+    the last one partial)."""
+    model = model_of("lstm", dtype, vocab=333)
+    assert list(one_stream.halves_of(model).columns)[1] > 2 * panel_width(dtype)
+    whole, halves = sampled(model, 1, draw), sampled(model, 2, draw)
+    assert len(np.unique(whole[0])) > 3
+    for got, want in zip(halves, whole):
+        np.testing.assert_array_equal(got, want)
+
+
+def first_largest(a: np.ndarray) -> int:
+    """A plain loop's answer: the best so far from a[0], replaced only by a larger value."""
+    best = 0
+    for k in range(1, a.size):
+        if a[k] > a[best]:
+            best = k
+    return best
+
+
+def test_the_largest_logit_of_two_ranges_is_the_largest_of_the_whole():
+    """Ties (the first wins), infinities, signed zeros and NaN (never the largest, but a[0]'s
+    NaN stays the answer) cut anywhere: the better of the two ranges' answers is the loop's."""
+    rng = np.random.default_rng(5)
+    values = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, 1.0, 2.0, -3.0], np.float32)
+    checked_nan_first = 0
+    for trial in range(3000):
+        V = int(rng.integers(2, 80))
+        a = rng.choice(values, V)
+        cut = int(rng.integers(0, V + 1))
+        first = cpu._first_max(a, 0, cut) if cut > 0 else -1
+        second = cpu._first_max(a, cut, V) if cut < V else -1
+        assert cpu._better(a, first, second) == first_largest(a), (a, cut)
+        assert cpu._first_max(a, 0, V) == first_largest(a)
+        checked_nan_first += bool(np.isnan(a[0]) and np.nanmax(a) > -np.inf)
+    assert checked_nan_first > 50
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru-ln"])

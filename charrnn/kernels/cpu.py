@@ -169,7 +169,8 @@ def _exp_shifted(logits, m, temperature, probs, powers):
     """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
     and 0 where that is below exp(-708) (a weight no sum of a vocabulary notices; 0 as libm's
     exp gives -inf, so such an id is never drawn), computed in float64 and stored in probs's
-    dtype; powers: (V,) int64 scratch. Returns the sum of probs."""
+    dtype; powers: (V,) int64 scratch. Each element alone: a slice gives the bits the whole
+    array gives there."""
     V = logits.size
     for k in range(V):
         x = (logits[k] - m) / temperature
@@ -195,7 +196,6 @@ def _exp_shifted(logits, m, temperature, probs, powers):
     scale = powers.view(np.float64)
     for k in range(V):
         probs[k] *= scale[k]
-    return _sum(probs)
 
 
 @kernel(fastmath={"reassoc"})
@@ -1469,7 +1469,8 @@ def _softmax_xent(logits, targets, probs):
         m = logits[n, 0]
         for k in range(1, V):
             m = max(m, logits[n, k])
-        s = _exp_shifted(logits[n], m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
+        _exp_shifted(logits[n], m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
+        s = _sum(probs[n])
         inv = 1.0 / s
         for k in range(V):
             probs[n, k] *= inv
@@ -1639,14 +1640,43 @@ def _draw(logits, temperature, top_k, top_p, u, probs, powers):
     softmax(logits / temperature) restricted to the top_k most likely (top_k 0: all), then,
     renormalised, to the smallest set whose probability reaches top_p; u in [0, 1) is the
     uniform draw. probs (V,) float64, powers (V,) int64: scratch."""
-    V = logits.size
-    best = 0
-    for k in range(1, V):
-        if logits[k] > logits[best]:
-            best = k
+    best = _first_max(logits, 0, logits.size)
     if temperature == 0.0:
         return best
-    total = _exp_shifted(logits, logits[best], temperature, probs, powers)
+    _exp_shifted(logits, logits[best], temperature, probs, powers)
+    return _draw_from(probs, _sum(probs), best, top_k, top_p, u)
+
+
+@kernel
+def _first_max(a, lo, hi):
+    """The first index in lo..hi of a's largest value. NaN is never the largest, but from 0 a
+    NaN a[0] stays the answer (as in a loop that keeps the best so far from a[0]); from lo > 0
+    it is skipped, so that the answer for 0..V is the better of those for 0..c and c..V (the
+    first on a tie; _better). hi > lo."""
+    best = lo
+    if lo > 0:
+        while best + 1 < hi and a[best] != a[best]:
+            best += 1
+    for k in range(best + 1, hi):
+        if a[k] > a[best]:
+            best = k
+    return best
+
+
+@kernel
+def _better(a, first, second):
+    """The better of _first_max's answers for two ranges, `first`'s before `second`'s (either
+    -1: an empty range)."""
+    if first < 0 or (second >= 0 and a[second] > a[first]):
+        return second
+    return first
+
+
+@kernel
+def _draw_from(probs, total, best, top_k, top_p, u):
+    """_draw's id from probs (V,) float64, its exp'd weights (their sum total, best the id of
+    the largest)."""
+    V = probs.size
     if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
         target = u * total
         acc = 0.0
@@ -1686,11 +1716,9 @@ def _mix(logits, b, probs, acc, powers, mixed):
     acc[:] = 0.0
     for k in range(K):
         row = logits[k, b]
-        best = 0
-        for v in range(1, V):
-            if row[v] > row[best]:
-                best = v
-        total = _exp_shifted(row, row[best], 1.0, probs, powers)
+        best = _first_max(row, 0, V)
+        _exp_shifted(row, row[best], 1.0, probs, powers)
+        total = _sum(probs)
         for v in range(V):
             acc[v] += probs[v] / total
     for v in range(V):
@@ -1752,6 +1780,7 @@ SPIN_CYCLES = 1 << 16  # a wait longer than this (tens of microseconds) yields b
 # would then be about as fast. A moment's hiccup does not stop them; a busy machine soon does.
 GIVE_UP_CYCLES = 1 << 22
 WAITING_SHARE = 0.5
+BEST = 3  # the word of a thread's sync row that holds its columns' largest logit's id
 
 
 @intrinsic
@@ -1854,22 +1883,24 @@ def _own_columns(A, P, u0, u1, H, C, width, offset):
 @kernel
 def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs, panels,
                   panel_offs, x, hs, c, forced, temperature, top_k, top_p, uniforms, out, sync,
-                  shared, logits, extra, row, xg, gates, act, h_prev, c_prev, h_new, c_new,
-                  probs, powers):
+                  shared, logits, probs, extra, row, xg, gates, act, h_prev, c_prev, h_new,
+                  c_new, powers):
     """Thread me's (0 or 1) half of `generate` for one stream and one model: hidden units
     units[me]..units[me + 1] of every layer and logits columns columns[me]..columns[me + 1]
     (multiples of the panel width). Both threads run it at once with the same arguments but
     their own scratch, and meet through sync ((2, 16) int64, zero): after each layer (its h is
-    whole) and after the logits, which both then draw from alike (only thread 0 writes out).
+    whole), after the logits (each has found its columns' largest), and, drawing at a
+    temperature, after each has exp'd its columns; then both draw the same id from the whole
+    (only thread 0 writes out).
 
     hs (2, L, H): the state in hs[0] on entry, each step reading one and writing the other; c
     (L, 1, H) updated in place (each thread its own units). shared (1, GH): gru-ln's input
-    projection before its normalisation, whole; logits (1, V). Own scratch: x (1,) the last id,
-    extra (L, E * Hm) the layer's extra vector's units of this half (_own_blocks), row (1, GH),
-    xg, gates (1, G * Hm), act (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), probs,
-    powers (V,). Returns the steps done: all of out's, or fewer where a thread waited over
-    give_up cycles in all and over waiting_share of the time (GIVE_UP_CYCLES, WAITING_SHARE;
-    the state is then hs[steps % 2] and c, x the last id)."""
+    projection before its normalisation, whole; logits (1, V); probs (V,) float64. Own scratch:
+    x (1,) the last id, extra (L, E * Hm) the layer's extra vector's units of this half
+    (_own_blocks), row (1, GH), xg, gates (1, G * Hm), act (1, S * Hm), h_prev, c_prev, h_new,
+    c_new (1, Hm), powers (V,) int64. Returns the steps done: all of out's, or fewer where a
+    thread waited over give_up cycles in all and over waiting_share of the time
+    (GIVE_UP_CYCLES, WAITING_SHARE; the state is then hs[steps % 2] and c, x the last id)."""
     n = out.shape[0]
     L, H = hs.shape[1], hs.shape[2]
     V = logits.shape[1]
@@ -1919,17 +1950,28 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
                           _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)[
                               v0 // NR:(v1 + NR - 1) // NR], logits[:, v0:v1])
             _add_bias_rows(logits[:, v0:v1], _vec(params, offs, SLOTS_PER_LAYER * L + 1)[v0:v1])
+        draws = forced[t, 0] < 0
+        if draws:  # the draw's elementwise work in halves too: at 4,000 columns it is not small
+            sync[me, BEST] = _first_max(logits[0], v0, v1) if v1 > v0 else -1
         slow = waited > give_up and waited > waiting_share * (_cycles() - start)
         decisions = sync.ctypes.data + 8 * (1 + t % 2)  # this step's word in each row
         _store_release(decisions + me * sync.strides[0], 1 if slow else 0)
         met += 1
         waited += _meet(sync, me, met)
         stop = _load_acquire(decisions) + _load_acquire(decisions + sync.strides[0]) > 0
-        if forced[t, 0] >= 0:
+        if not draws:
             x[0] = forced[t, 0]
         else:
-            x[0] = _draw(logits[0], temperature[0], top_k[0], top_p[0], uniforms[t, 0], probs,
-                         powers)
+            best = _better(logits[0], sync[0, BEST], sync[1, BEST])
+            if temperature[0] == 0.0:
+                x[0] = best
+            else:
+                if v1 > v0:
+                    _exp_shifted(logits[0, v0:v1], logits[0, best], temperature[0],
+                                 probs[v0:v1], powers[v0:v1])
+                met += 1
+                waited += _meet(sync, me, met)
+                x[0] = _draw_from(probs, _sum(probs), best, top_k[0], top_p[0], uniforms[t, 0])
         if me == 0:
             out[t, 0] = x[0]
         if stop:
