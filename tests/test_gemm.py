@@ -10,7 +10,7 @@ import pytest
 
 from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PACK_MIN_PANELS,
                                  PANEL_ALIGN, PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS,
-                                 _exp_shifted, _matmul, _rows_times_panels, copies_rows,
+                                 _exp_shifted, _matmul, _rows_times_panels, _sum, copies_rows,
                                  matmul_few_rows, matmul_packed, new_panels, pack_panels,
                                  packed, tile_gemm)
 
@@ -179,7 +179,8 @@ def _rows_block(dtype, K):
 @pytest.mark.parametrize("beta", [0, 1])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("M, N, K", [(7, 13, 29), (2 * TILE_ROWS + 3, 2 * NR32 + 5,
-                                                   2 * K_BLOCK + 5), (1, 1, 1)])
+                                                   2 * K_BLOCK + 5), (1, 1, 1),
+                                     (2 * TILE_ROWS + 3, PACK_MIN_PANELS * NR32 + 5, K_BLOCK + 5)])
 def test_tile_gemm_matches_the_exact_product(a_t, b_t, beta, dtype, M, N, K):
     rng = np.random.default_rng(int(a_t) + 2 * int(b_t) + 4 * beta + M)
     A = rng.standard_normal((K, M) if a_t else (M, K)).astype(dtype)
@@ -200,18 +201,38 @@ def test_tile_gemm_matches_the_exact_product(a_t, b_t, beta, dtype, M, N, K):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tile_gemm_over_more_than_one_rows_block(dtype):
+@pytest.mark.parametrize("N", [NR32 + 3, PACK_MIN_PANELS * NR32 + 3])  # A's rows copied or not
+@pytest.mark.parametrize("a_t", [False, True])
+def test_tile_gemm_over_more_than_one_rows_block(dtype, N, a_t):
     K = 40
     M = _rows_block(dtype, K) + 3
     rng = np.random.default_rng(5)
     A = rng.standard_normal((M, K)).astype(dtype)
-    B = rng.standard_normal((K, NR32 + 3)).astype(dtype)
-    C = np.full((M, NR32 + 3), np.nan, dtype)  # every entry written, none accumulated
-    tile_gemm(A, B, C, False, False, 0)
+    B = rng.standard_normal((K, N)).astype(dtype)
+    C = np.full((M, N), np.nan, dtype)  # every entry written, none accumulated
+    tile_gemm(np.ascontiguousarray(A.T) if a_t else A, B, C, a_t, False, 0)
     exact = A.astype(np.longdouble) @ B.astype(np.longdouble)
     scale = np.abs(A) @ np.abs(B)
     tol = 1e-5 if dtype == np.float32 else 1e-13
     np.testing.assert_array_less(np.abs(C - exact.astype(np.float64)), tol * scale + 1e-300)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_t", [False, True])
+def test_tile_gemm_copies_a_rows_to_the_same_bits(dtype, a_t):
+    """Against PACK_MIN_PANELS panels A's rows are copied tile by tile, against fewer read
+    where they lie: the same multiply-adds, so the first panel's columns have the same bits
+    either way (over two K blocks, the second accumulating)."""
+    NR = PANEL_BYTES // np.dtype(dtype).itemsize
+    M, K = 3 * TILE_ROWS - 1, 2 * K_BLOCK + 7
+    rng = np.random.default_rng(6)
+    A = rng.standard_normal((K, M) if a_t else (M, K)).astype(dtype)
+    B = rng.standard_normal((K, PACK_MIN_PANELS * NR)).astype(dtype)
+    assert copies_rows(PACK_MIN_PANELS) and not copies_rows(1)
+    wide, narrow = np.empty((M, B.shape[1]), dtype), np.empty((M, NR), dtype)
+    tile_gemm(A, B, wide, a_t, False, 0)
+    tile_gemm(A, np.ascontiguousarray(B[:, :NR]), narrow, a_t, False, 0)
+    np.testing.assert_array_equal(wide[:, :NR], narrow)
 
 
 def test_tile_gemm_reads_views_with_any_strides():
@@ -311,7 +332,8 @@ def test_the_draws_exp_is_within_an_ulp_of_libms():
                              [0.0, -1e-300, -0.5 * np.log(2), -708.0, -709.0, -1e6]])
     probs, powers = np.empty_like(logits), np.empty(logits.size, np.int64)
     for temperature in (1.0, 0.37, 2.5):
-        total = _exp_shifted(logits, 0.0, temperature, probs, powers)
+        _exp_shifted(logits, 0.0, temperature, probs, powers)
+        total = _sum(probs)
         x = logits / temperature
         exact = np.where(x < -708.0, 0.0, np.exp(x))  # (0 below the floor, as for -inf)
         np.testing.assert_allclose(probs, exact, rtol=2.3e-16, atol=0)
@@ -322,3 +344,20 @@ def test_the_draws_exp_is_within_an_ulp_of_libms():
     # the argument is formed as the draw forms it: a float32 difference, then a float64 division
     exact = np.exp((float32_logits - m).astype(np.float64) / 0.8)
     np.testing.assert_allclose(probs[:4000], exact, rtol=2.3e-16, atol=0)
+
+
+def test_the_draws_exp_of_a_slice_gives_the_bits_of_the_whole_there():
+    """One stream in halves exp's each half's columns on its own thread (generate_half): each
+    element's bits may not depend on where its slice starts or ends (the vectorised loop's
+    body against its scalar remainder)."""
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        logits = (rng.standard_normal(1001) * 8).astype(dtype)
+        m = logits.max()
+        whole = np.empty(logits.size)
+        powers = np.empty(logits.size, np.int64)
+        _exp_shifted(logits, m, 0.7, whole, powers)
+        for lo, hi in [(0, 1), (1, 1001), (3, 517), (515, 1000), (7, 8), (64, 96)]:
+            part = np.full(hi - lo, np.nan)
+            _exp_shifted(logits[lo:hi], m, 0.7, part, powers[lo:hi])
+            np.testing.assert_array_equal(part.view(np.int64), whole[lo:hi].view(np.int64))

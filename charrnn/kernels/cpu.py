@@ -958,19 +958,26 @@ def _rows_times_panels(A, P, C, copy_rows):
 
 @kernel
 def _pack_tiles(A, out):
-    """A (M, K) into out tile by tile (the heights matmul_packed cuts M rows into), each
-    tile's rows k-major: A[i, k] of a tile of `rows` rows from row i1 at i1 * K + k * rows +
-    (i - i1). A tile then reads one stream of A instead of one per row (the speed it buys:
-    BENCHMARKS.md, "Training's large products through the tile")."""
+    """A (M, K), any strides, into out tile by tile (the heights matmul_packed and tile_gemm
+    cut M rows into), each tile's rows k-major: A[i, k] of a tile of `rows` rows from row i1
+    at i1 * K + k * rows + (i - i1). A tile then reads one stream of A instead of one per row
+    (the speed it buys: BENCHMARKS.md, "Training's large products through the tile" and "The
+    weight gradients' rows packed")."""
     M, K = A.shape
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    by_rows = A.strides[1] <= A.strides[0]  # read A in the order it lies in memory
     i = 0
     for t in range(tiles):
         rows = (M - i) // (tiles - t)
-        for r in range(rows):  # row by row, A read in order: faster than column by column
-            a = A[i + r]
+        if by_rows:
+            for r in range(rows):
+                a = A[i + r]
+                for k in range(K):
+                    out[i * K + k * rows + r] = a[k]
+        else:  # a transpose's rows lie side by side
             for k in range(K):
-                out[i * K + k * rows + r] = a[k]
+                for r in range(rows):
+                    out[i * K + k * rows + r] = A[i + r, k]
         i += rows
 
 
@@ -1002,7 +1009,10 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
     """C = op(A) @ op(B) + beta * C, op(X) = X.T where asked, beta 0 or 1, through the register
     tile: C (M, N) with contiguous rows, op(A) (M, K) and op(B) (K, N) any strides. op(B) is
     packed K_BLOCK rows at a time; the sums over k are split at the blocks (so a row's bits
-    depend on K, not on M: unlike matmul_packed, not for the sampler)."""
+    depend on K, not on M: unlike matmul_packed, not for the sampler). Against
+    PACK_MIN_PANELS panels or more, each block of op(A)'s rows is copied tile by tile first
+    (_pack_tiles; the same multiply-adds): a tile then reads one stream, not one per row or,
+    for a transpose, one line per k, lines a power of two apart that share a cache set."""
     M, N = C.shape
     K = A.shape[0] if a_transposed else A.shape[1]
     if ((A.shape[1] if a_transposed else A.shape[0]) != M
@@ -1033,7 +1043,9 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
     kc_max = min(K, K_BLOCK)
     rows_block = max(TILE_ROWS, ROWS_BLOCK_BYTES // (kc_max * size) // TILE_ROWS * TILE_ROWS)
     buffer = _aligned(n_panels * kc_max * NR, C)
-    a0, c0, p0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data
+    copy_rows = copies_rows(n_panels)
+    rows_buffer = _aligned(rows_block * kc_max if copy_rows else 0, C)
+    a0, c0, p0, r0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data, rows_buffer.ctypes.data
     z = C.dtype.type(0)
     for k0 in range(0, K, kc_max):
         kc = min(kc_max, K - k0)
@@ -1042,13 +1054,22 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
         for i0 in range(0, M, rows_block):
             rows_here = min(rows_block, M - i0)
             tiles = (rows_here + TILE_ROWS - 1) // TILE_ROWS
+            if copy_rows:
+                if a_transposed:
+                    _pack_tiles(A.T[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
+                else:
+                    _pack_tiles(A[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
             for p in range(n_panels):  # a panel's slice from L1 for every tile of the block
                 j = p * NR
                 i = i0
                 for t in range(tiles):
                     rows = (i0 + rows_here - i) // (tiles - t)
-                    _tile(a0 + (i * lda + k0 * ka) * size, lda, ka, p0 + p * kc * NR * size,
-                          kc, c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, add, z)
+                    if copy_rows:  # the tile's rows k-major from its place in rows_buffer
+                        a, a_rows, a_k = r0 + (i - i0) * kc * size, 1, rows
+                    else:
+                        a, a_rows, a_k = a0 + (i * lda + k0 * ka) * size, lda, ka
+                    _tile(a, a_rows, a_k, p0 + p * kc * NR * size, kc,
+                          c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, add, z)
                     i += rows
 
 
