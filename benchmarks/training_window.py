@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """One training window's forward and backward, timed apart: the model's own `forward` and
-`backward` (batch 50 x 50 steps, vocabulary 65, float32, the stepper's threads), best of
+`backward` (batch 50 x 50 steps, float32, the stepper's threads), best of
 --repeats after two untimed windows. Finer than the speed table's training figure, which also
 holds the optimizer and the batching, for a change to the products of one of them.
 
-    python benchmarks/training_window.py [--models lstm:1024 lstm:512 ...] [--repeats 7]
+    python benchmarks/training_window.py [--models lstm:1024 lstm:256:4000 ...] [--repeats 7]
     PYTHONPATH=OTHER_CHECKOUT python OTHER_CHECKOUT/benchmarks/training_window.py  # another
 
 Prints one JSON object per model (milliseconds), nothing else.
@@ -22,15 +22,16 @@ from charrnn.model import Model, ModelConfig
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["lstm:1024", "lstm:512"],
-                    help="CELL:HIDDEN, two layers")
+                    help="CELL:HIDDEN[:VOCABULARY], two layers, vocabulary 65 unless given")
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    ids, targets = (rng.integers(0, 65, (50, 50)).astype(np.int32) for _ in range(2))
     for spec in args.models:
-        cell, hidden = spec.split(":")
-        model = Model(ModelConfig(vocab_size=65, cell=cell, layers=2, hidden=int(hidden)),
-                      dtype=np.float32, seed=1)
+        cell, hidden, vocab = (spec.split(":") + ["65"])[:3]
+        ids, targets = (rng.integers(0, int(vocab), (50, 50)).astype(np.int32)
+                        for _ in range(2))
+        model = Model(ModelConfig(vocab_size=int(vocab), cell=cell, layers=2,
+                                  hidden=int(hidden)), dtype=np.float32, seed=1)
         forward, backward = [], []
         for round_ in range(args.repeats + 2):
             start = time.perf_counter()

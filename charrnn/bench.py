@@ -98,7 +98,7 @@ def bench_charrnn(c: BenchConfig) -> dict:
                       f"{c.seq_len}", "--hidden, --layers, --batch-size, --seq-len or "
                       "--batched-samples")
     model = Model(config)
-    opt = Adam(model.params.size, lr=2e-3)
+    opt = Adam(model.params.size, lr=2e-3, splitter=model.splitter)
     rng = np.random.default_rng(0)
     x = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))
     y = rng.integers(0, c.vocab, (c.seq_len, c.batch_size))

@@ -6,24 +6,43 @@ Their state is a dict of plain arrays and numbers, so a checkpoint can store it 
 import numpy as np
 
 from .kernels import cpu
+from .parallel import StreamSplitter, row_ranges
+
+# Fewer weights than this per thread and Adam runs on one thread: below some millions of
+# weights two threads were no faster where measured (BENCHMARKS.md, "Adam on the threads").
+ADAM_MIN_PART = 1 << 21
 
 
 class Adam:
     """torch.optim.Adam over one flat buffer, or torch.optim.AdamW with weight_decay above 0
-    (the decay decoupled from the gradient: every weight shrinks by lr * weight_decay a step)."""
+    (the decay decoupled from the gradient: every weight shrinks by lr * weight_decay a step).
+    With a splitter, the buffer is cut into one range per thread (each weight's update is its
+    own, so the bits are those of one thread)."""
 
     def __init__(self, size: int, dtype=np.float32, lr: float = 2e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, splitter: StreamSplitter | None = None):
         self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
         self.m = np.zeros(size, dtype)  # first moment
         self.v = np.zeros(size, dtype)  # second moment
         self.steps = 0
+        parts = 1 if splitter is None else max(1, min(splitter.threads, size // ADAM_MIN_PART))
+        self._ranges = row_ranges(size, parts)
+        self._splitter = splitter
 
     def step(self, params: np.ndarray, grads: np.ndarray) -> None:
         self.steps += 1
-        cpu.adam_step(params, grads, self.m, self.v, self.steps, self.lr,
-                      self.betas[0], self.betas[1], self.eps, self.weight_decay)
+        m, v = self.m, self.v
+        hyper = (self.steps, self.lr, self.betas[0], self.betas[1], self.eps, self.weight_decay)
+
+        def update(span):
+            lo, hi = span
+            cpu.adam_step(params[lo:hi], grads[lo:hi], m[lo:hi], v[lo:hi], *hyper)
+
+        if len(self._ranges) == 1:
+            update(self._ranges[0])
+        else:
+            self._splitter.map(update, self._ranges)
 
     def state(self) -> dict:
         return {"m": self.m, "v": self.v, "steps": self.steps}

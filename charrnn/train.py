@@ -339,7 +339,8 @@ class Run:
         self.opts = opts
         config = self._model_config(opts, sizing.Shape(opts.layers, opts.hidden), opts.dropout)
         self.model = Model(config, seed=opts.seed)
-        self.optimizer = Adam(self.model.params.size, lr=opts.lr, weight_decay=opts.weight_decay)
+        self.optimizer = Adam(self.model.params.size, lr=opts.lr, weight_decay=opts.weight_decay,
+                              splitter=self.model.splitter)
         h, c = self.model.zero_state(opts.batch_size)  # (L, B, W)
         self.state = TrainState.fresh(opts.seed)
         if parent is not None:
@@ -395,8 +396,8 @@ class Run:
         """Training characters per second at this shape (dropout not chosen yet: timed
         without)."""
         model = Model(self._model_config(opts, shape, opts.dropout or 0.0), seed=opts.seed)
-        return training_speed(model, Adam(model.params.size, lr=opts.lr), self.streams,
-                              opts.seq_len, opts.grad_clip)
+        optimizer = Adam(model.params.size, lr=opts.lr, splitter=model.splitter)
+        return training_speed(model, optimizer, self.streams, opts.seq_len, opts.grad_clip)
 
     def _warm_up(self) -> None:
         """Compile (or load from numba's disk cache) every CPU kernel the loop, validation and

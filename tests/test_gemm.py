@@ -10,9 +10,9 @@ import pytest
 
 from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PACK_MIN_PANELS,
                                  PANEL_ALIGN, PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS,
-                                 _exp_shifted, _matmul, _rows_times_panels, _sum, copies_rows,
-                                 matmul_few_rows, matmul_packed, new_panels, pack_panels,
-                                 packed, tile_gemm)
+                                 _exp_shifted, _loop_features, _matmul, _rows_times_panels, _sum,
+                                 copies_rows, matmul_few_rows, matmul_packed, new_panels,
+                                 pack_panels, packed, tile_gemm)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -131,6 +131,56 @@ def test_the_register_tile_over_nothing_writes_zeros_and_refuses_panels_out_of_o
     C = np.zeros((2, 2 * NR32 + 1), np.float32)
     with pytest.raises(ValueError, match="do not match"):
         matmul_packed(np.ones((2, 4), np.float32), P[::-1], C)  # panels read by address
+
+
+def test_loops_are_compiled_as_wide_as_the_registers_where_llvm_would_halve_them():
+    """With AVX-512, LLVM's tuning for most Intel cores vectorises loops 256 bits wide; the
+    kernels turn that off (prefer-256-bit), and only there."""
+    assert _loop_features("+avx2,+avx512f,+fma") == "+avx2,+avx512f,+fma,-prefer-256-bit"
+    assert _loop_features("+avx2,+fma,-avx512f") is None
+    assert _loop_features("+avx512fp16,-avx512f,+sse2") is None  # (a name, not a prefix)
+
+
+WIDE_LOOPS = textwrap.dedent("""
+    import sys
+    from charrnn.kernels import cpu
+    from numba import njit
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+    import numpy as np
+
+    @njit(fastmath=True)  # a loop LLVM vectorises, compiled after the kernels' module set it up
+    def total(a):
+        t = 0.0
+        for x in a:
+            t += x
+        return t
+
+    total(np.ones(64, np.float32))
+    asm = "".join(total.inspect_asm().values())
+    print(config.CPU_FEATURES, "+avx512f" in get_host_cpu_features().split(","), "zmm" in asm)
+""")
+
+
+def test_a_loop_compiled_in_the_kernels_process_uses_the_whole_registers(tmp_path):
+    """In a process that imported the kernels, a loop gets 512-bit vectors exactly where the
+    host has AVX-512; features the user set are left as they are."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env.pop("NUMBA_CPU_FEATURES", None)
+    env.pop("NUMBA_CPU_NAME", None)
+    done = subprocess.run([sys.executable, "-c", WIDE_LOOPS], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    features, avx512, zmm = done.stdout.split()
+    assert zmm == avx512
+    assert features.endswith(",-prefer-256-bit") if avx512 == "True" else features == "None"
+    host = subprocess.run([sys.executable, "-c", "from numba.core.codegen import "
+                           "get_host_cpu_features as f; print(f())"], capture_output=True,
+                          text=True, env=env, timeout=600).stdout.strip()
+    done = subprocess.run([sys.executable, "-c", WIDE_LOOPS], capture_output=True, text=True,
+                          env={**env, "NUMBA_CPU_FEATURES": host}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == host
 
 
 SEPARATE_BUILD = textwrap.dedent("""

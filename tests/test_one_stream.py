@@ -2,6 +2,8 @@
 ids, state and last id to the bit as the whole row on one thread, for every cell it runs, in
 float32 and float64; and what happens when the halves give up, or the partner is busy."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -100,6 +102,23 @@ def test_the_largest_logit_of_two_ranges_is_the_largest_of_the_whole():
         assert cpu._first_max(a, 0, V) == first_largest(a)
         checked_nan_first += bool(np.isnan(a[0]) and np.nanmax(a) > -np.inf)
     assert checked_nan_first > 50
+
+
+def test_the_largest_value_in_eight_chains_is_one_loops():
+    """cpu._max_value keeps eight running maxima side by side: over any range (lengths on
+    both sides of a multiple of eight) it gives the value of one loop from a[lo] (Python's max:
+    a NaN a[lo] stays, later NaN are skipped), float32 and float64."""
+    rng = np.random.default_rng(6)
+    values = np.array([-np.inf, np.inf, np.nan, 0.0, -0.0, 1.0, 2.0, -3.0])
+    for trial in range(3000):
+        V = int(rng.integers(1, 60))
+        a = (rng.choice(values, V) if trial % 2 else rng.standard_normal(V)).astype(
+            np.float32 if trial % 4 < 2 else np.float64)
+        lo = int(rng.integers(0, V))
+        hi = int(rng.integers(lo + 1, V + 1))
+        want = functools.reduce(max, a[lo:hi].tolist())
+        got = cpu._max_value(a, lo, hi)
+        assert got == want or (np.isnan(got) and np.isnan(want)), (a, lo, hi, got, want)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru-ln"])

@@ -4,7 +4,9 @@ against torch.optim + clip_grad_norm_ on the same gradients."""
 import numpy as np
 import pytest
 
+from charrnn import optim
 from charrnn.optim import SGD, Adam, clip_grad_norm
+from charrnn.parallel import StreamSplitter
 
 from . import reference
 from .conftest import scaled_error
@@ -30,6 +32,26 @@ def test_adam_matches_the_paper():
     assert opt.steps == STEPS
     assert scaled_error(p, expected) < 1e-12
     assert np.abs(p - params).max() > 1e-3  # it moved
+
+
+def test_adam_on_the_threads_gives_one_threads_bits(monkeypatch):
+    """Over a splitter the buffer is cut into one range per thread (from ADAM_MIN_PART weights
+    a part): the weights and moments are those of one thread, to the bit."""
+    monkeypatch.setattr(optim, "ADAM_MIN_PART", 7)
+    rng = np.random.default_rng(6)
+    params = rng.normal(size=31).astype(np.float32)
+    one = Adam(31, lr=0.01, weight_decay=0.1)
+    split = Adam(31, lr=0.01, weight_decay=0.1, splitter=StreamSplitter(threads=3))
+    assert len(split._ranges) == 3 and len(one._ranges) == 1
+    p, q = params.copy(), params.copy()
+    for g in random_grads(31, np.float32, seed=7):
+        one.step(p, g.copy())
+        split.step(q, g.copy())
+    assert np.array_equal(p, q) and np.array_equal(one.m, split.m)
+    assert np.array_equal(one.v, split.v) and np.abs(p - params).max() > 1e-3
+    monkeypatch.setattr(optim, "ADAM_MIN_PART", 16)  # two parts of at least 16 at most
+    assert len(Adam(31, splitter=StreamSplitter(threads=3))._ranges) == 1
+    assert len(Adam(32, splitter=StreamSplitter(threads=3))._ranges) == 2
 
 
 def test_weight_decay_shrinks_the_weights_before_the_adam_step():

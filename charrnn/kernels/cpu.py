@@ -47,6 +47,31 @@ from . import scipy_blas  # noqa: E402
 
 scipy_blas.preload()  # in the command line's process only: see scipy_blas.py
 
+
+def _loop_features(host: str) -> str | None:
+    """The CPU features numba should compile for, given the host's (numba's "+a,-b" string), or
+    None to leave them. On most Intel cores with AVX-512, LLVM's tuning keeps loops 256 bits
+    wide ("prefer-256-bit", which spares older chips' clocks); the register tile below runs
+    512-bit vectors all the same, so the loops around it (the exp, the gate loops, the sums)
+    may too: faster where measured (BENCHMARKS.md, "Loops as wide as the registers")."""
+    if "+avx512f" in host.split(","):
+        return host + ",-prefer-256-bit"
+    return None
+
+
+def _full_width_loops() -> None:
+    """Compile every kernel of this process for _loop_features, unless the user chose the CPU
+    (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES). Called before this module makes its first kernel:
+    numba's compiler reads the features when the process's first @njit function is made."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    if config.CPU_NAME is None and config.CPU_FEATURES is None:
+        config.CPU_FEATURES = _loop_features(get_host_cpu_features())
+
+
+_full_width_loops()
+
 from llvmlite import ir  # noqa: E402
 from numba import njit, types  # noqa: E402
 from numba.core import cgutils  # noqa: E402
@@ -164,6 +189,31 @@ _LN2_LO = 1.90821492927058770002e-10
 _EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an exponent field
 
 
+@kernel(inline="always", fastmath={"contract"})
+def _exp_parts(x):
+    """exp(x) for x <= 0 as (its mantissa part, the bits of its power of two as an int64): the
+    power applied in a second loop (_exp_shifted), since the loop that makes it as a float
+    would not vectorise. (0, 0) below exp(-708)."""
+    under = x < _EXP_FLOOR
+    x = max(x, _EXP_FLOOR)
+    n = math.floor(x * _INV_LN2 + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = 1.0 / 6227020800.0
+    p = p * r + 1.0 / 479001600.0
+    p = p * r + 1.0 / 39916800.0
+    p = p * r + 1.0 / 3628800.0
+    p = p * r + 1.0 / 362880.0
+    p = p * r + 1.0 / 40320.0
+    p = p * r + 1.0 / 5040.0
+    p = p * r + 1.0 / 720.0
+    p = p * r + 1.0 / 120.0
+    p = p * r + 1.0 / 24.0
+    p = p * r + 1.0 / 6.0
+    p = p * r + 0.5
+    p = p * r + 1.0
+    return p * r + 1.0, 0 if under else (np.int64(n) + 1023) << 52  # the bits of 2^n (or 0)
+
+
 @kernel(fastmath={"contract"})
 def _exp_shifted(logits, m, temperature, probs, powers):
     """probs[k] = exp((logits[k] - m) / temperature) for logits (V,) <= m, temperature > 0,
@@ -172,30 +222,39 @@ def _exp_shifted(logits, m, temperature, probs, powers):
     dtype; powers: (V,) int64 scratch. Each element alone: a slice gives the bits the whole
     array gives there."""
     V = logits.size
-    for k in range(V):
-        x = (logits[k] - m) / temperature
-        under = x < _EXP_FLOOR
-        x = max(x, _EXP_FLOOR)
-        n = math.floor(x * _INV_LN2 + 0.5)
-        r = (x - n * _LN2_HI) - n * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = p * r + 1.0 / 479001600.0
-        p = p * r + 1.0 / 39916800.0
-        p = p * r + 1.0 / 3628800.0
-        p = p * r + 1.0 / 362880.0
-        p = p * r + 1.0 / 40320.0
-        p = p * r + 1.0 / 5040.0
-        p = p * r + 1.0 / 720.0
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        probs[k] = p * r + 1.0
-        powers[k] = 0 if under else (np.int64(n) + 1023) << 52  # the bits of 2^n (or of 0)
+    if temperature == 1.0:  # x / 1 is x: the same bits without a division per element
+        for k in range(V):
+            probs[k], powers[k] = _exp_parts(logits[k] - m)
+    else:
+        for k in range(V):
+            probs[k], powers[k] = _exp_parts((logits[k] - m) / temperature)
     scale = powers.view(np.float64)
     for k in range(V):
         probs[k] *= scale[k]
+
+
+@kernel
+def _max_value(a, lo, hi):
+    """The largest of a[lo:hi] (hi > lo), the value one loop from a[lo] keeping the best so far
+    finds (a NaN a[lo] stays; NaN elsewhere is skipped; a zero's sign aside), with eight such
+    maxima side by side, so that eight compares are in flight rather than one chain. The
+    compare does not vectorise; eight chains were 5.8 times faster than one at 4,000 values
+    (BENCHMARKS.md, "Loops as wide as the registers")."""
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[lo]
+    k = lo + 1
+    while k + 8 <= hi:
+        m0 = max(m0, a[k])
+        m1 = max(m1, a[k + 1])
+        m2 = max(m2, a[k + 2])
+        m3 = max(m3, a[k + 3])
+        m4 = max(m4, a[k + 4])
+        m5 = max(m5, a[k + 5])
+        m6 = max(m6, a[k + 6])
+        m7 = max(m7, a[k + 7])
+        k += 8
+    for j in range(k, hi):
+        m0 = max(m0, a[j])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
 @kernel(fastmath={"reassoc"})
@@ -1487,9 +1546,7 @@ def _softmax_xent(logits, targets, probs):
     powers = np.empty(V, np.int64)
     total = 0.0
     for n in range(N):
-        m = logits[n, 0]
-        for k in range(1, V):
-            m = max(m, logits[n, k])
+        m = _max_value(logits[n], 0, V)
         _exp_shifted(logits[n], m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
         s = _sum(probs[n])
         inv = 1.0 / s
@@ -1678,9 +1735,11 @@ def _first_max(a, lo, hi):
     if lo > 0:
         while best + 1 < hi and a[best] != a[best]:
             best += 1
-    for k in range(best + 1, hi):
-        if a[k] > a[best]:
-            best = k
+    m = _max_value(a, best, hi)  # the value first, then where it first is: no chain of compares
+    if m != m:  # a NaN where the search starts: no later element is larger
+        return best
+    while a[best] != m:
+        best += 1
     return best
 
 
