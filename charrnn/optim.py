@@ -9,7 +9,8 @@ from .kernels import cpu
 from .parallel import StreamSplitter, row_ranges
 
 # Fewer weights than this per thread and Adam runs on one thread: below some millions of
-# weights two threads were no faster where measured (BENCHMARKS.md, "Adam on the threads").
+# weights two threads were no faster where measured (BENCHMARKS.md, "Loops as wide as the
+# registers").
 ADAM_MIN_PART = 1 << 21
 
 

@@ -191,9 +191,8 @@ _EXP_FLOOR = -708.0  # exp(-708) is still a normal float64, so 2^n has an expone
 
 @kernel(inline="always", fastmath={"contract"})
 def _exp_parts(x):
-    """exp(x) for x <= 0 as (its mantissa part, the bits of its power of two as an int64): the
-    power applied in a second loop (_exp_shifted), since the loop that makes it as a float
-    would not vectorise. (0, 0) below exp(-708)."""
+    """exp(x) for x <= 0 as (its mantissa part, the bits of its power of two as an int64), the
+    power applied by _exp_shifted's second loop; (0, 0) below exp(-708)."""
     under = x < _EXP_FLOOR
     x = max(x, _EXP_FLOOR)
     n = math.floor(x * _INV_LN2 + 0.5)
@@ -237,9 +236,9 @@ def _exp_shifted(logits, m, temperature, probs, powers):
 def _max_value(a, lo, hi):
     """The largest of a[lo:hi] (hi > lo), the value one loop from a[lo] keeping the best so far
     finds (a NaN a[lo] stays; NaN elsewhere is skipped; a zero's sign aside), with eight such
-    maxima side by side, so that eight compares are in flight rather than one chain. The
-    compare does not vectorise; eight chains were 5.8 times faster than one at 4,000 values
-    (BENCHMARKS.md, "Loops as wide as the registers")."""
+    maxima side by side, so that eight compares are in flight rather than one chain (the
+    compare does not vectorise; the speed of each: BENCHMARKS.md, "Loops as wide as the
+    registers")."""
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = a[lo]
     k = lo + 1
     while k + 8 <= hi:
