@@ -1072,10 +1072,10 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
     (_pack_tiles; the same multiply-adds): a tile then reads one stream, not one per row or,
     for a transpose, one line per k, lines a power of two apart that share a cache set."""
     M, N = C.shape
-    K = A.shape[0] if a_transposed else A.shape[1]
-    if ((A.shape[1] if a_transposed else A.shape[0]) != M
-            or (B.shape[1] if b_transposed else B.shape[0]) != K
-            or (B.shape[0] if b_transposed else B.shape[1]) != N):
+    op_a = A.T if a_transposed else A
+    op_b = B.T if b_transposed else B
+    K = op_a.shape[1]
+    if op_a.shape[0] != M or op_b.shape[0] != K or op_b.shape[1] != N:
         raise ValueError("tile_gemm: shapes do not match")
     if beta != 0 and beta != 1:
         raise ValueError("tile_gemm: beta must be 0 or 1")
@@ -1092,12 +1092,8 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
         return
     NR = PANEL_BYTES // size
     n_panels = (N + NR - 1) // NR
-    # A[r, k] at a0 + (r * lda + k * ka) elements
-    lda, ka = (A.strides[1], A.strides[0]) if a_transposed else (A.strides[0], A.strides[1])
-    lda //= size
-    ka //= size
+    lda, ka = op_a.strides[0] // size, op_a.strides[1] // size  # op(A)[r, k] at r*lda + k*ka
     ldc = C.strides[0] // size
-    op_b = B.T if b_transposed else B
     kc_max = min(K, K_BLOCK)
     rows_block = max(TILE_ROWS, ROWS_BLOCK_BYTES // (kc_max * size) // TILE_ROWS * TILE_ROWS)
     buffer = _aligned(n_panels * kc_max * NR, C)
@@ -1113,10 +1109,7 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
             rows_here = min(rows_block, M - i0)
             tiles = (rows_here + TILE_ROWS - 1) // TILE_ROWS
             if copy_rows:
-                if a_transposed:
-                    _pack_tiles(A.T[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
-                else:
-                    _pack_tiles(A[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
+                _pack_tiles(op_a[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
             for p in range(n_panels):  # a panel's slice from L1 for every tile of the block
                 j = p * NR
                 i = i0
@@ -1288,9 +1281,7 @@ def _softmax_rows(logits, out):
     """out = softmax of each row of logits (B, V)."""
     B, V = logits.shape
     for b in range(B):
-        m = logits[b, 0]
-        for k in range(1, V):
-            m = max(m, logits[b, k])
+        m = _max_value(logits[b], 0, V)
         total = 0.0
         for k in range(V):
             out[b, k] = math.exp(logits[b, k] - m)
