@@ -106,6 +106,31 @@ def test_rows_copied_or_read_in_place_give_the_same_bits(dtype, M, K, N):
     assert copies_rows(PACK_MIN_PANELS) and not copies_rows(PACK_MIN_PANELS - 1)
 
 
+# Rows copied into a buffer larger than any the C allocator keeps for reuse (glibc hands
+# anything above 32 MB back to the system when it is freed), so a read of it after it was
+# freed faults rather than passing on stale data. In its own process: a fault must fail this
+# test, not end the run.
+MANY_ROWS = textwrap.dedent("""
+    import numpy as np
+    from charrnn.kernels.cpu import PACK_MIN_PANELS, PANEL_BYTES, matmul_packed, packed
+    rng = np.random.default_rng(5)
+    M, K, N = 8200, 1024, PACK_MIN_PANELS * PANEL_BYTES // 4
+    A = rng.standard_normal((M, K)).astype(np.float32)  # its copy: 33.6 MB
+    W = rng.standard_normal((K, N)).astype(np.float32)
+    C = np.full((M, N), np.nan, np.float32)
+    matmul_packed(A, packed(W), C)
+    exact = A.astype(np.float64) @ W
+    print(float(np.max(np.abs(C - exact) / (np.abs(A) @ np.abs(W)))))
+""")
+
+
+def test_many_rows_are_multiplied_from_a_copy_that_lives_through_the_product():
+    done = subprocess.run([sys.executable, "-c", MANY_ROWS], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert float(done.stdout) < 1e-5
+
+
 def test_the_register_tile_propagates_nan_and_inf_and_refuses_mismatched_shapes():
     A = np.ones((TILE_ROWS + 2, 40), np.float32)
     A[1, 3] = np.nan

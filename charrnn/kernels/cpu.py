@@ -1003,13 +1003,15 @@ def _rows_times_panels(A, P, C, copy_rows):
         return
     A_tiles = _aligned(M * K, A)
     _pack_tiles(A, A_tiles)
-    b0 = A_tiles.ctypes.data
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
             rows = (M - i) // (tiles - t)
-            _tile(b0 + i * K * size, 1, rows, p0 + p * K * NR * size, K,
+            # A_tiles' address is taken here, in the loop, not once before it: numba frees an
+            # array after the last line that names it, and an address kept past that would
+            # read freed memory (tests/test_gemm.py, the copy of many rows)
+            _tile(A_tiles.ctypes.data + i * K * size, 1, rows, p0 + p * K * NR * size, K,
                   c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
 
