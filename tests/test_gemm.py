@@ -10,9 +10,10 @@ import pytest
 
 from charrnn.kernels.cpu import (FEW_ROWS, K_BLOCK, ONE_ROW_MAX_BYTES, PACK_MIN_PANELS,
                                  PANEL_ALIGN, PANEL_BYTES, ROWS_BLOCK_BYTES, TILE_ROWS,
-                                 _exp_shifted, _loop_features, _matmul, _rows_times_panels, _sum,
-                                 copies_rows, matmul_few_rows, matmul_packed, new_panels,
-                                 pack_panels, packed, tile_gemm)
+                                 VECTOR_BITS, _exp_shifted, _loop_features, _matmul, _pack_tiles,
+                                 _rows_times_panels, _sum, copies_rows, matmul_few_rows,
+                                 matmul_packed, new_panels, pack_panels, packed, tile_gemm,
+                                 tile_pad)
 
 NR32 = PANEL_BYTES // 4  # a panel's columns in float32 (32 with AVX-512, 16 with AVX2)
 
@@ -88,6 +89,39 @@ def test_a_rows_product_is_the_same_bits_in_any_batch(dtype, panels):
         part = np.empty((len(rows), N), dtype)
         matmul_packed(np.ascontiguousarray(A[rows]), P, part)
         np.testing.assert_array_equal(part, whole[rows], err_msg=f"rows {rows}")
+
+
+def _lanes(dtype):
+    return VECTOR_BITS // 8 // np.dtype(dtype).itemsize
+
+
+# The copy of A's rows that the tiles read: every height the balanced tiling makes (one row, a
+# whole tile, two tiles, 25 rows as a training shard's 12 + 13), K either side of whole vectors
+# (the rows are turned a vector at a time, the rest element by element), and A as the rows of
+# a matrix, a transpose (the weight gradients' x.T) and a view whose rows are not contiguous.
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("M", sorted({1, 5, TILE_ROWS, TILE_ROWS + 1, 25, 3 * TILE_ROWS + 2}))
+@pytest.mark.parametrize("K_vectors, K_extra", [(0, 3), (1, -1), (1, 0), (1, 1), (3, 5)])
+@pytest.mark.parametrize("layout", ["rows", "transpose", "every-other-column"])
+def test_rows_are_copied_tile_by_tile_k_major(dtype, M, K_vectors, K_extra, layout):
+    K = K_vectors * _lanes(dtype) + K_extra
+    rng = np.random.default_rng(M * 1000 + K)
+    values = rng.permutation(M * K * 2).astype(dtype)  # all different: a misplaced one shows
+    A = {"rows": values[:M * K].reshape(M, K),
+         "transpose": values[:M * K].reshape(K, M).T,
+         "every-other-column": values.reshape(M, 2 * K)[:, ::2]}[layout]
+    pad = tile_pad(A)
+    assert pad >= TILE_ROWS and pad % _lanes(dtype) == 0
+    tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    out = np.full(tiles * K * pad, np.nan, dtype)
+    _pack_tiles(A, out)
+    i = 0
+    for t in range(tiles):
+        rows = (M - i) // (tiles - t)
+        block = out[t * K * pad:(t + 1) * K * pad].reshape(K, pad)
+        np.testing.assert_array_equal(block[:, :rows], A[i:i + rows].T, err_msg=f"tile {t}")
+        i += rows
+    assert i == M
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

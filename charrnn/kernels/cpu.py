@@ -862,6 +862,59 @@ def _row_tile(typingctx, a_ptr, p_ptr, k, c_ptr, zero):
     return sig, codegen
 
 
+@intrinsic
+def _transpose_block(typingctx, src, lda, rows, dst, ldd, zero):
+    """dst[j * ldd + r] = src[r * lda + j] for j < W, r < W (W: a vector's lanes of the
+    arrays' float type), 0 for r >= rows: `rows` (1..W) rows of W elements, from src (rows
+    lda elements apart), into W rows of dst (ldd apart), each src row a column. In registers:
+    the rows loaded as vectors, then log2(W) rounds of shuffles, each swapping the off-diagonal
+    blocks of every pair of vectors b apart (b = W/2, ..., 1), then W stores: a few cycles a
+    vector where the copy element by element took one to two an element (BENCHMARKS.md,
+    "The rows' copy in registers"). The addresses and strides are the caller's to check."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, zero)
+
+    def codegen(context, builder, signature, args):
+        src, lda, rows, dst, ldd, _ = args
+        vt = _vector_type(context, signature.args[-1])
+        W = vt.count
+        elem_bytes = 8 if isinstance(vt.element, ir.DoubleType) else 4
+        i64 = ir.IntType(64)
+        S, D = (builder.inttoptr(p, vt.element.as_pointer()) for p in (src, dst))
+        vectors = []
+        for r in range(W):  # row r, or zeros past `rows` (nothing read there)
+            before = builder.block
+            load = builder.function.append_basic_block(f"transpose.load{r}")
+            loaded = builder.function.append_basic_block(f"transpose.row{r}")
+            builder.cbranch(builder.icmp_signed("<", ir.Constant(i64, r), rows), load, loaded)
+            builder.position_at_end(load)
+            at = builder.gep(S, [builder.mul(ir.Constant(i64, r), lda)])
+            row = builder.load(builder.bitcast(at, vt.as_pointer()), align=elem_bytes)
+            builder.branch(loaded)
+            builder.position_at_end(loaded)
+            v = builder.phi(vt)
+            v.add_incoming(row, load)
+            v.add_incoming(ir.Constant(vt, None), before)
+            vectors.append(v)
+        lanes = ir.VectorType(ir.IntType(32), W)
+        b = W // 2
+        while b >= 1:  # swap the b-wide off-diagonal blocks of vectors i and i + b
+            swapped = list(vectors)
+            for i in (i for i in range(W) if not i & b):
+                x, y = vectors[i], vectors[i + b]
+                swapped[i] = builder.shuffle_vector(x, y, ir.Constant(
+                    lanes, [j if not j & b else W + j - b for j in range(W)]))
+                swapped[i + b] = builder.shuffle_vector(x, y, ir.Constant(
+                    lanes, [j + b if not j & b else W + j for j in range(W)]))
+            vectors = swapped
+            b //= 2
+        for j, v in enumerate(vectors):
+            at = builder.gep(D, [builder.mul(ir.Constant(i64, j), ldd)])
+            builder.store(v, builder.bitcast(at, vt.as_pointer()), align=elem_bytes)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @kernel
 def _aligned(n, like):
     """An uninitialised (n,) array of like's dtype starting on a cache line."""
@@ -1001,7 +1054,8 @@ def _rows_times_panels(A, P, C, copy_rows):
                       c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
         return
-    A_tiles = _aligned(M * K, A)
+    pad = tile_pad(A)
+    A_tiles = _aligned(tiles * K * pad, A)
     _pack_tiles(A, A_tiles)
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
@@ -1011,33 +1065,60 @@ def _rows_times_panels(A, P, C, copy_rows):
             # A_tiles' address is taken here, in the loop, not once before it: numba frees an
             # array after the last line that names it, and an address kept past that would
             # read freed memory (tests/test_gemm.py, the copy of many rows)
-            _tile(A_tiles.ctypes.data + i * K * size, 1, rows, p0 + p * K * NR * size, K,
+            _tile(A_tiles.ctypes.data + t * K * pad * size, 1, pad, p0 + p * K * NR * size, K,
                   c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
 
 
 @kernel
+def tile_pad(like):
+    """Elements between one k and the next in a tile's copied rows (_pack_tiles): TILE_ROWS
+    rounded up to whole vectors of like's float type, so that each k's rows start a vector."""
+    W = VECTOR_BITS // 8 // like.itemsize
+    return (TILE_ROWS + W - 1) // W * W
+
+
+@kernel
 def _pack_tiles(A, out):
-    """A (M, K), any strides, into out tile by tile (the heights matmul_packed and tile_gemm
-    cut M rows into), each tile's rows k-major: A[i, k] of a tile of `rows` rows from row i1
-    at i1 * K + k * rows + (i - i1). A tile then reads one stream of A instead of one per row
+    """A (M, K), any strides, into out (tiles * K * tile_pad(A)) tile by tile (the heights
+    matmul_packed and tile_gemm cut M rows into), each tile's rows k-major: A[i, k] of tile t,
+    whose rows start at row i1, at (t * K + k) * pad + (i - i1), pad = tile_pad(A); what lies
+    past a tile's rows is never read. A tile then reads one stream of A instead of one per row
     (the speed it buys: BENCHMARKS.md, "Training's large products through the tile" and "The
-    weight gradients' rows packed")."""
+    weight gradients' rows packed"). Rows that lie contiguous are turned a vector's lanes at a
+    time in registers (_transpose_block)."""
     M, K = A.shape
+    size = A.itemsize
+    W = VECTOR_BITS // 8 // size
+    pad = tile_pad(A)
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
     by_rows = A.strides[1] <= A.strides[0]  # read A in the order it lies in memory
+    in_vectors = A.strides[1] == size  # (and its rows contiguous: whole vectors of a row)
+    lda = A.strides[0] // size
+    k_vectors = K - K % W  # the ks that fill whole vectors
+    z = A.dtype.type(0)
     i = 0
     for t in range(tiles):
         rows = (M - i) // (tiles - t)
-        if by_rows:
+        start = t * K * pad
+        if by_rows and in_vectors:
+            for g in range(0, rows, W):  # W rows at a time (a pad of two vectors: twice)
+                for k in range(0, k_vectors, W):
+                    _transpose_block(A.ctypes.data + ((i + g) * lda + k) * size, lda,
+                                     min(W, rows - g),
+                                     out.ctypes.data + (start + k * pad + g) * size, pad, z)
+            for k in range(k_vectors, K):
+                for r in range(rows):
+                    out[start + k * pad + r] = A[i + r, k]
+        elif by_rows:
             for r in range(rows):
                 a = A[i + r]
                 for k in range(K):
-                    out[i * K + k * rows + r] = a[k]
+                    out[start + k * pad + r] = a[k]
         else:  # a transpose's rows lie side by side
             for k in range(K):
                 for r in range(rows):
-                    out[i * K + k * rows + r] = A[i + r, k]
+                    out[start + k * pad + r] = A[i + r, k]
         i += rows
 
 
@@ -1100,8 +1181,9 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
     rows_block = max(TILE_ROWS, ROWS_BLOCK_BYTES // (kc_max * size) // TILE_ROWS * TILE_ROWS)
     buffer = _aligned(n_panels * kc_max * NR, C)
     copy_rows = copies_rows(n_panels)
-    rows_buffer = _aligned(rows_block * kc_max if copy_rows else 0, C)
-    a0, c0, p0, r0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data, rows_buffer.ctypes.data
+    pad = tile_pad(C)
+    rows_buffer = _aligned(rows_block // TILE_ROWS * kc_max * pad if copy_rows else 0, C)
+    a0, c0, p0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data
     z = C.dtype.type(0)
     for k0 in range(0, K, kc_max):
         kc = min(kc_max, K - k0)
@@ -1118,7 +1200,7 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
                 for t in range(tiles):
                     rows = (i0 + rows_here - i) // (tiles - t)
                     if copy_rows:  # the tile's rows k-major from its place in rows_buffer
-                        a, a_rows, a_k = r0 + (i - i0) * kc * size, 1, rows
+                        a, a_rows, a_k = rows_buffer.ctypes.data + t * kc * pad * size, 1, pad
                     else:
                         a, a_rows, a_k = a0 + (i * lda + k0 * ka) * size, lda, ka
                     _tile(a, a_rows, a_k, p0 + p * kc * NR * size, kc,
@@ -1544,7 +1626,7 @@ def _softmax_xent(logits, bias, targets, probs):
         for k in range(V):
             row[k] += bias[k]
         m = _max_value(row, 0, V)
-        _exp_shifted(logits[n], m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
+        _exp_shifted(row, m, 1.0, probs[n], powers)  # vectorised, unlike math.exp
         s = _sum(probs[n])
         inv = 1.0 / s
         for k in range(V):
