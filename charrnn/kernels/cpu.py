@@ -1054,8 +1054,7 @@ def _rows_times_panels(A, P, C, copy_rows):
                       c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
         return
-    pad = tile_pad(A)
-    A_tiles = _aligned(tiles * K * pad, A)
+    A_tiles = _aligned(rows_copy_size(M, K, A), A)
     _pack_tiles(A, A_tiles)
     for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
         j = p * NR
@@ -1065,32 +1064,36 @@ def _rows_times_panels(A, P, C, copy_rows):
             # A_tiles' address is taken here, in the loop, not once before it: numba frees an
             # array after the last line that names it, and an address kept past that would
             # read freed memory (tests/test_gemm.py, the copy of many rows)
-            _tile(A_tiles.ctypes.data + t * K * pad * size, 1, pad, p0 + p * K * NR * size, K,
+            _tile(A_tiles.ctypes.data + i * K * size, 1, rows, p0 + p * K * NR * size, K,
                   c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
             i += rows
 
 
 @kernel
-def tile_pad(like):
-    """Elements between one k and the next in a tile's copied rows (_pack_tiles): TILE_ROWS
-    rounded up to whole vectors of like's float type, so that each k's rows start a vector."""
-    W = VECTOR_BITS // 8 // like.itemsize
-    return (TILE_ROWS + W - 1) // W * W
+def rows_copy_size(M, K, like):
+    """Elements of the buffer _pack_tiles copies M rows of K into: M * K and a vector's lanes
+    of like's float type past them, where the last tile's last vector of rows may spill."""
+    return M * K + VECTOR_BITS // 8 // like.itemsize
 
 
 @kernel
 def _pack_tiles(A, out):
-    """A (M, K), any strides, into out (tiles * K * tile_pad(A)) tile by tile (the heights
-    matmul_packed and tile_gemm cut M rows into), each tile's rows k-major: A[i, k] of tile t,
-    whose rows start at row i1, at (t * K + k) * pad + (i - i1), pad = tile_pad(A); what lies
-    past a tile's rows is never read. A tile then reads one stream of A instead of one per row
-    (the speed it buys: BENCHMARKS.md, "Training's large products through the tile" and "The
-    weight gradients' rows packed"). Rows that lie contiguous are turned a vector's lanes at a
-    time in registers (_transpose_block)."""
+    """A (M, K), any strides, into out (rows_copy_size(M, K, A)) tile by tile (the heights
+    matmul_packed and tile_gemm cut M rows into), each tile's rows k-major: A[i, k] of a tile
+    of `rows` rows from row i1 at i1 * K + k * rows + (i - i1). A tile then reads one stream of
+    A instead of one per row (the speed it buys: BENCHMARKS.md, "Training's large products
+    through the tile" and "The weight gradients' rows packed").
+
+    Rows that lie contiguous are turned in registers, W rows by W ks at a time (W: a vector's
+    lanes; _transpose_block), each k's vector stored whole at k * rows: past the tile's rows
+    its lanes spill into the next k's first rows, which are stored after it (the ks in order,
+    the groups of W rows from the last to the first), or past the last k into what comes
+    next (the next block of ks, the ks past whole vectors, the next tile, the buffer's last
+    W elements). Rows padded to whole vectors instead made the tile read more lines, and it
+    ran 4-10% slower (BENCHMARKS.md, "The rows' copy in registers")."""
     M, K = A.shape
     size = A.itemsize
     W = VECTOR_BITS // 8 // size
-    pad = tile_pad(A)
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
     by_rows = A.strides[1] <= A.strides[0]  # read A in the order it lies in memory
     in_vectors = A.strides[1] == size  # (and its rows contiguous: whole vectors of a row)
@@ -1100,25 +1103,26 @@ def _pack_tiles(A, out):
     i = 0
     for t in range(tiles):
         rows = (M - i) // (tiles - t)
-        start = t * K * pad
+        start = i * K
         if by_rows and in_vectors:
-            for g in range(0, rows, W):  # W rows at a time (a pad of two vectors: twice)
-                for k in range(0, k_vectors, W):
+            last_group = (rows - 1) // W * W
+            for k in range(0, k_vectors, W):
+                for g in range(last_group, -1, -W):  # the first W rows last: see above
                     _transpose_block(A.ctypes.data + ((i + g) * lda + k) * size, lda,
                                      min(W, rows - g),
-                                     out.ctypes.data + (start + k * pad + g) * size, pad, z)
+                                     out.ctypes.data + (start + k * rows + g) * size, rows, z)
             for k in range(k_vectors, K):
                 for r in range(rows):
-                    out[start + k * pad + r] = A[i + r, k]
+                    out[start + k * rows + r] = A[i + r, k]
         elif by_rows:
             for r in range(rows):
                 a = A[i + r]
                 for k in range(K):
-                    out[start + k * pad + r] = a[k]
+                    out[start + k * rows + r] = a[k]
         else:  # a transpose's rows lie side by side
             for k in range(K):
                 for r in range(rows):
-                    out[start + k * pad + r] = A[i + r, k]
+                    out[start + k * rows + r] = A[i + r, k]
         i += rows
 
 
@@ -1181,8 +1185,7 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
     rows_block = max(TILE_ROWS, ROWS_BLOCK_BYTES // (kc_max * size) // TILE_ROWS * TILE_ROWS)
     buffer = _aligned(n_panels * kc_max * NR, C)
     copy_rows = copies_rows(n_panels)
-    pad = tile_pad(C)
-    rows_buffer = _aligned(rows_block // TILE_ROWS * kc_max * pad if copy_rows else 0, C)
+    rows_buffer = _aligned(rows_copy_size(rows_block, kc_max, C) if copy_rows else 0, C)
     a0, c0, p0 = A.ctypes.data, C.ctypes.data, buffer.ctypes.data
     z = C.dtype.type(0)
     for k0 in range(0, K, kc_max):
@@ -1200,7 +1203,7 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
                 for t in range(tiles):
                     rows = (i0 + rows_here - i) // (tiles - t)
                     if copy_rows:  # the tile's rows k-major from its place in rows_buffer
-                        a, a_rows, a_k = rows_buffer.ctypes.data + t * kc * pad * size, 1, pad
+                        a, a_rows, a_k = rows_buffer.ctypes.data + (i - i0) * kc * size, 1, rows
                     else:
                         a, a_rows, a_k = a0 + (i * lda + k0 * ka) * size, lda, ka
                     _tile(a, a_rows, a_k, p0 + p * kc * NR * size, kc,
