@@ -868,9 +868,10 @@ def _transpose_block(typingctx, src, lda, rows, dst, ldd, zero):
     arrays' float type), 0 for r >= rows: `rows` (1..W) rows of W elements, from src (rows
     lda elements apart), into W rows of dst (ldd apart), each src row a column. In registers:
     the rows loaded as vectors, then log2(W) rounds of shuffles, each swapping the off-diagonal
-    blocks of every pair of vectors b apart (b = W/2, ..., 1), then W stores: a few cycles a
-    vector where the copy element by element took one to two an element (BENCHMARKS.md,
-    "The rows' copy in registers"). The addresses and strides are the caller's to check."""
+    blocks of every pair of vectors b apart (b = W/2, ..., 1), then W whole stores in the
+    order of j (where ldd < W, each over the lanes of the one before past ldd). Its speed
+    against a copy element by element: BENCHMARKS.md, "The rows' copy in registers". The
+    addresses and strides are the caller's to check."""
     sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, zero)
 
     def codegen(context, builder, signature, args):
@@ -1089,8 +1090,8 @@ def _pack_tiles(A, out):
     its lanes spill into the next k's first rows, which are stored after it (the ks in order,
     the groups of W rows from the last to the first), or past the last k into what comes
     next (the next block of ks, the ks past whole vectors, the next tile, the buffer's last
-    W elements). Rows padded to whole vectors instead made the tile read more lines, and it
-    ran 4-10% slower (BENCHMARKS.md, "The rows' copy in registers")."""
+    W elements). The tiles read rows padded to whole vectors slower (BENCHMARKS.md, "The
+    rows' copy in registers")."""
     M, K = A.shape
     size = A.itemsize
     W = VECTOR_BITS // 8 // size
@@ -1619,8 +1620,8 @@ def model_forward(cell, params, offs, panels, ids, targets, h0, c0, masks, use_d
 def _softmax_xent(logits, bias, targets, probs):
     """logits (N, V) += bias (V,) on every row; then the sum of -log softmax(logits)[target]
     over rows, and probs gets the softmax. The bias is added row by row here, not in a pass of
-    its own, so each row is read from memory once (at 4,000 characters a shard's logits are
-    20 MB)."""
+    its own, so that a row is brought from memory once, not twice, where the logits are larger
+    than the caches (a vocabulary of thousands)."""
     N, V = logits.shape
     powers = np.empty(V, np.int64)
     total = 0.0
