@@ -248,15 +248,16 @@ SEPARATE_BUILD = textwrap.dedent("""
     rng = np.random.default_rng(5)
     for dtype in (np.float32, np.float64):
         A = rng.standard_normal((15, 37)).astype(dtype)
-        W = rng.standard_normal((37, 29)).astype(dtype)
-        whole = np.empty((15, 29), dtype)
-        cpu.matmul_packed(A, cpu.packed(W), whole)
-        exact = A.astype(np.longdouble) @ W.astype(np.longdouble)
-        assert (np.abs(whole - exact) <= 1e-5 * (np.abs(A) @ np.abs(W))).all()
-        for rows in ([3], [14, 0, 7], list(range(7))):
-            part = np.empty((len(rows), 29), dtype)
-            cpu.matmul_packed(np.ascontiguousarray(A[rows]), cpu.packed(W), part)
-            assert np.array_equal(part, whole[rows]), rows
+        for N in (29, 75):  # too few panels to copy A's rows, and enough (its rows turned in
+            W = rng.standard_normal((37, N)).astype(dtype)  # registers, 2 or 3 groups a tile)
+            whole = np.empty((15, N), dtype)
+            cpu.matmul_packed(A, cpu.packed(W), whole)
+            exact = A.astype(np.longdouble) @ W.astype(np.longdouble)
+            assert (np.abs(whole - exact) <= 1e-5 * (np.abs(A) @ np.abs(W))).all()
+            for rows in ([3], [14, 0, 7], list(range(7))):
+                part = np.empty((len(rows), N), dtype)
+                cpu.matmul_packed(np.ascontiguousarray(A[rows]), cpu.packed(W), part)
+                assert np.array_equal(part, whole[rows]), rows
     print("ok")
 """)
 
@@ -264,7 +265,7 @@ SEPARATE_BUILD = textwrap.dedent("""
 def test_a_build_for_any_x86_64_has_its_own_tile_and_the_same_guarantees(tmp_path):
     """NUMBA_CPU_NAME=generic (a portable build: SSE2 only) gives 128-bit vectors, 16
     registers and a multiply-add LLVM may not fuse; the product is still exact to rounding and
-    a row's bits still independent of the batch."""
+    a row's bits still independent of the batch, A's rows copied or read in place."""
     env = {**os.environ, "NUMBA_CPU_NAME": "generic", "NUMBA_CACHE_DIR": str(tmp_path)}
     env.pop("NUMBA_CPU_FEATURES", None)
     done = subprocess.run([sys.executable, "-c", SEPARATE_BUILD], capture_output=True,
