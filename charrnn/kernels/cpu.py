@@ -1071,10 +1071,24 @@ def _rows_times_panels(A, P, C, copy_rows):
 
 
 @kernel
+def _lanes(like):
+    """Elements of like's float type in a vector register."""
+    return VECTOR_BITS // 8 // like.itemsize
+
+
+@kernel
 def rows_copy_size(M, K, like):
     """Elements of the buffer _pack_tiles copies M rows of K into: M * K and a vector's lanes
     of like's float type past them, where the last tile's last vector of rows may spill."""
-    return M * K + VECTOR_BITS // 8 // like.itemsize
+    return M * K + _lanes(like)
+
+
+@kernel
+def _copy_ks(A, out, i, rows, k0):
+    """A's rows i to i + rows - 1 at ks k0 onwards, into out k-major (_pack_tiles' layout)."""
+    for k in range(k0, A.shape[1]):
+        for r in range(rows):
+            out[i * A.shape[1] + k * rows + r] = A[i + r, k]
 
 
 @kernel
@@ -1094,7 +1108,7 @@ def _pack_tiles(A, out):
     rows' copy in registers")."""
     M, K = A.shape
     size = A.itemsize
-    W = VECTOR_BITS // 8 // size
+    W = _lanes(A)
     tiles = (M + TILE_ROWS - 1) // TILE_ROWS
     by_rows = A.strides[1] <= A.strides[0]  # read A in the order it lies in memory
     in_vectors = A.strides[1] == size  # (and its rows contiguous: whole vectors of a row)
@@ -1112,18 +1126,14 @@ def _pack_tiles(A, out):
                     _transpose_block(A.ctypes.data + ((i + g) * lda + k) * size, lda,
                                      min(W, rows - g),
                                      out.ctypes.data + (start + k * rows + g) * size, rows, z)
-            for k in range(k_vectors, K):
-                for r in range(rows):
-                    out[start + k * rows + r] = A[i + r, k]
+            _copy_ks(A, out, i, rows, k_vectors)  # the ks past whole vectors
         elif by_rows:
             for r in range(rows):
                 a = A[i + r]
                 for k in range(K):
                     out[start + k * rows + r] = a[k]
         else:  # a transpose's rows lie side by side
-            for k in range(K):
-                for r in range(rows):
-                    out[start + k * rows + r] = A[i + r, k]
+            _copy_ks(A, out, i, rows, 0)
         i += rows
 
 
