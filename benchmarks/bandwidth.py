@@ -6,7 +6,7 @@ One stream's step multiplies one row by each matrix (every layer's W_h, the W_x 
 above the first, the output's W_y), so it reads every weight once a character and does two
 flops per weight: it is bound by how fast the weights stream from cache or memory, not by
 arithmetic. For each model this reads arrays of the same total size (two threads each their
-half, as one_stream.py splits the units) with a vectorised sum, best of five, and divides.
+half, as halves.py splits the units) with a vectorised sum, best of five, and divides.
 
     python benchmarks/bandwidth.py [--cells lstm gru] [--sizes 128 256 512 1024]
                                    [--vocab-row 256 4000] [> bandwidth.jsonl]

@@ -15,10 +15,10 @@ Two layers:
 A slot's text depends only on its own options, generator and prime, not on the other slots:
 every kernel computes each row on its own. On the CPU the products go through kernels/cpu.py's
 matmul_packed, whose result for a row is the same whatever the batch, one row alone included
-(and one row in halves on two threads, one_stream.py); but the classic GRU's and Jordan's own
-products go through _matmul (BLAS above a few rows), whose rounding may differ in the last bit
-with the number of rows: that changes a draw only where a uniform falls within rounding of a
-boundary.
+(and rows in halves of their units on two threads, halves.py); but the classic GRU's and
+Jordan's own products go through _matmul (BLAS above a few rows), whose rounding may differ in
+the last bit with the number of rows: that changes a draw only where a uniform falls within
+rounding of a boundary.
 """
 
 import functools
@@ -29,7 +29,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from . import memory, one_stream
+from . import halves, memory
 from .kernels import cpu
 from .ensemble import Ensemble, models_of
 from .model import Model, ParamLayout
@@ -149,41 +149,47 @@ def _sampling_splitter() -> StreamSplitter:
 
 
 # cells whose own products go through BLAS (the classic GRU's two, Jordan's), whose rounding
-# depends on the number of rows: their batches are never split, so a seed gives one text, and
-# one stream never runs in halves (which multiply through the panels)
+# depends on the number of rows: their batches are never split, so a seed gives one text, nor
+# run in halves (which multiply through the panels)
 UNSPLIT_CELLS = (cpu.GRU_CLASSIC, cpu.JORDAN)
 # How each model shape, thread count and power-of-two range of batch sizes is best split, learnt
 # across the steppers of a process (a `sample` command makes a stepper per call, a server one)
 _SPLITS: dict[tuple, "SplitChoice"] = {}
 
 
+WHOLE, ROWS, HALVES = "whole", "rows", "halves"  # the ways a chunk's rows can run (CpuStepper)
+
+
 class SplitChoice:
-    """Whether one range of batch sizes runs faster whole or in `most` shards, learnt from the
-    chunks themselves: each way first runs a chunk, then the one whose latest chunk took less
-    time per row and step runs, and every EXPLORE-th chunk the other, so that a chunk timed in a
-    noisy moment, or a change in the machine's load, is corrected within a few chunks. Only
-    chunks of at least TIMED_STEPS steps are timed: a server's (serving.SERVER_CHUNK) are, a new
-    batch's first (FIRST_CHUNK) is not, being mostly the call's own cost (waking the threads,
-    copying their rows), which a chunk of CHUNK steps hardly feels."""
+    """Which way a range of batch sizes runs fastest (WHOLE, ROWS, HALVES: CpuStepper._run),
+    learnt from the chunks themselves: each way first runs a chunk, then the one whose latest
+    chunk took the least time per row and step runs, and every EXPLORE-th chunk one of the
+    others in turn, so that a chunk timed in a noisy moment, or a change in the machine's load,
+    is corrected within a few chunks. Only chunks of at least TIMED_STEPS steps are timed: a
+    server's (serving.SERVER_CHUNK) are, a new batch's first (FIRST_CHUNK) is not, being mostly
+    the call's own cost (waking the threads, copying their rows), which a chunk of CHUNK steps
+    hardly feels."""
 
     EXPLORE = 8
     TIMED_STEPS = 32
 
-    def __init__(self, most: int):
-        self.seconds: dict[int, float | None] = {1: None, most: None}  # per row and step
+    def __init__(self, ways: Sequence[str]):
+        self.seconds: dict[str, float | None] = dict.fromkeys(ways)  # per row and step
         self.chunks = 0
 
-    def pick(self) -> int:
-        untried = [parts for parts, s in self.seconds.items() if s is None]
+    def pick(self) -> str:
+        untried = [way for way, s in self.seconds.items() if s is None]
         if untried:
             return untried[0]
         self.chunks += 1
-        faster, slower = sorted(self.seconds, key=self.seconds.get)
-        return slower if self.chunks % self.EXPLORE == 0 else faster
+        ranked = sorted(self.seconds, key=self.seconds.get)
+        if self.chunks % self.EXPLORE:
+            return ranked[0]
+        return ranked[1 + self.chunks // self.EXPLORE % (len(ranked) - 1)]
 
-    def timed(self, parts: int, seconds: float, rows: int, steps: int) -> None:
+    def timed(self, way: str, seconds: float, rows: int, steps: int) -> None:
         if steps >= self.TIMED_STEPS:
-            self.seconds[parts] = seconds / (rows * steps)
+            self.seconds[way] = seconds / (rows * steps)
 
 
 class CpuStepper:
@@ -192,13 +198,14 @@ class CpuStepper:
     stepper, as on the GPU). An ensemble's K members step together in each kernel call, their
     weights stacked (K, P) and their states (K * L, B, W), as Ensemble.zero_state makes them.
 
-    A batch of rows can run as one kernel call or split into shards of rows, one per thread
-    (parallel.StreamSplitter): the rows are independent for a whole chunk, so the shards never
-    wait for each other. Whether splitting pays depends on the machine, its load, the model and
-    the rows per shard, so it is measured on the chunks themselves, for each power-of-two range
-    of batch sizes (SplitChoice). One row can run in halves of its units on two threads
-    (one_stream.py), chosen the same way. A row's result is the same either way
-    (cpu.matmul_packed), so the measurement decides the speed, never the text."""
+    A batch of rows can run three ways: as one kernel call (WHOLE); split into shards of rows,
+    one per thread (ROWS, parallel.StreamSplitter), which never wait for each other, each
+    reading all of the weights; or in halves of every layer's units on two threads (HALVES,
+    halves.py), each reading half of the weights for all the rows, meeting after each layer.
+    Which pays depends on the machine, its load, the model and the rows, so it is measured on
+    the chunks themselves, for each power-of-two range of batch sizes (SplitChoice). A row's
+    result is the same every way (cpu.matmul_packed), so the measurement decides the speed,
+    never the text."""
 
     def __init__(self, model: Model | Ensemble, splitter: StreamSplitter | None = None):
         self.model = model
@@ -209,8 +216,8 @@ class CpuStepper:
         self.h, self.c = model.zero_state(0)  # (K * L, B, W)
         self._panels: Panels | None = None  # the packed weights, made at the first call
         self._one = self._scratch(1)  # for one row on one thread
-        # where one stream's rows split between two threads (None: it never does)
-        self._halves = one_stream.halves_of(model) \
+        # where the rows' units split between two threads (None: they never do)
+        self._halves = halves.halves_of(model) \
             if len(self.members) == 1 and self.splitter.threads > 1 \
             and model.config.kernel_id not in UNSPLIT_CELLS else None
 
@@ -260,46 +267,48 @@ class CpuStepper:
         return out
 
     def _stepped(self, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
-        """The steps of `generate` on the rows h, c, split the way measured fastest so far; but
+        """The steps of `generate` on the rows h, c, run the way measured fastest so far; but
         one row's chunk too short to time (a prime, a first chunk) runs whole: starting the
         halves costs more than a few steps (BENCHMARKS.md, "One stream in halves")."""
         choice = self._split_choice(len(x))
         short_row = len(x) == 1 and len(out) < SplitChoice.TIMED_STEPS
-        parts = choice.pick() if choice and not short_row else 1
+        way = choice.pick() if choice and not short_row else WHOLE
         start = time.perf_counter()
-        self._run(parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
+        self._run(way, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
         if choice:
-            choice.timed(parts, time.perf_counter() - start, *out.shape[::-1])
+            choice.timed(way, time.perf_counter() - start, *out.shape[::-1])
 
     def _split_choice(self, B: int) -> SplitChoice | None:
-        """How B rows are best split (None: they never are): several rows in shards of rows,
-        one row in halves of its units (2 parts)."""
-        if B == 1:
-            most = 1 if self._halves is None else 2
-        else:
-            most = 1 if self.model.config.kernel_id in UNSPLIT_CELLS else self.splitter.parts(B)
-        if most == 1:
+        """The ways B rows can run, learnt (None: only WHOLE): ROWS where the batch splits into
+        shards of rows (the classic GRU's and Jordan's products are their own, and never split),
+        HALVES where the model splits into halves of its units (halves.halves_of)."""
+        ways = [WHOLE]
+        if B > 1 and self.model.config.kernel_id not in UNSPLIT_CELLS \
+                and self.splitter.parts(B) > 1:
+            ways.append(ROWS)
+        if self._halves is not None:
+            ways.append(HALVES)
+        if len(ways) == 1:
             return None
         cfg = self.model.config
         key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, len(self.members),
-               self.model.dtype.str, most, B.bit_length())
-        return _SPLITS.setdefault(key, SplitChoice(most))
+               self.model.dtype.str, self.splitter.threads, tuple(ways), B.bit_length())
+        return _SPLITS.setdefault(key, SplitChoice(ways))
 
-    def _run(self, parts, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
-        """The kernel over all B rows of h, c (L, B, W) at once; or, for `parts` > 1, one row
-        in halves (one_stream.py), or several in `parts` shards of rows on the splitter's
-        threads, each on its own contiguous copy of its rows."""
+    def _run(self, way, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
+        """The kernel over all B rows of h, c (L, B, W) at once (WHOLE); in halves of their
+        units (HALVES: halves.py); or in shards of rows on the splitter's threads (ROWS), each
+        on its own contiguous copy of its rows."""
         panels = self._packed()  # (made here, not by each shard's thread)
-        if parts == 1:
+        if way == WHOLE:
             self._kernel(panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                          self._one if len(x) == 1 else None)
             return
-        if len(x) == 1:
-            done = one_stream.generate(self.model, self._halves, panels.flat[0], panels.offsets,
-                                       h, c, x, forced, temperature, top_k, top_p, uniforms,
-                                       out)
-            if done < len(out):  # the halves gave up: the rest on this thread
-                self._run(1, h, c, x, forced[done:], temperature, top_k, top_p,
+        if way == HALVES:
+            done = halves.generate(self.model, self._halves, panels.flat[0], panels.offsets,
+                                   h, c, x, forced, temperature, top_k, top_p, uniforms, out)
+            if done < len(out):  # the halves gave up, or the partner is busy: the rest whole
+                self._run(WHOLE, h, c, x, forced[done:], temperature, top_k, top_p,
                           uniforms[done:], out[done:])
             return
 
@@ -311,7 +320,7 @@ class CpuStepper:
                          top_k[r], top_p[r], np.ascontiguousarray(uniforms[:, r]), outs)
             h[:, r], c[:, r], x[r], out[:, r] = hs, cs, xs, outs
 
-        self.splitter.map(shard, row_ranges(len(x), parts))
+        self.splitter.map(shard, row_ranges(len(x), self.splitter.parts(len(x))))
 
 
 def make_stepper(model: Model | Ensemble, device: str = "cpu") -> Stepper:

@@ -11,7 +11,8 @@ from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.parallel import StreamSplitter
 from charrnn.sample import SampleOptions, generate
-from charrnn.stepper import CHUNK, FIRST_CHUNK, CpuStepper, Piece, Slots, packed_weights
+from charrnn.stepper import (CHUNK, FIRST_CHUNK, HALVES, ROWS, WHOLE, CpuStepper, Piece, Slots,
+                             packed_weights)
 from charrnn.tokenizer import UnknownCharacters, Vocab
 
 LOGITS = np.array([2.0, -1.0, 0.5, 1.5, 0.0, -3.0], np.float32)
@@ -458,7 +459,7 @@ def test_a_stream_alone_gives_the_bits_it_gives_in_a_batch_with_a_large_matrix()
     """One row's products go through the register tile however large the matrix (they once went
     through BLAS's gemv above 1 MB, whose rounding differs): a stream sampled alone draws the
     same ids and reaches the same state as in a batch of three. H = 300 is no whole number of
-    panels, so the row runs on one thread (test_one_stream covers the halves)."""
+    panels, so the row runs on one thread (test_halves covers the halves)."""
     H = 300  # W_h (300, 1200) float32: 1.44 MB
     model = Model(ModelConfig(vocab_size=23, cell="lstm", layers=1, hidden=H), seed=1)
     assert model.layout.views(model.params)["l0.W_h"].nbytes > 1 << 20
@@ -470,7 +471,7 @@ def test_a_stream_alone_gives_the_bits_it_gives_in_a_batch_with_a_large_matrix()
         stepper = CpuStepper(model)
         stepper.arrange([], [np.array([5, 1], np.int32)] * rows)
         x, out = np.full(rows, 2, np.int32), np.empty((n, rows), np.int32)
-        stepper._run(1, stepper.h, stepper.c, x, np.full((n, rows), -1, np.int32),
+        stepper._run(WHOLE, stepper.h, stepper.c, x, np.full((n, rows), -1, np.int32),
                      np.ones(rows), np.zeros(rows, np.int64), np.ones(rows),
                      np.ascontiguousarray(uniforms[:, :rows]), out)
         runs.append((out[:, 0], stepper.h[:, :1], stepper.c[:, :1]))
@@ -493,12 +494,12 @@ def test_a_batch_split_across_threads_gives_the_same_bits(cell):
     options = (rng.uniform(0.5, 1.5, B), np.array([0, 3, 0, 0, 2, 0, 0]), np.full(B, 0.95))
     uniforms = rng.random((n, B))
     results = []
-    splitter = StreamSplitter(threads=3, min_rows=2)  # (one after another where BLAS is not
-    for parts in (1, 2, 3):                          # OpenBLAS: the same bits either way)
-        stepper = CpuStepper(model, splitter)
+    # 1, 2 and 3 shards (one after another where BLAS is not OpenBLAS: the same bits either way)
+    for way, threads in ((WHOLE, 1), (ROWS, 2), (ROWS, 3)):
+        stepper = CpuStepper(model, StreamSplitter(threads=threads, min_rows=2))
         stepper.arrange([], [np.array([i % 11, 2], np.int32) for i in range(B)])
         x, out = np.arange(B, dtype=np.int32), np.empty((n, B), np.int32)
-        stepper._run(parts, stepper.h, stepper.c, x, forced, *options, uniforms, out)
+        stepper._run(way, stepper.h, stepper.c, x, forced, *options, uniforms, out)
         results.append((out, x, stepper.h, stepper.c))
     assert len(np.unique(results[0][0])) > 5  # the draws are not all one id
     for split in results[1:]:
@@ -508,17 +509,29 @@ def test_a_batch_split_across_threads_gives_the_same_bits(cell):
 
 def test_the_split_learns_from_its_chunks_and_keeps_checking_the_other_way():
     from charrnn.stepper import SplitChoice
-    choice = SplitChoice(most=2)
-    assert choice.pick() == 1
-    choice.timed(1, 0.9, rows=8, steps=SplitChoice.TIMED_STEPS - 1)  # too short to count
-    assert choice.pick() == 1
-    choice.timed(1, 1.0, rows=8, steps=100)
-    assert choice.pick() == 2
-    choice.timed(2, 0.6, rows=8, steps=100)  # faster per row and step
+    choice = SplitChoice([WHOLE, ROWS])
+    assert choice.pick() == WHOLE
+    choice.timed(WHOLE, 0.9, rows=8, steps=SplitChoice.TIMED_STEPS - 1)  # too short to count
+    assert choice.pick() == WHOLE
+    choice.timed(WHOLE, 1.0, rows=8, steps=100)
+    assert choice.pick() == ROWS
+    choice.timed(ROWS, 0.6, rows=8, steps=100)  # faster per row and step
     picks = [choice.pick() for _ in range(2 * SplitChoice.EXPLORE)]
-    assert picks.count(1) == 2 and picks.count(2) == 2 * SplitChoice.EXPLORE - 2
-    choice.timed(1, 0.25, rows=4, steps=200)  # the machine changed: now whole is faster
-    assert [choice.pick() for _ in range(3)] == [1, 1, 1]
+    assert picks.count(WHOLE) == 2 and picks.count(ROWS) == 2 * SplitChoice.EXPLORE - 2
+    choice.timed(WHOLE, 0.25, rows=4, steps=200)  # the machine changed: now whole is faster
+    assert [choice.pick() for _ in range(3)] == [WHOLE] * 3
+
+
+def test_three_ways_are_each_checked_in_turn_besides_the_fastest():
+    from charrnn.stepper import SplitChoice
+    choice = SplitChoice([WHOLE, ROWS, HALVES])
+    assert [choice.pick() for _ in range(3)] == [WHOLE] * 3  # until it is timed
+    for way, seconds in ((WHOLE, 3.0), (ROWS, 2.0), (HALVES, 1.0)):
+        choice.timed(way, seconds, rows=1, steps=SplitChoice.TIMED_STEPS)
+    picks = [choice.pick() for _ in range(4 * SplitChoice.EXPLORE)]
+    explored = picks[SplitChoice.EXPLORE - 1::SplitChoice.EXPLORE]
+    assert sorted(explored) == sorted([WHOLE, ROWS] * 2)  # the slower two, in turn
+    assert picks.count(HALVES) == 4 * SplitChoice.EXPLORE - 4
 
 
 def test_a_servers_chunks_teach_the_split_and_a_first_chunk_does_not():

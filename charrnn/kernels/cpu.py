@@ -1057,7 +1057,22 @@ def _rows_times_panels(A, P, C, copy_rows):
         return
     A_tiles = _aligned(rows_copy_size(M, K, A), A)
     _pack_tiles(A, A_tiles)
-    for p in range(n_panels):  # each panel read from memory once, then from cache by each tile
+    _tiles_times_panels(A_tiles, M, P, C)
+
+
+@kernel
+def _tiles_times_panels(A_tiles, M, P, C):
+    """C (M, N) = A @ W for A's M rows copied tile by tile (_pack_tiles) into A_tiles and P the
+    panels of W (K, N): each panel read from memory once, then from cache by each tile."""
+    K = P.shape[1]
+    N = C.shape[1]
+    n_panels, _, NR = P.shape
+    size = A_tiles.itemsize
+    ldc = C.strides[0] // size
+    c0, p0 = C.ctypes.data, P.ctypes.data
+    z = A_tiles.dtype.type(0)
+    tiles = (M + TILE_ROWS - 1) // TILE_ROWS
+    for p in range(n_panels):
         j = p * NR
         i = 0
         for t in range(tiles):  # tiles of nearly equal height: 25 rows are 12 + 13, not 14 + 11
@@ -1228,7 +1243,7 @@ FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured:
 # core's register tile or matmul_few_rows (BENCHMARKS.md, "Sampling a few streams" and "A
 # register tile in LLVM IR"; benchmarks/few_rows_product.py). Only _matmul (the classic GRU's
 # and Jordan's own products) goes by it; the sampler's other one-row products run in halves
-# on two cores instead (one_stream.py).
+# on two cores instead (halves.py).
 ONE_ROW_MAX_BYTES = 1 << 20
 
 
@@ -1939,10 +1954,13 @@ def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperatur
 
 
 # ---------------------------------------------------------------------------------------------
-# One stream on two threads. One row's step is a few products of a vector by matrices that
-# outgrow one core's cache, too little work to split by streams; so each of two threads takes
-# half of every layer's hidden units (their columns in every gate block) and half of the output
-# columns, and the two meet after each layer and after the logits. A meeting must cost well
+# Streams on two threads by units. One row's step is a few products of a vector by matrices
+# that outgrow one core's cache, too little work to split by streams; a few rows split by
+# streams leave each thread a thin product; many rows of a wide model have each thread read all
+# of every matrix. So each of two threads takes half of every layer's hidden units (their
+# columns in every gate block) for every row, then half of the output columns (one row) or half
+# of the rows' outputs and draws (several), and the two meet after each layer and after the
+# logits or draws. A meeting must cost well
 # under a microsecond, so it is a spin on a counter the other thread writes (numba has no CPU
 # atomics: the intrinsics below). A thread kept waiting (its partner lost its core to another
 # process) yields between looks; where the threads keep waiting on each other (GIVE_UP_CYCLES,
@@ -2049,10 +2067,22 @@ def _own_blocks(row, u0, Hm, H, out):
 
 @kernel
 def _own_columns(A, P, u0, u1, H, C, width, offset):
-    """For each H-block g of the matrix whose panels are P: C[0, offset + g * width + j] =
-    (A @ W)[0, g * H + u0 + j] for j < u1 - u0, u0 and H multiples of the panel width."""
+    """For each H-block g of the matrix whose panels are P: C[:, offset + g * width + j] =
+    (A @ W)[:, g * H + u0 + j] for j < u1 - u0, u0 and H multiples of the panel width. Several
+    rows of A are copied for the tiles once for all the blocks, where matmul_packed would copy
+    them for each (copies_rows); the same multiply-adds either way."""
+    M, K = A.shape
     NR = P.shape[2]
-    for g in range(P.shape[0] * NR // H):
+    blocks = P.shape[0] * NR // H
+    if M > 1 and copies_rows((u1 - u0) // NR):
+        A_tiles = _aligned(rows_copy_size(M, K, A), A)
+        _pack_tiles(A, A_tiles)
+        for g in range(blocks):
+            c = offset + g * width
+            _tiles_times_panels(A_tiles, M, P[(g * H + u0) // NR:(g * H + u1) // NR],
+                                C[:, c:c + u1 - u0])
+        return
+    for g in range(blocks):
         c = offset + g * width
         matmul_packed(A, P[(g * H + u0) // NR:(g * H + u1) // NR], C[:, c:c + u1 - u0])
 
@@ -2062,29 +2092,36 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
                   panel_offs, x, hs, c, forced, temperature, top_k, top_p, uniforms, out, sync,
                   shared, logits, probs, extra, row, xg, gates, act, h_prev, c_prev, h_new,
                   c_new, powers):
-    """Thread me's (0 or 1) half of `generate` for one stream and one model: hidden units
-    units[me]..units[me + 1] of every layer and logits columns columns[me]..columns[me + 1]
-    (multiples of the panel width). Both threads run it at once with the same arguments but
-    their own scratch, and meet through sync ((2, 16) int64, zero): after each layer (its h is
-    whole), after the logits (each has found its columns' largest), and, drawing at a
-    temperature, after each has exp'd its columns; then both draw the same id from the whole
-    (only thread 0 writes out).
+    """Thread me's (0 or 1) half of `generate` for B streams of one model: hidden units
+    units[me]..units[me + 1] of every layer for every stream; then, for one stream, logits
+    columns columns[me]..columns[me + 1] (multiples of the panel width), and for several, the
+    output layer and the draws of half of the streams (rows B * me // 2..B * (me + 1) // 2).
+    Both threads run it at once with the same arguments but their own scratch, and meet
+    through sync ((2, 16) int64, zero): after each layer (its h is whole) and after the
+    logits or draws; for one stream each has then found its columns' largest logit, and,
+    drawing at a temperature, they meet once more after each has exp'd its columns, and both
+    draw the same id from the whole (only thread 0 writes out).
 
-    hs (2, L, H): the state in hs[0] on entry, each step reading one and writing the other; c
-    (L, 1, H) updated in place (each thread its own units). shared (1, GH): gru-ln's input
-    projection before its normalisation, whole; logits (1, V); probs (V,) float64. Own scratch:
-    x (1,) the last id, extra (L, E * Hm) the layer's extra vector's units of this half
-    (_own_blocks), row (1, GH), xg, gates (1, G * Hm), act (1, S * Hm), h_prev, c_prev, h_new,
-    c_new (1, Hm), powers (V,) int64. Returns the steps done: all of out's, or fewer where a
-    thread waited over give_up cycles in all and over waiting_share of the time
-    (GIVE_UP_CYCLES, WAITING_SHARE; the state is then hs[steps % 2] and c, x the last id)."""
-    n = out.shape[0]
-    L, H = hs.shape[1], hs.shape[2]
+    hs (2, L, B, H): the state in hs[0] on entry, each step reading one and writing the other;
+    c (L, B, H) updated in place (each thread its own units). x (B,): the last ids; one
+    stream: each thread its own copy; several: one array, each thread writing its streams'.
+    shared (B, GH): gru-ln's input projection before its normalisation, whole; logits (B, V);
+    probs (V,) float64: one stream: one array, each half exp'ing its columns; several: each
+    thread its own. Own scratch: extra (L, E * Hm) the layer's extra vector's units of this
+    half (_own_blocks), row (B, GH), xg, gates (B, G * Hm), act (B, S * Hm), h_prev, c_prev,
+    h_new, c_new (B, Hm), powers (V,) int64. Returns the steps done: all of out's, or fewer
+    where a thread waited over give_up cycles in all and over waiting_share of the time
+    (GIVE_UP_CYCLES, WAITING_SHARE; the state is then hs[steps % 2] and c, x the last ids)."""
+    n, B = out.shape
+    L, H = hs.shape[1], hs.shape[3]
     V = logits.shape[1]
     u0, u1, v0, v1 = units[me], units[me + 1], columns[me], columns[me + 1]
+    b0, b1 = B * me // 2, B * (me + 1) // 2
     Hm = u1 - u0
     NR = PANEL_BYTES // params.itemsize
     normalised = cell == GRU_LN
+    output = _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)
+    b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
     met = 1
     _meet(sync, me, met)  # both started (how late the other was is not counted)
     start = _cycles()
@@ -2094,51 +2131,69 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
         for layer in range(L):
             s = SLOTS_PER_LAYER * layer
             bias = _vec(params, offs, s + 2)
-            if layer == 0:  # the input row gathered whole: a few H, cheaper than a meeting
-                _gather_row(_mat(params, offs, s, V)[x[0]], bias, normalised, row[0])
-            elif normalised:  # normalised over whole blocks: the halves meet first
-                _own_columns(hs[after, layer - 1:layer], _panels(panels, panel_offs, s, H),
+            if layer == 0:  # the input rows gathered: a few H each, cheaper than a meeting
+                W_x = _mat(params, offs, s, V)
+                for b in range(B):
+                    if normalised:  # normalised over whole blocks: each thread whole rows
+                        row[b] = W_x[x[b]]
+                    else:
+                        _own_blocks(W_x[x[b]], u0, Hm, H, xg[b])
+            elif normalised:  # the halves meet first
+                _own_columns(hs[after, layer - 1], _panels(panels, panel_offs, s, H),
                              u0, u1, H, shared, H, u0)
                 met += 1
                 waited += _meet(sync, me, met)
                 row[:] = shared
             else:
-                _own_columns(hs[after, layer - 1:layer], _panels(panels, panel_offs, s, H),
+                _own_columns(hs[after, layer - 1], _panels(panels, panel_offs, s, H),
                              u0, u1, H, xg, Hm, 0)
-                for g in range(xg.shape[1] // Hm):  # + b, as _add_bias_rows
-                    for j in range(Hm):
-                        xg[0, g * Hm + j] += bias[g * H + u0 + j]
-            if layer == 0 or normalised:
-                if normalised:
-                    layer_norm_rows(row, _vec(params, offs, s + 3)[:3 * H], bias)
-                _own_blocks(row[0], u0, Hm, H, xg[0])
-            _own_columns(hs[now, layer:layer + 1], _panels(panels, panel_offs, s + 1, H),
+            if normalised:
+                layer_norm_rows(row, _vec(params, offs, s + 3)[:3 * H], bias)
+                for b in range(B):
+                    _own_blocks(row[b], u0, Hm, H, xg[b])
+            else:  # + b, as _gather_row and _add_bias_rows
+                for b in range(B):
+                    for g in range(xg.shape[1] // Hm):
+                        for j in range(Hm):
+                            xg[b, g * Hm + j] += bias[g * H + u0 + j]
+            _own_columns(hs[now, layer], _panels(panels, panel_offs, s + 1, H),
                          u0, u1, H, gates, Hm, 0)
-            h_prev[0] = hs[now, layer, u0:u1]
-            c_prev[0] = c[layer, 0, u0:u1]
+            h_prev[:] = hs[now, layer, :, u0:u1]
+            c_prev[:] = c[layer, :, u0:u1]
             _cell_step(cell, xg, gates, extra[layer], h_prev, c_prev, h_new, c_new, act)
-            hs[after, layer, u0:u1] = h_new[0]
+            hs[after, layer, :, u0:u1] = h_new
             if has_cell_state(cell):
-                c[layer, 0, u0:u1] = c_new[0]
+                c[layer, :, u0:u1] = c_new
             met += 1
             waited += _meet(sync, me, met)
-        if v1 > v0:
-            matmul_packed(hs[after, L - 1:L],
-                          _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)[
-                              v0 // NR:(v1 + NR - 1) // NR], logits[:, v0:v1])
-            _add_bias_rows(logits[:, v0:v1], _vec(params, offs, SLOTS_PER_LAYER * L + 1)[v0:v1])
+        one = B == 1
+        if one and v1 > v0:  # one stream: this half's columns
+            matmul_packed(hs[after, L - 1], output[v0 // NR:(v1 + NR - 1) // NR],
+                          logits[:, v0:v1])
+            _add_bias_rows(logits[:, v0:v1], b_y[v0:v1])
         draws = forced[t, 0] < 0
-        if draws:  # the draw's elementwise work in halves too: at 4,000 columns it is not small
+        if one and draws:  # the draw's elementwise work in halves too: at 4,000 columns it
+            # is not small
             sync[me, BEST] = _first_max(logits[0], v0, v1) if v1 > v0 else -1
+        if not one and b1 > b0:  # several: this half's streams, whole
+            matmul_packed(hs[after, L - 1, b0:b1], output, logits[b0:b1])
+            _add_bias_rows(logits[b0:b1], b_y)
+            for b in range(b0, b1):
+                if forced[t, b] >= 0:
+                    x[b] = forced[t, b]
+                else:
+                    x[b] = _draw(logits[b], temperature[b], top_k[b], top_p[b],
+                                 uniforms[t, b], probs, powers)
+                out[t, b] = x[b]
         slow = waited > give_up and waited > waiting_share * (_cycles() - start)
         decisions = sync.ctypes.data + 8 * (1 + t % 2)  # this step's word in each row
         _store_release(decisions + me * sync.strides[0], 1 if slow else 0)
         met += 1
         waited += _meet(sync, me, met)
         stop = _load_acquire(decisions) + _load_acquire(decisions + sync.strides[0]) > 0
-        if not draws:
+        if one and not draws:
             x[0] = forced[t, 0]
-        else:
+        elif one:
             best = _better(logits[0], sync[0, BEST], sync[1, BEST])
             if temperature[0] == 0.0:
                 x[0] = best
@@ -2149,7 +2204,7 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
                 met += 1
                 waited += _meet(sync, me, met)
                 x[0] = _draw_from(probs, _sum(probs), best, top_k[0], top_p[0], uniforms[t, 0])
-        if me == 0:
+        if one and me == 0:
             out[t, 0] = x[0]
         if stop:
             return t + 1

@@ -1,13 +1,18 @@
-"""One stream's sampling on two threads: the caller's and a partner thread, each taking half of
-every layer's hidden units and half of the output columns (kernels/cpu.py's generate_half).
+"""Streams' sampling in halves of their units on two threads, the caller's and a partner thread
+(kernels/cpu.py's generate_half): each takes half of every layer's hidden units for every
+stream; then, for one stream, half of the output columns, and for several, the output layer and
+the draws of half of the streams.
 
-A single stream has one row to multiply by each matrix: too little work to split by streams
+One stream has one row to multiply by each matrix: too little work to split by streams
 (parallel.StreamSplitter), and at 2 x 256 and up its weights outgrow one core's cache, so one
-core streams them from L3 or memory at its own bandwidth. Split by units, each core streams half
-of every matrix and the two meet a few times a step. The halves give the same bits as one
-thread (generate_half), so which runs is a matter of speed only: the stepper measures both on
-its chunks (stepper.SplitChoice), and a chunk whose threads keep waiting on each other (the
-machine busy with other work) hands its remaining steps to one thread.
+core streams them from L3 or memory at its own bandwidth. A few streams split by streams leave
+each thread a thin product that reads all of every matrix for a few rows; many streams of a
+wide model read 48 MB of weights a step on each core (2 x 1024). Split by units, each core
+reads half of every matrix for all the rows, and the two meet a few times a step. The halves
+give the same bits as one thread (generate_half), so which runs is a matter of speed only: the
+stepper measures every way on its chunks (stepper.SplitChoice), and a chunk whose threads keep
+waiting on each other (the machine busy with other work) hands its remaining steps to one
+thread.
 """
 
 import functools
@@ -55,43 +60,47 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
              uniforms: np.ndarray, out: np.ndarray,
              give_up: int = cpu.GIVE_UP_CYCLES,
              waiting_share: float = cpu.WAITING_SHARE) -> int:
-    """cpu.generate for one stream (h, c (L, 1, H), x (1,), out (n, 1)...) in halves. Returns
-    the steps done: all n; fewer where the threads kept waiting on each other (give_up and
-    waiting_share as cpu.generate_half's), the state and x then those after the steps done; or
-    0 where the partner is busy with another stepper's chunk."""
+    """cpu.generate for B streams of one model (h, c (L, B, H), x (B,), out (n, B)...) in
+    halves of their units. Returns the steps done: all n; fewer where the threads kept waiting
+    on each other (give_up and waiting_share as cpu.generate_half's), the state and x then
+    those after the steps done; or 0 where the partner is busy with another stepper's chunk."""
     if not _PARTNER_FREE.acquire(blocking=False):
         return 0
     try:
         cfg, dtype = model.config, model.dtype
-        L, H, V = cfg.layers, cfg.hidden, cfg.vocab_size
-        hs = np.empty((2, L, H), dtype)  # (2, L, H): read one, write the other, each step
-        hs[0] = h[:, 0]
+        B, V = len(x), cfg.vocab_size
+        hs = np.empty((2, *h.shape), dtype)  # (2, L, B, H): read one, write the other, each step
+        hs[0] = h
+        one = B == 1
+        ids = x.copy()  # several streams: one array, each thread writing its streams' ids
+        probs = np.zeros(V, np.float64)  # one stream: each half exp's its columns
         shared = (cfg.kernel_id, model.params, model.layout.offsets, flat_panels,
                   panel_offsets)
         state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
                  np.zeros((2, 16), np.int64),  # sync: a cache line per thread
-                 np.zeros((1, cfg.gates * H), dtype), np.zeros((1, V), dtype),
-                 np.zeros(V, np.float64))  # probs: each half exp's its columns
+                 np.zeros((B, cfg.gates * cfg.hidden), dtype), np.zeros((B, V), dtype))
         # every argument made before the partner starts: its Python work would wait for the
         # GIL while this thread makes its own
         mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
-                         x.copy(), *state, *_scratch(model, halves, me)) for me in (0, 1))
+                         x.copy() if one else ids, *state,
+                         probs if one else np.zeros(V, np.float64),
+                         *_scratch(model, halves, me, B)) for me in (0, 1))
         partner = _partner().submit(cpu.generate_half, *theirs)
         steps = cpu.generate_half(*mine)
         if partner.result() != steps:
             raise RuntimeError("the halves of a sampling step disagree on the steps done")
-        h[:, 0] = hs[steps % 2]
+        h[:] = hs[steps % 2]
         if steps:
-            x[0] = out[steps - 1, 0]
+            x[:] = out[steps - 1]
         return steps
     finally:
         _PARTNER_FREE.release()
 
 
-def _scratch(model: Model, halves: Halves, me: int) -> tuple[np.ndarray, ...]:
-    """One thread's own arrays for generate_half: extra (L, E * Hm) (each layer's extra vector,
-    this half's units of each of its E blocks), row (1, GH), xg, gates (1, G * Hm), act
-    (1, S * Hm), h_prev, c_prev, h_new, c_new (1, Hm), powers (V,) int64."""
+def _scratch(model: Model, halves: Halves, me: int, B: int) -> tuple[np.ndarray, ...]:
+    """One thread's own arrays for generate_half on B streams: extra (L, E * Hm) (each layer's
+    extra vector, this half's units of each of its E blocks), row (B, GH), xg, gates
+    (B, G * Hm), act (B, S * Hm), h_prev, c_prev, h_new, c_new (B, Hm), powers (V,) int64."""
     cfg, dtype = model.config, model.dtype
     H, V, G = cfg.hidden, cfg.vocab_size, cfg.gates
     u0, u1 = int(halves.units[me]), int(halves.units[me + 1])
@@ -103,6 +112,6 @@ def _scratch(model: Model, halves: Halves, me: int) -> tuple[np.ndarray, ...]:
     for layer, vector in enumerate(extras):
         extra[layer] = vector.reshape(E, H)[:, u0:u1].ravel()
     Hm = u1 - u0
-    return (extra, np.zeros((1, G * H), dtype), np.zeros((1, G * Hm), dtype),
-            np.zeros((1, G * Hm), dtype), np.zeros((1, cfg.spec.stored_acts * Hm), dtype),
-            *(np.zeros((1, Hm), dtype) for _ in range(4)), np.zeros(V, np.int64))
+    return (extra, np.zeros((B, G * H), dtype), np.zeros((B, G * Hm), dtype),
+            np.zeros((B, G * Hm), dtype), np.zeros((B, cfg.spec.stored_acts * Hm), dtype),
+            *(np.zeros((B, Hm), dtype) for _ in range(4)), np.zeros(V, np.int64))

@@ -1,18 +1,19 @@
-"""One stream in halves on two threads (charrnn/one_stream.py, cpu.generate_half): the same
-ids, state and last id to the bit as the whole row on one thread, for every cell it runs, in
-float32 and float64; and what happens when the halves give up, or the partner is busy."""
+"""Streams in halves of their units on two threads (charrnn/halves.py, cpu.generate_half):
+the same ids, state and last ids to the bit as the whole rows on one thread, for one stream and
+for several, every cell it runs, in float32 and float64; what happens when the halves give up,
+or the partner is busy; and how the stepper chooses among the ways to run a chunk."""
 
 import functools
 
 import numpy as np
 import pytest
 
-from charrnn import one_stream
+from charrnn import halves
 from charrnn.ensemble import Ensemble
 from charrnn.kernels import cpu
 from charrnn.model import Model, ModelConfig
 from charrnn.parallel import StreamSplitter
-from charrnn.stepper import CpuStepper
+from charrnn.stepper import HALVES, ROWS, WHOLE, CpuStepper, SplitChoice
 
 HALVED_CELLS = ["lstm", "gru", "gru-ln", "rnn", "irnn", "lstm-coupled", "lstm-peephole"]
 STEPS = 40
@@ -35,31 +36,64 @@ def model_of(cell: str, dtype, hidden_panels: int = 3, vocab: int = 37) -> Model
 TOP_K_AND_P = (0.9, 12, 0.97)  # temperature, top_k, top_p
 
 
-def sampled(model: Model, parts: int, draw=TOP_K_AND_P) -> tuple[np.ndarray, ...]:
-    """STEPS ids of one stream through the stepper's `_run` (parts 2: in halves), with a prompt
-    fed in the middle and the draw's temperature, top_k and top_p; the ids, h, c and the last
-    id."""
-    stepper = CpuStepper(model, StreamSplitter(threads=2))
-    stepper.arrange([], [np.array([4, 9, 1], np.int32)])
+def sampled(model: Model, way: str, draw=TOP_K_AND_P, B: int = 1) -> tuple[np.ndarray, ...]:
+    """STEPS ids of B streams through the stepper's `_run` (WHOLE, ROWS or HALVES), with a
+    prompt fed in the middle (to some of the streams, where there are several) and the draw's
+    temperature, top_k and top_p (several streams: each its own, around those); the ids, h, c
+    and the last ids."""
+    stepper = CpuStepper(model, StreamSplitter(threads=2, min_rows=2))
+    stepper.arrange([], [np.array([4, 9, 1 + b % 5], np.int32) for b in range(B)])
     rng = np.random.default_rng(7)
-    forced = np.full((STEPS, 1), -1, np.int32)
-    forced[10:14, 0] = [1, 2, 3, 4]
-    x, out = np.array([2], np.int32), np.zeros((STEPS, 1), np.int32)
-    temperature, top_k, top_p = draw
-    stepper._run(parts, stepper.h, stepper.c, x, forced, np.array([temperature]),
-                 np.array([top_k]), np.array([top_p]), rng.random((STEPS, 1)), out)
+    forced = np.full((STEPS, B), -1, np.int32)
+    forced[10:14, :max(1, B // 3)] = [[1], [2], [3], [4]]
+    x, out = np.arange(2, 2 + B, dtype=np.int32), np.zeros((STEPS, B), np.int32)
+    temperature, top_k, top_p = (np.full(B, value) for value in draw)
+    if B > 1:  # each stream its own options: greedy, a tighter top-k, no top-p, hotter
+        temperature[0], top_k[1], top_p[2 % B], temperature[-1] = 0.0, 3, 1.0, 1.4
+    stepper._run(way, stepper.h, stepper.c, x, forced, temperature, top_k.astype(np.int64),
+                 top_p, rng.random((STEPS, B)), out)
     return out, stepper.h, stepper.c, x
+
+
+def assert_same_bits(got: tuple, want: tuple) -> None:
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cell", HALVED_CELLS)
 def test_halves_give_the_bits_of_one_thread(cell, dtype):
     model = model_of(cell, dtype)
-    assert one_stream.halves_of(model) is not None
-    whole, halves = sampled(model, 1), sampled(model, 2)
+    assert halves.halves_of(model) is not None
+    whole, in_halves = sampled(model, WHOLE), sampled(model, HALVES)
     assert len(np.unique(whole[0])) > 5  # the draws are not all one id
-    for got, want in zip(halves, whole):
-        np.testing.assert_array_equal(got, want)
+    assert_same_bits(in_halves, whole)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B", [2, 5, 30])
+@pytest.mark.parametrize("cell", HALVED_CELLS)
+def test_several_streams_in_halves_give_the_bits_of_one_thread(cell, B, dtype):
+    """Every stream's units in halves, then each thread the output layer and draws of half of
+    the streams (5: 2 and 3; 30: rows copied for the tiles, _own_columns): the same ids, state
+    and last ids as all the rows on one thread and as shards of rows, each stream with its own
+    draw and some fed a prompt."""
+    model = model_of(cell, dtype)
+    whole = sampled(model, WHOLE, B=B)
+    assert len(np.unique(whole[0])) > 5
+    assert_same_bits(sampled(model, HALVES, B=B), whole)
+    assert_same_bits(sampled(model, ROWS, B=B), whole)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_halves_wide_enough_to_copy_the_rows_give_the_bits_of_one_thread(dtype):
+    """Halves of enough panels that several streams' rows are copied for the tiles once for
+    all of a matrix's gate blocks (cpu._own_columns), and one stream's are not copied."""
+    model = model_of("lstm", dtype, hidden_panels=2 * cpu.PACK_MIN_PANELS + 1)
+    cut = halves.halves_of(model)
+    assert cpu.copies_rows(int(cut.units[1]) // panel_width(dtype))
+    for B in (1, 17):
+        assert_same_bits(sampled(model, HALVES, B=B), sampled(model, WHOLE, B=B))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -68,13 +102,13 @@ def test_halves_give_the_bits_of_one_thread(cell, dtype):
 def test_halves_split_the_draw_over_a_large_vocabulary_to_the_bits_of_one_thread(draw, dtype):
     """Each half finds the largest of its logits and exp's its columns; the id drawn from the
     whole is the one thread's, at every kind of draw (the columns here: several panels each,
-    the last one partial)."""
+    the last one partial). Several streams over the same vocabulary draw whole rows."""
     model = model_of("lstm", dtype, vocab=333)
-    assert list(one_stream.halves_of(model).columns)[1] > 2 * panel_width(dtype)
-    whole, halves = sampled(model, 1, draw), sampled(model, 2, draw)
+    assert list(halves.halves_of(model).columns)[1] > 2 * panel_width(dtype)
+    whole, in_halves = sampled(model, WHOLE, draw), sampled(model, HALVES, draw)
     assert len(np.unique(whole[0])) > 3
-    for got, want in zip(halves, whole):
-        np.testing.assert_array_equal(got, want)
+    assert_same_bits(in_halves, whole)
+    assert_same_bits(sampled(model, HALVES, draw, B=3), sampled(model, WHOLE, draw, B=3))
 
 
 def first_largest(a: np.ndarray) -> int:
@@ -121,53 +155,57 @@ def test_the_largest_value_in_eight_chains_is_one_loops():
         assert got == want or (np.isnan(got) and np.isnan(want)), (a, lo, hi, got, want)
 
 
+@pytest.mark.parametrize("B", [1, 4])
 @pytest.mark.parametrize("cell", ["lstm", "gru-ln"])
-def test_halves_that_give_up_hand_the_rest_to_one_thread(cell, monkeypatch):
+def test_halves_that_give_up_hand_the_rest_to_one_thread(cell, B, monkeypatch):
     """Thresholds below any wait: the halves stop after their first step, and the stepper runs
     the rest on its own thread from the state they reached, to the same bits."""
     model = model_of(cell, np.float32)
     steps = []
-    original = one_stream.generate
+    original = halves.generate
 
     def impatient(*args, **kwargs):
         steps.append(original(*args, give_up=-1, waiting_share=-1.0))
         return steps[-1]
 
-    whole = sampled(model, 1)
-    monkeypatch.setattr(one_stream, "generate", impatient)
-    given_up = sampled(model, 2)
+    whole = sampled(model, WHOLE, B=B)
+    monkeypatch.setattr(halves, "generate", impatient)
+    given_up = sampled(model, HALVES, B=B)
     assert steps == [1]
-    for got, want in zip(given_up, whole):
-        np.testing.assert_array_equal(got, want)
+    assert_same_bits(given_up, whole)
 
 
-def test_a_busy_partner_leaves_the_chunk_to_one_thread(monkeypatch):
+@pytest.mark.parametrize("B", [1, 3])
+def test_a_busy_partner_leaves_the_chunk_to_one_thread(B, monkeypatch):
     """While another stepper's chunk holds the partner, a chunk runs whole, to the same bits."""
     model = model_of("gru", np.float32)
     steps = []
-    original = one_stream.generate
+    original = halves.generate
 
     def counted(*args, **kwargs):
         steps.append(original(*args, **kwargs))
         return steps[-1]
 
-    whole = sampled(model, 1)
-    monkeypatch.setattr(one_stream, "generate", counted)
-    with one_stream._PARTNER_FREE:
-        busy = sampled(model, 2)
+    whole = sampled(model, WHOLE, B=B)
+    monkeypatch.setattr(halves, "generate", counted)
+    with halves._PARTNER_FREE:
+        busy = sampled(model, HALVES, B=B)
     assert steps == [0]
-    for got, want in zip(busy, whole):
-        np.testing.assert_array_equal(got, want)
+    assert_same_bits(busy, whole)
 
 
-def test_the_stepper_measures_halves_for_one_stream_only_where_they_can_run():
-    threads2 = StreamSplitter(threads=2)
+def test_the_stepper_measures_halves_only_where_they_can_run():
+    threads2 = StreamSplitter(threads=2, min_rows=2)
     model = model_of("lstm", np.float32)
-    choice = CpuStepper(model, threads2)._split_choice(1)
-    assert choice is not None and set(choice.seconds) == {1, 2}
+    stepper = CpuStepper(model, threads2)
+    assert set(stepper._split_choice(1).seconds) == {WHOLE, HALVES}
+    if threads2.parts(4) > 1:  # shards of rows need OpenBLAS's thread switch
+        assert set(stepper._split_choice(4).seconds) == {WHOLE, ROWS, HALVES}
     assert CpuStepper(model, StreamSplitter(threads=1))._split_choice(1) is None
     ensemble = Ensemble([model, model_of("lstm", np.float32)])
     assert CpuStepper(ensemble, threads2)._split_choice(1) is None
+    assert HALVES not in (CpuStepper(ensemble, threads2)._split_choice(4) or
+                          SplitChoice([WHOLE])).seconds
 
 
 @pytest.mark.parametrize("cell, hidden, why", [
@@ -179,51 +217,48 @@ def test_models_that_never_run_in_halves(cell, hidden, why):
     layers = 1 if cell == "jordan" else 2
     config = ModelConfig(vocab_size=9, cell=cell, layers=layers,
                          hidden=hidden * panel_width(np.float32))
-    stepper = CpuStepper(Model(config), StreamSplitter(threads=2))
+    stepper = CpuStepper(Model(config), StreamSplitter(threads=2, min_rows=2))
     assert stepper._halves is None and stepper._split_choice(1) is None, why
+    assert HALVES not in (stepper._split_choice(8) or SplitChoice([WHOLE])).seconds, why
 
 
 def test_units_that_are_no_whole_number_of_panels_never_run_in_halves():
     config = ModelConfig(vocab_size=9, cell="gru", layers=1,
                          hidden=2 * panel_width(np.float32) + 1)
-    assert one_stream.halves_of(Model(config)) is None
+    assert halves.halves_of(Model(config)) is None
 
 
 def test_the_halves_cut_units_and_columns_on_panel_boundaries():
     width = panel_width(np.float32)
-    halves = one_stream.halves_of(model_of("lstm", np.float32, hidden_panels=5, vocab=65))
-    np.testing.assert_array_equal(halves.units, [0, 2 * width, 5 * width])
-    cut = -(-65 // width) // 2 * width  # half the output's panels, rounded down
-    np.testing.assert_array_equal(halves.columns, [0, cut, 65])
+    cut = halves.halves_of(model_of("lstm", np.float32, hidden_panels=5, vocab=65))
+    np.testing.assert_array_equal(cut.units, [0, 2 * width, 5 * width])
+    columns = -(-65 // width) // 2 * width  # half the output's panels, rounded down
+    np.testing.assert_array_equal(cut.columns, [0, columns, 65])
 
 
 def test_a_vocabulary_of_one_panel_leaves_one_thread_no_columns():
     """One output panel: the caller's thread computes no logits, the partner all of them, and
     both draw from them alike."""
     model = model_of("gru", np.float32, vocab=5)
-    assert list(one_stream.halves_of(model).columns) == [0, 0, 5]
-    whole, halves = sampled(model, 1), sampled(model, 2)
-    for got, want in zip(halves, whole):
-        np.testing.assert_array_equal(got, want)
-
+    assert list(halves.halves_of(model).columns) == [0, 0, 5]
+    assert_same_bits(sampled(model, HALVES), sampled(model, WHOLE))
 
 
 def test_a_short_chunk_of_one_stream_runs_whole_and_a_long_one_as_measured(monkeypatch):
     """Halves that measured faster run a chunk of TIMED_STEPS steps or more; a shorter one (a
     prime, a first chunk) runs on one thread, where waking the partner would cost more than it
     saves."""
-    from charrnn.stepper import SplitChoice
     model = model_of("gru", np.float32)
     stepper = CpuStepper(model, StreamSplitter(threads=2))
-    monkeypatch.setattr(stepper._split_choice(1), "seconds", {1: 2.0, 2: 1.0})  # halves faster
+    monkeypatch.setattr(stepper._split_choice(1), "seconds", {WHOLE: 2.0, HALVES: 1.0})
     calls = []
-    original = one_stream.generate
+    original = halves.generate
 
     def counted(*args, **kwargs):
         calls.append(len(args[-1]))  # the chunk's out: its steps
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(one_stream, "generate", counted)
+    monkeypatch.setattr(halves, "generate", counted)
     stepper.arrange([], [np.array([1, 2, 3], np.int32)])  # a prime of 3: whole
     for n in (SplitChoice.TIMED_STEPS - 1, SplitChoice.TIMED_STEPS):
         stepper.generate(np.array([2], np.int32), np.full((n, 1), -1, np.int32), np.ones(1),
