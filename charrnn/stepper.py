@@ -281,15 +281,19 @@ class CpuStepper:
     def _split_choice(self, B: int) -> SplitChoice | None:
         """The ways B rows can run, learnt (None: only WHOLE): ROWS where the batch splits into
         shards of rows (the classic GRU's and Jordan's products are their own, and never split),
-        HALVES where the model splits into halves of its units (halves.halves_of)."""
-        ways = [WHOLE]
+        HALVES where the model splits into halves of its units (halves.halves_of). They are
+        tried in order, the first also running the untimed first chunk: one stream whole first
+        (its halves pay from 2 x 256 up, and not for a short chunk), several streams split
+        first (whole was the slowest way from 8 streams in BENCHMARKS.md's runs)."""
+        ways = []
         if B > 1 and self.model.config.kernel_id not in UNSPLIT_CELLS \
                 and self.splitter.parts(B) > 1:
             ways.append(ROWS)
         if self._halves is not None:
             ways.append(HALVES)
-        if len(ways) == 1:
+        if not ways:
             return None
+        ways = [WHOLE, *ways] if B == 1 else [*ways, WHOLE]
         cfg = self.model.config
         key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, len(self.members),
                self.model.dtype.str, self.splitter.threads, tuple(ways), B.bit_length())
