@@ -71,9 +71,13 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
         B, V = len(x), cfg.vocab_size
         hs = np.empty((2, *h.shape), dtype)  # (2, L, B, H): read one, write the other, each step
         hs[0] = h
-        one = B == 1
-        ids = x.copy()  # several streams: one array, each thread writing its streams' ids
-        probs = np.zeros(V, np.float64)  # one stream: each half exp's its columns
+        # one stream: each thread its own copy of the last id (both draw the same) and one
+        # array of probabilities (each half exp's its columns); several: one array of ids
+        # (each thread writes its streams') and each thread its own probabilities
+        if B == 1:
+            ids, probs = [x.copy(), x.copy()], [np.zeros(V, np.float64)] * 2
+        else:
+            ids, probs = [x.copy()] * 2, [np.zeros(V, np.float64), np.zeros(V, np.float64)]
         shared = (cfg.kernel_id, model.params, model.layout.offsets, flat_panels,
                   panel_offsets)
         state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
@@ -82,9 +86,8 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
         # every argument made before the partner starts: its Python work would wait for the
         # GIL while this thread makes its own
         mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
-                         x.copy() if one else ids, *state,
-                         probs if one else np.zeros(V, np.float64),
-                         *_scratch(model, halves, me, B)) for me in (0, 1))
+                         ids[me], *state, probs[me], *_scratch(model, halves, me, B))
+                        for me in (0, 1))
         partner = _partner().submit(cpu.generate_half, *theirs)
         steps = cpu.generate_half(*mine)
         if partner.result() != steps:

@@ -2122,6 +2122,7 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
     normalised = cell == GRU_LN
     output = _panels(panels, panel_offs, SLOTS_PER_LAYER * L, H)
     b_y = _vec(params, offs, SLOTS_PER_LAYER * L + 1)
+    one = B == 1
     met = 1
     _meet(sync, me, met)  # both started (how late the other was is not counted)
     start = _cycles()
@@ -2166,7 +2167,6 @@ def generate_half(me, units, columns, give_up, waiting_share, cell, params, offs
                 c[layer, :, u0:u1] = c_new
             met += 1
             waited += _meet(sync, me, met)
-        one = B == 1
         if one and v1 > v0:  # one stream: this half's columns
             matmul_packed(hs[after, L - 1], output[v0 // NR:(v1 + NR - 1) // NR],
                           logits[:, v0:v1])
