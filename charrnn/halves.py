@@ -34,9 +34,10 @@ def _partner() -> ThreadPoolExecutor:
 
 
 class Halves(NamedTuple):
-    """Where a model's rows split: hidden units units[0]..units[1] to the caller's thread and
-    units[1]..units[2] to the partner, and the output columns likewise, each cut on a panel
-    boundary (matmul_packed multiplies whole panels)."""
+    """Where a model's streams split: hidden units units[0]..units[1] to the caller's thread
+    and units[1]..units[2] to the partner, and, for one stream, the output columns likewise
+    (several streams split their output rows instead), each cut on a panel boundary
+    (matmul_packed multiplies whole panels)."""
 
     units: np.ndarray
     columns: np.ndarray
@@ -82,7 +83,8 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
                   panel_offsets)
         state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
                  np.zeros((2, 16), np.int64),  # sync: a cache line per thread
-                 np.zeros((B, cfg.gates * cfg.hidden), dtype), np.zeros((B, V), dtype))
+                 np.zeros((_normalised_rows(model, B), cfg.gates * cfg.hidden), dtype),
+                 np.zeros((B, V), dtype))
         # every argument made before the partner starts: its Python work would wait for the
         # GIL while this thread makes its own
         mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
@@ -100,10 +102,17 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
         _PARTNER_FREE.release()
 
 
+def _normalised_rows(model: Model, B: int) -> int:
+    """Rows of generate_half's whole input projections (`shared`, `row`): B for gru-ln, which
+    normalises whole rows, none for the other cells, which never use them."""
+    return B if model.config.kernel_id == cpu.GRU_LN else 0
+
+
 def _scratch(model: Model, halves: Halves, me: int, B: int) -> tuple[np.ndarray, ...]:
     """One thread's own arrays for generate_half on B streams: extra (L, E * Hm) (each layer's
-    extra vector, this half's units of each of its E blocks), row (B, GH), xg, gates
-    (B, G * Hm), act (B, S * Hm), h_prev, c_prev, h_new, c_new (B, Hm), powers (V,) int64."""
+    extra vector, this half's units of each of its E blocks), row (B or 0, GH:
+    _normalised_rows), xg, gates (B, G * Hm), act (B, S * Hm), h_prev, c_prev, h_new, c_new
+    (B, Hm), powers (V,) int64."""
     cfg, dtype = model.config, model.dtype
     H, V, G = cfg.hidden, cfg.vocab_size, cfg.gates
     u0, u1 = int(halves.units[me]), int(halves.units[me + 1])
@@ -115,6 +124,7 @@ def _scratch(model: Model, halves: Halves, me: int, B: int) -> tuple[np.ndarray,
     for layer, vector in enumerate(extras):
         extra[layer] = vector.reshape(E, H)[:, u0:u1].ravel()
     Hm = u1 - u0
-    return (extra, np.zeros((B, G * H), dtype), np.zeros((B, G * Hm), dtype),
+    return (extra, np.zeros((_normalised_rows(model, B), G * H), dtype),
+            np.zeros((B, G * Hm), dtype),
             np.zeros((B, G * Hm), dtype), np.zeros((B, cfg.spec.stored_acts * Hm), dtype),
             *(np.zeros((B, Hm), dtype) for _ in range(4)), np.zeros(V, np.int64))

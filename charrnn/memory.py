@@ -46,10 +46,15 @@ def sampling_bytes(config: ModelConfig, B: int, itemsize: int = 4, members: int 
     """B streams' state and scratch (stepper.CpuStepper), a chunk's draws and ids, and the
     stepper's packed copy of the weights (each multiplied matrix, H rows but layer 0's input,
     padded to whole panels), and its stacked copy of an ensemble's members' weights: each
-    member has its own state, logits and packed weights."""
+    member has its own state, logits and packed weights. A single model's streams may also run
+    in halves (halves.py): their state twice more, the two threads' scratch (as much as one
+    thread's in all), logits, and gru-ln's whole input projections."""
     L, H, V, W = config.layers, config.hidden, config.vocab_size, config.state_width
     GH = config.gates * H
-    per_stream = members * (2 * L * W + V) + 2 * GH + config.spec.stored_acts * H + 2 * H
+    scratch = 2 * GH + config.spec.stored_acts * H + 2 * H
+    per_stream = members * (2 * L * W + V) + scratch
+    if members == 1:
+        per_stream += 2 * L * H + scratch + 2 * H + V + (3 * GH if config.cell == "gru-ln" else 0)
     size = ParamLayout(config).size
     packed = members * (size + 2 * L * H * PANEL_PADDING) + (size * members if members > 1
                                                              else 0)

@@ -182,10 +182,11 @@ class SplitChoice:
         if untried:
             return untried[0]
         self.chunks += 1
-        ranked = sorted(self.seconds, key=self.seconds.get)
-        if self.chunks % self.EXPLORE:
-            return ranked[0]
-        return ranked[1 + self.chunks // self.EXPLORE % (len(ranked) - 1)]
+        fastest = min(self.seconds, key=self.seconds.get)
+        others = [way for way in self.seconds if way != fastest]  # in their own order
+        if self.chunks % self.EXPLORE or not others:
+            return fastest
+        return others[self.chunks // self.EXPLORE % len(others)]
 
     def timed(self, way: str, seconds: float, rows: int, steps: int) -> None:
         if steps >= self.TIMED_STEPS:
@@ -274,17 +275,18 @@ class CpuStepper:
         short_row = len(x) == 1 and len(out) < SplitChoice.TIMED_STEPS
         way = choice.pick() if choice and not short_row else WHOLE
         start = time.perf_counter()
-        self._run(way, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
+        ran = self._run(way, h, c, x, forced, temperature, top_k, top_p, uniforms, out)
         if choice:
-            choice.timed(way, time.perf_counter() - start, *out.shape[::-1])
+            choice.timed(ran, time.perf_counter() - start, *out.shape[::-1])
 
     def _split_choice(self, B: int) -> SplitChoice | None:
         """The ways B rows can run, learnt (None: only WHOLE): ROWS where the batch splits into
         shards of rows (the classic GRU's and Jordan's products are their own, and never split),
         HALVES where the model splits into halves of its units (halves.halves_of). They are
-        tried in order, the first also running the untimed first chunk: one stream whole first
-        (its halves pay from 2 x 256 up, and not for a short chunk), several streams split
-        first (whole was the slowest way from 8 streams in BENCHMARKS.md's runs)."""
+        tried in order, the first also running the untimed first chunk: a batch that splits
+        into shards splits first (whole was the slowest way from 8 streams in BENCHMARKS.md's
+        runs), one stream and a batch too small to shard run whole first (one stream's halves
+        pay from 2 x 256 up, and not for a short chunk)."""
         ways = []
         if B > 1 and self.model.config.kernel_id not in UNSPLIT_CELLS \
                 and self.splitter.parts(B) > 1:
@@ -293,28 +295,30 @@ class CpuStepper:
             ways.append(HALVES)
         if not ways:
             return None
-        ways = [WHOLE, *ways] if B == 1 else [*ways, WHOLE]
+        ways = [*ways, WHOLE] if ROWS in ways else [WHOLE, *ways]
         cfg = self.model.config
         key = (cfg.kernel_id, cfg.layers, cfg.hidden, cfg.vocab_size, len(self.members),
                self.model.dtype.str, self.splitter.threads, tuple(ways), B.bit_length())
         return _SPLITS.setdefault(key, SplitChoice(ways))
 
-    def _run(self, way, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> None:
+    def _run(self, way, h, c, x, forced, temperature, top_k, top_p, uniforms, out) -> str:
         """The kernel over all B rows of h, c (L, B, W) at once (WHOLE); in halves of their
         units (HALVES: halves.py); or in shards of rows on the splitter's threads (ROWS), each
-        on its own contiguous copy of its rows."""
+        on its own contiguous copy of its rows. Returns the way the chunk ran: WHOLE where the
+        halves found their partner busy (halves that gave up partway count as HALVES, whose
+        time they took)."""
         panels = self._packed()  # (made here, not by each shard's thread)
         if way == WHOLE:
             self._kernel(panels, x, h, c, forced, temperature, top_k, top_p, uniforms, out,
                          self._one if len(x) == 1 else None)
-            return
+            return WHOLE
         if way == HALVES:
             done = halves.generate(self.model, self._halves, panels.flat[0], panels.offsets,
                                    h, c, x, forced, temperature, top_k, top_p, uniforms, out)
             if done < len(out):  # the halves gave up, or the partner is busy: the rest whole
                 self._run(WHOLE, h, c, x, forced[done:], temperature, top_k, top_p,
                           uniforms[done:], out[done:])
-            return
+            return HALVES if done else WHOLE
 
         def shard(rows: tuple[int, int]) -> None:
             r = slice(*rows)
@@ -325,6 +329,7 @@ class CpuStepper:
             h[:, r], c[:, r], x[r], out[:, r] = hs, cs, xs, outs
 
         self.splitter.map(shard, row_ranges(len(x), self.splitter.parts(len(x))))
+        return ROWS
 
 
 def make_stepper(model: Model | Ensemble, device: str = "cpu") -> Stepper:

@@ -34,6 +34,7 @@ def model_of(cell: str, dtype, hidden_panels: int = 3, vocab: int = 37) -> Model
 
 
 TOP_K_AND_P = (0.9, 12, 0.97)  # temperature, top_k, top_p
+SPLITTER = StreamSplitter(threads=2, min_rows=2)  # one pool of threads for every stepper here
 
 
 def sampled(model: Model, way: str, draw=TOP_K_AND_P, B: int = 1) -> tuple[np.ndarray, ...]:
@@ -41,7 +42,7 @@ def sampled(model: Model, way: str, draw=TOP_K_AND_P, B: int = 1) -> tuple[np.nd
     prompt fed in the middle (to some of the streams, where there are several) and the draw's
     temperature, top_k and top_p (several streams: each its own, around those); the ids, h, c
     and the last ids."""
-    stepper = CpuStepper(model, StreamSplitter(threads=2, min_rows=2))
+    stepper = CpuStepper(model, SPLITTER)
     stepper.arrange([], [np.array([4, 9, 1 + b % 5], np.int32) for b in range(B)])
     rng = np.random.default_rng(7)
     forced = np.full((STEPS, B), -1, np.int32)
@@ -75,9 +76,9 @@ def test_halves_give_the_bits_of_one_thread(cell, dtype):
 @pytest.mark.parametrize("cell", HALVED_CELLS)
 def test_several_streams_in_halves_give_the_bits_of_one_thread(cell, B, dtype):
     """Every stream's units in halves, then each thread the output layer and draws of half of
-    the streams (5: 2 and 3; 30: rows copied for the tiles, _own_columns): the same ids, state
-    and last ids as all the rows on one thread and as shards of rows, each stream with its own
-    draw and some fed a prompt."""
+    the streams (5: 2 and 3): the same ids, state and last ids as all the rows on one thread and
+    as shards of rows (where OpenBLAS's thread switch lets a batch split), each stream with its
+    own draw and some fed a prompt."""
     model = model_of(cell, dtype)
     whole = sampled(model, WHOLE, B=B)
     assert len(np.unique(whole[0])) > 5
@@ -93,7 +94,9 @@ def test_halves_wide_enough_to_copy_the_rows_give_the_bits_of_one_thread(dtype):
     cut = halves.halves_of(model)
     assert cpu.copies_rows(int(cut.units[1]) // panel_width(dtype))
     for B in (1, 17):
-        assert_same_bits(sampled(model, HALVES, B=B), sampled(model, WHOLE, B=B))
+        whole = sampled(model, WHOLE, B=B)
+        assert len(np.unique(whole[0])) > 5
+        assert_same_bits(sampled(model, HALVES, B=B), whole)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -192,6 +195,25 @@ def test_a_busy_partner_leaves_the_chunk_to_one_thread(B, monkeypatch):
         busy = sampled(model, HALVES, B=B)
     assert steps == [0]
     assert_same_bits(busy, whole)
+
+
+def test_a_chunk_is_timed_as_the_way_it_ran():
+    """Halves that find the partner busy run the chunk whole, and it counts as WHOLE's time;
+    halves that give up partway count as HALVES', whose time they took."""
+    model = model_of("gru", np.float32)
+    stepper = CpuStepper(model, SPLITTER)
+    stepper.arrange([], [np.array([4, 9], np.int32)] * 3)
+
+    def run() -> str:
+        n = 8
+        return stepper._run(HALVES, stepper.h, stepper.c, np.full(3, 2, np.int32),
+                            np.full((n, 3), -1, np.int32), np.ones(3), np.zeros(3, np.int64),
+                            np.ones(3), np.random.default_rng(0).random((n, 3)),
+                            np.zeros((n, 3), np.int32))
+
+    assert run() == HALVES
+    with halves._PARTNER_FREE:
+        assert run() == WHOLE
 
 
 def test_the_stepper_measures_halves_only_where_they_can_run():

@@ -494,9 +494,11 @@ def test_a_batch_split_across_threads_gives_the_same_bits(cell):
     options = (rng.uniform(0.5, 1.5, B), np.array([0, 3, 0, 0, 2, 0, 0]), np.full(B, 0.95))
     uniforms = rng.random((n, B))
     results = []
-    # 1, 2 and 3 shards (one after another where BLAS is not OpenBLAS: the same bits either way)
-    for way, threads in ((WHOLE, 1), (ROWS, 2), (ROWS, 3)):
-        stepper = CpuStepper(model, StreamSplitter(threads=threads, min_rows=2))
+    for way, threads in ((WHOLE, 1), (ROWS, 2), (ROWS, 3)):  # 1, 2 and 3 shards
+        splitter = StreamSplitter(threads=threads, min_rows=2)
+        if splitter.parts(B) != threads:
+            pytest.skip("no OpenBLAS thread switch here: a batch is never split")
+        stepper = CpuStepper(model, splitter)
         stepper.arrange([], [np.array([i % 11, 2], np.int32) for i in range(B)])
         x, out = np.arange(B, dtype=np.int32), np.empty((n, B), np.int32)
         stepper._run(way, stepper.h, stepper.c, x, forced, *options, uniforms, out)
@@ -548,7 +550,7 @@ def test_batches_in_one_size_range_share_what_was_learnt():
         pytest.skip("no OpenBLAS thread switch here: a batch is never split")
     stepper = CpuStepper(model, splitter)
     choices = {B: stepper._split_choice(B) for B in (3, 4, 5, 7, 8)}
-    assert choices[3] is None  # too few rows to split
+    assert choices[3] is None or ROWS not in choices[3].seconds  # too few rows for shards
     assert choices[4] is choices[5] is choices[7] is not choices[8]
     assert CpuStepper(model, splitter)._split_choice(6) is choices[4]  # another stepper
     gru_classic = Model(ModelConfig(vocab_size=7, cell="gru-classic", layers=1, hidden=16))

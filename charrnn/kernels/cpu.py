@@ -1242,8 +1242,8 @@ FEW_ROWS = 4  # up to this many rows, matmul_few_rows; above it, BLAS (measured:
 # bound by memory bandwidth, and OpenBLAS's gemv streams it with every core, faster than one
 # core's register tile or matmul_few_rows (BENCHMARKS.md, "Sampling a few streams" and "A
 # register tile in LLVM IR"; benchmarks/few_rows_product.py). Only _matmul (the classic GRU's
-# and Jordan's own products) goes by it; the sampler's other one-row products run in halves
-# on two cores instead (halves.py).
+# and Jordan's own products) goes by it; the sampler's other one-row products go through the
+# register tile, on two cores in halves where the stepper measured that faster (halves.py).
 ONE_ROW_MAX_BYTES = 1 << 20
 
 
@@ -1960,14 +1960,13 @@ def generate(cell, params, offs, panels, panel_offs, x, h, c, forced, temperatur
 # of every matrix. So each of two threads takes half of every layer's hidden units (their
 # columns in every gate block) for every row, then half of the output columns (one row) or half
 # of the rows' outputs and draws (several), and the two meet after each layer and after the
-# logits or draws. A meeting must cost well
-# under a microsecond, so it is a spin on a counter the other thread writes (numba has no CPU
-# atomics: the intrinsics below). A thread kept waiting (its partner lost its core to another
-# process) yields between looks; where the threads keep waiting on each other (GIVE_UP_CYCLES,
-# WAITING_SHARE) both finish the step and hand the rest of the chunk to one thread (the
-# caller's). Each column is the same chain of multiply-adds as in matmul_packed for the whole
-# row, and each unit's gate arithmetic the same, so the halves give the same bits as one
-# thread.
+# logits or draws. A meeting must cost well under a microsecond, so it is a spin on a counter
+# the other thread writes (numba has no CPU atomics: the intrinsics below). A thread kept
+# waiting (its partner lost its core to another process) yields between looks; where the
+# threads keep waiting on each other (GIVE_UP_CYCLES, WAITING_SHARE) both finish the step and
+# hand the rest of the chunk to one thread (the caller's). Each column is the same chain of
+# multiply-adds as in matmul_packed for the whole row, and each unit's gate arithmetic the
+# same, so the halves give the same bits as one thread.
 
 SPIN_CYCLES = 1 << 16  # a wait longer than this (tens of microseconds) yields between looks
 # The halves give up on a chunk once a thread has waited more than GIVE_UP_CYCLES (about a
