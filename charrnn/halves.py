@@ -17,7 +17,7 @@ thread.
 
 import functools
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import NamedTuple
 
 import numpy as np
@@ -26,6 +26,7 @@ from .kernels import cpu
 from .model import Model
 
 _PARTNER_FREE = threading.Lock()  # one chunk at a time runs in halves; another runs whole
+ALL_MET = np.iinfo(np.int64).max  # a thread's meeting count that every meeting has reached
 
 
 @functools.cache
@@ -81,8 +82,8 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
             ids, probs = [x.copy()] * 2, [np.zeros(V, np.float64), np.zeros(V, np.float64)]
         shared = (cfg.kernel_id, model.params, model.layout.offsets, flat_panels,
                   panel_offsets)
-        state = (hs, c, forced, temperature, top_k, top_p, uniforms, out,
-                 np.zeros((2, 16), np.int64),  # sync: a cache line per thread
+        sync = np.zeros((2, 16), np.int64)  # a cache line per thread
+        state = (hs, c, forced, temperature, top_k, top_p, uniforms, out, sync,
                  np.zeros((_normalised_rows(model, B), cfg.gates * cfg.hidden), dtype),
                  np.zeros((B, V), dtype))
         # every argument made before the partner starts: its Python work would wait for the
@@ -90,8 +91,12 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
         mine, theirs = ((me, halves.units, halves.columns, give_up, waiting_share, *shared,
                          ids[me], *state, probs[me], *_scratch(model, halves, me, B))
                         for me in (0, 1))
-        partner = _partner().submit(cpu.generate_half, *theirs)
-        steps = cpu.generate_half(*mine)
+        partner = _partner().submit(_half, sync, theirs)
+        try:
+            steps = _half(sync, mine)
+        except BaseException:
+            wait([partner])  # it runs to its end (its meetings all pass), then this one raises
+            raise
         if partner.result() != steps:
             raise RuntimeError("the halves of a sampling step disagree on the steps done")
         h[:] = hs[steps % 2]
@@ -100,6 +105,17 @@ def generate(model: Model, halves: Halves, flat_panels: np.ndarray, panel_offset
         return steps
     finally:
         _PARTNER_FREE.release()
+
+
+def _half(sync: np.ndarray, args: tuple) -> int:
+    """cpu.generate_half(*args) on this thread (args[0]: which half). Should it raise, it first
+    marks every meeting reached, so that the other thread runs to its end rather than waiting
+    for ever (its numbers are then of no use, and the error is raised)."""
+    try:
+        return cpu.generate_half(*args)
+    except BaseException:
+        sync[args[0], 0] = ALL_MET
+        raise
 
 
 def _normalised_rows(model: Model, B: int) -> int:

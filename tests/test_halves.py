@@ -197,6 +197,46 @@ def test_a_busy_partner_leaves_the_chunk_to_one_thread(B, monkeypatch):
     assert_same_bits(busy, whole)
 
 
+def within(seconds: float, fn):
+    """fn() on a thread of its own, its result or its exception; a test failure where it has
+    not ended within `seconds` (a thread waiting for ever is not left to hang the tests)."""
+    import threading
+    outcome = []
+
+    def run() -> None:
+        try:
+            outcome.append(("result", fn()))
+        except Exception as error:  # noqa: BLE001 (handed back to the test)
+            outcome.append(("error", error))
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    runner.join(timeout=seconds)
+    assert outcome, f"still running after {seconds} s: a half is waiting for the other"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_half_that_fails_lets_the_other_finish_and_the_error_is_raised(failing, monkeypatch):
+    """Either thread's error ends the chunk with that error, not with the other thread waiting
+    at a meeting for ever; the halves then run again, to the same bits as one thread."""
+    model = model_of("lstm", np.float32)
+    original = cpu.generate_half
+
+    def failing_half(*args):
+        if args[0] == failing:
+            raise ValueError("a half failed")
+        return original(*args)
+
+    monkeypatch.setattr(cpu, "generate_half", failing_half)
+    kind, error = within(120, lambda: sampled(model, HALVES, B=3))
+    assert kind == "error" and str(error) == "a half failed"
+    monkeypatch.setattr(cpu, "generate_half", original)
+    kind, again = within(120, lambda: sampled(model, HALVES, B=3))
+    assert kind == "result"
+    assert_same_bits(again, sampled(model, WHOLE, B=3))
+
+
 def test_a_chunk_is_timed_as_the_way_it_ran():
     """Halves that find the partner busy run the chunk whole, and it counts as WHOLE's time;
     halves that give up partway count as HALVES', whose time they took."""
