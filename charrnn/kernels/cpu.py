@@ -695,12 +695,15 @@ PANEL_ALIGN = 64  # bytes: panels start on a cache line
 
 
 def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1,
-               accumulate=None):
+               accumulate=None, ahead=None):
     """IR for one tile of `rows` rows by `panels` panels side by side: the loop over k, then the
     stores (all columns, or for one panel the first ncols through a buffer: the last panel of a
     matrix whose width is no multiple of NR). A[r, k] is at A + r * lda + k * ka (ka = 1: rows
     contiguous; lda = 1: A is the transpose of a row-major array). accumulate (an i64, nonzero:
-    add to C instead of overwriting it) or None: overwrite."""
+    add to C instead of overwriting it) or None: overwrite. ahead (a pointer to a panel of K
+    rows, for one panel only) or None: the tile first prefetches its lines of C, for writing,
+    and each k prefetches row k of `ahead` into L2, so that neither waits on memory (for
+    products larger than the caches: tile_gemm)."""
     i64 = ir.IntType(64)
     W = vt.count
     NR = TILE_VECTORS * W
@@ -713,6 +716,11 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     start = builder.block
     loop = fn.append_basic_block(f"tile{rows}x{panels}.k")
     stores = fn.append_basic_block(f"tile{rows}x{panels}.stores")
+    if ahead is not None:
+        for r in range(rows):
+            for offset in range(0, NR, CACHE_LINE // elem_bytes):
+                _prefetch(builder, builder.gep(C, [builder.add(builder.mul(const(r), ldc),
+                                                               const(offset))]), write=True)
     builder.cbranch(builder.icmp_signed(">", K, const(0)), loop, stores)
 
     builder.position_at_end(loop)  # (rows, n_vec) accumulators += A[:, k] x P[k]
@@ -730,6 +738,10 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
         b += [builder.load(builder.bitcast(builder.gep(P, [builder.add(row_start, const(v * W))]),
                                            vptr), align=elem_bytes)
               for v in range(TILE_VECTORS)]
+    if ahead is not None:
+        for offset in range(0, NR, CACHE_LINE // elem_bytes):
+            _prefetch(builder, builder.gep(ahead, [builder.add(panel_row, const(offset))]),
+                      write=False, into_l2=True)
     undef = ir.Constant(vt, ir.Undefined)
     lane0 = ir.Constant(ir.IntType(32), 0)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
@@ -798,6 +810,19 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     builder.position_at_end(done)
 
 
+CACHE_LINE = 64  # bytes (x86-64 and ARMv8 alike); only where prefetches go depends on it
+
+
+def _prefetch(builder, pointer, write, into_l2=False):
+    """A prefetch of pointer's line: into L1 (T0), or into L2 only (T1)."""
+    i32 = ir.IntType(32)
+    byte_pointer = ir.IntType(8).as_pointer()
+    prefetch = builder.module.declare_intrinsic(
+        "llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
+    builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, int(write)),
+                            ir.Constant(i32, 2 if into_l2 else 3), ir.Constant(i32, 1)])
+
+
 def _fma_declaration(builder, vt):
     bits = 64 if isinstance(vt.element, ir.DoubleType) else 32
     name = f"{_FMA}.v{vt.count}f{bits}"
@@ -810,32 +835,42 @@ def _vector_type(context, float_type):
     return ir.VectorType(ft, VECTOR_BITS // (64 if isinstance(ft, ir.DoubleType) else 32))
 
 
+def _tile_codegen(context, builder, signature, args):
+    """_tile's and _tile_ahead's IR (with args[10], _tile_ahead's `ahead`)."""
+    a_ptr, lda, ka, p_ptr, K, c_ptr, ldc, ncols, rows, accumulate = args[:10]
+    vt = _vector_type(context, signature.args[-1])
+    fma = _fma_declaration(builder, vt)
+    A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
+    ahead = builder.inttoptr(args[10], vt.element.as_pointer()) if len(args) == 12 else None
+    after = builder.function.append_basic_block("tile.after")
+    switch = builder.switch(rows, after)  # one tile per row count, chosen at run time
+    for r in range(1, TILE_ROWS + 1):
+        block = builder.function.append_basic_block(f"tile.rows{r}")
+        switch.add_case(ir.Constant(ir.IntType(64), r), block)
+        builder.position_at_end(block)
+        _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, r,
+                   accumulate=accumulate, ahead=ahead)
+        builder.branch(after)
+    builder.position_at_end(after)
+    return context.get_dummy_value()
+
+
 @intrinsic
 def _tile(typingctx, a_ptr, lda, ka, p_ptr, k, c_ptr, ldc, ncols, rows, accumulate, zero):
     """C[r, c] = sum_k A[r, k] P[k, c] (accumulate nonzero: C[r, c] += that sum) for r < rows
     (1..TILE_ROWS), c < ncols (<= NR): A, P and C given by the addresses of their first
     elements, A by its strides in elements (A[r, k] at r * lda + k * ka), C by its row stride,
     P contiguous (K, NR); `zero` a 0 of the arrays' float type. The caller checks the bounds."""
-    sig = types.void(*(types.intp,) * 10, zero)
+    return types.void(*(types.intp,) * 10, zero), _tile_codegen
 
-    def codegen(context, builder, signature, args):
-        a_ptr, lda, ka, p_ptr, K, c_ptr, ldc, ncols, rows, accumulate, _ = args
-        vt = _vector_type(context, signature.args[-1])
-        fma = _fma_declaration(builder, vt)
-        A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
-        after = builder.function.append_basic_block("tile.after")
-        switch = builder.switch(rows, after)  # one tile per row count, chosen at run time
-        for r in range(1, TILE_ROWS + 1):
-            block = builder.function.append_basic_block(f"tile.rows{r}")
-            switch.add_case(ir.Constant(ir.IntType(64), r), block)
-            builder.position_at_end(block)
-            _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, r,
-                       accumulate=accumulate)
-            builder.branch(after)
-        builder.position_at_end(after)
-        return context.get_dummy_value()
 
-    return sig, codegen
+@intrinsic
+def _tile_ahead(typingctx, a_ptr, lda, ka, p_ptr, k, c_ptr, ldc, ncols, rows, accumulate, ahead,
+                zero):
+    """_tile, prefetching its lines of C and, row by row as it reads P, the panel at address
+    `ahead` (K rows too) into L2: for tile_gemm, whose C and panels outgrow the caches. The
+    same multiply-adds as _tile."""
+    return types.void(*(types.intp,) * 11, zero), _tile_codegen
 
 
 ROW_TILE_PANELS = 4  # one row's tile: 4 panels side by side, 8 chains to hide the FMA latency
@@ -1063,7 +1098,8 @@ def _rows_times_panels(A, P, C, copy_rows):
 @kernel
 def _tiles_times_panels(A_tiles, M, P, C):
     """C (M, N) = A @ W for A's M rows copied tile by tile (_pack_tiles) into A_tiles and P the
-    panels of W (K, N): each panel read from memory once, then from cache by each tile."""
+    panels of W (K, N): each panel read from memory once, then from cache by each tile, the
+    next panel fetched into L2 meanwhile (_tile_ahead)."""
     K = P.shape[1]
     N = C.shape[1]
     n_panels, _, NR = P.shape
@@ -1080,8 +1116,9 @@ def _tiles_times_panels(A_tiles, M, P, C):
             # A_tiles' address is taken here, in the loop, not once before it: numba frees an
             # array after the last line that names it, and an address kept past that would
             # read freed memory (tests/test_gemm.py, the copy of many rows)
-            _tile(A_tiles.ctypes.data + i * K * size, 1, rows, p0 + p * K * NR * size, K,
-                  c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0, z)
+            _tile_ahead(A_tiles.ctypes.data + i * K * size, 1, rows, p0 + p * K * NR * size,
+                        K, c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, 0,
+                        p0 + min(p + 1, n_panels - 1) * K * NR * size, z)
             i += rows
 
 
@@ -1168,10 +1205,12 @@ def _cache_bytes(level: int, default: int) -> int:
 
 
 # tile_gemm's blocks, from this machine's caches (the blocking of GotoBLAS and BLIS): a slice
-# of a panel (K_BLOCK rows) fills two thirds of L1, so each tile reads its panel from L1; a
-# block of A (rows by K_BLOCK) a sixteenth of L2. Those fractions were the fastest of those
-# measured (BENCHMARKS.md, "Training's large products through the tile").
-K_BLOCK = max(16, _cache_bytes(1, 32 << 10) * 2 // 3 // PANEL_BYTES)
+# of a panel (K_BLOCK rows) of a third more than L1, read from L2, where the tiles of the
+# panel before fetched it (_tile_ahead); a block of A (rows by K_BLOCK) a sixteenth of L2.
+# Those fractions were the fastest of those measured (BENCHMARKS.md, "Training's large
+# products through the tile" and "Prefetching the large products"): fewer, longer blocks of k
+# mean fewer passes over C.
+K_BLOCK = max(16, _cache_bytes(1, 32 << 10) * 4 // 3 // PANEL_BYTES)
 ROWS_BLOCK_BYTES = _cache_bytes(2, 256 << 10) // 16
 
 
@@ -1232,8 +1271,9 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
                         a, a_rows, a_k = rows_buffer.ctypes.data + (i - i0) * kc * size, 1, rows
                     else:
                         a, a_rows, a_k = a0 + (i * lda + k0 * ka) * size, lda, ka
-                    _tile(a, a_rows, a_k, p0 + p * kc * NR * size, kc,
-                          c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, add, z)
+                    _tile_ahead(a, a_rows, a_k, p0 + p * kc * NR * size, kc,
+                                c0 + (i * ldc + j) * size, ldc, min(NR, N - j), rows, add,
+                                p0 + min(p + 1, n_panels - 1) * kc * NR * size, z)
                     i += rows
 
 
