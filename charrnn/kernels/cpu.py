@@ -817,8 +817,9 @@ def _prefetch(builder, pointer, write, into_l2=False):
     """A prefetch of pointer's line: into L1 (T0), or into L2 only (T1)."""
     i32 = ir.IntType(32)
     byte_pointer = ir.IntType(8).as_pointer()
-    prefetch = builder.module.declare_intrinsic(
-        "llvm.prefetch.p0", fnty=ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
+    prefetch = builder.module.declare_intrinsic(  # named for the pointer type ("p0" or "p0i8")
+        "llvm.prefetch", [byte_pointer],
+        fnty=ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]))
     builder.call(prefetch, [builder.bitcast(pointer, byte_pointer), ir.Constant(i32, int(write)),
                             ir.Constant(i32, 2 if into_l2 else 3), ir.Constant(i32, 1)])
 
