@@ -701,9 +701,9 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     matrix whose width is no multiple of NR). A[r, k] is at A + r * lda + k * ka (ka = 1: rows
     contiguous; lda = 1: A is the transpose of a row-major array). accumulate (an i64, nonzero:
     add to C instead of overwriting it) or None: overwrite. ahead (a pointer to a panel of K
-    rows, for one panel only) or None: the tile first prefetches its lines of C, for writing,
-    and each k prefetches row k of `ahead` into L2, so that neither waits on memory (for
-    products larger than the caches: tile_gemm)."""
+    rows, for one panel only) or None: the tile first prefetches its lines of C, for writing
+    (all NR columns: a prefetch past C's last column never faults), and each k prefetches row
+    k of `ahead` into L2, so that neither waits on memory (_tile_ahead)."""
     i64 = ir.IntType(64)
     W = vt.count
     NR = TILE_VECTORS * W
@@ -869,8 +869,10 @@ def _tile(typingctx, a_ptr, lda, ka, p_ptr, k, c_ptr, ldc, ncols, rows, accumula
 def _tile_ahead(typingctx, a_ptr, lda, ka, p_ptr, k, c_ptr, ldc, ncols, rows, accumulate, ahead,
                 zero):
     """_tile, prefetching its lines of C and, row by row as it reads P, the panel at address
-    `ahead` (K rows too) into L2: for tile_gemm, whose C and panels outgrow the caches. The
-    same multiply-adds as _tile."""
+    `ahead` (K rows too: the panel the caller reads next, or P itself after the last) into L2:
+    for the products whose panels outgrow L2 (tile_gemm's, and matmul_packed's of copied rows).
+    Every tile of a panel asks for the next one; after the first, the lines are there. The
+    same multiply-adds as _tile (BENCHMARKS.md, "Prefetching the large products")."""
     return types.void(*(types.intp,) * 11, zero), _tile_codegen
 
 
