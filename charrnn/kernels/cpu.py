@@ -691,7 +691,8 @@ _FMA = _fused_multiply_add(_FEATURES)
 TILE_VECTORS = 2  # vectors per tile row: a panel is 2 vectors wide
 TILE_ROWS = (VECTOR_REGISTERS - TILE_VECTORS - 2) // TILE_VECTORS
 PANEL_BYTES = TILE_VECTORS * VECTOR_BITS // 8  # one row of a panel
-PANEL_ALIGN = 64  # bytes: panels start on a cache line
+CACHE_LINE = 64  # bytes (x86-64 and ARMv8 alike)
+PANEL_ALIGN = CACHE_LINE  # panels start on a cache line
 
 
 def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1,
@@ -704,6 +705,7 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     rows, for one panel only) or None: the tile first prefetches its lines of C, for writing
     (all NR columns: a prefetch past C's last column never faults), and each k prefetches row
     k of `ahead` into L2, so that neither waits on memory (_tile_ahead)."""
+    assert ahead is None or panels == 1
     i64 = ir.IntType(64)
     W = vt.count
     NR = TILE_VECTORS * W
@@ -716,9 +718,11 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     start = builder.block
     loop = fn.append_basic_block(f"tile{rows}x{panels}.k")
     stores = fn.append_basic_block(f"tile{rows}x{panels}.stores")
+    # a panel row's lines, and for a row of C that need not start on a line, its last element's
+    line_starts = list(range(0, NR, CACHE_LINE // elem_bytes))
     if ahead is not None:
         for r in range(rows):
-            for offset in range(0, NR, CACHE_LINE // elem_bytes):
+            for offset in line_starts + [NR - 1]:
                 _prefetch(builder, builder.gep(C, [builder.add(builder.mul(const(r), ldc),
                                                                const(offset))]), write=True)
     builder.cbranch(builder.icmp_signed(">", K, const(0)), loop, stores)
@@ -738,8 +742,8 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
         b += [builder.load(builder.bitcast(builder.gep(P, [builder.add(row_start, const(v * W))]),
                                            vptr), align=elem_bytes)
               for v in range(TILE_VECTORS)]
-    if ahead is not None:
-        for offset in range(0, NR, CACHE_LINE // elem_bytes):
+    if ahead is not None:  # (panels start on a line)
+        for offset in line_starts:
             _prefetch(builder, builder.gep(ahead, [builder.add(panel_row, const(offset))]),
                       write=False, into_l2=True)
     undef = ir.Constant(vt, ir.Undefined)
@@ -810,11 +814,9 @@ def _emit_tile(builder, vt, fma, A, lda, ka, P, C, ldc, K, ncols, rows, panels=1
     builder.position_at_end(done)
 
 
-CACHE_LINE = 64  # bytes (x86-64 and ARMv8 alike); only where prefetches go depends on it
-
-
 def _prefetch(builder, pointer, write, into_l2=False):
-    """A prefetch of pointer's line: into L1 (T0), or into L2 only (T1)."""
+    """A prefetch of pointer's line, for reading or writing: into L1, or into L2 but not L1
+    (x86: prefetcht0 or prefetchw, prefetcht1)."""
     i32 = ir.IntType(32)
     byte_pointer = ir.IntType(8).as_pointer()
     prefetch = builder.module.declare_intrinsic(  # named for the pointer type ("p0" or "p0i8")
@@ -837,12 +839,14 @@ def _vector_type(context, float_type):
 
 
 def _tile_codegen(context, builder, signature, args):
-    """_tile's and _tile_ahead's IR (with args[10], _tile_ahead's `ahead`)."""
+    """_tile's and _tile_ahead's IR: the arguments in _tile's order, _tile_ahead's `ahead`
+    between `accumulate` and `zero`."""
     a_ptr, lda, ka, p_ptr, K, c_ptr, ldc, ncols, rows, accumulate = args[:10]
+    with_ahead = len(args) == 12
     vt = _vector_type(context, signature.args[-1])
     fma = _fma_declaration(builder, vt)
     A, P, C = (builder.inttoptr(p, vt.element.as_pointer()) for p in (a_ptr, p_ptr, c_ptr))
-    ahead = builder.inttoptr(args[10], vt.element.as_pointer()) if len(args) == 12 else None
+    ahead = builder.inttoptr(args[10], vt.element.as_pointer()) if with_ahead else None
     after = builder.function.append_basic_block("tile.after")
     switch = builder.switch(rows, after)  # one tile per row count, chosen at run time
     for r in range(1, TILE_ROWS + 1):
@@ -1265,7 +1269,7 @@ def tile_gemm(A, B, C, a_transposed, b_transposed, beta):
             tiles = (rows_here + TILE_ROWS - 1) // TILE_ROWS
             if copy_rows:
                 _pack_tiles(op_a[i0:i0 + rows_here, k0:k0 + kc], rows_buffer)
-            for p in range(n_panels):  # a panel's slice from L1 for every tile of the block
+            for p in range(n_panels):  # a panel's slice from L2 (the panel before fetched it)
                 j = p * NR
                 i = i0
                 for t in range(tiles):
