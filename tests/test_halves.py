@@ -4,6 +4,7 @@ for several, every cell it runs, in float32 and float64; what happens when the h
 or the partner is busy; and how the stepper chooses among the ways to run a chunk."""
 
 import functools
+import threading
 
 import numpy as np
 import pytest
@@ -200,7 +201,6 @@ def test_a_busy_partner_leaves_the_chunk_to_one_thread(B, monkeypatch):
 def within(seconds: float, fn):
     """fn() on a thread of its own, its result or its exception; a test failure where it has
     not ended within `seconds` (a thread waiting for ever is not left to hang the tests)."""
-    import threading
     outcome = []
 
     def run() -> None:
@@ -237,7 +237,7 @@ def test_a_half_that_fails_lets_the_other_finish_and_the_error_is_raised(failing
     assert_same_bits(again, sampled(model, WHOLE, B=3))
 
 
-def test_a_chunk_is_timed_as_the_way_it_ran():
+def test_a_chunk_is_timed_as_the_way_it_ran(monkeypatch):
     """Halves that find the partner busy run the chunk whole, and it counts as WHOLE's time;
     halves that give up partway count as HALVES', whose time they took."""
     model = model_of("gru", np.float32)
@@ -254,6 +254,16 @@ def test_a_chunk_is_timed_as_the_way_it_ran():
     assert run() == HALVES
     with halves._PARTNER_FREE:
         assert run() == WHOLE
+    original = halves.generate
+    steps = []
+
+    def impatient(*args, **kwargs):  # thresholds below any wait: they stop after one step
+        steps.append(original(*args, give_up=-1, waiting_share=-1.0))
+        return steps[-1]
+
+    monkeypatch.setattr(halves, "generate", impatient)
+    assert run() == HALVES
+    assert steps == [1]  # they gave up partway, and one thread ran the rest
 
 
 def test_the_stepper_measures_halves_only_where_they_can_run():
